@@ -1,0 +1,429 @@
+//! What a profile means: each function's share of on-CPU time, the hotspots above a
+//! threshold, the hot path through them, and the `--fail-on` rules of a load-test gate.
+
+use std::{collections::HashMap, fmt, str::FromStr};
+
+use crate::symbolize::{Frame, Profile};
+
+/// Functions that every thread passes through, so they always hold (nearly) all of the
+/// time and would drown out the real hotspots.
+const PROCESS_ROOTS: &[&str] = &[
+    "_start",
+    "__libc_start_main",
+    "__libc_start_call_main",
+    "main",
+    "start_thread",
+    "clone",
+    "clone3",
+    "__clone",
+    "__clone3",
+    "thread_start",
+    "std::rt::lang_start",
+    "std::rt::lang_start_internal",
+];
+
+/// Whether `name` is a process or thread entry point rather than real work.
+pub fn is_process_root(name: &str) -> bool {
+    PROCESS_ROOTS.contains(&name)
+        || name.starts_with("std::rt::lang_start::")
+        || name.starts_with("std::sys::pal::unix::thread::Thread::new::thread_start")
+}
+
+/// A load-test gate: fires when the functions named `function` hold more than `limit`
+/// of the on-CPU samples. Written `NAME>PCT%`, for example `predict>60%`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// The rule as the user wrote it.
+    pub text: String,
+    /// Function name, matched exactly or as the last segment of a path.
+    pub function: String,
+    /// The share (0 to 1) that the function must exceed for the rule to fire.
+    pub limit: f64,
+}
+
+impl FromStr for Rule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let malformed = || format!("malformed rule `{text}`: expected NAME>PCT%, like predict>60%");
+        let (function, limit) = text.rsplit_once('>').ok_or_else(malformed)?;
+        let function = function.trim();
+        let percent: f64 = limit
+            .trim()
+            .trim_end_matches('%')
+            .trim()
+            .parse()
+            .map_err(|_| malformed())?;
+        if function.is_empty() || !(0.0..=100.0).contains(&percent) {
+            return Err(malformed());
+        }
+        Ok(Rule {
+            text: text.to_owned(),
+            function: function.to_owned(),
+            limit: percent / 100.0,
+        })
+    }
+}
+
+impl Rule {
+    /// Whether a frame's function is the one this rule names: the same name, or a path
+    /// (`model::predict`, `core.model.predict`) whose last segments are that name.
+    pub fn matches(&self, frame_name: &str) -> bool {
+        let name = strip_parameters(frame_name);
+        name == self.function
+            || name
+                .strip_suffix(self.function.as_str())
+                .is_some_and(|prefix| prefix.ends_with("::") || prefix.ends_with('.'))
+    }
+}
+
+/// `ns::f(int, char)` → `ns::f`: C++ names carry their parameter list.
+fn strip_parameters(name: &str) -> &str {
+    match name.find('(') {
+        Some(open) if open > 0 && name.ends_with(')') => &name[..open],
+        _ => name,
+    }
+}
+
+/// How a rule came out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleOutcome {
+    /// The rule.
+    pub rule: Rule,
+    /// Share (0 to 1) of samples with a matching frame.
+    pub share: f64,
+    /// Whether `share` is above the rule's limit.
+    pub fired: bool,
+}
+
+/// Settings for [`analyze`].
+#[derive(Clone, Debug)]
+pub struct AnalysisOptions {
+    /// Inclusive share (0 to 1) at or above which a function is a hotspot.
+    pub hotspot_threshold: f64,
+    /// Gates to evaluate.
+    pub rules: Vec<Rule>,
+}
+
+impl Default for AnalysisOptions {
+    fn default() -> Self {
+        AnalysisOptions {
+            hotspot_threshold: 0.6,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One function's share of the on-CPU samples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FunctionShare {
+    /// The function.
+    pub frame: Frame,
+    /// Samples in which it was the innermost frame.
+    pub self_samples: u64,
+    /// Samples in which it was anywhere on the stack, once per sample even if it recurses.
+    pub total_samples: u64,
+    /// `self_samples` over all samples.
+    pub self_share: f64,
+    /// `total_samples` over all samples.
+    pub total_share: f64,
+}
+
+/// A step of the hot path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PathStep {
+    /// The frame.
+    pub frame: Frame,
+    /// Share of all samples that pass through this step.
+    pub share: f64,
+    /// Whether the function is a hotspot.
+    pub hotspot: bool,
+}
+
+/// The analysis of a profile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Analysis {
+    /// Samples analysed.
+    pub samples: u64,
+    /// The threshold used for hotspots.
+    pub hotspot_threshold: f64,
+    /// Every function, by inclusive share, largest first.
+    pub functions: Vec<FunctionShare>,
+    /// Functions at or above the threshold, process roots left out, largest first
+    /// (which, for nested calls, is root to leaf).
+    pub hotspots: Vec<FunctionShare>,
+    /// The heaviest path from the root down to the deepest hotspot on it.
+    pub hot_path: Vec<PathStep>,
+    /// The rules and whether they fired.
+    pub rules: Vec<RuleOutcome>,
+}
+
+impl Analysis {
+    /// Whether any rule fired.
+    pub fn any_rule_fired(&self) -> bool {
+        self.rules.iter().any(|outcome| outcome.fired)
+    }
+}
+
+/// Computes shares, hotspots, the hot path and the rules' outcomes.
+pub fn analyze(profile: &Profile, options: &AnalysisOptions) -> Analysis {
+    let samples = profile.samples();
+    let share = |count: u64| {
+        if samples == 0 {
+            0.0
+        } else {
+            count as f64 / samples as f64
+        }
+    };
+
+    let mut self_samples = vec![0u64; profile.frames.len()];
+    let mut total_samples = vec![0u64; profile.frames.len()];
+    let mut seen = vec![usize::MAX; profile.frames.len()];
+    for (stack_index, stack) in profile.stacks.iter().enumerate() {
+        if let Some(&leaf) = stack.frames.last() {
+            self_samples[leaf] += stack.count;
+        }
+        for &frame in &stack.frames {
+            // Recursion: count a function once per stack.
+            if seen[frame] != stack_index {
+                seen[frame] = stack_index;
+                total_samples[frame] += stack.count;
+            }
+        }
+    }
+    let mut functions: Vec<FunctionShare> = profile
+        .frames
+        .iter()
+        .enumerate()
+        .map(|(id, frame)| FunctionShare {
+            frame: frame.clone(),
+            self_samples: self_samples[id],
+            total_samples: total_samples[id],
+            self_share: share(self_samples[id]),
+            total_share: share(total_samples[id]),
+        })
+        .collect();
+    functions.sort_by(|a, b| {
+        b.total_samples
+            .cmp(&a.total_samples)
+            .then(b.self_samples.cmp(&a.self_samples))
+            .then_with(|| a.frame.name.cmp(&b.frame.name))
+    });
+
+    let is_hotspot = |function: &FunctionShare| {
+        samples > 0
+            && function.total_share >= options.hotspot_threshold
+            && !is_process_root(&function.frame.name)
+    };
+    let hotspots: Vec<FunctionShare> = functions
+        .iter()
+        .filter(|f| is_hotspot(f))
+        .cloned()
+        .collect();
+    let hot_path = hot_path(profile, &hotspots, &share);
+
+    let rules = options
+        .rules
+        .iter()
+        .map(|rule| {
+            let matching: u64 = profile
+                .stacks
+                .iter()
+                .filter(|stack| {
+                    stack
+                        .frames
+                        .iter()
+                        .any(|&frame| rule.matches(&profile.frames[frame].name))
+                })
+                .map(|stack| stack.count)
+                .sum();
+            RuleOutcome {
+                rule: rule.clone(),
+                share: share(matching),
+                fired: share(matching) > rule.limit,
+            }
+        })
+        .collect();
+
+    Analysis {
+        samples,
+        hotspot_threshold: options.hotspot_threshold,
+        functions,
+        hotspots,
+        hot_path,
+        rules,
+    }
+}
+
+/// Follows the heaviest child from the root, and keeps the path down to its deepest
+/// hotspot; empty when there is no hotspot on it.
+fn hot_path(
+    profile: &Profile,
+    hotspots: &[FunctionShare],
+    share: &dyn Fn(u64) -> f64,
+) -> Vec<PathStep> {
+    let mut path = Vec::new();
+    // The stacks that pass through the path so far, and how deep the path is.
+    let mut stacks: Vec<usize> = (0..profile.stacks.len()).collect();
+    loop {
+        let depth = path.len();
+        let mut children: HashMap<usize, u64> = HashMap::new();
+        for &stack in &stacks {
+            if let Some(&frame) = profile.stacks[stack].frames.get(depth) {
+                *children.entry(frame).or_default() += profile.stacks[stack].count;
+            }
+        }
+        let Some((frame, count)) = children
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        else {
+            break;
+        };
+        stacks.retain(|&stack| profile.stacks[stack].frames.get(depth) == Some(&frame));
+        let frame = &profile.frames[frame];
+        path.push(PathStep {
+            frame: frame.clone(),
+            share: share(count),
+            hotspot: hotspots.iter().any(|hotspot| hotspot.frame == *frame),
+        });
+    }
+    let deepest_hotspot = path.iter().rposition(|step| step.hotspot);
+    path.truncate(deepest_hotspot.map_or(0, |last| last + 1));
+    path
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::symbolize::ProfileBuilder;
+
+    fn profile(stacks: &[(&str, u64)]) -> Profile {
+        let mut builder = ProfileBuilder::default();
+        for (stack, count) in stacks {
+            builder.push(
+                stack.split(';').map(|name| Frame {
+                    name: name.to_owned(),
+                    kernel: false,
+                }),
+                *count,
+            );
+        }
+        builder.build()
+    }
+
+    fn function<'a>(analysis: &'a Analysis, name: &str) -> &'a FunctionShare {
+        analysis
+            .functions
+            .iter()
+            .find(|f| f.frame.name == name)
+            .unwrap()
+    }
+
+    #[test]
+    fn shares_are_exclusive_and_inclusive_and_recursion_counts_once() {
+        let profile = profile(&[
+            ("main;serve;model::predict;matmul", 6),
+            ("main;serve;model::predict;model::predict", 1),
+            ("main;serve;tokenize", 3),
+        ]);
+        let analysis = analyze(&profile, &AnalysisOptions::default());
+        assert_eq!(analysis.samples, 10);
+        let predict = function(&analysis, "model::predict");
+        assert_eq!((predict.self_samples, predict.total_samples), (1, 7));
+        assert!((predict.total_share - 0.7).abs() < 1e-9);
+        assert_eq!(function(&analysis, "matmul").self_share, 0.6);
+        assert_eq!(analysis.functions[0].frame.name, "main");
+        let totals: Vec<u64> = analysis.functions.iter().map(|f| f.total_samples).collect();
+        assert!(totals.windows(2).all(|pair| pair[0] >= pair[1]));
+    }
+
+    #[test]
+    fn hotspots_leave_out_process_roots_and_the_hot_path_ends_at_the_deepest() {
+        let profile = profile(&[
+            ("_start;main;serve;predict;matmul", 64),
+            ("_start;main;serve;io", 36),
+        ]);
+        let analysis = analyze(&profile, &AnalysisOptions::default());
+        let names: Vec<&str> = analysis
+            .hotspots
+            .iter()
+            .map(|f| f.frame.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["serve", "matmul", "predict"]);
+        let path: Vec<(&str, bool)> = analysis
+            .hot_path
+            .iter()
+            .map(|step| (step.frame.name.as_str(), step.hotspot))
+            .collect();
+        assert_eq!(
+            path,
+            vec![
+                ("_start", false),
+                ("main", false),
+                ("serve", true),
+                ("predict", true),
+                ("matmul", true)
+            ]
+        );
+    }
+
+    #[test]
+    fn no_hotspot_means_no_hot_path() {
+        let profile = profile(&[("main;a", 50), ("main;b", 50)]);
+        let analysis = analyze(&profile, &AnalysisOptions::default());
+        assert!(analysis.hotspots.is_empty());
+        assert!(analysis.hot_path.is_empty());
+    }
+
+    #[test]
+    fn rules_parse_and_reject_malformed_text() {
+        let rule: Rule = "predict>60%".parse().unwrap();
+        assert_eq!((rule.function.as_str(), rule.limit), ("predict", 0.6));
+        assert_eq!("a::b > 5".parse::<Rule>().unwrap().limit, 0.05);
+        for bad in ["predict", ">60%", "predict>abc", "predict>150%"] {
+            assert!(bad.parse::<Rule>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rule_names_match_exactly_or_as_the_last_path_segment() {
+        let rule: Rule = "predict>60%".parse().unwrap();
+        for name in [
+            "predict",
+            "model::predict",
+            "deepseek.core.model.predict",
+            "ns::predict(float*)",
+        ] {
+            assert!(rule.matches(name), "{name}");
+        }
+        for name in ["mypredict", "predict_batch", "predict::inner"] {
+            assert!(!rule.matches(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn rules_fire_only_above_their_limit() {
+        let profile = profile(&[("main;model::predict", 64), ("main;io", 36)]);
+        let rules = ["predict>60%", "predict>64%", "io>50%"]
+            .iter()
+            .map(|text| text.parse().unwrap())
+            .collect();
+        let analysis = analyze(
+            &profile,
+            &AnalysisOptions {
+                rules,
+                ..Default::default()
+            },
+        );
+        let fired: Vec<bool> = analysis.rules.iter().map(|outcome| outcome.fired).collect();
+        assert_eq!(fired, vec![true, false, false]);
+        assert!(analysis.any_rule_fired());
+        assert!((analysis.rules[0].share - 0.64).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,251 @@
+//! Loading the BPF object and attaching its programs to the kernel.
+//!
+//! [`Probes`] owns everything that is attached; dropping it, or calling
+//! [`Probes::detach`], takes every probe out of the kernel again.
+
+use std::{fs, os::fd::OwnedFd, time::Duration};
+
+use aya::{
+    Ebpf, EbpfError, include_bytes_aligned,
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{
+        PerfEvent, ProgramError,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    sys::{Stats, SyscallError},
+};
+use profiler_common::{LossCounter, MAX_TARGETS, map_names, program_names};
+
+use crate::exit::Failure;
+
+static BPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+
+/// Capabilities from `linux/capability.h`.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Fails with the name of the first missing capability, before anything is loaded.
+///
+/// CAP_SYS_ADMIN stands in for both of the others, as the kernel allows.
+pub fn check_privileges() -> Result<(), Failure> {
+    let status = fs::read_to_string("/proc/self/status")
+        .map_err(|error| Failure::Other(anyhow::anyhow!("reading /proc/self/status: {error}")))?;
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    for (cap, name) in [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")] {
+        if !has(cap) {
+            return Err(Failure::Privileges(format!(
+                "missing capability {name}: run as root, or grant cap_bpf and cap_perfmon"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What the kernel says about the profiler's own BPF cost.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BpfCost {
+    /// Total time spent in the profiler's BPF programs.
+    pub run_time: Duration,
+    /// How many times they ran.
+    pub run_count: u64,
+}
+
+/// The loaded BPF object and its attached programs.
+pub struct Probes {
+    ebpf: Ebpf,
+    targets: HashMap<MapData, u32, u8>,
+    /// Keeps the kernel's BPF run-time statistics on while the probes run.
+    _stats: Option<OwnedFd>,
+}
+
+impl Probes {
+    /// Loads the BPF object. Nothing is attached yet.
+    pub fn load() -> Result<Self, Failure> {
+        raise_memlock_limit();
+        let stats = aya::sys::enable_stats(Stats::RunTime).ok();
+        let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(load_failure)?;
+        let targets = ebpf
+            .take_map(map_names::TARGET_TGIDS)
+            .ok_or_else(|| missing(map_names::TARGET_TGIDS))?;
+        let targets = HashMap::try_from(targets).map_err(map_failure)?;
+        Ok(Probes {
+            ebpf,
+            targets,
+            _stats: stats,
+        })
+    }
+
+    /// Adds a process to the set that the programs record.
+    pub fn add_target(&mut self, tgid: u32) -> Result<(), Failure> {
+        self.targets
+            .insert(tgid, 1, 0)
+            .map_err(|error| match error {
+                MapError::SyscallError(SyscallError { io_error, .. })
+                    if io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    Failure::Other(anyhow::anyhow!(
+                        "more than {MAX_TARGETS} target processes are not supported"
+                    ))
+                }
+                error => map_failure(error),
+            })
+    }
+
+    /// Attaches the CPU sampler on every online CPU at `frequency_hz`.
+    ///
+    /// One attachment per CPU for all processes, filtered by tgid in BPF, is what covers
+    /// every thread of a target: a per-process perf event follows one thread only.
+    pub fn attach_cpu_sampler(&mut self, frequency_hz: u32) -> Result<(), Failure> {
+        let cpus = aya::util::online_cpus()
+            .map_err(|(path, error)| Failure::Other(anyhow::anyhow!("reading {path}: {error}")))?;
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(program_names::SAMPLE_CPU)
+            .ok_or_else(|| missing(program_names::SAMPLE_CPU))?
+            .try_into()
+            .map_err(program_failure)?;
+        program.load().map_err(program_failure)?;
+        for cpu in cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(u64::from(frequency_hz)),
+                    false,
+                )
+                .map_err(|error| perf_attach_failure(error, cpu))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the CPU sample ring buffer, to be read by [`crate::stream`].
+    pub fn take_cpu_samples(&mut self) -> Result<RingBuf<MapData>, Failure> {
+        let map = self
+            .ebpf
+            .take_map(map_names::CPU_SAMPLES)
+            .ok_or_else(|| missing(map_names::CPU_SAMPLES))?;
+        RingBuf::try_from(map).map_err(map_failure)
+    }
+
+    /// Takes the per-CPU loss counters, readable after [`Probes::detach`].
+    pub fn take_loss_counters(&mut self) -> Result<LossCounters, Failure> {
+        let map = self
+            .ebpf
+            .take_map(map_names::LOSS_COUNTERS)
+            .ok_or_else(|| missing(map_names::LOSS_COUNTERS))?;
+        Ok(LossCounters(
+            PerCpuArray::try_from(map).map_err(map_failure)?,
+        ))
+    }
+
+    /// Detaches and unloads every program, and returns what they cost while attached.
+    pub fn detach(self) -> BpfCost {
+        let cost = self
+            .ebpf
+            .programs()
+            .filter_map(|(_, program)| program.info().ok())
+            .fold(BpfCost::default(), |total, info| BpfCost {
+                run_time: total.run_time + info.run_time(),
+                run_count: total.run_count + info.run_count(),
+            });
+        // Dropping the object drops every program with its links, which closes the perf
+        // events and detaches the programs.
+        drop(self);
+        cost
+    }
+}
+
+/// Records the BPF programs had to drop, summed over CPUs.
+pub struct LossCounters(PerCpuArray<MapData, u64>);
+
+impl LossCounters {
+    /// The total of one counter.
+    pub fn total(&self, counter: LossCounter) -> u64 {
+        self.0
+            .get(&(counter as u32), 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Newer ones charge the memory
+/// cgroup, and raising the limit may be refused (no CAP_SYS_RESOURCE), which is harmless.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
+}
+
+fn missing(name: &str) -> Failure {
+    Failure::Other(anyhow::anyhow!("the BPF object has no `{name}`"))
+}
+
+fn load_failure(error: EbpfError) -> Failure {
+    match &error {
+        EbpfError::MapError(map_error) => map_failure_ref(map_error)
+            .unwrap_or_else(|| Failure::Other(anyhow::Error::new(error).context("loading BPF"))),
+        _ => Failure::Other(anyhow::Error::new(error).context("loading the BPF object")),
+    }
+}
+
+fn map_failure(error: MapError) -> Failure {
+    map_failure_ref(&error).unwrap_or_else(|| Failure::Other(anyhow::Error::new(error)))
+}
+
+fn map_failure_ref(error: &MapError) -> Option<Failure> {
+    let MapError::CreateError { name, io_error } = error else {
+        return None;
+    };
+    Some(match io_error.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => Failure::Privileges(format!(
+            "the kernel refused to create BPF map {name} ({io_error}): run as root with CAP_BPF"
+        )),
+        Some(libc::EINVAL) if name == map_names::CPU_SAMPLES => Failure::KernelFeature(format!(
+            "the kernel has no BPF ring buffers (needs Linux 5.8 or later): creating {name}: {io_error}"
+        )),
+        _ => Failure::Other(anyhow::anyhow!("creating BPF map {name}: {io_error}")),
+    })
+}
+
+fn program_failure(error: ProgramError) -> Failure {
+    match &error {
+        ProgramError::LoadError { io_error, .. }
+            if matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
+        {
+            Failure::Privileges(format!(
+                "the kernel refused to load the BPF program ({io_error}): run as root with CAP_BPF and CAP_PERFMON"
+            ))
+        }
+        _ => Failure::Other(anyhow::Error::new(error).context("loading the BPF program")),
+    }
+}
+
+fn perf_attach_failure(error: ProgramError, cpu: u32) -> Failure {
+    let os_error = match &error {
+        ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error.raw_os_error(),
+        _ => None,
+    };
+    match os_error {
+        Some(libc::ENOENT | libc::EOPNOTSUPP | libc::ENODEV) => Failure::KernelFeature(format!(
+            "the kernel has no software cpu-clock perf event on CPU {cpu}: {error}"
+        )),
+        Some(libc::EPERM | libc::EACCES) => Failure::Privileges(format!(
+            "perf_event_open was refused on CPU {cpu}: missing CAP_PERFMON, or kernel.perf_event_paranoid forbids it"
+        )),
+        _ => Failure::Other(
+            anyhow::Error::new(error).context(format!("attaching the CPU sampler on CPU {cpu}")),
+        ),
+    }
+}

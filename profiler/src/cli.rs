@@ -1,0 +1,210 @@
+//! The command line: `profiler record`, its options, and the exit codes.
+
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+use crate::{
+    analyze::{AnalysisOptions, Rule},
+    exit::{Failure, code},
+    record::{RecordOptions, TargetSpec, record},
+    render::OutputPaths,
+};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    recorded to the end, no rule fired
+  1    unexpected error
+  2    malformed command line
+  3    a --fail-on rule fired (every output was still written)
+  4    a target process does not exist, or the command could not be started
+  5    a needed capability is missing (CAP_BPF, CAP_PERFMON)
+  6    the kernel lacks a needed feature
+  7    an output file cannot be written (checked before recording)
+  8    a --pid target exited before the end (every output was still written)
+  130  interrupted by Ctrl-C (every output was still written)
+  143  stopped by SIGTERM (every output was still written)";
+
+/// An eBPF profiler for running processes.
+#[derive(Debug, Parser)]
+#[command(name = "profiler", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sample the on-CPU stacks of processes; write a flame graph and a hotspot report.
+    ///
+    /// Every thread of each target is sampled, including threads started during the
+    /// recording, in user and kernel space. The recording ends after --duration, on
+    /// Ctrl-C or SIGTERM, or when every target has exited; all outputs are written in
+    /// each case.
+    #[command(
+        after_help = EXIT_CODES,
+        group(ArgGroup::new("target").required(true).args(["pids", "command"])),
+    )]
+    Record(RecordArgs),
+}
+
+#[derive(Debug, Args)]
+struct RecordArgs {
+    /// Profile this running process; repeat for several.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+
+    /// Stop after this many seconds (default: when stopped or when the targets exit).
+    #[arg(short, long, value_name = "SECS", value_parser = parse_duration)]
+    duration: Option<Duration>,
+
+    /// Samples per second on each CPU.
+    #[arg(short = 'F', long, value_name = "HZ", default_value_t = 99,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    frequency: u32,
+
+    /// Write the flame graph SVG here.
+    #[arg(short, long, value_name = "FILE.svg", default_value = "flamegraph.svg")]
+    output: PathBuf,
+
+    /// Also write collapsed stacks here (flamegraph.pl and inferno read them).
+    #[arg(long, value_name = "FILE")]
+    folded: Option<PathBuf>,
+
+    /// Also write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Flag every function holding at least PCT % of on-CPU time (process roots excepted).
+    #[arg(long, value_name = "PCT", default_value_t = 60.0, value_parser = parse_percent)]
+    hotspot_threshold: f64,
+
+    /// Exit with code 3 if NAME holds more than PCT % of on-CPU time; repeatable.
+    /// NAME matches a function exactly or as its last path segment.
+    #[arg(long = "fail-on", value_name = "NAME>PCT%")]
+    fail_on: Vec<Rule>,
+
+    /// Rows in each table of the terminal summary.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    top: usize,
+
+    /// Start this command and profile it until it exits.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+impl RecordArgs {
+    fn into_options(self) -> RecordOptions {
+        let target = if self.command.is_empty() {
+            TargetSpec::Pids(self.pids)
+        } else {
+            TargetSpec::Command(self.command)
+        };
+        RecordOptions {
+            duration: self.duration,
+            frequency_hz: self.frequency,
+            outputs: OutputPaths {
+                svg: self.output,
+                folded: self.folded,
+                json: self.json,
+            },
+            analysis: AnalysisOptions {
+                hotspot_threshold: self.hotspot_threshold / 100.0,
+                rules: self.fail_on,
+            },
+            top: self.top,
+            ..RecordOptions::new(target)
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {text}"))?;
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err(format!("the duration must be positive: {text}"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let percent: f64 = text
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("not a percentage: {text}"))?;
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(format!("a percentage must be between 0 and 100: {text}"));
+    }
+    Ok(percent)
+}
+
+/// Runs the command line and returns the process's exit code.
+pub fn run() -> u8 {
+    let cli = Cli::parse();
+    let Command::Record(args) = cli.command;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("profiler: error: starting the runtime: {error}");
+            return code::ERROR;
+        }
+    };
+    match runtime.block_on(record(args.into_options())) {
+        Ok(recording) => {
+            if let Some(reason) = recording.exit_reason() {
+                eprintln!("profiler: {reason}");
+            }
+            recording.exit_code()
+        }
+        Err(failure) => {
+            eprintln!("profiler: error: {failure}");
+            Failure::exit_code(&failure)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pids_and_command_are_exclusive_and_one_is_required() {
+        assert!(Cli::try_parse_from(["profiler", "record"]).is_err());
+        assert!(Cli::try_parse_from(["profiler", "record", "-p", "1", "--", "true"]).is_err());
+        let cli = Cli::try_parse_from([
+            "profiler",
+            "record",
+            "--fail-on",
+            "predict>60%",
+            "--",
+            "sleep",
+            "1",
+        ])
+        .unwrap();
+        let Command::Record(args) = cli.command;
+        let options = args.into_options();
+        assert!(matches!(options.target, TargetSpec::Command(ref argv) if argv.len() == 2));
+        assert_eq!(options.analysis.rules[0].function, "predict");
+        assert_eq!(options.frequency_hz, 99);
+    }
+
+    #[test]
+    fn durations_and_percentages_are_validated() {
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_percent("60%"), Ok(60.0));
+        assert!(parse_percent("101").is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! An eBPF profiler for running processes.
+//!
+//! The modules follow the data flow of a recording:
+//!
+//! 1. [`target`]: the processes to profile, existing or started by us;
+//! 2. [`attach`]: loading the BPF programs and attaching them to the kernel;
+//! 3. [`stream`]: draining the ring buffers the programs write to;
+//! 4. [`aggregate`]: counting distinct stacks;
+//! 5. [`symbolize`]: naming their frames;
+//! 6. [`analyze`]: shares, hotspots and `--fail-on` rules;
+//! 7. [`render`]: flame graph, collapsed stacks, JSON report and terminal summary.
+//!
+//! [`record`] drives them in that order; [`cli`] is the command line over it, and
+//! [`exit`] documents how a run ends.
+
+pub mod aggregate;
+pub mod analyze;
+pub mod attach;
+pub mod cli;
+pub mod exit;
+pub mod record;
+pub mod render;
+pub mod stream;
+pub mod symbolize;
+pub mod target;

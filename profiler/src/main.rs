@@ -1,0 +1,5 @@
+//! The `profiler` binary; everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    std::process::ExitCode::from(profiler::cli::run())
+}

@@ -1,0 +1,69 @@
+//! Collapsed stacks: one line per distinct stack, `root;...;leaf count`, the format that
+//! `flamegraph.pl`, inferno and speedscope read. Kernel frames end in `_[k]`, as
+//! `stackcollapse-perf.pl --kernel` writes them.
+
+use std::io::{self, Write};
+
+use crate::symbolize::{Frame, Profile};
+
+/// The collapsed lines of a profile, sorted so that equal profiles give equal files.
+pub fn lines(profile: &Profile) -> Vec<String> {
+    let names: Vec<String> = profile.frames.iter().map(frame_label).collect();
+    let mut lines: Vec<String> = profile
+        .stacks
+        .iter()
+        .filter(|stack| !stack.frames.is_empty())
+        .map(|stack| {
+            let path: Vec<&str> = stack.frames.iter().map(|&id| names[id].as_str()).collect();
+            format!("{} {}", path.join(";"), stack.count)
+        })
+        .collect();
+    lines.sort_unstable();
+    lines
+}
+
+/// Writes the collapsed lines.
+pub fn write(lines: &[String], writer: &mut impl Write) -> io::Result<()> {
+    lines.iter().try_for_each(|line| writeln!(writer, "{line}"))
+}
+
+/// A frame as it appears in collapsed stacks: `;` separates frames and a newline ends the
+/// record, so neither may appear inside a name.
+pub fn frame_label(frame: &Frame) -> String {
+    let name: String = frame
+        .name
+        .chars()
+        .map(|c| if c == ';' || c.is_control() { ':' } else { c })
+        .collect();
+    if frame.kernel {
+        format!("{name}_[k]")
+    } else {
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::symbolize::ProfileBuilder;
+
+    #[test]
+    fn stacks_collapse_root_first_with_kernel_frames_marked() {
+        let frame = |name: &str, kernel| Frame {
+            name: name.to_owned(),
+            kernel,
+        };
+        let mut builder = ProfileBuilder::default();
+        builder.push(
+            [
+                frame("main", false),
+                frame("read", false),
+                frame("vfs_read", true),
+            ],
+            2,
+        );
+        builder.push([frame("main", false), frame("odd;name", false)], 1);
+        let lines = lines(&builder.build());
+        assert_eq!(lines, vec!["main;odd:name 1", "main;read;vfs_read_[k] 2"]);
+    }
+}

@@ -1,0 +1,221 @@
+//! The processes being profiled: pids that already run, or a command that the profiler
+//! starts itself and holds until the probes are attached.
+
+use std::{
+    ffi::{CString, OsStr, OsString},
+    fs,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::exit::Failure;
+
+/// Checks that `pid` names a live process, so that nothing is loaded for a typo.
+pub fn ensure_exists(pid: u32) -> Result<(), Failure> {
+    if pid == 0 || !is_alive(pid) {
+        return Err(Failure::NoTarget(format!("no process with pid {pid}")));
+    }
+    Ok(())
+}
+
+/// Whether `pid` is a process that can still run: it exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    !matches!(state, None | Some("Z" | "X"))
+}
+
+/// The process's command name, or `?` once it is gone.
+pub fn process_name(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|comm| comm.trim_end().to_owned())
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// A command started by the profiler, stopped before `exec` until [`HeldCommand::release`].
+///
+/// Holding it lets the probes be in place before its first instruction, as `perf record
+/// -- CMD` does. `std::process::Command` can't do this: its `spawn` waits for the `exec`.
+pub struct HeldCommand {
+    pid: u32,
+    /// Write end of the pipe the child waits on; closing it lets the child `exec`.
+    go: Option<std::io::PipeWriter>,
+    exit: Option<ExitStatus>,
+}
+
+/// How a started command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signal(signal) => write!(f, "signal {signal}"),
+        }
+    }
+}
+
+impl HeldCommand {
+    /// Forks a child that will `exec` `argv` once released. Fails if the program is not
+    /// found or not executable, so that the error is reported before anything is loaded.
+    pub fn spawn(argv: &[OsString]) -> Result<Self, Failure> {
+        let program = argv
+            .first()
+            .ok_or_else(|| Failure::NoTarget("no command given after `--`".to_owned()))?;
+        let path = find_program(program).ok_or_else(|| {
+            Failure::NoTarget(format!(
+                "command not found or not executable: {}",
+                program.to_string_lossy()
+            ))
+        })?;
+        let path = c_string(path.as_os_str())?;
+        let args = argv
+            .iter()
+            .map(|arg| c_string(arg))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut arg_pointers: Vec<*const libc::c_char> =
+            args.iter().map(|arg| arg.as_ptr()).collect();
+        arg_pointers.push(std::ptr::null());
+
+        let (wait, go) =
+            std::io::pipe().map_err(|error| Failure::Other(anyhow::anyhow!("pipe: {error}")))?;
+        let wait_fd = std::os::fd::AsRawFd::as_raw_fd(&wait);
+        // SAFETY: the child calls only async-signal-safe functions (close, read, execv,
+        // _exit) on memory prepared before the fork, so it is sound in a threaded parent.
+        let pid = unsafe { libc::fork() };
+        match pid {
+            -1 => Err(Failure::Other(anyhow::anyhow!(
+                "fork: {}",
+                std::io::Error::last_os_error()
+            ))),
+            0 => unsafe {
+                libc::close(std::os::fd::AsRawFd::as_raw_fd(&go));
+                let mut byte = 0u8;
+                // Returns 0 (EOF) once the parent drops its write end.
+                while libc::read(wait_fd, (&raw mut byte).cast(), 1) < 0 {}
+                libc::close(wait_fd);
+                libc::execv(path.as_ptr(), arg_pointers.as_ptr());
+                libc::_exit(127)
+            },
+            pid => Ok(HeldCommand {
+                pid: pid as u32,
+                go: Some(go),
+                exit: None,
+            }),
+        }
+    }
+
+    /// The child's pid, which stays the same across its `exec`.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Lets the child `exec` the command.
+    pub fn release(&mut self) {
+        self.go.take();
+    }
+
+    /// How the command ended, once it has; reaps it without blocking.
+    pub fn poll_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            let mut status = 0;
+            // SAFETY: plain syscall on our own child.
+            let reaped = unsafe { libc::waitpid(self.pid as i32, &raw mut status, libc::WNOHANG) };
+            if reaped == self.pid as i32 {
+                self.exit = Some(if libc::WIFSIGNALED(status) {
+                    ExitStatus::Signal(libc::WTERMSIG(status))
+                } else {
+                    ExitStatus::Code(libc::WEXITSTATUS(status))
+                });
+            }
+        }
+        self.exit
+    }
+
+    /// Ends a command that outlived the recording: SIGTERM, then SIGKILL after a grace
+    /// period, so that the profiler leaves no orphan behind.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        self.release();
+        for (signal, grace_ms) in [(libc::SIGTERM, 2000), (libc::SIGKILL, 2000)] {
+            if self.poll_exit().is_some() {
+                break;
+            }
+            // SAFETY: signalling our own, not yet reaped, child.
+            unsafe { libc::kill(self.pid as i32, signal) };
+            for _ in 0..grace_ms / 10 {
+                if self.poll_exit().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.poll_exit()
+    }
+}
+
+impl Drop for HeldCommand {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.terminate();
+        }
+    }
+}
+
+fn c_string(text: &OsStr) -> Result<CString, Failure> {
+    CString::new(text.as_bytes()).map_err(|_| {
+        Failure::NoTarget(format!(
+            "command argument contains a NUL byte: {}",
+            text.to_string_lossy()
+        ))
+    })
+}
+
+/// Resolves a program the way a shell does: a name with a slash is a path, others are
+/// searched in `$PATH`.
+fn find_program(program: &OsStr) -> Option<PathBuf> {
+    let is_executable = |path: &Path| {
+        let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: plain syscall on a NUL-terminated path.
+        path.is_file() && unsafe { libc::access(c_path.as_ptr(), libc::X_OK) } == 0
+    };
+    if program.as_bytes().contains(&b'/') {
+        let path = PathBuf::from(program);
+        return is_executable(&path).then_some(path);
+    }
+    let search_path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&search_path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_pid_zero_is_not_a_target() {
+        assert!(is_alive(std::process::id()));
+        assert!(ensure_exists(0).is_err());
+    }
+
+    #[test]
+    fn programs_resolve_through_path_and_missing_ones_do_not() {
+        assert!(find_program(OsStr::new("sh")).is_some());
+        assert!(find_program(OsStr::new("/bin/sh")).is_some());
+        assert!(find_program(OsStr::new("surely-no-such-program-here")).is_none());
+    }
+}

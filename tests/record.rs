@@ -1,0 +1,451 @@
+//! End-to-end tests of `profiler record`: the real binary loads its real BPF programs into
+//! the running kernel and profiles real processes that these tests start. They need root
+//! (`cargo xtask test` runs them so) and run one at a time, since they measure CPU time.
+//!
+//! Every accuracy check compares with what the workload measured about itself.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Exit codes, as documented in the README and `profiler record --help`.
+const RULE_FIRED: i32 = 3;
+const NO_TARGET: i32 = 4;
+const PRIVILEGES: i32 = 5;
+const OUTPUT: i32 = 7;
+const TARGET_EXITED: i32 = 8;
+const INTERRUPTED: i32 = 130;
+
+/// A folder of its own for each test, under cargo's scratch space.
+fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The `phases` workload, compiled once with frame pointers.
+fn phases_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workloads/phases.c");
+        let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("phases");
+        let status = Command::new("cc")
+            .args([
+                "-O1",
+                "-g",
+                "-fno-omit-frame-pointer",
+                "-mno-omit-leaf-frame-pointer",
+                "-pthread",
+            ])
+            .arg(&source)
+            .arg("-o")
+            .arg(&binary)
+            .status()
+            .expect("running cc");
+        assert!(status.success(), "compiling {}", source.display());
+        binary
+    })
+}
+
+/// What the `phases` workload measured about itself.
+struct Truth(Value);
+
+impl Truth {
+    fn read(path: &Path) -> Truth {
+        let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Truth(serde_json::from_str(&text).unwrap())
+    }
+
+    /// hot_phase's share of the whole process's CPU time.
+    fn hot_share(&self) -> f64 {
+        self.0["hot_ns"].as_f64().unwrap() / self.0["process_ns"].as_f64().unwrap()
+    }
+
+    fn tids(&self) -> Vec<u64> {
+        self.0["tids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|tid| tid.as_u64().unwrap())
+            .collect()
+    }
+}
+
+/// Starts `phases THREADS SECONDS DELAY_MS TRUTH` in the background.
+fn start_phases(dir: &Path, threads: u32, seconds: f64, delay_ms: u32) -> Child {
+    Command::new(phases_binary())
+        .args([
+            threads.to_string(),
+            seconds.to_string(),
+            delay_ms.to_string(),
+        ])
+        .arg(dir.join("truth.json"))
+        .spawn()
+        .unwrap()
+}
+
+fn profiler() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_profiler"))
+}
+
+/// `profiler record` writing every output into `dir`, with `args` added.
+fn record(dir: &Path, args: &[&str]) -> Command {
+    let mut command = profiler();
+    command
+        .arg("record")
+        .arg("-o")
+        .arg(dir.join("flame.svg"))
+        .arg("--json")
+        .arg(dir.join("report.json"))
+        .arg("--folded")
+        .arg(dir.join("stacks.folded"))
+        .args(args);
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command.output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn report(dir: &Path) -> Value {
+    serde_json::from_str(&fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+}
+
+/// Inclusive share of `name` in a report.
+fn total_share(report: &Value, name: &str) -> f64 {
+    report["cpu"]["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|function| function["name"] == name)
+        .map_or(0.0, |function| function["total"].as_f64().unwrap())
+}
+
+fn stderr_line(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected a one-line reason, got: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn dominant_function_share_matches_the_workloads_thread_cpu_time() {
+    let dir = scratch("dominant");
+    let mut workload = start_phases(&dir, 2, 6.0, 0);
+    let pid = workload.id().to_string();
+    let output = run(&mut record(
+        &dir,
+        &["--pid", &pid, "--duration", "4", "-F", "199"],
+    ));
+    assert_eq!(output.status.code(), Some(0));
+    assert!(workload.wait().unwrap().success());
+
+    let truth = Truth::read(&dir.join("truth.json"));
+    let report = report(&dir);
+    let measured = total_share(&report, "hot_phase");
+    let expected = truth.hot_share();
+    assert!(
+        (measured - expected).abs() <= 0.05,
+        "hot_phase: profiler says {measured:.3}, the workload measured {expected:.3}"
+    );
+    let cold = total_share(&report, "cold_phase");
+    assert!(
+        (cold - (1.0 - expected)).abs() <= 0.05,
+        "cold_phase {cold:.3} vs {:.3}",
+        1.0 - expected
+    );
+    // Two busy threads for four seconds at 199 Hz on two CPUs.
+    let samples = report["cpu"]["samples"].as_u64().unwrap();
+    assert!((1200..=1800).contains(&samples), "{samples} samples");
+    assert_eq!(report["cpu"]["lost"], 0);
+}
+
+#[test]
+fn every_thread_is_sampled_including_threads_started_after_the_attach() {
+    let dir = scratch("threads");
+    // The workers start 700 ms after the process, so after the profiler attached.
+    let mut workload = start_phases(&dir, 4, 2.0, 700);
+    let pid = workload.id().to_string();
+    let output = run(&mut record(&dir, &["--pid", &pid, "--duration", "10"]));
+    assert!(workload.wait().unwrap().success());
+    // The workload exited before the duration: that is reported, with everything written.
+    assert_eq!(output.status.code(), Some(TARGET_EXITED));
+
+    let truth = Truth::read(&dir.join("truth.json"));
+    let report = report(&dir);
+    let threads = report["cpu"]["threads"].as_array().unwrap();
+    let samples = report["cpu"]["samples"].as_u64().unwrap();
+    for tid in truth.tids() {
+        let thread_samples = threads
+            .iter()
+            .find(|thread| thread["tid"] == tid)
+            .map_or(0, |thread| thread["samples"].as_u64().unwrap());
+        // Four equal threads share two CPUs: each should hold about a quarter.
+        assert!(
+            thread_samples * 8 >= samples,
+            "thread {tid} has {thread_samples} of {samples} samples"
+        );
+    }
+}
+
+#[test]
+fn outputs_are_a_valid_svg_collapsed_stacks_and_a_json_report() {
+    let dir = scratch("outputs");
+    let phases = phases_binary().to_str().unwrap().to_owned();
+    let truth = dir.join("truth.json");
+    let output = run(&mut record(
+        &dir,
+        &["--", &phases, "2", "2", "0", truth.to_str().unwrap()],
+    ));
+    assert_eq!(output.status.code(), Some(0));
+
+    let svg = fs::read_to_string(dir.join("flame.svg")).unwrap();
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true, // inferno declares the SVG 1.1 DTD
+        ..roxmltree::ParsingOptions::default()
+    };
+    let document =
+        roxmltree::Document::parse_with_options(&svg, options).expect("the SVG is well-formed XML");
+    let titles: Vec<&str> = document
+        .descendants()
+        .filter(|node| node.has_tag_name("title"))
+        .filter_map(|node| node.text())
+        .collect();
+    assert!(
+        titles.iter().any(|title| title.starts_with("hot_phase ")),
+        "no hot_phase frame"
+    );
+    assert!(
+        titles.iter().any(|title| title.starts_with("cold_phase ")),
+        "no cold_phase frame"
+    );
+    assert!(
+        svg.contains("On-CPU flame graph: phases (pid "),
+        "the title names the target"
+    );
+
+    let report = report(&dir);
+    check_report_schema(&report);
+    let folded = fs::read_to_string(dir.join("stacks.folded")).unwrap();
+    let folded_samples: u64 = folded
+        .lines()
+        .map(|line| line.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(folded_samples, report["cpu"]["samples"].as_u64().unwrap());
+    assert!(folded.lines().any(|line| line.contains("hot_phase ")));
+}
+
+/// The report has every field of the documented schema, with the right types.
+fn check_report_schema(report: &Value) {
+    assert!(report["duration_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["target"]["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|pid| pid.is_u64())
+    );
+    let cpu = &report["cpu"];
+    assert!(cpu["samples"].as_u64().unwrap() > 0);
+    assert!(cpu["lost"].is_u64());
+    assert!(cpu["frequency_hz"].as_u64().unwrap() == 99);
+    let functions = cpu["functions"].as_array().unwrap();
+    for function in functions {
+        assert!(function["name"].is_string());
+        for share in ["self", "total"] {
+            assert!((0.0..=1.0).contains(&function[share].as_f64().unwrap()));
+        }
+        assert!(function["self"].as_f64() <= function["total"].as_f64());
+    }
+    let totals: Vec<f64> = functions
+        .iter()
+        .map(|f| f["total"].as_f64().unwrap())
+        .collect();
+    assert!(
+        totals.windows(2).all(|pair| pair[0] >= pair[1]),
+        "functions sorted by total"
+    );
+    for hotspot in cpu["hotspots"].as_array().unwrap() {
+        assert!(hotspot["name"].is_string());
+        assert!(hotspot["total"].as_f64() >= hotspot["threshold"].as_f64());
+    }
+    assert!(report["rules"].is_array());
+}
+
+#[test]
+fn fail_on_rules_exit_3_when_fired_and_0_when_not() {
+    let dir = scratch("rules");
+    let phases = phases_binary().to_str().unwrap().to_owned();
+    let truth = dir.join("truth.json");
+    let workload = ["--", &phases, "2", "1.5", "0", truth.to_str().unwrap()];
+
+    let fired = run(record(
+        &dir,
+        &["--fail-on", "hot_phase>50%", "--fail-on", "cold_phase>90%"],
+    )
+    .args(workload));
+    assert_eq!(fired.status.code(), Some(RULE_FIRED));
+    assert!(stderr_line(&fired).contains("hot_phase>50%"));
+    let rules = report(&dir)["rules"].clone();
+    assert_eq!(rules[0]["rule"], "hot_phase>50%");
+    assert_eq!(rules[0]["fired"], true);
+    assert_eq!(rules[1]["fired"], false);
+    assert!(
+        dir.join("flame.svg").exists(),
+        "outputs are written when a rule fires"
+    );
+
+    let quiet = run(record(&dir, &["--fail-on", "hot_phase>95%"]).args(workload));
+    assert_eq!(quiet.status.code(), Some(0));
+    assert_eq!(report(&dir)["rules"][0]["fired"], false);
+}
+
+#[test]
+fn a_pid_that_does_not_exist_fails_before_anything_is_loaded() {
+    let dir = scratch("no-pid");
+    let output = run(&mut record(
+        &dir,
+        &["--pid", "999999999", "--duration", "1"],
+    ));
+    assert_eq!(output.status.code(), Some(NO_TARGET));
+    assert!(stderr_line(&output).contains("no process with pid 999999999"));
+    assert!(!dir.join("flame.svg").exists());
+}
+
+#[test]
+fn an_unwritable_output_fails_before_recording() {
+    let dir = scratch("unwritable");
+    let mut workload = start_phases(&dir, 1, 3.0, 0);
+    let started = Instant::now();
+    let output = run(profiler()
+        .args([
+            "record",
+            "--pid",
+            &workload.id().to_string(),
+            "--duration",
+            "30",
+        ])
+        .args(["-o", "/nonexistent-folder/flame.svg"]));
+    assert_eq!(output.status.code(), Some(OUTPUT));
+    assert!(stderr_line(&output).contains("/nonexistent-folder/flame.svg"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it did not wait for the recording"
+    );
+    workload.kill().unwrap();
+    workload.wait().unwrap();
+}
+
+#[test]
+fn missing_privileges_name_the_capability() {
+    let dir = scratch("privileges");
+    let output = run(Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_profiler"))
+        .args(["record", "--duration", "1", "-o"])
+        .arg(dir.join("flame.svg"))
+        .args(["--", "true"]));
+    assert_eq!(output.status.code(), Some(PRIVILEGES));
+    assert!(stderr_line(&output).contains("CAP_BPF"));
+}
+
+#[test]
+fn a_target_that_exits_mid_recording_keeps_what_was_gathered() {
+    let dir = scratch("exits");
+    let mut workload = start_phases(&dir, 2, 1.0, 0);
+    let pid = workload.id().to_string();
+    let started = Instant::now();
+    let output = run(&mut record(&dir, &["--pid", &pid, "--duration", "30"]));
+    assert!(workload.wait().unwrap().success());
+    assert_eq!(output.status.code(), Some(TARGET_EXITED));
+    assert!(stderr_line(&output).contains("target exited"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it stopped when the target exited"
+    );
+    let report = report(&dir);
+    assert_eq!(report["stop_reason"], "targets_exited");
+    assert!(report["cpu"]["samples"].as_u64().unwrap() > 50);
+    // The process is gone, yet its frames still have names.
+    assert!(total_share(&report, "hot_phase") > 0.5);
+}
+
+#[test]
+fn command_mode_profiles_the_command_until_it_exits() {
+    let dir = scratch("command");
+    let phases = phases_binary().to_str().unwrap().to_owned();
+    let truth = dir.join("truth.json");
+    let started = Instant::now();
+    let output = run(&mut record(
+        &dir,
+        &["--", &phases, "1", "1.5", "0", truth.to_str().unwrap()],
+    ));
+    assert_eq!(output.status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let truth = Truth::read(&truth);
+    let report = report(&dir);
+    assert_eq!(report["target"]["names"][0], "phases");
+    let threads = report["cpu"]["threads"].as_array().unwrap();
+    assert!(
+        threads
+            .iter()
+            .any(|thread| thread["tid"] == truth.tids()[0])
+    );
+    let measured = total_share(&report, "hot_phase");
+    assert!(
+        (measured - truth.hot_share()).abs() <= 0.08,
+        "{measured} vs {}",
+        truth.hot_share()
+    );
+}
+
+#[test]
+fn ctrl_c_writes_everything_and_detaches_every_probe() {
+    let dir = scratch("ctrl-c");
+    let mut workload = start_phases(&dir, 1, 10.0, 0);
+    let child = record(&dir, &["--pid", &workload.id().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(2000));
+    // SAFETY: plain syscall signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
+    assert_eq!(output.status.code(), Some(INTERRUPTED));
+    assert!(stderr_line(&output).contains("SIGINT"));
+    let report = report(&dir);
+    assert_eq!(report["stop_reason"], "sigint");
+    assert!(report["cpu"]["samples"].as_u64().unwrap() > 50);
+
+    let leftover = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|program| program.name_as_str() == Some("sample_cpu"))
+        .count();
+    assert_eq!(
+        leftover, 0,
+        "a sampling program is still loaded after the profiler exited"
+    );
+    workload.kill().unwrap();
+    workload.wait().unwrap();
+}
