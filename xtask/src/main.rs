@@ -1,1 +1,145 @@
-fn main() {}
+//! Workspace tasks: `cargo xtask setup | build | test | demo | bench`.
+//!
+//! Every task that needs the toolchain runs set-up first; set-up installs only what is
+//! missing, so running it again costs a few checks.
+
+mod bench;
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Set-up, build, test, demo and benchmark tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: pinned toolchains, rust-src, bpf-linker, C compiler, and
+    /// the tracefs, bpffs and debugfs mounts.
+    Setup,
+    /// Set up, then build everything in release mode (BPF object included).
+    Build,
+    /// Set up, then run the whole test suite as root.
+    Test,
+    /// Set up, build, start the bundled demo service and profile it.
+    Demo {
+        /// Seconds to record.
+        #[arg(long, default_value_t = 5)]
+        duration: u32,
+    },
+    /// Set up, build, and measure the profiler against perf; writes target/bench/results.json.
+    Bench {
+        /// Seconds per measured run.
+        #[arg(long, default_value_t = 20)]
+        duration: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            build()
+        }
+        Task::Test => {
+            setup::run()?;
+            require_root("the tests load BPF programs")?;
+            cargo(&["test", "--release", "--", "--test-threads=1"])
+        }
+        Task::Demo { duration } => {
+            setup::run()?;
+            build()?;
+            demo::run(duration)
+        }
+        Task::Bench { duration } => {
+            setup::run()?;
+            build()?;
+            bench::run(duration)
+        }
+    }
+}
+
+fn build() -> anyhow::Result<()> {
+    cargo(&["build", "--release"])
+}
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The profiler binary that `build` leaves behind.
+fn profiler_binary() -> PathBuf {
+    root().join("target/release/profiler")
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    run_checked(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(args)
+            .current_dir(root()),
+    )
+}
+
+/// Runs a command to completion, failing unless it succeeds.
+pub fn run_checked(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its standard output, or None if it fails to run or succeed.
+fn output(command: &mut Command) -> Option<String> {
+    let output = command.output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn require_root(why: &str) -> anyhow::Result<()> {
+    let uid = output(Command::new("id").arg("-u")).unwrap_or_default();
+    if uid.trim() != "0" {
+        bail!("run this as root: {why}");
+    }
+    Ok(())
+}
+
+/// Compiles a C program with frame pointers, as the demo and the tests' workloads need.
+fn compile_c(source: &Path, binary: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(binary.parent().unwrap())?;
+    run_checked(
+        Command::new("cc")
+            .args([
+                "-O2",
+                "-g",
+                "-fno-omit-frame-pointer",
+                "-mno-omit-leaf-frame-pointer",
+                "-pthread",
+            ])
+            .arg(source)
+            .arg("-o")
+            .arg(binary),
+    )
+}

@@ -85,7 +85,21 @@ pub fn text(recording: &Recording, written: &[PathBuf], top: usize) -> String {
                 step.frame.name
             );
         }
-        for hotspot in &analysis.hotspots {
+        // The deepest hotspot on the hot path is where the time is really spent; its
+        // callers hold at least as much. Hotspots off the path are listed too.
+        let deepest = analysis.hot_path.last().map(|step| &step.frame);
+        let off_path = analysis.hotspots.iter().filter(|hotspot| {
+            !analysis
+                .hot_path
+                .iter()
+                .any(|step| step.frame == hotspot.frame)
+        });
+        for hotspot in analysis
+            .hotspots
+            .iter()
+            .filter(|hotspot| Some(&hotspot.frame) == deepest)
+            .chain(off_path)
+        {
             out += &format!(
                 "Hotspot: {} holds {} of on-CPU time, at or above the {threshold} limit.\n",
                 hotspot.frame.name,

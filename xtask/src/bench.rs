@@ -1,0 +1,3 @@
+pub fn run(_duration: u32) -> anyhow::Result<()> {
+    Ok(())
+}
