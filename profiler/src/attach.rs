@@ -6,7 +6,7 @@
 use std::{fs, os::fd::OwnedFd, time::Duration};
 
 use aya::{
-    Ebpf, EbpfError, include_bytes_aligned,
+    Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         PerfEvent, ProgramError,
@@ -72,7 +72,12 @@ impl Probes {
     pub fn load() -> Result<Self, Failure> {
         raise_memlock_limit();
         let stats = aya::sys::enable_stats(Stats::RunTime).ok();
-        let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(load_failure)?;
+        // The programs use no CO-RE relocations, so parsing the kernel's BTF (tens of
+        // milliseconds) would buy nothing.
+        let mut ebpf = EbpfLoader::new()
+            .btf(None)
+            .load(BPF_OBJECT)
+            .map_err(load_failure)?;
         let targets = ebpf
             .take_map(map_names::TARGET_TGIDS)
             .ok_or_else(|| missing(map_names::TARGET_TGIDS))?;

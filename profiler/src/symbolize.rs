@@ -218,6 +218,10 @@ impl Symbolizer {
 
     /// Names for each address, outermost inlined function first.
     fn names(&self, source: &Source<'_>, addresses: &[u64]) -> Vec<Vec<String>> {
+        if addresses.is_empty() {
+            // Loading a source, kallsyms above all, costs tens of milliseconds.
+            return Vec::new();
+        }
         match self.blazesym.symbolize(source, Input::AbsAddr(addresses)) {
             Ok(symbols) => symbols
                 .into_iter()

@@ -1,3 +1,303 @@
-pub fn run(_duration: u32) -> anyhow::Result<()> {
+//! `cargo xtask bench`: the profiler's cost on a CPU-bound service, side by side with
+//! `perf record -g` on the same service in the same run.
+//!
+//! The service is the demo's model-server with one worker per CPU, so that any CPU the
+//! profiler takes shows up as lost throughput. Each configuration runs `--runs` times,
+//! interleaved, and the medians are reported.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::{compile_c, output, profiler_binary, require_root, root, setup::apt_install};
+
+const FREQUENCIES: [u32; 2] = [99, 999];
+
+pub fn run(duration: u32, runs: u32) -> anyhow::Result<()> {
+    require_root("the profiler and perf attach to the kernel")?;
+    if output(Command::new("perf").arg("--version")).is_none()
+        || !Path::new("/usr/bin/time").exists()
+    {
+        apt_install(&["linux-perf", "time"])?;
+    }
+    let dir = root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let server = dir.join("model-server");
+    compile_c(&root().join("demo/model_server.c"), &server)?;
+    let workers = std::thread::available_parallelism()?.get();
+    let bench = Bench {
+        dir,
+        server,
+        workers,
+        duration: Duration::from_secs(duration.into()),
+    };
+
+    let mut baseline = Vec::new();
+    let mut ours: Vec<Vec<Measurement>> = vec![Vec::new(); FREQUENCIES.len()];
+    let mut perf: Vec<Vec<Measurement>> = vec![Vec::new(); FREQUENCIES.len()];
+    for run in 1..=runs {
+        println!("bench: run {run} of {runs}: unprofiled");
+        baseline.push(bench.unprofiled()?);
+        for (index, &hz) in FREQUENCIES.iter().enumerate() {
+            println!("bench: run {run} of {runs}: profiler at {hz} Hz");
+            ours[index].push(bench.with_profiler(hz)?);
+            println!("bench: run {run} of {runs}: perf record -g at {hz} Hz");
+            perf[index].push(bench.with_perf(hz)?);
+        }
+    }
+
+    let baseline = median(baseline);
+    let mut rows = Vec::new();
+    for (index, &hz) in FREQUENCIES.iter().enumerate() {
+        let ours = Measurement::median(&ours[index]);
+        let perf = Measurement::median(&perf[index]);
+        rows.push(json!({
+            "frequency_hz": hz,
+            "profiler": ours.summary(baseline, bench.duration),
+            "perf": perf.summary(baseline, bench.duration),
+            "ratio_slowdown": ratio(ours.slowdown(baseline), perf.slowdown(baseline)),
+            "ratio_cpu": ratio(ours.cpu_seconds(), perf.cpu_seconds()),
+            "ratio_cost_per_sample": ratio(ours.cost_per_sample_ns(), perf.cost_per_sample_ns()),
+        }));
+    }
+    let results = json!({
+        "command": format!("cargo xtask bench --duration {duration} --runs {runs}"),
+        "workload": format!("demo/model_server.c, {workers} workers on {workers} CPUs, {duration} s per run, medians of {runs} runs"),
+        "baseline_requests_per_s": baseline,
+        "rows": rows,
+    });
+    let path = bench.dir.join("results.json");
+    fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+    println!("{}", serde_json::to_string_pretty(&results)?);
+    println!("bench: wrote {}", path.display());
     Ok(())
+}
+
+struct Bench {
+    dir: PathBuf,
+    server: PathBuf,
+    workers: usize,
+    duration: Duration,
+}
+
+/// One profiled (or unprofiled) run of the service.
+#[derive(Clone, Debug, Default)]
+struct Measurement {
+    /// The service's requests per second while profiled.
+    throughput: f64,
+    /// The profiling tool's process CPU (user + system), in seconds.
+    tool_cpu: f64,
+    /// CPU in the tool's BPF programs, in seconds (0 for perf, whose in-kernel sampling
+    /// cost only shows as the service's slowdown).
+    bpf_cpu: f64,
+    samples: u64,
+    lost: u64,
+    /// From the end of the recording to a flame graph (ours) or to `perf script`'s
+    /// text, the first step of perf's flame graph pipeline (perf).
+    stop_to_output_ms: f64,
+}
+
+impl Measurement {
+    fn median(all: &[Measurement]) -> Measurement {
+        let pick = |field: fn(&Measurement) -> f64| median(all.iter().map(field).collect());
+        Measurement {
+            throughput: pick(|m| m.throughput),
+            tool_cpu: pick(|m| m.tool_cpu),
+            bpf_cpu: pick(|m| m.bpf_cpu),
+            samples: pick(|m| m.samples as f64) as u64,
+            lost: all.iter().map(|m| m.lost).max().unwrap_or(0),
+            stop_to_output_ms: pick(|m| m.stop_to_output_ms),
+        }
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        self.tool_cpu + self.bpf_cpu
+    }
+
+    fn slowdown(&self, baseline: f64) -> f64 {
+        1.0 - self.throughput / baseline
+    }
+
+    fn cost_per_sample_ns(&self) -> f64 {
+        self.cpu_seconds() * 1e9 / self.samples.max(1) as f64
+    }
+
+    fn summary(&self, baseline: f64, duration: Duration) -> Value {
+        json!({
+            "requests_per_s": self.throughput,
+            "slowdown_percent": self.slowdown(baseline) * 100.0,
+            "tool_cpu_s": self.tool_cpu,
+            "bpf_cpu_s": self.bpf_cpu,
+            "cpu_percent_of_one_core": self.cpu_seconds() / duration.as_secs_f64() * 100.0,
+            "samples": self.samples,
+            "cost_per_sample_ns": self.cost_per_sample_ns(),
+            "bpf_ns_per_sample": self.bpf_cpu * 1e9 / self.samples.max(1) as f64,
+            "lost": self.lost,
+            "stop_to_output_ms": self.stop_to_output_ms,
+        })
+    }
+}
+
+impl Bench {
+    fn start_server(&self) -> anyhow::Result<(Child, Instant)> {
+        let child = Command::new(&self.server)
+            .arg(self.workers.to_string())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        Ok((child, Instant::now()))
+    }
+
+    /// Stops the service and returns its requests per second over its lifetime.
+    fn stop_server(&self, child: Child, started: Instant) -> anyhow::Result<f64> {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        let lifetime = started.elapsed().as_secs_f64();
+        let output = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let served: f64 = text
+            .split_once("served ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|count| count.parse().ok())
+            .with_context(|| format!("model-server printed no request count: {text}"))?;
+        Ok(served / lifetime)
+    }
+
+    fn unprofiled(&self) -> anyhow::Result<f64> {
+        let (server, started) = self.start_server()?;
+        sleep(self.duration);
+        self.stop_server(server, started)
+    }
+
+    fn with_profiler(&self, hz: u32) -> anyhow::Result<Measurement> {
+        let (server, started) = self.start_server()?;
+        let report = self.dir.join(format!("profiler-{hz}.json"));
+        let times = timed(
+            Command::new(profiler_binary())
+                .args(["record", "--pid", &server.id().to_string()])
+                .args([
+                    "--duration",
+                    &self.duration.as_secs_f64().to_string(),
+                    "-F",
+                    &hz.to_string(),
+                ])
+                .arg("-o")
+                .arg(self.dir.join(format!("profiler-{hz}.svg")))
+                .arg("--json")
+                .arg(&report),
+            Stdio::inherit(),
+        )?;
+        let throughput = self.stop_server(server, started)?;
+        let report: Value = serde_json::from_str(&fs::read_to_string(&report)?)?;
+        Ok(Measurement {
+            throughput,
+            tool_cpu: times,
+            bpf_cpu: report["overhead"]["bpf_run_time_ns"]
+                .as_f64()
+                .unwrap_or(0.0)
+                / 1e9,
+            samples: report["cpu"]["samples"].as_u64().unwrap_or(0),
+            lost: report["cpu"]["lost"].as_u64().unwrap_or(0),
+            stop_to_output_ms: report["overhead"]["stop_to_svg_ms"].as_f64().unwrap_or(0.0),
+        })
+    }
+
+    fn with_perf(&self, hz: u32) -> anyhow::Result<Measurement> {
+        let (server, started) = self.start_server()?;
+        let data = self.dir.join(format!("perf-{hz}.data"));
+        let log = self.dir.join(format!("perf-{hz}.log"));
+        let times = timed(
+            Command::new("perf")
+                .args([
+                    "record",
+                    "-F",
+                    &hz.to_string(),
+                    "-g",
+                    "-p",
+                    &server.id().to_string(),
+                    "-o",
+                ])
+                .arg(&data)
+                .args(["--", "sleep", &self.duration.as_secs_f64().to_string()]),
+            fs::File::create(&log)?.into(),
+        )?;
+        let throughput = self.stop_server(server, started)?;
+        let log = fs::read_to_string(&log)?;
+        let script_started = Instant::now();
+        let script = Command::new("perf")
+            .args(["script", "-i"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !script.success() {
+            bail!("perf script failed");
+        }
+        Ok(Measurement {
+            throughput,
+            tool_cpu: times,
+            bpf_cpu: 0.0,
+            samples: number_before(&log, " samples)").unwrap_or(0),
+            lost: number_before(&log, " chunks").unwrap_or(0),
+            stop_to_output_ms: script_started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
+/// Runs a command under GNU time, its stderr going to `stderr`, and returns its user +
+/// system CPU seconds.
+fn timed(command: &Command, stderr: Stdio) -> anyhow::Result<f64> {
+    let times = root().join("target/bench/time.txt");
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .args(["-f", "%U %S", "-o"])
+        .arg(&times)
+        .arg(command.get_program())
+        .args(command.get_args());
+    let status = timed
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    // The profiler's own exit code 8 (target exited) would mean the bench is broken too.
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    let text = fs::read_to_string(&times)?;
+    let seconds: Vec<f64> = text
+        .split_whitespace()
+        .rev()
+        .take(2)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    Ok(seconds.iter().sum())
+}
+
+/// The integer just before `marker` in `text`, as in "(12345 samples)".
+fn number_before(text: &str, marker: &str) -> Option<u64> {
+    let end = text.find(marker)?;
+    let start = text[..end]
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    text[start..end].parse().ok()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn ratio(ours: f64, theirs: f64) -> Value {
+    if theirs.abs() < 1e-12 {
+        Value::Null
+    } else {
+        json!(ours / theirs)
+    }
 }

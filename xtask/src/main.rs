@@ -43,8 +43,11 @@ enum Task {
     /// Set up, build, and measure the profiler against perf; writes target/bench/results.json.
     Bench {
         /// Seconds per measured run.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 30)]
         duration: u32,
+        /// Runs of each configuration; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
     },
 }
 
@@ -65,10 +68,10 @@ fn main() -> anyhow::Result<()> {
             build()?;
             demo::run(duration)
         }
-        Task::Bench { duration } => {
+        Task::Bench { duration, runs } => {
             setup::run()?;
             build()?;
-            bench::run(duration)
+            bench::run(duration, runs)
         }
     }
 }
