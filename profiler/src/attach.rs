@@ -110,6 +110,14 @@ impl Probes {
     /// One attachment per CPU for all processes, filtered by tgid in BPF, is what covers
     /// every thread of a target: a per-process perf event follows one thread only.
     pub fn attach_cpu_sampler(&mut self, frequency_hz: u32) -> Result<(), Failure> {
+        let max_rate = fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+            .ok()
+            .and_then(|rate| rate.trim().parse::<u32>().ok());
+        if let Some(max_rate) = max_rate.filter(|&max_rate| frequency_hz > max_rate) {
+            return Err(Failure::KernelFeature(format!(
+                "{frequency_hz} Hz is above the kernel's limit, kernel.perf_event_max_sample_rate = {max_rate}"
+            )));
+        }
         let cpus = aya::util::online_cpus()
             .map_err(|(path, error)| Failure::Other(anyhow::anyhow!("reading {path}: {error}")))?;
         let program: &mut PerfEvent = self
@@ -252,5 +260,46 @@ fn perf_attach_failure(error: ProgramError, cpu: u32) -> Failure {
         _ => Failure::Other(
             anyhow::Error::new(error).context(format!("attaching the CPU sampler on CPU {cpu}")),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn syscall_error(errno: i32) -> ProgramError {
+        ProgramError::SyscallError(SyscallError {
+            call: "perf_event_open",
+            io_error: io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn a_missing_perf_event_is_a_missing_kernel_feature() {
+        let failure = perf_attach_failure(syscall_error(libc::ENOENT), 0);
+        assert!(matches!(failure, Failure::KernelFeature(ref reason) if reason.contains("cpu-clock")));
+    }
+
+    #[test]
+    fn a_refused_perf_event_names_the_capability() {
+        let failure = perf_attach_failure(syscall_error(libc::EACCES), 1);
+        assert!(matches!(failure, Failure::Privileges(ref reason) if reason.contains("CAP_PERFMON")));
+    }
+
+    #[test]
+    fn a_ring_buffer_the_kernel_does_not_know_is_a_missing_kernel_feature() {
+        let error = MapError::CreateError {
+            name: map_names::CPU_SAMPLES.to_owned(),
+            io_error: io::Error::from_raw_os_error(libc::EINVAL),
+        };
+        assert!(matches!(map_failure(error), Failure::KernelFeature(ref reason) if reason.contains("ring buffers")));
+    }
+
+    #[test]
+    fn this_process_has_the_privileges_it_runs_the_tests_with() {
+        // The suite runs as root; anything else fails here first, with the reason.
+        check_privileges().unwrap();
     }
 }
