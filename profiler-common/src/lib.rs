@@ -11,6 +11,11 @@
 /// to walk further than that sysctl anyway.
 pub const MAX_STACK_DEPTH: usize = 127;
 
+/// Stack words copied from the user stack pointer up, per sample. The unwinder reads a
+/// frameless function's return address among them; 32 words cover the saved registers
+/// and locals of all but unusually large leaf functions.
+pub const STACK_TOP_WORDS: usize = 32;
+
 /// How many processes one recording can target at once.
 pub const MAX_TARGETS: u32 = 1024;
 
@@ -78,12 +83,15 @@ pub struct CpuSample {
     pub user_stack_bytes: i32,
     /// Bytes of `kernel_stack` written by `bpf_get_stack`, or a negative errno.
     pub kernel_stack_bytes: i32,
-    /// Keeps the arrays 8-byte aligned on both sides.
-    pub reserved: u32,
+    /// Bytes of `stack_top` copied, or a negative errno; 0 when the sample interrupted
+    /// the kernel, where the user registers are not at hand.
+    pub stack_top_bytes: i32,
     /// User-space instruction pointers, innermost first.
     pub user_stack: [u64; MAX_STACK_DEPTH],
     /// Kernel instruction pointers, innermost first.
     pub kernel_stack: [u64; MAX_STACK_DEPTH],
+    /// The user stack from the stack pointer up, when the sample interrupted user code.
+    pub stack_top: [u64; STACK_TOP_WORDS],
 }
 
 impl CpuSample {
@@ -96,9 +104,14 @@ impl CpuSample {
     pub fn kernel_frames(&self) -> &[u64] {
         filled(&self.kernel_stack, self.kernel_stack_bytes)
     }
+
+    /// The copied words of the user stack, from the stack pointer up.
+    pub fn stack_top(&self) -> &[u64] {
+        filled(&self.stack_top, self.stack_top_bytes)
+    }
 }
 
-fn filled(stack: &[u64; MAX_STACK_DEPTH], bytes: i32) -> &[u64] {
-    let frames = if bytes > 0 { bytes as usize / 8 } else { 0 };
-    &stack[..frames.min(MAX_STACK_DEPTH)]
+fn filled(words: &[u64], bytes: i32) -> &[u64] {
+    let count = if bytes > 0 { bytes as usize / 8 } else { 0 };
+    &words[..count.min(words.len())]
 }

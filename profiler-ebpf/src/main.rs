@@ -7,13 +7,16 @@ use core::{ffi::c_void, mem::size_of};
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, generated::bpf_probe_read_user,
+    },
     macros::{map, perf_event},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::PerfEventContext,
 };
 use profiler_common::{
-    CPU_SAMPLES_RING_BYTES, CpuSample, LossCounter, MAX_STACK_DEPTH, MAX_TARGETS, RING_WAKEUP_BYTES,
+    CPU_SAMPLES_RING_BYTES, CpuSample, LossCounter, MAX_STACK_DEPTH, MAX_TARGETS,
+    RING_WAKEUP_BYTES, STACK_TOP_WORDS,
 };
 
 // Map names must match profiler_common::map_names.
@@ -52,7 +55,7 @@ pub fn sample_cpu(ctx: PerfEventContext) -> u32 {
         (*sample).tgid = tgid;
         (*sample).tid = ctx.pid();
         (*sample).cpu = bpf_get_smp_processor_id();
-        (*sample).reserved = 0;
+        (*sample).stack_top_bytes = copy_user_stack_top(&ctx, &mut (*sample).stack_top);
         (*sample).user_stack_bytes = bpf_get_stack(
             ctx.as_ptr(),
             (*sample).user_stack.as_mut_ptr().cast::<c_void>(),
@@ -68,6 +71,32 @@ pub fn sample_cpu(ctx: PerfEventContext) -> u32 {
     }
     entry.submit(wakeup_flag());
     0
+}
+
+/// Copies the user stack words from the stack pointer up, if the sample interrupted user
+/// code; returns the bytes copied, 0 if it interrupted the kernel, or a negative errno.
+///
+/// SAFETY: `ctx` must be the perf_event context of the running program.
+unsafe fn copy_user_stack_top(ctx: &PerfEventContext, words: &mut [u64; STACK_TOP_WORDS]) -> i32 {
+    // SAFETY: a perf_event program may read the registers in its context.
+    let regs = unsafe { &(*ctx.ctx).regs };
+    if regs.cs & 3 != 3 {
+        return 0;
+    }
+    let bytes = size_of::<[u64; STACK_TOP_WORDS]>() as u32;
+    // SAFETY: the helper checks the user address and writes at most `bytes` into `words`.
+    let result = unsafe {
+        bpf_probe_read_user(
+            words.as_mut_ptr().cast::<c_void>(),
+            bytes,
+            regs.rsp as *const c_void,
+        )
+    };
+    if result == 0 {
+        bytes as i32
+    } else {
+        result as i32
+    }
 }
 
 /// Wakes the reader only when the ring is filling up; otherwise its timer drains it.

@@ -25,14 +25,15 @@ pub struct StackCounts {
 }
 
 impl StackCounts {
-    /// Counts one sample. Returns true when its stack was seen for the first time, so that
-    /// the caller can look at addresses it has not seen before.
-    pub fn add(&mut self, sample: &CpuSample) -> bool {
+    /// Counts one sample whose user stack is `user` (as completed by the unwinder).
+    /// Returns true when the stack was seen for the first time, so that the caller can
+    /// look at addresses it has not seen before.
+    pub fn add(&mut self, sample: &CpuSample, user: &[u64]) -> bool {
         self.samples += 1;
         *self.threads.entry((sample.tgid, sample.tid)).or_default() += 1;
         let key = StackKey {
             tgid: sample.tgid,
-            user: sample.user_frames().into(),
+            user: user.into(),
             kernel: sample.kernel_frames().into(),
         };
         match self.stacks.entry(key) {
@@ -65,7 +66,7 @@ impl StackCounts {
 
 #[cfg(test)]
 mod tests {
-    use profiler_common::MAX_STACK_DEPTH;
+    use profiler_common::{MAX_STACK_DEPTH, STACK_TOP_WORDS};
 
     use super::*;
 
@@ -77,9 +78,10 @@ mod tests {
             cpu: 0,
             user_stack_bytes: (user.len() * 8) as i32,
             kernel_stack_bytes: -14,
-            reserved: 0,
+            stack_top_bytes: 0,
             user_stack: [0; MAX_STACK_DEPTH],
             kernel_stack: [0; MAX_STACK_DEPTH],
+            stack_top: [0; STACK_TOP_WORDS],
         };
         sample.user_stack[..user.len()].copy_from_slice(user);
         sample
@@ -88,9 +90,10 @@ mod tests {
     #[test]
     fn counts_distinct_stacks_and_threads_and_flags_first_sightings() {
         let mut counts = StackCounts::default();
-        assert!(counts.add(&sample(7, &[1, 2])));
-        assert!(!counts.add(&sample(8, &[1, 2])));
-        assert!(counts.add(&sample(8, &[3])));
+        let mut add = |tid, user: &[u64]| counts.add(&sample(tid, user), user);
+        assert!(add(7, &[1, 2]));
+        assert!(!add(8, &[1, 2]));
+        assert!(add(8, &[3]));
         assert_eq!(counts.samples(), 3);
         let mut stacks: Vec<_> = counts.stacks().map(|(k, c)| (k.user.to_vec(), c)).collect();
         stacks.sort();

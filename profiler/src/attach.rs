@@ -279,13 +279,17 @@ mod tests {
     #[test]
     fn a_missing_perf_event_is_a_missing_kernel_feature() {
         let failure = perf_attach_failure(syscall_error(libc::ENOENT), 0);
-        assert!(matches!(failure, Failure::KernelFeature(ref reason) if reason.contains("cpu-clock")));
+        assert!(
+            matches!(failure, Failure::KernelFeature(ref reason) if reason.contains("cpu-clock"))
+        );
     }
 
     #[test]
     fn a_refused_perf_event_names_the_capability() {
         let failure = perf_attach_failure(syscall_error(libc::EACCES), 1);
-        assert!(matches!(failure, Failure::Privileges(ref reason) if reason.contains("CAP_PERFMON")));
+        assert!(
+            matches!(failure, Failure::Privileges(ref reason) if reason.contains("CAP_PERFMON"))
+        );
     }
 
     #[test]
@@ -294,7 +298,9 @@ mod tests {
             name: map_names::CPU_SAMPLES.to_owned(),
             io_error: io::Error::from_raw_os_error(libc::EINVAL),
         };
-        assert!(matches!(map_failure(error), Failure::KernelFeature(ref reason) if reason.contains("ring buffers")));
+        assert!(
+            matches!(map_failure(error), Failure::KernelFeature(ref reason) if reason.contains("ring buffers"))
+        );
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! 1. [`target`]: the processes to profile, existing or started by us;
 //! 2. [`attach`]: loading the BPF programs and attaching them to the kernel;
 //! 3. [`stream`]: draining the ring buffers the programs write to;
-//! 4. [`aggregate`]: counting distinct stacks;
-//! 5. [`symbolize`]: naming their frames;
-//! 6. [`analyze`]: shares, hotspots and `--fail-on` rules;
-//! 7. [`render`]: flame graph, collapsed stacks, JSON report and terminal summary.
+//! 4. [`unwind`]: completing the stacks where frame pointers fall short, with the help
+//!    of the targets' [`memory_map`]s;
+//! 5. [`aggregate`]: counting distinct stacks;
+//! 6. [`symbolize`]: naming their frames;
+//! 7. [`analyze`]: shares, hotspots and `--fail-on` rules;
+//! 8. [`render`]: flame graph, collapsed stacks, JSON report and terminal summary.
 //!
 //! [`record`] drives them in that order; [`cli`] is the command line over it, and
 //! [`exit`] documents how a run ends.
@@ -18,8 +20,10 @@ pub mod analyze;
 pub mod attach;
 pub mod cli;
 pub mod exit;
+pub mod memory_map;
 pub mod record;
 pub mod render;
 pub mod stream;
 pub mod symbolize;
 pub mod target;
+pub mod unwind;

@@ -10,9 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use profiler_common::{DRAIN_INTERVAL_MS, LossCounter};
+use profiler_common::{CpuSample, DRAIN_INTERVAL_MS, LossCounter};
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     time::{MissedTickBehavior, interval, sleep},
 };
 
@@ -21,10 +21,12 @@ use crate::{
     analyze::{Analysis, AnalysisOptions, analyze},
     attach::{BpfCost, Probes, check_privileges},
     exit::{Failure, code},
+    memory_map::MemoryMaps,
     render::{OutputFiles, OutputPaths, folded, json, summary, svg},
     stream::SampleStream,
     symbolize::{Profile, Symbolizer},
     target::{self, ExitStatus, HeldCommand},
+    unwind::LeafUnwinder,
 };
 
 /// What to profile.
@@ -165,17 +167,20 @@ impl Recording {
 
 /// Records, writes every output, and returns the recording.
 pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
+    // From here on Ctrl-C and SIGTERM end the recording instead of the process, so that
+    // whatever was gathered is written out.
+    let mut signals = Signals::new().map_err(|error| Failure::Other(error.into()))?;
     // Everything that can be checked is checked before anything is loaded or started.
     if let TargetSpec::Pids(pids) = &options.target {
         pids.iter()
             .try_for_each(|&pid| target::ensure_exists(pid))?;
     }
     check_privileges()?;
-    let outputs = OutputFiles::create(&options.outputs)?;
     let mut command = match &options.target {
         TargetSpec::Command(argv) => Some(HeldCommand::spawn(argv)?),
         TargetSpec::Pids(_) => None,
     };
+    let outputs = OutputFiles::create(&options.outputs)?;
     let pids: Vec<u32> = match &options.target {
         TargetSpec::Pids(pids) => dedup(pids),
         TargetSpec::Command(_) => command.iter().map(HeldCommand::pid).collect(),
@@ -194,11 +199,10 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
         command.release();
     }
 
-    let mut symbolizer = Symbolizer::new();
+    let mut collector = Collector::default();
     let targets: Vec<TargetProcess> = pids
         .iter()
         .map(|&pid| {
-            symbolizer.refresh(pid);
             let name = match &options.target {
                 // The child may not have exec'd yet, so its comm is still ours.
                 TargetSpec::Command(argv) => std::path::Path::new(&argv[0])
@@ -210,23 +214,21 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
             TargetProcess { pid, name }
         })
         .collect();
-    let mut counts = StackCounts::default();
     let stop = watch(
         &options,
+        &mut signals,
         &pids,
         command.as_mut(),
         &mut stream,
-        &mut counts,
-        &mut symbolizer,
+        &mut collector,
     )
-    .await
-    .map_err(Failure::Other)?;
+    .await;
     let stopped = Instant::now();
 
     let bpf = probes.detach();
     let duration = started.elapsed();
     // Samples submitted before the detach are still in the ring.
-    stream.drain(|sample| count_sample(&mut counts, &mut symbolizer, sample));
+    stream.drain(|sample| collector.add(sample));
     let lost = losses.total(LossCounter::CpuSampleRingFull) + stream.malformed();
     if let Some(command) = &mut command {
         command.terminate();
@@ -238,7 +240,7 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
         other => other,
     };
 
-    let profile = symbolizer.resolve(&counts);
+    let profile = collector.symbolizer.resolve(&collector.counts);
     let analysis = analyze(&profile, &options.analysis);
     let recording = Recording {
         targets,
@@ -252,7 +254,7 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
         },
         duration,
         frequency_hz: options.frequency_hz,
-        threads: counts.threads().collect(),
+        threads: collector.counts.threads().collect(),
         lost,
         profile,
         analysis,
@@ -269,14 +271,12 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
 /// Streams samples until the recording should stop, and says why it stopped.
 async fn watch(
     options: &RecordOptions,
+    signals: &mut Signals,
     pids: &[u32],
     mut command: Option<&mut HeldCommand>,
     stream: &mut SampleStream,
-    counts: &mut StackCounts,
-    symbolizer: &mut Symbolizer,
-) -> anyhow::Result<StopReason> {
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    collector: &mut Collector,
+) -> StopReason {
     let mut tick = interval(Duration::from_millis(DRAIN_INTERVAL_MS));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let deadline = sleep(options.duration.unwrap_or(Duration::MAX / 4));
@@ -292,23 +292,50 @@ async fn watch(
                 exited.then_some(StopReason::TargetsExited(None))
             }
             () = &mut deadline, if options.duration.is_some() => Some(StopReason::Duration),
-            _ = interrupt.recv() => Some(StopReason::Interrupted),
-            _ = terminate.recv() => Some(StopReason::Terminated),
+            _ = signals.interrupt.recv() => Some(StopReason::Interrupted),
+            _ = signals.terminate.recv() => Some(StopReason::Terminated),
         };
-        stream.drain(|sample| count_sample(counts, symbolizer, sample));
+        stream.drain(|sample| collector.add(sample));
         if let Some(stop) = stop {
-            return Ok(stop);
+            return stop;
         }
     }
 }
 
-fn count_sample(
-    counts: &mut StackCounts,
-    symbolizer: &mut Symbolizer,
-    sample: &profiler_common::CpuSample,
-) {
-    if counts.add(sample) {
-        symbolizer.observe(sample.tgid, sample.user_frames());
+/// The signals that end a recording.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
+/// Takes each streamed sample through unwinding and counting, and keeps the memory maps
+/// that both those and symbolization need current while the targets run.
+#[derive(Default)]
+struct Collector {
+    maps: MemoryMaps,
+    unwinder: LeafUnwinder,
+    counts: StackCounts,
+    symbolizer: Symbolizer,
+}
+
+impl Collector {
+    fn add(&mut self, sample: &CpuSample) {
+        let user = self.unwinder.complete(&mut self.maps, sample);
+        if self.counts.add(sample, &user) {
+            self.maps.observe(sample.tgid, &user);
+        }
+        for tgid in self.maps.take_updated() {
+            self.symbolizer.refresh(tgid);
+        }
     }
 }
 

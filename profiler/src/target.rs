@@ -44,7 +44,8 @@ pub fn process_name(pid: u32) -> String {
 /// -- CMD` does. `std::process::Command` can't do this: its `spawn` waits for the `exec`.
 pub struct HeldCommand {
     pid: u32,
-    /// Write end of the pipe the child waits on; closing it lets the child `exec`.
+    /// Write end of the pipe the child waits on. A byte written lets it `exec`; the pipe
+    /// closing without one (the profiler failed or died first) makes it exit instead.
     go: Option<std::io::PipeWriter>,
     exit: Option<ExitStatus>,
 }
@@ -103,10 +104,14 @@ impl HeldCommand {
             0 => unsafe {
                 libc::close(std::os::fd::AsRawFd::as_raw_fd(&go));
                 let mut byte = 0u8;
-                // Returns 0 (EOF) once the parent drops its write end.
-                while libc::read(wait_fd, (&raw mut byte).cast(), 1) < 0 {}
-                libc::close(wait_fd);
-                libc::execv(path.as_ptr(), arg_pointers.as_ptr());
+                let mut read = libc::read(wait_fd, (&raw mut byte).cast(), 1);
+                while read < 0 {
+                    read = libc::read(wait_fd, (&raw mut byte).cast(), 1);
+                }
+                if read == 1 {
+                    libc::close(wait_fd);
+                    libc::execv(path.as_ptr(), arg_pointers.as_ptr());
+                }
                 libc::_exit(127)
             },
             pid => Ok(HeldCommand {
@@ -124,7 +129,10 @@ impl HeldCommand {
 
     /// Lets the child `exec` the command.
     pub fn release(&mut self) {
-        self.go.take();
+        if let Some(mut go) = self.go.take() {
+            // If the child is gone already, poll_exit will tell.
+            let _ = std::io::Write::write_all(&mut go, b"x");
+        }
     }
 
     /// How the command ended, once it has; reaps it without blocking.
@@ -145,9 +153,10 @@ impl HeldCommand {
     }
 
     /// Ends a command that outlived the recording: SIGTERM, then SIGKILL after a grace
-    /// period, so that the profiler leaves no orphan behind.
+    /// period, so that the profiler leaves no orphan behind. A command never released is
+    /// simply closed out: it exits without running.
     pub fn terminate(&mut self) -> Option<ExitStatus> {
-        self.release();
+        self.go.take();
         for (signal, grace_ms) in [(libc::SIGTERM, 2000), (libc::SIGKILL, 2000)] {
             if self.poll_exit().is_some() {
                 break;

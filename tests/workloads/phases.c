@@ -30,21 +30,20 @@ static uint64_t thread_cpu_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + ts.tv_nsec;
 }
 
-// Each phase does its own work, so that it is the innermost frame of its samples:
-// gcc leaves the frame setup out of leaf functions, and a frame-pointer unwinder then
-// loses a leaf's caller (see the README's limits).
-#define SPIN(iterations)                                                   \
-    do {                                                                   \
-        uint64_t x = sink;                                                 \
-        for (uint64_t i = 0; i < (iterations); i++) {                      \
-            x = x * 6364136223846793005u + 1442695040888963407u;           \
-            __asm__ volatile("" : "+r"(x));                                \
-        }                                                                  \
-        sink += x;                                                         \
-    } while (0)
+// The work itself is a leaf function, which gcc compiles without a frame: a plain
+// frame-pointer walk from inside it skips its caller, so the phases' shares are only
+// right if the profiler recovers that caller.
+__attribute__((noinline)) static uint64_t spin(uint64_t iterations, uint64_t seed) {
+    uint64_t x = seed;
+    for (uint64_t i = 0; i < iterations; i++) {
+        x = x * 6364136223846793005u + 1442695040888963407u;
+        __asm__ volatile("" : "+r"(x));
+    }
+    return x;
+}
 
-__attribute__((noinline)) void hot_phase(void) { SPIN(3000000); }
-__attribute__((noinline)) void cold_phase(void) { SPIN(1000000); }
+__attribute__((noinline)) void hot_phase(void) { sink += spin(3000000, sink); }
+__attribute__((noinline)) void cold_phase(void) { sink += spin(1000000, sink); }
 
 static void *worker(void *arg) {
     long index = (long)arg;

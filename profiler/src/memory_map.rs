@@ -1,0 +1,168 @@
+//! The executable mappings of the target processes, read from `/proc/PID/maps` while
+//! they run.
+//!
+//! Unwinding needs each address's file and offset, and symbolization needs a copy of the
+//! map kept for after the process exits. Both must be read while the process lives, so
+//! the map is read when a target is first seen and again whenever a stack holds an
+//! address outside the mappings known so far (a library loaded late, a JIT region).
+
+use std::{
+    collections::HashMap,
+    fs,
+    ops::Range,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+/// How long to wait before reading a process's map again for an address it does not
+/// cover; keeps a stream of wild addresses from rereading it for every stack.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// One executable mapping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// The addresses it covers.
+    pub range: Range<u64>,
+    /// Offset in the file of the mapping's first byte.
+    pub file_offset: u64,
+    /// The mapped file as the process names it; `None` for anonymous memory.
+    pub path: Option<PathBuf>,
+}
+
+impl Mapping {
+    /// Where `address` lies in the mapped file.
+    pub fn file_offset_of(&self, address: u64) -> u64 {
+        address - self.range.start + self.file_offset
+    }
+}
+
+struct ProcessMap {
+    mappings: Vec<Mapping>,
+    read_at: Instant,
+}
+
+/// The executable mappings of every process seen so far.
+#[derive(Default)]
+pub struct MemoryMaps {
+    processes: HashMap<u32, ProcessMap>,
+    /// Processes whose map was read since the last [`MemoryMaps::take_updated`].
+    updated: Vec<u32>,
+}
+
+impl MemoryMaps {
+    /// Makes sure `addresses` of process `tgid` are covered, reading its map again if
+    /// they are not (at most every [`REFRESH_INTERVAL`]). Returns true if it was read.
+    pub fn observe(&mut self, tgid: u32, addresses: &[u64]) -> bool {
+        let stale = match self.processes.get(&tgid) {
+            None => true,
+            Some(known) => {
+                known.read_at.elapsed() >= REFRESH_INTERVAL
+                    && addresses
+                        .iter()
+                        .any(|&address| find(&known.mappings, address).is_none())
+            }
+        };
+        stale && self.read(tgid)
+    }
+
+    /// Reads the process's map now. Returns false if the process is gone, in which case
+    /// the last copy stays in use.
+    pub fn read(&mut self, tgid: u32) -> bool {
+        let Ok(maps) = fs::read_to_string(format!("/proc/{tgid}/maps")) else {
+            return false;
+        };
+        self.processes.insert(
+            tgid,
+            ProcessMap {
+                mappings: parse(&maps),
+                read_at: Instant::now(),
+            },
+        );
+        if !self.updated.contains(&tgid) {
+            self.updated.push(tgid);
+        }
+        true
+    }
+
+    /// The processes whose map was read since the last call, so that copies kept
+    /// elsewhere (the symbolizer's) can follow.
+    pub fn take_updated(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.updated)
+    }
+
+    /// The mapping holding `address`, if known.
+    pub fn mapping(&self, tgid: u32, address: u64) -> Option<&Mapping> {
+        find(&self.processes.get(&tgid)?.mappings, address)
+    }
+}
+
+fn find(mappings: &[Mapping], address: u64) -> Option<&Mapping> {
+    mappings
+        .iter()
+        .find(|mapping| mapping.range.contains(&address))
+}
+
+/// The executable lines of a `/proc/PID/maps` text.
+fn parse(maps: &str) -> Vec<Mapping> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            if !fields.next()?.contains('x') {
+                return None;
+            }
+            let file_offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+            let _device = fields.next()?;
+            let inode = fields.next()?;
+            // The path is the rest of the line and may hold spaces.
+            let path = fields.collect::<Vec<_>>().join(" ");
+            let is_file = inode != "0" && path.starts_with('/');
+            Some(Mapping {
+                range: u64::from_str_radix(start, 16).ok()?..u64::from_str_radix(end, 16).ok()?,
+                file_offset,
+                path: is_file.then(|| PathBuf::from(path)),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executable_lines_parse_with_offsets_and_paths() {
+        let maps = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 123 /usr/bin/my server
+55d0c0a01000-55d0c0a05000 r-xp 00001000 fe:01 123 /usr/bin/my server
+7f0000000000-7f0000001000 rwxp 00000000 00:00 0
+7ffd5a1f0000-7ffd5a1f2000 r-xp 00000000 00:00 0                          [vdso]
+";
+        let mappings = parse(maps);
+        assert_eq!(mappings.len(), 3);
+        assert_eq!(
+            mappings[0].path.as_deref(),
+            Some(std::path::Path::new("/usr/bin/my server"))
+        );
+        assert_eq!(mappings[0].file_offset_of(0x55d0c0a01010), 0x1010);
+        assert_eq!(mappings[1].path, None);
+        assert_eq!(mappings[2].path, None);
+    }
+
+    #[test]
+    fn own_code_is_found_in_own_map() {
+        let address = parse as *const () as u64;
+        let mut maps = MemoryMaps::default();
+        assert!(maps.observe(std::process::id(), &[address]));
+        assert!(
+            maps.mapping(std::process::id(), address)
+                .unwrap()
+                .path
+                .is_some()
+        );
+        // Covered now, so it is not read again.
+        assert!(!maps.observe(std::process::id(), &[address]));
+        assert_eq!(maps.take_updated(), vec![std::process::id()]);
+        assert!(maps.take_updated().is_empty());
+    }
+}

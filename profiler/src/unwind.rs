@@ -1,0 +1,175 @@
+//! Completing frame-pointer stacks with the caller of the innermost function.
+//!
+//! A frame-pointer walk finds each caller through the frame the callee set up. gcc
+//! leaves that setup out of leaf functions even with `-fno-omit-frame-pointer`, and no
+//! function has its frame yet in its first instructions, so a sample there skips the
+//! innermost function's caller: `spin <- worker` instead of `spin <- hot_phase <- worker`.
+//!
+//! The BPF side also sends the user stack pointer and the stack words above it. Here the
+//! innermost address is looked up in its binary's `.eh_frame`: where the function's
+//! canonical frame address is still relative to the stack pointer, the frame pointer
+//! belongs to the caller, and the return address into the caller sits at a known offset
+//! above the stack pointer. It is read from the copied words and put back into the stack.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    rc::Rc,
+};
+
+use gimli::{
+    BaseAddresses, CfaRule, EhFrame, LittleEndian, RegisterRule, UnwindContext, UnwindSection as _,
+    X86_64,
+};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _};
+use profiler_common::{CpuSample, STACK_TOP_WORDS};
+
+use crate::memory_map::MemoryMaps;
+
+/// What the stack needs at one innermost address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeafRule {
+    /// The function has its frame, or nothing is known: the walk is right as it is.
+    Walked,
+    /// The return address into the caller is this many words above the stack pointer.
+    ReturnAddressAt(usize),
+}
+
+/// Completes the user stacks of samples; caches what it learns per address and binary.
+#[derive(Default)]
+pub struct LeafUnwinder {
+    rules: HashMap<(u32, u64), LeafRule>,
+    binaries: HashMap<PathBuf, Option<Rc<UnwindTable>>>,
+}
+
+impl LeafUnwinder {
+    /// The sample's user stack, innermost first, with the innermost function's caller
+    /// put back where the frame-pointer walk skipped it.
+    pub fn complete<'s>(&mut self, maps: &mut MemoryMaps, sample: &'s CpuSample) -> Cow<'s, [u64]> {
+        let walked = sample.user_frames();
+        let Some(&leaf) = walked.first() else {
+            return Cow::Borrowed(walked);
+        };
+        let rule = match self.rules.get(&(sample.tgid, leaf)) {
+            Some(rule) => *rule,
+            None => match self.rule_for(maps, sample.tgid, leaf) {
+                Some(rule) => *self.rules.entry((sample.tgid, leaf)).or_insert(rule),
+                // Not mapped as far as we know yet (the process may have just exec'd):
+                // leave the stack as walked, and look again at the next sample.
+                None => LeafRule::Walked,
+            },
+        };
+        let caller = match rule {
+            LeafRule::ReturnAddressAt(index) => sample.stack_top().get(index).copied(),
+            LeafRule::Walked => None,
+        };
+        match caller {
+            // A zero word means the copy failed; an equal one means the walk has it.
+            Some(caller) if caller != 0 && walked.get(1) != Some(&caller) => {
+                let mut completed = Vec::with_capacity(walked.len() + 1);
+                completed.push(leaf);
+                completed.push(caller);
+                completed.extend_from_slice(&walked[1..]);
+                completed.truncate(profiler_common::MAX_STACK_DEPTH);
+                Cow::Owned(completed)
+            }
+            _ => Cow::Borrowed(walked),
+        }
+    }
+
+    /// The rule at `address`, or None while no mapping is known to hold it.
+    fn rule_for(&mut self, maps: &mut MemoryMaps, tgid: u32, address: u64) -> Option<LeafRule> {
+        maps.observe(tgid, &[address]);
+        let mapping = maps.mapping(tgid, address)?;
+        let Some(path) = mapping.path.clone() else {
+            return Some(LeafRule::Walked); // JIT code has no .eh_frame to read.
+        };
+        let file_offset = mapping.file_offset_of(address);
+        let table = self
+            .binaries
+            .entry(path.clone())
+            // Through the process's root, so that containers' files are found.
+            .or_insert_with(|| {
+                UnwindTable::read(
+                    &Path::new(&format!("/proc/{tgid}/root"))
+                        .join(path.strip_prefix("/").unwrap_or(&path)),
+                )
+                .map(Rc::new)
+            })
+            .clone();
+        Some(table.map_or(LeafRule::Walked, |table| table.rule_at(file_offset)))
+    }
+}
+
+/// The parts of an ELF file that unwinding needs.
+struct UnwindTable {
+    eh_frame: Vec<u8>,
+    bases: BaseAddresses,
+    /// (file offset, file size, virtual address) of each loadable segment.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl UnwindTable {
+    fn read(path: &Path) -> Option<UnwindTable> {
+        let data = fs::read(path).ok()?;
+        let file = object::File::parse(&*data).ok()?;
+        let section_address =
+            |name: &str| file.section_by_name(name).map(|section| section.address());
+        let eh_frame = file.section_by_name(".eh_frame")?;
+        let mut bases = BaseAddresses::default().set_eh_frame(eh_frame.address());
+        if let Some(text) = section_address(".text") {
+            bases = bases.set_text(text);
+        }
+        if let Some(got) = section_address(".got") {
+            bases = bases.set_got(got);
+        }
+        Some(UnwindTable {
+            eh_frame: eh_frame.data().ok()?.to_vec(),
+            bases,
+            segments: file
+                .segments()
+                .map(|segment| {
+                    let (offset, size) = segment.file_range();
+                    (offset, size, segment.address())
+                })
+                .collect(),
+        })
+    }
+
+    fn rule_at(&self, file_offset: u64) -> LeafRule {
+        let Some(address) = self
+            .segments
+            .iter()
+            .find(|(offset, size, _)| (*offset..offset + size).contains(&file_offset))
+            .map(|(offset, _, address)| file_offset - offset + address)
+        else {
+            return LeafRule::Walked;
+        };
+        let eh_frame = EhFrame::new(&self.eh_frame, LittleEndian);
+        let mut context = UnwindContext::new();
+        let Ok(row) = eh_frame.unwind_info_for_address(
+            &self.bases,
+            &mut context,
+            address,
+            EhFrame::cie_from_offset,
+        ) else {
+            return LeafRule::Walked;
+        };
+        let CfaRule::RegisterAndOffset { register, offset } = row.cfa() else {
+            return LeafRule::Walked;
+        };
+        if *register != X86_64::RSP {
+            return LeafRule::Walked; // CFA from the frame pointer: the frame is set up.
+        }
+        let Some(RegisterRule::Offset(return_address)) = row.register(X86_64::RA) else {
+            return LeafRule::Walked;
+        };
+        let index = (offset + return_address) / 8;
+        match usize::try_from(index) {
+            Ok(index) if index < STACK_TOP_WORDS => LeafRule::ReturnAddressAt(index),
+            _ => LeafRule::Walked,
+        }
+    }
+}
