@@ -247,7 +247,12 @@ fn outputs_are_a_valid_svg_collapsed_stacks_and_a_json_report() {
         .sum();
     assert_eq!(folded_samples, report["cpu"]["samples"].as_u64().unwrap());
     // spin() is a frameless leaf: its caller is there only because the unwinder put it back.
-    assert!(folded.lines().any(|line| line.contains(";worker;hot_phase;spin ")), "{folded}");
+    assert!(
+        folded
+            .lines()
+            .any(|line| line.contains(";worker;hot_phase;spin ")),
+        "{folded}"
+    );
 }
 
 /// The report has every field of the documented schema, with the right types.

@@ -2,18 +2,11 @@
 //!
 //! User addresses are only meaningful against the process's memory map at the time of
 //! the sample, and the process may have exited by the time the recording ends. So while
-//! recording, [`Symbolizer::observe`] keeps blazesym's copy of each target's map current:
-//! whenever a stack holds an address outside the executable mappings known so far (a
-//! library loaded late, a JIT region), the map is read again. Names are looked up once,
-//! at the end, for every distinct address.
+//! recording, [`Symbolizer::refresh`] keeps blazesym's copy of each target's map current
+//! (whenever [`crate::memory_map`] reads it again). Names are looked up once, at the end,
+//! for every distinct address.
 
-use std::{
-    collections::HashMap,
-    fs,
-    ops::Range,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, path::Path};
 
 use blazesym::symbolize::{
     self as blaze, Input, Symbolized,
@@ -88,20 +81,9 @@ impl ProfileBuilder {
 
 const UNKNOWN: &str = "[unknown]";
 
-/// How long to wait before reading a process's memory map again for an address it
-/// does not cover; keeps a stream of wild addresses from rereading it for every stack.
-const MAP_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Executable address ranges of one process, as last read.
-struct KnownMappings {
-    executable: Vec<Range<u64>>,
-    refreshed: Instant,
-}
-
 /// Resolves the addresses of the target processes and the kernel.
 pub struct Symbolizer {
     blazesym: blaze::Symbolizer,
-    processes: HashMap<u32, KnownMappings>,
 }
 
 impl Default for Symbolizer {
@@ -118,44 +100,15 @@ impl Symbolizer {
                 .enable_inlined_fns(true)
                 .enable_demangling(true)
                 .build(),
-            processes: HashMap::new(),
         }
     }
 
-    /// Notes the addresses of a newly seen stack, and re-reads the process's memory map
-    /// if one of them is outside what is known.
-    pub fn observe(&mut self, tgid: u32, user_addresses: &[u64]) {
-        let stale = match self.processes.get(&tgid) {
-            None => true,
-            Some(known) => {
-                known.refreshed.elapsed() >= MAP_REFRESH_INTERVAL
-                    && user_addresses.iter().any(|address| {
-                        !known.executable.iter().any(|range| range.contains(address))
-                    })
-            }
-        };
-        if stale {
-            self.refresh(tgid);
-        }
-    }
-
-    /// Reads the process's memory map now and keeps a copy in blazesym, so that its
-    /// addresses can be named even after it exits.
+    /// Keeps a copy of the process's memory map now, so that its addresses can be named
+    /// even after it exits. A process that is gone keeps its last copy.
     pub fn refresh(&mut self, tgid: u32) {
-        let Ok(executable) = executable_ranges(tgid) else {
-            return; // Gone already: the last copy stays in use.
-        };
         let mut process = cache::Process::new(tgid.into());
         process.cache_perf_map = false;
-        if self.blazesym.cache(&Cache::Process(process)).is_ok() {
-            self.processes.insert(
-                tgid,
-                KnownMappings {
-                    executable,
-                    refreshed: Instant::now(),
-                },
-            );
-        }
+        let _ = self.blazesym.cache(&Cache::Process(process));
     }
 
     /// Names every sampled stack. Stacks come out root first, user frames below kernel
@@ -270,24 +223,6 @@ fn named_frames(names: Option<&Vec<String>>, kernel: bool) -> Vec<Frame> {
     }
 }
 
-/// Executable ranges from `/proc/PID/maps`.
-fn executable_ranges(tgid: u32) -> std::io::Result<Vec<Range<u64>>> {
-    let maps = fs::read_to_string(format!("/proc/{tgid}/maps"))?;
-    Ok(maps
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let range = fields.next()?;
-            let permissions = fields.next()?;
-            if !permissions.contains('x') {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            Some(u64::from_str_radix(start, 16).ok()?..u64::from_str_radix(end, 16).ok()?)
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,17 +241,11 @@ mod tests {
     }
 
     #[test]
-    fn own_executable_is_covered_and_its_functions_get_names() {
+    fn own_functions_get_names() {
         let address = a_function_to_find as *const () as u64;
         let pid = std::process::id();
-        assert!(
-            executable_ranges(pid)
-                .unwrap()
-                .iter()
-                .any(|range| range.contains(&address))
-        );
         let mut symbolizer = Symbolizer::new();
-        symbolizer.observe(pid, &[address]);
+        symbolizer.refresh(pid);
         let names = symbolizer.names(&Source::Process(symbolizer.process_source(pid)), &[address]);
         assert!(names[0][0].ends_with("a_function_to_find"), "{names:?}");
     }
