@@ -23,7 +23,7 @@ use gimli::{
     BaseAddresses, CfaRule, EhFrame, LittleEndian, RegisterRule, UnwindContext, UnwindSection as _,
     X86_64,
 };
-use object::{Object as _, ObjectSection as _, ObjectSegment as _};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ReadCache};
 use profiler_common::{CpuSample, STACK_TOP_WORDS};
 
 use crate::memory_map::MemoryMaps;
@@ -113,8 +113,10 @@ struct UnwindTable {
 
 impl UnwindTable {
     fn read(path: &Path) -> Option<UnwindTable> {
-        let data = fs::read(path).ok()?;
-        let file = object::File::parse(&*data).ok()?;
+        // Read lazily: a large binary (a GPU library can be a gigabyte) is not read whole
+        // for its .eh_frame.
+        let cache = ReadCache::new(fs::File::open(path).ok()?);
+        let file = object::File::parse(&cache).ok()?;
         let section_address =
             |name: &str| file.section_by_name(name).map(|section| section.address());
         let eh_frame = file.section_by_name(".eh_frame")?;
@@ -171,5 +173,51 @@ impl UnwindTable {
             Ok(index) if index < STACK_TOP_WORDS => LeafRule::ReturnAddressAt(index),
             _ => LeafRule::Walked,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn a_function() -> u64 {
+        std::hint::black_box(7)
+    }
+
+    #[test]
+    fn at_a_functions_first_instruction_the_return_address_is_on_top_of_the_stack() {
+        let entry = a_function as *const () as u64;
+        let pid = std::process::id();
+        let mut maps = MemoryMaps::default();
+        maps.observe(pid, &[entry]);
+        let mapping = maps.mapping(pid, entry).unwrap();
+        let table = UnwindTable::read(Path::new("/proc/self/exe")).unwrap();
+        assert_eq!(
+            table.rule_at(mapping.file_offset_of(entry)),
+            LeafRule::ReturnAddressAt(0)
+        );
+    }
+
+    #[test]
+    fn the_walked_caller_is_not_added_twice_and_a_missing_one_is_added() {
+        let mut sample: CpuSample = unsafe { std::mem::zeroed() };
+        sample.tgid = std::process::id();
+        let entry = a_function as *const () as u64;
+        sample.user_stack[..2].copy_from_slice(&[entry, 0x1000]);
+        sample.user_stack_bytes = 16;
+        sample.stack_top[0] = 0x2000;
+        sample.stack_top_bytes = 8;
+        let mut unwinder = LeafUnwinder::default();
+        let mut maps = MemoryMaps::default();
+        assert_eq!(
+            &*unwinder.complete(&mut maps, &sample),
+            &[entry, 0x2000, 0x1000]
+        );
+        sample.stack_top[0] = 0x1000;
+        assert_eq!(&*unwinder.complete(&mut maps, &sample), &[entry, 0x1000]);
+        // Interrupted in the kernel: no stack words, nothing to add.
+        sample.stack_top_bytes = 0;
+        assert_eq!(&*unwinder.complete(&mut maps, &sample), &[entry, 0x1000]);
     }
 }

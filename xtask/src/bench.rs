@@ -53,6 +53,17 @@ pub fn run(duration: u32, runs: u32) -> anyhow::Result<()> {
         }
     }
 
+    let spread = |values: &[f64]| {
+        let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = values.iter().copied().fold(0.0, f64::max);
+        (high - low) / median(values.to_vec()) * 100.0
+    };
+    let baseline_spread = spread(&baseline);
+    let runs_json = json!({
+        "baseline_requests_per_s": baseline,
+        "profiler_requests_per_s": ours.iter().map(|runs| runs.iter().map(|m| m.throughput).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "perf_requests_per_s": perf.iter().map(|runs| runs.iter().map(|m| m.throughput).collect::<Vec<_>>()).collect::<Vec<_>>(),
+    });
     let baseline = median(baseline);
     let mut rows = Vec::new();
     for (index, &hz) in FREQUENCIES.iter().enumerate() {
@@ -71,7 +82,9 @@ pub fn run(duration: u32, runs: u32) -> anyhow::Result<()> {
         "command": format!("cargo xtask bench --duration {duration} --runs {runs}"),
         "workload": format!("demo/model_server.c, {workers} workers on {workers} CPUs, {duration} s per run, medians of {runs} runs"),
         "baseline_requests_per_s": baseline,
+        "baseline_spread_percent": baseline_spread,
         "rows": rows,
+        "runs": runs_json,
     });
     let path = bench.dir.join("results.json");
     fs::write(&path, serde_json::to_string_pretty(&results)?)?;
