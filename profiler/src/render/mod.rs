@@ -55,11 +55,6 @@ impl OutputFile {
         })
     }
 
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Writes the whole file through `write` and flushes it.
     pub fn write_with(
         self,
