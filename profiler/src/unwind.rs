@@ -16,7 +16,6 @@ use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
-    rc::Rc,
 };
 
 use gimli::{
@@ -41,7 +40,7 @@ enum LeafRule {
 #[derive(Default)]
 pub struct LeafUnwinder {
     rules: HashMap<(u32, u64), LeafRule>,
-    binaries: HashMap<PathBuf, Option<Rc<UnwindTable>>>,
+    binaries: HashMap<PathBuf, Option<UnwindTable>>,
 }
 
 impl LeafUnwinder {
@@ -55,7 +54,10 @@ impl LeafUnwinder {
         let rule = match self.rules.get(&(sample.tgid, leaf)) {
             Some(rule) => *rule,
             None => match self.rule_for(maps, sample.tgid, leaf) {
-                Some(rule) => *self.rules.entry((sample.tgid, leaf)).or_insert(rule),
+                Some(rule) => {
+                    self.rules.insert((sample.tgid, leaf), rule);
+                    rule
+                }
                 // Not mapped as far as we know yet (the process may have just exec'd):
                 // leave the stack as walked, and look again at the next sample.
                 None => LeafRule::Walked,
@@ -87,19 +89,16 @@ impl LeafUnwinder {
             return Some(LeafRule::Walked); // JIT code has no .eh_frame to read.
         };
         let file_offset = mapping.file_offset_of(address);
-        let table = self
-            .binaries
-            .entry(path.clone())
+        let table = self.binaries.entry(path).or_insert_with_key(|path| {
             // Through the process's root, so that containers' files are found.
-            .or_insert_with(|| {
-                UnwindTable::read(
-                    &Path::new(&format!("/proc/{tgid}/root"))
-                        .join(path.strip_prefix("/").unwrap_or(&path)),
-                )
-                .map(Rc::new)
-            })
-            .clone();
-        Some(table.map_or(LeafRule::Walked, |table| table.rule_at(file_offset)))
+            let root = format!("/proc/{tgid}/root");
+            UnwindTable::read(&Path::new(&root).join(path.strip_prefix("/").unwrap_or(path)))
+        });
+        Some(
+            table
+                .as_ref()
+                .map_or(LeafRule::Walked, |table| table.rule_at(file_offset)),
+        )
     }
 }
 
