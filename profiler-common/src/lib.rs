@@ -1,17 +1,18 @@
 //! Types and constants shared by the profiler's BPF programs and its userspace.
 //!
 //! Everything that both sides must agree on lives here and only here: record layouts
-//! streamed over ring buffers, map sizes, map and program names, and counter indices.
-//! Every type is `#[repr(C)]` so that the BPF object and the host read the same bytes.
+//! streamed over the ring buffer, map sizes, map, program and global names, counter
+//! indices and the latency bucket scheme. Every type is `#[repr(C)]` so that the BPF
+//! object and the host read the same bytes.
 #![no_std]
 
-/// Deepest stack captured per sample, in frames.
+/// Deepest stack captured per record, in frames.
 ///
 /// This is the kernel's default `kernel.perf_event_max_stack`; `bpf_get_stack` refuses
 /// to walk further than that sysctl anyway.
 pub const MAX_STACK_DEPTH: usize = 127;
 
-/// Stack words copied from the user stack pointer up, per sample. The unwinder reads a
+/// Stack words copied from the user stack pointer up, per record. The unwinder reads a
 /// frameless function's return address among them; 32 words cover the saved registers
 /// and locals of all but unusually large leaf functions.
 pub const STACK_TOP_WORDS: usize = 32;
@@ -19,90 +20,243 @@ pub const STACK_TOP_WORDS: usize = 32;
 /// How many processes one recording can target at once.
 pub const MAX_TARGETS: u32 = 1024;
 
-/// Size of the ring buffer that carries CPU samples, in bytes.
+/// Size of the ring buffer that carries every streamed record, in bytes.
 ///
-/// One sample is about 2 KiB, so this holds about 4,000 samples: four seconds of a
-/// 999 Hz recording on every CPU of this 2-CPU class of machine, and a full drain
-/// interval (see [`DRAIN_INTERVAL_MS`]) on a 64-CPU host at 999 Hz.
-pub const CPU_SAMPLES_RING_BYTES: u32 = 8 << 20;
+/// A record with stacks is about 2.3 KiB, so this holds about 3,500 of them: three
+/// seconds of a 999 Hz recording on every CPU of this 2-CPU class of machine, and a full
+/// drain interval (see [`DRAIN_INTERVAL_MS`]) on a 32-CPU host at 999 Hz.
+pub const EVENTS_RING_BYTES: u32 = 8 << 20;
 
-/// Unread bytes in a ring buffer above which the BPF side wakes the reader at once.
+/// Unread bytes in the ring buffer above which the BPF side wakes the reader at once.
 ///
 /// Below it, records are submitted without a wake-up and userspace drains on a timer,
-/// so a sample costs no context switch.
-pub const RING_WAKEUP_BYTES: u64 = CPU_SAMPLES_RING_BYTES as u64 / 4;
+/// so a record costs no context switch.
+pub const RING_WAKEUP_BYTES: u64 = EVENTS_RING_BYTES as u64 / 4;
 
-/// How often userspace drains the ring buffers when nothing woke it, in milliseconds.
+/// How often userspace drains the ring buffer when nothing woke it, in milliseconds.
 pub const DRAIN_INTERVAL_MS: u64 = 100;
 
-/// Names of the BPF maps, as the loader looks them up in the object.
+/// Syscall numbers counted per syscall; x86_64 numbers them below 512.
+pub const MAX_SYSCALLS: u32 = 512;
+
+/// Latency buckets split every power of two into `2^LATENCY_SUB_BUCKET_BITS` linear
+/// steps, so a bucket is at most 1/8 of its value wide: finer than log2, and small
+/// enough for one array slot per syscall.
+pub const LATENCY_SUB_BUCKET_BITS: u32 = 3;
+
+/// Latencies of `2^LATENCY_MAX_EXPONENT` ns (18 minutes) or more share the last bucket.
+pub const LATENCY_MAX_EXPONENT: u32 = 40;
+
+const LATENCY_SUB_BUCKETS: u64 = 1 << LATENCY_SUB_BUCKET_BITS;
+
+/// Number of latency buckets.
+pub const LATENCY_BUCKETS: usize =
+    ((LATENCY_MAX_EXPONENT - LATENCY_SUB_BUCKET_BITS + 1) as u64 * LATENCY_SUB_BUCKETS) as usize;
+
+/// The bucket a latency in nanoseconds falls in; see [`latency_bucket_range`].
+#[inline(always)]
+pub fn latency_bucket(ns: u64) -> usize {
+    let ns = if ns >> LATENCY_MAX_EXPONENT != 0 {
+        (1 << LATENCY_MAX_EXPONENT) - 1
+    } else {
+        ns
+    };
+    if ns < LATENCY_SUB_BUCKETS {
+        return ns as usize;
+    }
+    let highest_bit = 63 - ns.leading_zeros();
+    let shift = highest_bit - LATENCY_SUB_BUCKET_BITS;
+    ((u64::from(shift) + 1) * LATENCY_SUB_BUCKETS + ((ns >> shift) - LATENCY_SUB_BUCKETS)) as usize
+}
+
+/// The latencies, in nanoseconds, that bucket `index` holds: `low..high`.
+pub fn latency_bucket_range(index: usize) -> (u64, u64) {
+    let index = index as u64;
+    if index < LATENCY_SUB_BUCKETS {
+        return (index, index + 1);
+    }
+    let shift = index / LATENCY_SUB_BUCKETS - 1;
+    let mantissa = LATENCY_SUB_BUCKETS + index % LATENCY_SUB_BUCKETS;
+    (mantissa << shift, (mantissa + 1) << shift)
+}
+
+/// Names of the BPF maps that userspace opens, as the loader looks them up.
 ///
 /// The BPF crate names its `static` maps identically; a mismatch fails every
 /// end-to-end test at load time.
 pub mod map_names {
     /// `HashMap<u32, u8>`: the tgids being profiled.
     pub const TARGET_TGIDS: &str = "TARGET_TGIDS";
-    /// `RingBuf` of [`crate::CpuSample`].
-    pub const CPU_SAMPLES: &str = "CPU_SAMPLES";
+    /// `RingBuf` of records, each starting with an [`crate::EventHeader`].
+    pub const EVENTS: &str = "EVENTS";
     /// `PerCpuArray<u64>` indexed by [`crate::LossCounter`].
     pub const LOSS_COUNTERS: &str = "LOSS_COUNTERS";
+    /// `PerCpuArray<SyscallStats>` indexed by syscall number.
+    pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
+    /// `PerCpuHashMap<u32, u64>`: failed calls per [`crate::errno_key`].
+    pub const SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
 }
 
 /// Names of the BPF programs in the object.
 pub mod program_names {
-    /// The perf_event program that samples on-CPU stacks.
+    /// perf_event: samples on-CPU stacks.
     pub const SAMPLE_CPU: &str = "sample_cpu";
+    /// raw tracepoint `sys_enter`: notes when a target's syscall starts.
+    pub const SYSCALL_ENTER: &str = "syscall_enter";
+    /// raw tracepoint `sys_exit`: counts the call and streams it if slow.
+    pub const SYSCALL_EXIT: &str = "syscall_exit";
+    /// tracepoint `block:block_rq_insert`: a target queued a request.
+    pub const BLOCK_RQ_INSERT: &str = "block_rq_insert";
+    /// tracepoint `block:block_rq_issue`: a request went to the device.
+    pub const BLOCK_RQ_ISSUE: &str = "block_rq_issue";
+    /// tracepoint `block:block_rq_complete`: the device finished a request.
+    pub const BLOCK_RQ_COMPLETE: &str = "block_rq_complete";
+    /// tracepoint `sched:sched_switch`: a target thread leaves or regains a CPU.
+    pub const SCHED_SWITCH: &str = "sched_switch";
 }
 
-/// Indices into the per-CPU loss counters: every record the BPF side had to drop.
+/// Names of the BPF globals that userspace sets at load time.
+pub mod global_names {
+    /// `u64`: syscalls at least this slow, in ns, are streamed with their stacks.
+    pub const SLOW_SYSCALL_NS: &str = "SLOW_SYSCALL_NS";
+    /// `u64`: off-CPU spans shorter than this, in ns, are dropped in the kernel.
+    pub const OFFCPU_MIN_NS: &str = "OFFCPU_MIN_NS";
+    /// `[u32; TracepointField::COUNT]`: where each tracepoint field sits in its record.
+    pub const TRACEPOINT_FIELDS: &str = "TRACEPOINT_FIELDS";
+}
+
+/// Tracepoint fields the BPF programs read. Their offsets differ between kernels, so
+/// userspace reads them from tracefs and hands them over in
+/// [`global_names::TRACEPOINT_FIELDS`], indexed by this enum.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TracepointField {
+    /// `block_rq_issue` / `block_rq_insert`: `dev_t dev`.
+    BlockRqDev = 0,
+    /// `block_rq_issue` / `block_rq_insert`: `sector_t sector`.
+    BlockRqSector,
+    /// `block_rq_issue` / `block_rq_insert`: `unsigned int bytes`.
+    BlockRqBytes,
+    /// `block_rq_issue` / `block_rq_insert`: `char rwbs[]`.
+    BlockRqRwbs,
+    /// `block_rq_complete`: `dev_t dev`.
+    BlockCompleteDev,
+    /// `block_rq_complete`: `sector_t sector`.
+    BlockCompleteSector,
+    /// `block_rq_complete`: `int error`.
+    BlockCompleteError,
+    /// `sched_switch`: `pid_t next_pid`.
+    SchedSwitchNextPid,
+}
+
+impl TracepointField {
+    /// Number of fields, the length of the offsets array.
+    pub const COUNT: usize = 8;
+}
+
+/// Indices into the per-CPU loss counters: everything the BPF side had to drop.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LossCounter {
-    /// A CPU sample could not be reserved in [`map_names::CPU_SAMPLES`] (ring full).
+    /// A CPU sample found the ring buffer full.
     CpuSampleRingFull = 0,
+    /// A slow syscall's record (with its stacks) found the ring buffer full; the call is
+    /// still counted, in the in-kernel histogram.
+    SlowSyscallRingFull,
+    /// A syscall's start was overwritten by another thread's (their thread ids share a
+    /// slot), so that call was not counted.
+    SyscallSlotTaken,
+    /// The per-errno table was full; the failed call is still counted as an error.
+    SyscallErrnoTableFull,
+    /// An off-CPU span found the ring buffer full.
+    OffCpuRingFull,
+    /// More target threads than the off-CPU table holds; that thread's span was dropped.
+    OffCpuThreadTableFull,
+    /// A syscall numbered at or above [`MAX_SYSCALLS`] (the x32 ABI) was not counted.
+    SyscallNumberOutOfRange,
+    /// A completed block request found the ring buffer full.
+    BlockIoRingFull,
+    /// More requests in flight than the block request table holds.
+    BlockIoTableFull,
 }
 
 impl LossCounter {
     /// Number of counters, the size of the counter array.
-    pub const COUNT: u32 = 1;
+    pub const COUNT: u32 = 9;
 }
 
-/// One on-CPU sample of a target thread, as streamed over [`map_names::CPU_SAMPLES`].
+/// The kinds of record in the ring buffer, in [`EventHeader::kind`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A [`CpuSample`].
+    CpuSample = 1,
+    /// A [`SlowSyscall`].
+    SlowSyscall = 2,
+    /// An [`OffCpuSpan`].
+    OffCpuSpan = 3,
+    /// A [`BlockIo`].
+    BlockIo = 4,
+}
+
+impl EventKind {
+    /// The kind a header's `kind` field names, if any.
+    pub fn from_raw(kind: u32) -> Option<Self> {
+        Some(match kind {
+            1 => EventKind::CpuSample,
+            2 => EventKind::SlowSyscall,
+            3 => EventKind::OffCpuSpan,
+            4 => EventKind::BlockIo,
+            _ => return None,
+        })
+    }
+}
+
+/// The start of every record in the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct CpuSample {
-    /// `bpf_ktime_get_ns()` at the sample (CLOCK_MONOTONIC).
-    pub timestamp_ns: u64,
+pub struct EventHeader {
+    /// An [`EventKind`], which decides the record's type.
+    pub kind: u32,
     /// Process id (the kernel's tgid).
     pub tgid: u32,
     /// Thread id (the kernel's pid).
     pub tid: u32,
-    /// CPU the thread ran on.
+    /// CPU the program ran on.
     pub cpu: u32,
-    /// Bytes of `user_stack` written by `bpf_get_stack`, or a negative errno.
-    pub user_stack_bytes: i32,
-    /// Bytes of `kernel_stack` written by `bpf_get_stack`, or a negative errno.
-    pub kernel_stack_bytes: i32,
-    /// Bytes of `stack_top` copied, or a negative errno; 0 when the sample interrupted
-    /// the kernel, where the user registers are not at hand.
+    /// `bpf_ktime_get_ns()` when the record was made (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+}
+
+/// The user and kernel stacks of a thread, as the BPF side captured them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Stacks {
+    /// Bytes of `user` written by `bpf_get_stack`, or a negative errno.
+    pub user_bytes: i32,
+    /// Bytes of `kernel` written by `bpf_get_stack`, or a negative errno.
+    pub kernel_bytes: i32,
+    /// Bytes of `stack_top` copied, or a negative errno.
     pub stack_top_bytes: i32,
+    /// Keeps the arrays 8-byte aligned on both sides.
+    pub _padding: u32,
     /// User-space instruction pointers, innermost first.
-    pub user_stack: [u64; MAX_STACK_DEPTH],
+    pub user: [u64; MAX_STACK_DEPTH],
     /// Kernel instruction pointers, innermost first.
-    pub kernel_stack: [u64; MAX_STACK_DEPTH],
-    /// The user stack from the stack pointer up, when the sample interrupted user code.
+    pub kernel: [u64; MAX_STACK_DEPTH],
+    /// The user stack from the thread's user stack pointer up.
     pub stack_top: [u64; STACK_TOP_WORDS],
 }
 
-impl CpuSample {
+impl Stacks {
     /// The filled part of the user stack.
     pub fn user_frames(&self) -> &[u64] {
-        filled(&self.user_stack, self.user_stack_bytes)
+        filled(&self.user, self.user_bytes)
     }
 
     /// The filled part of the kernel stack.
     pub fn kernel_frames(&self) -> &[u64] {
-        filled(&self.kernel_stack, self.kernel_stack_bytes)
+        filled(&self.kernel, self.kernel_bytes)
     }
 
     /// The copied words of the user stack, from the stack pointer up.
@@ -114,4 +268,121 @@ impl CpuSample {
 fn filled(words: &[u64], bytes: i32) -> &[u64] {
     let count = if bytes > 0 { bytes as usize / 8 } else { 0 };
     &words[..count.min(words.len())]
+}
+
+/// One on-CPU sample of a target thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSample {
+    /// Kind [`EventKind::CpuSample`].
+    pub header: EventHeader,
+    /// The thread's stacks when the sample fired.
+    pub stacks: Stacks,
+}
+
+/// A target's syscall that took at least [`global_names::SLOW_SYSCALL_NS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SlowSyscall {
+    /// Kind [`EventKind::SlowSyscall`]; the timestamp is the call's return.
+    pub header: EventHeader,
+    /// The syscall number.
+    pub nr: u32,
+    /// Keeps the next field 8-byte aligned on both sides.
+    pub _padding: u32,
+    /// What the call returned; -4095..=-1 is a negated errno.
+    pub ret: i64,
+    /// From entry to return.
+    pub duration_ns: u64,
+    /// The calling thread's stacks at return. The user stack is the one at entry: the
+    /// thread runs no user code while it is in the call.
+    pub stacks: Stacks,
+}
+
+/// A span in which a target thread was off the CPU, at least [`global_names::OFFCPU_MIN_NS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OffCpuSpan {
+    /// Kind [`EventKind::OffCpuSpan`]; the timestamp is when the thread ran again.
+    pub header: EventHeader,
+    /// From switch-out to switch-in.
+    pub duration_ns: u64,
+    /// The thread's stacks at switch-out.
+    pub stacks: Stacks,
+}
+
+/// A block request issued by a target, and completed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockIo {
+    /// Kind [`EventKind::BlockIo`]; tgid and tid are the issuer's, the timestamp the
+    /// completion's.
+    pub header: EventHeader,
+    /// From issue (or insert, if the issue was not seen) to completion.
+    pub duration_ns: u64,
+    /// First sector.
+    pub sector: u64,
+    /// The device, as the kernel's `dev_t`: major << 20 | minor.
+    pub dev: u32,
+    /// Bytes requested.
+    pub bytes: u32,
+    /// 0, or the negated errno the request completed with.
+    pub error: i32,
+    /// The operation as blktrace spells it (`W`, `R`, `FWS`, `D`, ...), NUL-padded.
+    pub rwbs: [u8; 8],
+    /// Keeps the record's size a multiple of 8 on both sides.
+    pub _padding: u32,
+}
+
+/// Per-syscall counters, summed per CPU in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallStats {
+    /// Calls that returned.
+    pub count: u64,
+    /// Calls that returned an error (-4095..=-1).
+    pub errors: u64,
+    /// Time from entry to return, summed.
+    pub total_ns: u64,
+    /// The longest call.
+    pub max_ns: u64,
+    /// Calls per latency bucket ([`latency_bucket`]), except those streamed as
+    /// [`SlowSyscall`] records, whose exact durations userspace has.
+    pub buckets: [u64; LATENCY_BUCKETS],
+}
+
+/// The [`map_names::SYSCALL_ERRNOS`] key of a syscall that failed with `errno`.
+#[inline(always)]
+pub fn errno_key(nr: u32, errno: u32) -> u32 {
+    nr << 16 | (errno & 0xffff)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers and integer arrays; every bit pattern is valid.
+    unsafe impl aya::Pod for super::SyscallStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_latency_falls_in_the_bucket_whose_range_holds_it() {
+        for ns in (0..5000).chain((1..40).map(|bit| (1u64 << bit) + 12_345 % (1u64 << bit))) {
+            let bucket = latency_bucket(ns);
+            let (low, high) = latency_bucket_range(bucket);
+            assert!(low <= ns && ns < high, "{ns} in {bucket}: {low}..{high}");
+        }
+        assert!((1..5000).all(|ns| latency_bucket(ns) >= latency_bucket(ns - 1)));
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+
+    #[test]
+    fn buckets_are_at_most_an_eighth_of_their_value_wide() {
+        for bucket in LATENCY_SUB_BUCKETS as usize..LATENCY_BUCKETS {
+            let (low, high) = latency_bucket_range(bucket);
+            assert!((high - low) * 8 <= low, "{bucket}: {low}..{high}");
+        }
+    }
 }

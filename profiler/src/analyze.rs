@@ -3,7 +3,10 @@
 
 use std::{collections::HashMap, fmt, str::FromStr};
 
-use crate::symbolize::{Frame, Profile};
+use crate::{
+    aggregate::{Latency, SyscallSummary},
+    symbolize::{Frame, Profile},
+};
 
 /// Functions that every thread passes through, so they always hold (nearly) all of the
 /// time and would drown out the real hotspots.
@@ -29,52 +32,149 @@ pub fn is_process_root(name: &str) -> bool {
         || name.starts_with("std::sys::pal::unix::thread::Thread::new::thread_start")
 }
 
-/// A load-test gate: fires when the functions named `function` hold more than `limit`
-/// of the on-CPU samples. Written `NAME>PCT%`, for example `predict>60%`.
+/// A load-test gate, as `--fail-on` takes it.
+///
+/// - `NAME>PCT%` fires when the functions named NAME hold more than PCT % of the on-CPU
+///   samples, for example `predict>60%`.
+/// - `SYSCALL.QUANTILE>DURATION` fires when that syscall's latency quantile (`p50`,
+///   `p90`, `p99`, `p999` or `max`) is above DURATION (`ns`, `us`, `ms` or `s`), for
+///   example `read.p99>50ms`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
     /// The rule as the user wrote it.
     pub text: String,
-    /// Function name, matched exactly or as the last segment of a path.
-    pub function: String,
-    /// The share (0 to 1) that the function must exceed for the rule to fire.
-    pub limit: f64,
+    /// What it checks.
+    pub check: Check,
+}
+
+/// What a [`Rule`] checks.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Check {
+    /// A function's share of on-CPU samples.
+    CpuShare {
+        /// Function name, matched exactly or as the last segment of a path.
+        function: String,
+        /// The share (0 to 1) that the function must exceed for the rule to fire.
+        limit: f64,
+    },
+    /// A syscall's latency.
+    Latency {
+        /// The syscall's name.
+        syscall: String,
+        /// Which point of the distribution.
+        quantile: Quantile,
+        /// The duration it must exceed for the rule to fire, in nanoseconds.
+        limit_ns: u64,
+    },
+}
+
+/// A point of a latency distribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quantile {
+    /// The median.
+    P50,
+    /// The 90th percentile.
+    P90,
+    /// The 99th percentile.
+    P99,
+    /// The 99.9th percentile.
+    P999,
+    /// The longest.
+    Max,
+}
+
+impl Quantile {
+    fn parse(text: &str) -> Option<Quantile> {
+        Some(match text {
+            "p50" => Quantile::P50,
+            "p90" => Quantile::P90,
+            "p99" => Quantile::P99,
+            "p999" | "p99.9" => Quantile::P999,
+            "max" => Quantile::Max,
+            _ => return None,
+        })
+    }
+
+    /// The point of `latency` this quantile names.
+    pub fn of(self, latency: &Latency) -> u64 {
+        match self {
+            Quantile::P50 => latency.quantile(0.5),
+            Quantile::P90 => latency.quantile(0.9),
+            Quantile::P99 => latency.quantile(0.99),
+            Quantile::P999 => latency.quantile(0.999),
+            Quantile::Max => latency.max(),
+        }
+    }
 }
 
 impl FromStr for Rule {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let malformed = || format!("malformed rule `{text}`: expected NAME>PCT%, like predict>60%");
-        let (function, limit) = text.rsplit_once('>').ok_or_else(malformed)?;
-        let function = function.trim();
-        let percent: f64 = limit
-            .trim()
-            .trim_end_matches('%')
-            .trim()
-            .parse()
-            .map_err(|_| malformed())?;
-        if function.is_empty() || !(0.0..=100.0).contains(&percent) {
+        let malformed = || {
+            format!(
+                "malformed rule `{text}`: expected NAME>PCT% (like predict>60%) or SYSCALL.QUANTILE>DURATION (like read.p99>50ms)"
+            )
+        };
+        let (subject, limit) = text.rsplit_once('>').ok_or_else(malformed)?;
+        let (subject, limit) = (subject.trim(), limit.trim());
+        if subject.is_empty() {
             return Err(malformed());
         }
+        let latency = subject
+            .rsplit_once('.')
+            .and_then(|(syscall, quantile)| Some((syscall, Quantile::parse(quantile)?)));
+        let check = match (latency, parse_duration_ns(limit)) {
+            (Some((syscall, quantile)), Some(limit_ns)) if !syscall.is_empty() => Check::Latency {
+                syscall: syscall.to_owned(),
+                quantile,
+                limit_ns,
+            },
+            _ => {
+                let percent: f64 = limit
+                    .trim_end_matches('%')
+                    .trim()
+                    .parse()
+                    .map_err(|_| malformed())?;
+                if !(0.0..=100.0).contains(&percent) {
+                    return Err(malformed());
+                }
+                Check::CpuShare {
+                    function: subject.to_owned(),
+                    limit: percent / 100.0,
+                }
+            }
+        };
         Ok(Rule {
             text: text.to_owned(),
-            function: function.to_owned(),
-            limit: percent / 100.0,
+            check,
         })
     }
 }
 
-impl Rule {
-    /// Whether a frame's function is the one this rule names: the same name, or a path
-    /// (`model::predict`, `core.model.predict`) whose last segments are that name.
-    pub fn matches(&self, frame_name: &str) -> bool {
-        let name = strip_parameters(frame_name);
-        name == self.function
-            || name
-                .strip_suffix(self.function.as_str())
-                .is_some_and(|prefix| prefix.ends_with("::") || prefix.ends_with('.'))
-    }
+/// `50ms`, `1.5s`, `200us`, `800ns` → nanoseconds.
+fn parse_duration_ns(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let scale = match unit.trim() {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        _ => return None,
+    };
+    let value: f64 = number.parse().ok()?;
+    (value >= 0.0).then(|| (value * scale).round() as u64)
+}
+
+/// Whether a frame's function is the one `function` names: the same name, or a path
+/// (`model::predict`, `core.model.predict`) whose last segments are that name.
+pub fn function_matches(function: &str, frame_name: &str) -> bool {
+    let name = strip_parameters(frame_name);
+    name == function
+        || name
+            .strip_suffix(function)
+            .is_some_and(|prefix| prefix.ends_with("::") || prefix.ends_with('.'))
 }
 
 /// `ns::f(int, char)` → `ns::f`: C++ names carry their parameter list.
@@ -90,9 +190,10 @@ fn strip_parameters(name: &str) -> &str {
 pub struct RuleOutcome {
     /// The rule.
     pub rule: Rule,
-    /// Share (0 to 1) of samples with a matching frame.
-    pub share: f64,
-    /// Whether `share` is above the rule's limit.
+    /// What was measured: the share (0 to 1) of samples with a matching frame, or the
+    /// latency in nanoseconds.
+    pub observed: f64,
+    /// Whether `observed` is above the rule's limit.
     pub fired: bool,
 }
 
@@ -165,8 +266,13 @@ impl Analysis {
     }
 }
 
-/// Computes shares, hotspots, the hot path and the rules' outcomes.
-pub fn analyze(profile: &Profile, options: &AnalysisOptions) -> Analysis {
+/// Computes shares, hotspots, the hot path and the rules' outcomes; latency rules are
+/// judged on `syscalls`.
+pub fn analyze(
+    profile: &Profile,
+    syscalls: &[SyscallSummary],
+    options: &AnalysisOptions,
+) -> Analysis {
     let samples = profile.samples();
     let share = |count: u64| {
         if samples == 0 {
@@ -226,21 +332,36 @@ pub fn analyze(profile: &Profile, options: &AnalysisOptions) -> Analysis {
         .rules
         .iter()
         .map(|rule| {
-            let matching: u64 = profile
-                .stacks
-                .iter()
-                .filter(|stack| {
-                    stack
-                        .frames
+            let (observed, limit) = match &rule.check {
+                Check::CpuShare { function, limit } => {
+                    let matching: u64 = profile
+                        .stacks
                         .iter()
-                        .any(|&frame| rule.matches(&profile.frames[frame].name))
-                })
-                .map(|stack| stack.count)
-                .sum();
+                        .filter(|stack| {
+                            stack.frames.iter().any(|&frame| {
+                                function_matches(function, &profile.frames[frame].name)
+                            })
+                        })
+                        .map(|stack| stack.count)
+                        .sum();
+                    (share(matching), *limit)
+                }
+                Check::Latency {
+                    syscall,
+                    quantile,
+                    limit_ns,
+                } => {
+                    let observed = syscalls
+                        .iter()
+                        .find(|summary| summary.name == *syscall)
+                        .map_or(0, |summary| quantile.of(&summary.latency));
+                    (observed as f64, *limit_ns as f64)
+                }
+            };
             RuleOutcome {
                 rule: rule.clone(),
-                share: share(matching),
-                fired: share(matching) > rule.limit,
+                observed,
+                fired: observed > limit,
             }
         })
         .collect();
@@ -332,7 +453,7 @@ mod tests {
             ("main;serve;model::predict;model::predict", 1),
             ("main;serve;tokenize", 3),
         ]);
-        let analysis = analyze(&profile, &AnalysisOptions::default());
+        let analysis = analyze(&profile, &[], &AnalysisOptions::default());
         assert_eq!(analysis.samples, 10);
         let predict = function(&analysis, "model::predict");
         assert_eq!((predict.self_samples, predict.total_samples), (1, 7));
@@ -349,7 +470,7 @@ mod tests {
             ("_start;main;serve;predict;matmul", 64),
             ("_start;main;serve;io", 36),
         ]);
-        let analysis = analyze(&profile, &AnalysisOptions::default());
+        let analysis = analyze(&profile, &[], &AnalysisOptions::default());
         let names: Vec<&str> = analysis
             .hotspots
             .iter()
@@ -376,35 +497,105 @@ mod tests {
     #[test]
     fn no_hotspot_means_no_hot_path() {
         let profile = profile(&[("main;a", 50), ("main;b", 50)]);
-        let analysis = analyze(&profile, &AnalysisOptions::default());
+        let analysis = analyze(&profile, &[], &AnalysisOptions::default());
         assert!(analysis.hotspots.is_empty());
         assert!(analysis.hot_path.is_empty());
     }
 
+    fn check(text: &str) -> Check {
+        text.parse::<Rule>().unwrap().check
+    }
+
     #[test]
     fn rules_parse_and_reject_malformed_text() {
-        let rule: Rule = "predict>60%".parse().unwrap();
-        assert_eq!((rule.function.as_str(), rule.limit), ("predict", 0.6));
-        assert_eq!("a::b > 5".parse::<Rule>().unwrap().limit, 0.05);
-        for bad in ["predict", ">60%", "predict>abc", "predict>150%"] {
+        let share = |function: &str, limit: f64| Check::CpuShare {
+            function: function.to_owned(),
+            limit,
+        };
+        assert_eq!(check("predict>60%"), share("predict", 0.6));
+        assert_eq!(check("a::b > 5"), share("a::b", 0.05));
+        assert_eq!(
+            check("core.model.predict>60%"),
+            share("core.model.predict", 0.6)
+        );
+        assert_eq!(
+            check("read.p99>50ms"),
+            Check::Latency {
+                syscall: "read".to_owned(),
+                quantile: Quantile::P99,
+                limit_ns: 50_000_000,
+            }
+        );
+        assert!(matches!(
+            check("fdatasync.max > 1.5s"),
+            Check::Latency {
+                quantile: Quantile::Max,
+                limit_ns: 1_500_000_000,
+                ..
+            }
+        ));
+        assert!(matches!(
+            check("futex.p999>200us"),
+            Check::Latency {
+                quantile: Quantile::P999,
+                limit_ns: 200_000,
+                ..
+            }
+        ));
+        for bad in [
+            "predict",
+            ">60%",
+            "predict>abc",
+            "predict>150%",
+            "read.p99>50parsecs",
+            ".p99>5ms",
+        ] {
             assert!(bad.parse::<Rule>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn rule_names_match_exactly_or_as_the_last_path_segment() {
-        let rule: Rule = "predict>60%".parse().unwrap();
         for name in [
             "predict",
             "model::predict",
             "deepseek.core.model.predict",
             "ns::predict(float*)",
         ] {
-            assert!(rule.matches(name), "{name}");
+            assert!(function_matches("predict", name), "{name}");
         }
         for name in ["mypredict", "predict_batch", "predict::inner"] {
-            assert!(!rule.matches(name), "{name}");
+            assert!(!function_matches("predict", name), "{name}");
         }
+    }
+
+    #[test]
+    fn latency_rules_fire_on_the_named_quantile() {
+        let mut latency = Latency::default();
+        for ms in 1..=100 {
+            latency.record(ms * 1_000_000);
+        }
+        let read = SyscallSummary {
+            nr: 0,
+            name: "read".to_owned(),
+            count: 100,
+            errors: 0,
+            errnos: Vec::new(),
+            total_ns: 0,
+            latency,
+        };
+        let rules = ["read.p50>60ms", "read.p99>60ms", "write.p99>1ns"]
+            .iter()
+            .map(|text| text.parse().unwrap())
+            .collect();
+        let options = AnalysisOptions {
+            rules,
+            ..Default::default()
+        };
+        let analysis = analyze(&Profile::default(), &[read], &options);
+        let fired: Vec<bool> = analysis.rules.iter().map(|outcome| outcome.fired).collect();
+        assert_eq!(fired, vec![false, true, false]);
+        assert!((analysis.rules[1].observed / 99e6 - 1.0).abs() < 1e-3);
     }
 
     #[test]
@@ -416,6 +607,7 @@ mod tests {
             .collect();
         let analysis = analyze(
             &profile,
+            &[],
             &AnalysisOptions {
                 rules,
                 ..Default::default()
@@ -424,6 +616,6 @@ mod tests {
         let fired: Vec<bool> = analysis.rules.iter().map(|outcome| outcome.fired).collect();
         assert_eq!(fired, vec![true, false, false]);
         assert!(analysis.any_rule_fired());
-        assert!((analysis.rules[0].share - 0.64).abs() < 1e-9);
+        assert!((analysis.rules[0].observed - 0.64).abs() < 1e-9);
     }
 }

@@ -3,20 +3,22 @@
 //! [`Probes`] owns everything that is attached; dropping it, or calling
 //! [`Probes::detach`], takes every probe out of the kernel again.
 
-use std::{fs, os::fd::OwnedFd, time::Duration};
+use std::{fmt, fs, os::fd::OwnedFd, str::FromStr, time::Duration};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        PerfEvent, ProgramError,
+        PerfEvent, ProgramError, RawTracePoint, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     sys::{Stats, SyscallError},
 };
-use profiler_common::{LossCounter, MAX_TARGETS, map_names, program_names};
+use profiler_common::{
+    LossCounter, MAX_SYSCALLS, MAX_TARGETS, SyscallStats, global_names, map_names, program_names,
+};
 
-use crate::exit::Failure;
+use crate::{exit::Failure, tracefs};
 
 static BPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
@@ -59,6 +61,109 @@ pub struct BpfCost {
     pub run_count: u64,
 }
 
+/// The kinds of event a recording can trace, as `--events` names them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventSet {
+    /// On-CPU stack samples.
+    pub cpu: bool,
+    /// Syscall counts, latencies and slow calls.
+    pub syscalls: bool,
+    /// Block IO requests.
+    pub io: bool,
+    /// Off-CPU time and the stacks behind it.
+    pub offcpu: bool,
+}
+
+impl EventSet {
+    /// Every kind, as `--events all` asks.
+    pub const ALL: EventSet = EventSet {
+        cpu: true,
+        syscalls: true,
+        io: true,
+        offcpu: true,
+    };
+
+    /// Only on-CPU sampling, the default.
+    pub const CPU: EventSet = EventSet {
+        cpu: true,
+        syscalls: false,
+        io: false,
+        offcpu: false,
+    };
+
+    fn names(self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.cpu, "cpu"),
+            (self.syscalls, "syscalls"),
+            (self.io, "io"),
+            (self.offcpu, "offcpu"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+    }
+}
+
+impl FromStr for EventSet {
+    type Err = String;
+
+    fn from_str(list: &str) -> Result<Self, Self::Err> {
+        let mut events = EventSet::default();
+        for name in list.split(',').map(str::trim) {
+            match name {
+                "all" => events = EventSet::ALL,
+                "cpu" => events.cpu = true,
+                "syscalls" => events.syscalls = true,
+                "io" => events.io = true,
+                "offcpu" => events.offcpu = true,
+                other => {
+                    return Err(format!(
+                        "unknown event kind `{other}`: expected cpu, syscalls, io, offcpu or all"
+                    ));
+                }
+            }
+        }
+        Ok(events)
+    }
+}
+
+impl fmt::Display for EventSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.names().collect::<Vec<_>>().join(","))
+    }
+}
+
+/// What the probes record, fixed when the BPF object is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeSettings {
+    /// The kinds of event to trace.
+    pub events: EventSet,
+    /// Syscalls at least this slow are streamed with their stacks.
+    pub slow_syscall: Duration,
+    /// Off-CPU spans shorter than this are dropped in the kernel.
+    pub offcpu_min: Duration,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            events: EventSet::CPU,
+            slow_syscall: Duration::from_millis(10),
+            offcpu_min: Duration::from_millis(1),
+        }
+    }
+}
+
+/// Whether a kind of event is in a set.
+type EventFilter = fn(EventSet) -> bool;
+
+/// Maps that only one kind of event uses; they shrink to one entry when it is off, since
+/// a per-CPU syscall table takes over a megabyte per CPU.
+const MAPS_BY_EVENT: [(&str, EventFilter); 3] = [
+    ("SYSCALL_STATS", |events| events.syscalls),
+    ("SYSCALL_STARTS", |events| events.syscalls),
+    ("IO_STARTS", |events| events.io),
+];
+
 /// The loaded BPF object and its attached programs.
 pub struct Probes {
     ebpf: Ebpf,
@@ -68,16 +173,32 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads the BPF object. Nothing is attached yet.
-    pub fn load() -> Result<Self, Failure> {
+    /// Loads the BPF object with `settings`. Nothing is attached yet.
+    pub fn load(settings: &ProbeSettings) -> Result<Self, Failure> {
         raise_memlock_limit();
         let stats = aya::sys::enable_stats(Stats::RunTime).ok();
+        let events = settings.events;
+        let field_offsets = if events.io || events.offcpu {
+            tracefs::field_offsets(&tracefs::ensure_mounted()?)?
+        } else {
+            Default::default()
+        };
+        let slow_syscall_ns = settings.slow_syscall.as_nanos() as u64;
+        let offcpu_min_ns = settings.offcpu_min.as_nanos() as u64;
+        let mut loader = EbpfLoader::new();
         // The programs use no CO-RE relocations, so parsing the kernel's BTF (tens of
         // milliseconds) would buy nothing.
-        let mut ebpf = EbpfLoader::new()
+        loader
             .btf(None)
-            .load(BPF_OBJECT)
-            .map_err(load_failure)?;
+            .override_global(global_names::SLOW_SYSCALL_NS, &slow_syscall_ns, true)
+            .override_global(global_names::OFFCPU_MIN_NS, &offcpu_min_ns, true)
+            .override_global(global_names::TRACEPOINT_FIELDS, &field_offsets, true);
+        for (map, used) in MAPS_BY_EVENT {
+            if !used(events) {
+                loader.map_max_entries(map, 1);
+            }
+        }
+        let mut ebpf = loader.load(BPF_OBJECT).map_err(load_failure)?;
         let targets = ebpf
             .take_map(map_names::TARGET_TGIDS)
             .ok_or_else(|| missing(map_names::TARGET_TGIDS))?;
@@ -105,11 +226,70 @@ impl Probes {
             })
     }
 
+    /// Attaches the programs of every kind of event in `events`; CPU samples at
+    /// `frequency_hz` on each CPU.
+    pub fn attach(&mut self, events: EventSet, frequency_hz: u32) -> Result<(), Failure> {
+        if events.cpu {
+            self.attach_cpu_sampler(frequency_hz)?;
+        }
+        if events.syscalls {
+            // Exit first: a call whose entry was not seen is ignored, never miscounted.
+            self.attach_raw_tracepoint(program_names::SYSCALL_EXIT, "sys_exit")?;
+            self.attach_raw_tracepoint(program_names::SYSCALL_ENTER, "sys_enter")?;
+        }
+        if events.io {
+            self.attach_tracepoint(
+                program_names::BLOCK_RQ_COMPLETE,
+                "block",
+                "block_rq_complete",
+            )?;
+            self.attach_tracepoint(program_names::BLOCK_RQ_ISSUE, "block", "block_rq_issue")?;
+            self.attach_tracepoint(program_names::BLOCK_RQ_INSERT, "block", "block_rq_insert")?;
+        }
+        if events.offcpu {
+            self.attach_tracepoint(program_names::SCHED_SWITCH, "sched", "sched_switch")?;
+        }
+        Ok(())
+    }
+
+    fn attach_raw_tracepoint(&mut self, program: &str, tracepoint: &str) -> Result<(), Failure> {
+        let raw: &mut RawTracePoint = self.program(program)?;
+        raw.load().map_err(program_failure)?;
+        raw.attach(tracepoint)
+            .map_err(|error| tracepoint_failure(error, &format!("raw tracepoint {tracepoint}")))?;
+        Ok(())
+    }
+
+    fn attach_tracepoint(
+        &mut self,
+        program: &str,
+        category: &str,
+        name: &str,
+    ) -> Result<(), Failure> {
+        let tracepoint: &mut TracePoint = self.program(program)?;
+        tracepoint.load().map_err(program_failure)?;
+        tracepoint
+            .attach(category, name)
+            .map_err(|error| tracepoint_failure(error, &format!("tracepoint {category}:{name}")))?;
+        Ok(())
+    }
+
+    fn program<'p, P>(&'p mut self, name: &str) -> Result<&'p mut P, Failure>
+    where
+        &'p mut P: TryFrom<&'p mut aya::programs::Program, Error = ProgramError>,
+    {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| missing(name))?
+            .try_into()
+            .map_err(program_failure)
+    }
+
     /// Attaches the CPU sampler on every online CPU at `frequency_hz`.
     ///
     /// One attachment per CPU for all processes, filtered by tgid in BPF, is what covers
     /// every thread of a target: a per-process perf event follows one thread only.
-    pub fn attach_cpu_sampler(&mut self, frequency_hz: u32) -> Result<(), Failure> {
+    fn attach_cpu_sampler(&mut self, frequency_hz: u32) -> Result<(), Failure> {
         let max_rate = fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
             .ok()
             .and_then(|rate| rate.trim().parse::<u32>().ok());
@@ -120,12 +300,7 @@ impl Probes {
         }
         let cpus = aya::util::online_cpus()
             .map_err(|(path, error)| Failure::Other(anyhow::anyhow!("reading {path}: {error}")))?;
-        let program: &mut PerfEvent = self
-            .ebpf
-            .program_mut(program_names::SAMPLE_CPU)
-            .ok_or_else(|| missing(program_names::SAMPLE_CPU))?
-            .try_into()
-            .map_err(program_failure)?;
+        let program: &mut PerfEvent = self.program(program_names::SAMPLE_CPU)?;
         program.load().map_err(program_failure)?;
         for cpu in cpus {
             program
@@ -140,24 +315,31 @@ impl Probes {
         Ok(())
     }
 
-    /// Takes the CPU sample ring buffer, to be read by [`crate::stream`].
-    pub fn take_cpu_samples(&mut self) -> Result<RingBuf<MapData>, Failure> {
-        let map = self
-            .ebpf
-            .take_map(map_names::CPU_SAMPLES)
-            .ok_or_else(|| missing(map_names::CPU_SAMPLES))?;
-        RingBuf::try_from(map).map_err(map_failure)
+    /// Takes the ring buffer of streamed records, to be read by [`crate::stream`].
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, Failure> {
+        RingBuf::try_from(self.take_map(map_names::EVENTS)?).map_err(map_failure)
     }
 
     /// Takes the per-CPU loss counters, readable after [`Probes::detach`].
     pub fn take_loss_counters(&mut self) -> Result<LossCounters, Failure> {
-        let map = self
-            .ebpf
-            .take_map(map_names::LOSS_COUNTERS)
-            .ok_or_else(|| missing(map_names::LOSS_COUNTERS))?;
+        let map = self.take_map(map_names::LOSS_COUNTERS)?;
         Ok(LossCounters(
             PerCpuArray::try_from(map).map_err(map_failure)?,
         ))
+    }
+
+    /// Takes the in-kernel syscall tables, readable after [`Probes::detach`].
+    pub fn take_syscall_tables(&mut self) -> Result<SyscallTables, Failure> {
+        Ok(SyscallTables {
+            stats: PerCpuArray::try_from(self.take_map(map_names::SYSCALL_STATS)?)
+                .map_err(map_failure)?,
+            errnos: PerCpuHashMap::try_from(self.take_map(map_names::SYSCALL_ERRNOS)?)
+                .map_err(map_failure)?,
+        })
+    }
+
+    fn take_map(&mut self, name: &str) -> Result<aya::maps::Map, Failure> {
+        self.ebpf.take_map(name).ok_or_else(|| missing(name))
     }
 
     /// Detaches and unloads every program, and returns what they cost while attached.
@@ -187,6 +369,44 @@ impl LossCounters {
             .get(&(counter as u32), 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+/// The syscall counters the BPF side keeps, summed over CPUs.
+pub struct SyscallTables {
+    stats: PerCpuArray<MapData, SyscallStats>,
+    errnos: PerCpuHashMap<MapData, u32, u64>,
+}
+
+impl SyscallTables {
+    /// Counters of every syscall that was called at least once, by number.
+    pub fn stats(&self) -> Vec<(u32, SyscallStats)> {
+        (0..MAX_SYSCALLS.min(self.stats.len()))
+            .filter_map(|nr| {
+                let per_cpu = self.stats.get(&nr, 0).ok()?;
+                let mut per_cpu = per_cpu.iter();
+                let mut total = *per_cpu.next()?;
+                for cpu in per_cpu {
+                    total.count += cpu.count;
+                    total.errors += cpu.errors;
+                    total.total_ns += cpu.total_ns;
+                    total.max_ns = total.max_ns.max(cpu.max_ns);
+                    for (sum, count) in total.buckets.iter_mut().zip(cpu.buckets) {
+                        *sum += count;
+                    }
+                }
+                (total.count > 0).then_some((nr, total))
+            })
+            .collect()
+    }
+
+    /// Failed calls per [`profiler_common::errno_key`].
+    pub fn errnos(&self) -> Vec<(u32, u64)> {
+        self.errnos
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| (key, per_cpu.iter().sum()))
+            .collect()
     }
 }
 
@@ -225,7 +445,7 @@ fn map_failure_ref(error: &MapError) -> Option<Failure> {
         Some(libc::EPERM | libc::EACCES) => Failure::Privileges(format!(
             "the kernel refused to create BPF map {name} ({io_error}): run as root with CAP_BPF"
         )),
-        Some(libc::EINVAL) if name == map_names::CPU_SAMPLES => Failure::KernelFeature(format!(
+        Some(libc::EINVAL) if name == map_names::EVENTS => Failure::KernelFeature(format!(
             "the kernel has no BPF ring buffers (needs Linux 5.8 or later): creating {name}: {io_error}"
         )),
         _ => Failure::Other(anyhow::anyhow!("creating BPF map {name}: {io_error}")),
@@ -242,6 +462,26 @@ fn program_failure(error: ProgramError) -> Failure {
             ))
         }
         _ => Failure::Other(anyhow::Error::new(error).context("loading the BPF program")),
+    }
+}
+
+fn tracepoint_failure(error: ProgramError, what: &str) -> Failure {
+    let os_error = match &error {
+        ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error.raw_os_error(),
+        ProgramError::TracePointError(aya::programs::trace_point::TracePointError::FileError {
+            io_error,
+            ..
+        }) => io_error.raw_os_error(),
+        _ => None,
+    };
+    match os_error {
+        Some(libc::ENOENT | libc::EOPNOTSUPP | libc::ENODEV | libc::EINVAL) => {
+            Failure::KernelFeature(format!("the kernel has no {what}: {error}"))
+        }
+        Some(libc::EPERM | libc::EACCES) => Failure::Privileges(format!(
+            "attaching to {what} was refused: missing CAP_BPF or CAP_PERFMON"
+        )),
+        _ => Failure::Other(anyhow::Error::new(error).context(format!("attaching to {what}"))),
     }
 }
 
@@ -295,7 +535,7 @@ mod tests {
     #[test]
     fn a_ring_buffer_the_kernel_does_not_know_is_a_missing_kernel_feature() {
         let error = MapError::CreateError {
-            name: map_names::CPU_SAMPLES.to_owned(),
+            name: map_names::EVENTS.to_owned(),
             io_error: io::Error::from_raw_os_error(libc::EINVAL),
         };
         assert!(

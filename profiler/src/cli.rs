@@ -6,6 +6,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::{
     analyze::{AnalysisOptions, Rule},
+    attach::{EventSet, ProbeSettings},
     exit::{Failure, code},
     record::{RecordOptions, TargetSpec, record},
     render::OutputPaths,
@@ -15,7 +16,7 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    recorded to the end, no rule fired
   1    unexpected error
-  2    malformed command line
+  2    malformed command line, or options that contradict each other
   3    a --fail-on rule fired (every output was still written)
   4    a target process does not exist, or the command could not be started
   5    a needed capability is missing (CAP_BPF, CAP_PERFMON)
@@ -35,9 +36,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Sample the on-CPU stacks of processes; write a flame graph and a hotspot report.
+    /// Record where processes spend their time: on the CPU, in syscalls, in block IO,
+    /// or off the CPU; write flame graphs and a hotspot and latency report.
     ///
-    /// Every thread of each target is sampled, including threads started during the
+    /// Every thread of each target is traced, including threads started during the
     /// recording, in user and kernel space. The recording ends after --duration, on
     /// Ctrl-C or SIGTERM, or when every target has exited; all outputs are written in
     /// each case.
@@ -57,6 +59,24 @@ struct RecordArgs {
     /// Stop after this many seconds (default: when stopped or when the targets exit).
     #[arg(short, long, value_name = "SECS", value_parser = parse_duration)]
     duration: Option<Duration>,
+
+    /// What to record, a comma list: cpu (on-CPU samples), syscalls (counts, errors,
+    /// latency, slow calls with stacks), io (block requests), offcpu (blocked time by
+    /// stack), or all.
+    #[arg(short, long, value_name = "LIST", default_value = "cpu")]
+    events: EventSet,
+
+    /// Stream syscalls at least this slow with their stacks, and time them exactly.
+    #[arg(long, value_name = "MS", default_value_t = 10.0, value_parser = parse_non_negative)]
+    slow_ms: f64,
+
+    /// Leave out off-CPU waits shorter than this.
+    #[arg(long, value_name = "US", default_value_t = 1000.0, value_parser = parse_non_negative)]
+    offcpu_min_us: f64,
+
+    /// Write the off-CPU flame graph SVG here (with --events offcpu).
+    #[arg(long, value_name = "FILE.svg", default_value = "offcpu.svg")]
+    offcpu_output: PathBuf,
 
     /// Samples per second on each CPU.
     #[arg(short = 'F', long, value_name = "HZ", default_value_t = 99,
@@ -79,9 +99,11 @@ struct RecordArgs {
     #[arg(long, value_name = "PCT", default_value_t = 60.0, value_parser = parse_percent)]
     hotspot_threshold: f64,
 
-    /// Exit with code 3 if NAME holds more than PCT % of on-CPU time; repeatable.
-    /// NAME matches a function exactly or as its last path segment.
-    #[arg(long = "fail-on", value_name = "NAME>PCT%")]
+    /// Exit with code 3 if NAME holds more than PCT % of on-CPU time, or if a syscall's
+    /// latency quantile is above a duration (SYSCALL.p50|p90|p99|p999|max>DURATION, like
+    /// read.p99>50ms; needs --events syscalls); repeatable. NAME matches a function
+    /// exactly or as its last path segment.
+    #[arg(long = "fail-on", value_name = "RULE")]
     fail_on: Vec<Rule>,
 
     /// Rows in each table of the terminal summary.
@@ -103,8 +125,14 @@ impl RecordArgs {
         RecordOptions {
             duration: self.duration,
             frequency_hz: self.frequency,
+            probes: ProbeSettings {
+                events: self.events,
+                slow_syscall: Duration::from_secs_f64(self.slow_ms / 1e3),
+                offcpu_min: Duration::from_secs_f64(self.offcpu_min_us / 1e6),
+            },
             outputs: OutputPaths {
                 svg: self.output,
+                offcpu_svg: self.offcpu_output,
                 folded: self.folded,
                 json: self.json,
             },
@@ -126,6 +154,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("the duration must be positive: {text}"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_non_negative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value >= 0.0 && value.is_finite() => Ok(value),
+        _ => Err(format!("expected a number of 0 or more: {text}")),
+    }
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {
@@ -195,8 +230,34 @@ mod tests {
         let Command::Record(args) = cli.command;
         let options = args.into_options();
         assert!(matches!(options.target, TargetSpec::Command(ref argv) if argv.len() == 2));
-        assert_eq!(options.analysis.rules[0].function, "predict");
+        assert_eq!(options.analysis.rules[0].text, "predict>60%");
         assert_eq!(options.frequency_hz, 99);
+        assert_eq!(options.probes.events, EventSet::CPU);
+    }
+
+    #[test]
+    fn event_lists_parse_and_unknown_kinds_are_refused() {
+        let parse = |list: &str| {
+            let cli = Cli::try_parse_from([
+                "profiler",
+                "record",
+                "-p",
+                "1",
+                "--events",
+                list,
+                "--slow-ms",
+                "20",
+            ])?;
+            let Command::Record(args) = cli.command;
+            Ok::<_, clap::Error>(args.into_options().probes)
+        };
+        let probes = parse("syscalls,offcpu").unwrap();
+        assert!(probes.events.syscalls && probes.events.offcpu);
+        assert!(!probes.events.cpu && !probes.events.io);
+        assert_eq!(probes.slow_syscall, Duration::from_millis(20));
+        assert_eq!(parse("all").unwrap().events, EventSet::ALL);
+        assert_eq!(EventSet::ALL.to_string(), "cpu,syscalls,io,offcpu");
+        assert!(parse("cpu,disk").is_err());
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub mod code {
 /// A failure that stops the profiler, with the reason shown to the user.
 #[derive(Debug)]
 pub enum Failure {
+    /// The command line asks for something inconsistent.
+    Usage(String),
     /// A target process does not exist, or the command could not be started.
     NoTarget(String),
     /// A capability is missing.
@@ -50,6 +52,7 @@ impl Failure {
     /// The documented exit code for this failure.
     pub fn exit_code(&self) -> u8 {
         match self {
+            Failure::Usage(_) => code::USAGE,
             Failure::NoTarget(_) => code::NO_TARGET,
             Failure::Privileges(_) => code::PRIVILEGES,
             Failure::KernelFeature(_) => code::KERNEL_FEATURE,
@@ -62,7 +65,8 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::NoTarget(reason)
+            Failure::Usage(reason)
+            | Failure::NoTarget(reason)
             | Failure::Privileges(reason)
             | Failure::KernelFeature(reason)
             | Failure::Output(reason) => f.write_str(reason),

@@ -3,14 +3,16 @@
 //! The modules follow the data flow of a recording:
 //!
 //! 1. [`target`]: the processes to profile, existing or started by us;
-//! 2. [`attach`]: loading the BPF programs and attaching them to the kernel;
-//! 3. [`stream`]: draining the ring buffers the programs write to;
+//! 2. [`attach`]: loading the BPF programs and attaching them to the kernel, with the
+//!    tracepoint layouts from [`tracefs`];
+//! 3. [`stream`]: draining the ring buffer the programs write to;
 //! 4. [`unwind`]: completing the stacks where frame pointers fall short, with the help
 //!    of the targets' [`memory_map`]s;
-//! 5. [`aggregate`]: counting distinct stacks;
-//! 6. [`symbolize`]: naming their frames;
+//! 5. [`aggregate`]: weighing distinct stacks, latency distributions, syscall and IO
+//!    tables;
+//! 6. [`symbolize`]: naming frames, and syscalls and errnos ([`syscall_names`]);
 //! 7. [`analyze`]: shares, hotspots and `--fail-on` rules;
-//! 8. [`render`]: flame graph, collapsed stacks, JSON report and terminal summary.
+//! 8. [`render`]: flame graphs, collapsed stacks, JSON report and terminal summary.
 //!
 //! [`record`] drives them in that order; [`cli`] is the command line over it, and
 //! [`exit`] documents how a run ends.
@@ -25,5 +27,7 @@ pub mod record;
 pub mod render;
 pub mod stream;
 pub mod symbolize;
+pub mod syscall_names;
 pub mod target;
+pub mod tracefs;
 pub mod unwind;

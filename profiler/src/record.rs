@@ -1,5 +1,5 @@
 //! `profiler record`: checks, attaches, streams and aggregates until the recording ends,
-//! then symbolizes, analyzes and writes every output.
+//! then reads the in-kernel tables, symbolizes, analyzes and writes every output.
 //!
 //! Every way a recording can end — its duration, Ctrl-C, SIGTERM, the targets exiting —
 //! goes through the same finish, so whatever was gathered is always written out.
@@ -10,24 +10,32 @@ use std::{
     time::{Duration, Instant},
 };
 
-use profiler_common::{CpuSample, DRAIN_INTERVAL_MS, LossCounter};
+use profiler_common::{DRAIN_INTERVAL_MS, EventHeader, LossCounter, Stacks};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     time::{MissedTickBehavior, interval, sleep},
 };
 
 use crate::{
-    aggregate::StackCounts,
-    analyze::{Analysis, AnalysisOptions, analyze},
-    attach::{BpfCost, Probes, check_privileges},
+    aggregate::{
+        IoRow, IoTable, SlowCall, StackCounts, StackKey, SyscallLatencies, SyscallSummary,
+        summarize_syscalls,
+    },
+    analyze::{Analysis, AnalysisOptions, Check, FunctionShare, analyze},
+    attach::{BpfCost, LossCounters, ProbeSettings, Probes, check_privileges},
     exit::{Failure, code},
     memory_map::MemoryMaps,
     render::{OutputFiles, OutputPaths, folded, json, summary, svg},
-    stream::SampleStream,
-    symbolize::{Profile, Symbolizer},
+    stream::{Event, EventStream},
+    symbolize::{Capture, Frame, Names, Profile, Symbolizer},
+    syscall_names::{syscall_name, syscall_number},
     target::{self, ExitStatus, HeldCommand},
     unwind::LeafUnwinder,
 };
+
+/// Slow calls kept with their stacks: the slowest this many. Every slow call's duration
+/// counts in its syscall's distribution regardless.
+pub const SLOW_CALLS_KEPT: usize = 1000;
 
 /// What to profile.
 #[derive(Clone, Debug)]
@@ -47,6 +55,8 @@ pub struct RecordOptions {
     pub duration: Option<Duration>,
     /// CPU sampling rate per CPU, in Hz.
     pub frequency_hz: u32,
+    /// What the probes trace, and their thresholds.
+    pub probes: ProbeSettings,
     /// Where to write the outputs.
     pub outputs: OutputPaths,
     /// Hotspot threshold and gates.
@@ -62,6 +72,7 @@ impl RecordOptions {
             target,
             duration: None,
             frequency_hz: 99,
+            probes: ProbeSettings::default(),
             outputs: OutputPaths::default(),
             analysis: AnalysisOptions::default(),
             top: 10,
@@ -100,6 +111,104 @@ pub struct SelfCost {
     pub process_cpu: Duration,
 }
 
+/// A syscall slower than `--slow-ms`, named and with its stack symbolized.
+#[derive(Clone, Debug)]
+pub struct NamedSlowCall {
+    /// The syscall's name.
+    pub name: String,
+    /// From entry to return.
+    pub duration_ns: u64,
+    /// The calling process.
+    pub pid: u32,
+    /// The calling thread.
+    pub tid: u32,
+    /// What the call returned.
+    pub ret: i64,
+    /// The caller's stack, root first.
+    pub stack: Vec<Frame>,
+}
+
+/// Where the target threads waited off the CPU.
+#[derive(Clone, Debug, Default)]
+pub struct OffCpu {
+    /// Stacks at switch-out, weighted by nanoseconds off the CPU.
+    pub profile: Profile,
+    /// Every function by inclusive off-CPU time, largest first (`*_samples` are ns).
+    pub functions: Vec<FunctionShare>,
+    /// Nanoseconds off the CPU per (pid, tid).
+    pub threads: Vec<((u32, u32), u64)>,
+}
+
+/// Everything the BPF side had to drop, and records userspace could not read.
+#[derive(Clone, Debug, Default)]
+pub struct Losses {
+    /// Per loss counter.
+    pub counters: Vec<(LossCounter, u64)>,
+    /// Records of an unknown kind or size.
+    pub malformed: u64,
+}
+
+impl Losses {
+    fn read(counters: &LossCounters, malformed: u64) -> Self {
+        use LossCounter::*;
+        let all = [
+            CpuSampleRingFull,
+            SlowSyscallRingFull,
+            SyscallSlotTaken,
+            SyscallErrnoTableFull,
+            OffCpuRingFull,
+            OffCpuThreadTableFull,
+            SyscallNumberOutOfRange,
+            BlockIoRingFull,
+            BlockIoTableFull,
+        ];
+        Losses {
+            counters: all
+                .into_iter()
+                .map(|counter| (counter, counters.total(counter)))
+                .collect(),
+            malformed,
+        }
+    }
+
+    fn sum(&self, which: &[LossCounter]) -> u64 {
+        self.counters
+            .iter()
+            .filter(|(counter, _)| which.contains(counter))
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// CPU samples lost, malformed records included.
+    pub fn cpu(&self) -> u64 {
+        self.sum(&[LossCounter::CpuSampleRingFull]) + self.malformed
+    }
+
+    /// Syscalls not counted, slow calls whose stacks were dropped, and failed calls
+    /// whose errno was not recorded.
+    pub fn syscalls(&self) -> u64 {
+        self.sum(&[
+            LossCounter::SyscallSlotTaken,
+            LossCounter::SyscallNumberOutOfRange,
+            LossCounter::SlowSyscallRingFull,
+            LossCounter::SyscallErrnoTableFull,
+        ])
+    }
+
+    /// Block requests not reported.
+    pub fn io(&self) -> u64 {
+        self.sum(&[LossCounter::BlockIoRingFull, LossCounter::BlockIoTableFull])
+    }
+
+    /// Off-CPU spans not reported.
+    pub fn offcpu(&self) -> u64 {
+        self.sum(&[
+            LossCounter::OffCpuRingFull,
+            LossCounter::OffCpuThreadTableFull,
+        ])
+    }
+}
+
 /// A finished recording: everything the outputs are made of.
 #[derive(Clone, Debug)]
 pub struct Recording {
@@ -111,14 +220,26 @@ pub struct Recording {
     pub duration: Duration,
     /// The sampling rate.
     pub frequency_hz: u32,
+    /// What was traced, and the thresholds.
+    pub probes: ProbeSettings,
     /// Samples per (pid, tid).
     pub threads: Vec<((u32, u32), u64)>,
-    /// Samples the BPF side could not hand over.
-    pub lost: u64,
-    /// The symbolized stacks.
+    /// Everything lost.
+    pub losses: Losses,
+    /// The symbolized on-CPU stacks.
     pub profile: Profile,
     /// Shares, hotspots and rules.
     pub analysis: Analysis,
+    /// Every syscall the targets made, largest total time first.
+    pub syscalls: Vec<SyscallSummary>,
+    /// The slowest calls above `--slow-ms`, slowest first, at most [`SLOW_CALLS_KEPT`].
+    pub slow_calls: Vec<NamedSlowCall>,
+    /// How many calls were above `--slow-ms` in all.
+    pub slow_call_count: u64,
+    /// Block requests per device and operation.
+    pub io: Vec<IoRow>,
+    /// Off-CPU time.
+    pub offcpu: OffCpu,
     /// Why the recording stopped.
     pub stop: StopReason,
     /// The profiler's own cost.
@@ -149,7 +270,7 @@ impl Recording {
             .rules
             .iter()
             .filter(|outcome| outcome.fired)
-            .map(|outcome| format!("{} ({:.1}%)", outcome.rule, outcome.share * 100.0))
+            .map(|outcome| format!("{} ({})", outcome.rule, summary::observed(outcome)))
             .collect();
         if !fired.is_empty() {
             return Some(format!("rule fired: {}", fired.join(", ")));
@@ -171,6 +292,7 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
     // whatever was gathered is written out.
     let mut signals = Signals::new().map_err(|error| Failure::Other(error.into()))?;
     // Everything that can be checked is checked before anything is loaded or started.
+    check_rules(&options)?;
     if let TargetSpec::Pids(pids) = &options.target {
         pids.iter()
             .try_for_each(|&pid| target::ensure_exists(pid))?;
@@ -180,20 +302,21 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
         TargetSpec::Command(argv) => Some(HeldCommand::spawn(argv)?),
         TargetSpec::Pids(_) => None,
     };
-    let outputs = OutputFiles::create(&options.outputs)?;
+    let outputs = OutputFiles::create(&options.outputs, options.probes.events)?;
     let pids: Vec<u32> = match &options.target {
         TargetSpec::Pids(pids) => dedup(pids),
         TargetSpec::Command(_) => command.iter().map(HeldCommand::pid).collect(),
     };
 
-    let mut probes = Probes::load()?;
+    let mut probes = Probes::load(&options.probes)?;
     for &pid in &pids {
         probes.add_target(pid)?;
     }
-    let mut stream = SampleStream::new(probes.take_cpu_samples()?)
+    let mut stream = EventStream::new(probes.take_events()?)
         .map_err(|error| Failure::Other(anyhow::anyhow!("watching the ring buffer: {error}")))?;
     let losses = probes.take_loss_counters()?;
-    probes.attach_cpu_sampler(options.frequency_hz)?;
+    let syscall_tables = probes.take_syscall_tables()?;
+    probes.attach(options.probes.events, options.frequency_hz)?;
     let started = Instant::now();
     if let Some(command) = &mut command {
         command.release();
@@ -227,9 +350,9 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
 
     let bpf = probes.detach();
     let duration = started.elapsed();
-    // Samples submitted before the detach are still in the ring.
-    stream.drain(|sample| collector.add(sample));
-    let lost = losses.total(LossCounter::CpuSampleRingFull) + stream.malformed();
+    // Records submitted before the detach are still in the ring.
+    stream.drain(|event| collector.add(event));
+    let losses = Losses::read(&losses, stream.malformed());
     if let Some(command) = &mut command {
         command.terminate();
     }
@@ -240,32 +363,44 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
         other => other,
     };
 
-    let profile = collector.symbolizer.resolve(&collector.counts);
-    let analysis = analyze(&profile, &options.analysis);
-    let recording = Recording {
+    let syscalls = summarize_syscalls(
+        syscall_tables.stats(),
+        syscall_tables.errnos(),
+        std::mem::take(&mut collector.slow_latencies),
+    );
+    let recording = collector.finish(Finished {
+        options: &options,
         targets,
-        command: match &options.target {
-            TargetSpec::Command(argv) => Some(
-                argv.iter()
-                    .map(|arg| arg.to_string_lossy().into_owned())
-                    .collect(),
-            ),
-            TargetSpec::Pids(_) => None,
-        },
         duration,
-        frequency_hz: options.frequency_hz,
-        threads: collector.counts.threads().collect(),
-        lost,
-        profile,
-        analysis,
+        losses,
+        syscalls,
         stop,
         cost: SelfCost {
             bpf,
             process_cpu: own_cpu_time(),
         },
-    };
+    });
     write_outputs(&recording, outputs, stopped, options.top)?;
     Ok(recording)
+}
+
+/// Latency rules need syscall tracing and a syscall that exists.
+fn check_rules(options: &RecordOptions) -> Result<(), Failure> {
+    for rule in &options.analysis.rules {
+        if let Check::Latency { syscall, .. } = &rule.check {
+            if !options.probes.events.syscalls {
+                return Err(Failure::Usage(format!(
+                    "rule `{rule}` needs syscall tracing: add --events syscalls"
+                )));
+            }
+            if syscall_number(syscall).is_none() {
+                return Err(Failure::Usage(format!(
+                    "rule `{rule}`: there is no syscall named `{syscall}`"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Streams samples until the recording should stop, and says why it stopped.
@@ -274,7 +409,7 @@ async fn watch(
     signals: &mut Signals,
     pids: &[u32],
     mut command: Option<&mut HeldCommand>,
-    stream: &mut SampleStream,
+    stream: &mut EventStream,
     collector: &mut Collector,
 ) -> StopReason {
     let mut tick = interval(Duration::from_millis(DRAIN_INTERVAL_MS));
@@ -295,7 +430,7 @@ async fn watch(
             _ = signals.interrupt.recv() => Some(StopReason::Interrupted),
             _ = signals.terminate.recv() => Some(StopReason::Terminated),
         };
-        stream.drain(|sample| collector.add(sample));
+        stream.drain(|event| collector.add(event));
         if let Some(stop) = stop {
             return stop;
         }
@@ -317,43 +452,174 @@ impl Signals {
     }
 }
 
-/// Takes each streamed sample through unwinding and counting, and keeps the memory maps
-/// that both those and symbolization need current while the targets run.
+/// Takes each streamed record through unwinding and aggregation, and keeps the memory
+/// maps that both those and symbolization need current while the targets run.
 #[derive(Default)]
 struct Collector {
     maps: MemoryMaps,
     unwinder: LeafUnwinder,
-    counts: StackCounts,
     symbolizer: Symbolizer,
+    cpu: StackCounts,
+    offcpu: StackCounts,
+    slow_calls: Vec<SlowCall>,
+    slow_call_count: u64,
+    slow_latencies: SyscallLatencies,
+    io: IoTable,
+}
+
+/// What the recording adds to the collector's aggregates at the end.
+struct Finished<'o> {
+    options: &'o RecordOptions,
+    targets: Vec<TargetProcess>,
+    duration: Duration,
+    losses: Losses,
+    syscalls: Vec<SyscallSummary>,
+    stop: StopReason,
+    cost: SelfCost,
 }
 
 impl Collector {
-    fn add(&mut self, sample: &CpuSample) {
-        let user = self.unwinder.complete(&mut self.maps, sample);
-        if self.counts.add(sample, &user) {
-            self.maps.observe(sample.tgid, &user);
+    fn add(&mut self, event: Event) {
+        match event {
+            Event::Cpu(sample) => {
+                let stack = self.stack(&sample.header, &sample.stacks);
+                if self.cpu.add(sample.header.tid, stack.clone(), 1) {
+                    self.maps.observe(stack.tgid, &stack.user);
+                }
+            }
+            Event::OffCpu(span) => {
+                let stack = self.stack(&span.header, &span.stacks);
+                if self
+                    .offcpu
+                    .add(span.header.tid, stack.clone(), span.duration_ns)
+                {
+                    self.maps.observe(stack.tgid, &stack.user);
+                }
+            }
+            Event::SlowSyscall(call) => {
+                self.slow_latencies.record(call.nr, call.duration_ns);
+                self.slow_call_count += 1;
+                let stack = self.stack(&call.header, &call.stacks);
+                self.maps.observe(stack.tgid, &stack.user);
+                self.keep_slow_call(SlowCall {
+                    tid: call.header.tid,
+                    nr: call.nr,
+                    ret: call.ret,
+                    duration_ns: call.duration_ns,
+                    stack,
+                });
+            }
+            Event::BlockIo(io) => self.io.add(&io),
         }
         for tgid in self.maps.take_updated() {
             self.symbolizer.refresh(tgid);
         }
     }
+
+    fn stack(&mut self, header: &EventHeader, stacks: &Stacks) -> StackKey {
+        let user = self.unwinder.complete(&mut self.maps, header.tgid, stacks);
+        StackKey {
+            tgid: header.tgid,
+            user: user.into(),
+            kernel: stacks.kernel_frames().into(),
+        }
+    }
+
+    /// Keeps the slowest [`SLOW_CALLS_KEPT`] calls, trimming in batches.
+    fn keep_slow_call(&mut self, call: SlowCall) {
+        self.slow_calls.push(call);
+        if self.slow_calls.len() >= 2 * SLOW_CALLS_KEPT {
+            self.trim_slow_calls();
+        }
+    }
+
+    fn trim_slow_calls(&mut self) {
+        self.slow_calls
+            .sort_by_key(|call| std::cmp::Reverse(call.duration_ns));
+        self.slow_calls.truncate(SLOW_CALLS_KEPT);
+    }
+
+    /// Names every stack at once and builds the recording.
+    fn finish(mut self, finished: Finished<'_>) -> Recording {
+        self.trim_slow_calls();
+        let options = finished.options;
+        let names: Names = self.symbolizer.resolve(
+            self.cpu
+                .stacks()
+                .chain(self.offcpu.stacks())
+                .map(|(key, _)| key)
+                .chain(self.slow_calls.iter().map(|call| &call.stack)),
+        );
+        let profile = names.profile(&self.cpu, Capture::Sampled);
+        let analysis = analyze(&profile, &finished.syscalls, &options.analysis);
+        let offcpu_profile = names.profile(&self.offcpu, Capture::AtTracepoint);
+        let offcpu = OffCpu {
+            functions: analyze(&offcpu_profile, &[], &AnalysisOptions::default()).functions,
+            profile: offcpu_profile,
+            threads: self.offcpu.threads().collect(),
+        };
+        let slow_calls = self
+            .slow_calls
+            .iter()
+            .map(|call| NamedSlowCall {
+                name: syscall_name(call.nr),
+                duration_ns: call.duration_ns,
+                pid: call.stack.tgid,
+                tid: call.tid,
+                ret: call.ret,
+                stack: names.frames_below_tracepoint(&call.stack),
+            })
+            .collect();
+        Recording {
+            targets: finished.targets,
+            command: match &options.target {
+                TargetSpec::Command(argv) => Some(
+                    argv.iter()
+                        .map(|arg| arg.to_string_lossy().into_owned())
+                        .collect(),
+                ),
+                TargetSpec::Pids(_) => None,
+            },
+            duration: finished.duration,
+            frequency_hz: options.frequency_hz,
+            probes: options.probes,
+            threads: self.cpu.threads().collect(),
+            losses: finished.losses,
+            profile,
+            analysis,
+            syscalls: finished.syscalls,
+            slow_calls,
+            slow_call_count: self.slow_call_count,
+            io: self.io.rows(),
+            offcpu,
+            stop: finished.stop,
+            cost: finished.cost,
+        }
+    }
 }
 
-/// Writes the SVG, the collapsed stacks, the JSON report and the summary, in that order,
-/// so the report can say how long it took from the stop to a written SVG.
+/// Writes the flame graphs, the collapsed stacks, the JSON report and the summary, in
+/// that order, so the report can say how long it took from the stop to a written SVG.
 fn write_outputs(
     recording: &Recording,
     outputs: OutputFiles,
     stopped: Instant,
     top: usize,
 ) -> Result<(), Failure> {
-    let folded_lines = folded::lines(&recording.profile);
-    let labels = summary::flame_graph_labels(recording);
-    let svg_path = outputs
-        .svg
-        .write_with(|writer| svg::write(&folded_lines, &labels, writer))?;
+    let mut written = Vec::new();
+    let folded_lines = folded::lines(&recording.profile, 1);
+    if let Some(file) = outputs.svg {
+        let labels = summary::flame_graph_labels(recording);
+        written.push(file.write_with(|writer| svg::write(&folded_lines, &labels, writer))?);
+    }
+    if let Some(file) = outputs.offcpu_svg {
+        // Blocked time is drawn in microseconds: nanoseconds would make every width a
+        // ten-digit number.
+        let lines = folded::lines(&recording.offcpu.profile, 1000);
+        let labels = summary::offcpu_flame_graph_labels(recording);
+        written.push(file.write_with(|writer| svg::write(&lines, &labels, writer))?);
+    }
     let stop_to_svg = stopped.elapsed();
-    let mut written = vec![svg_path];
     if let Some(file) = outputs.folded {
         written.push(file.write_with(|writer| folded::write(&folded_lines, writer))?);
     }

@@ -14,7 +14,7 @@ use blazesym::symbolize::{
     source::{Kernel, Process, Source},
 };
 
-use crate::aggregate::StackCounts;
+use crate::aggregate::{StackCounts, StackKey};
 
 /// A named frame of a symbolized stack.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -25,12 +25,12 @@ pub struct Frame {
     pub kernel: bool,
 }
 
-/// A symbolized stack and how many samples it holds.
+/// A symbolized stack and its weight: samples, or nanoseconds off the CPU.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stack {
     /// Indices into [`Profile::frames`], root first.
     pub frames: Vec<usize>,
-    /// Samples with exactly this stack.
+    /// Weight of exactly this stack.
     pub count: u64,
 }
 
@@ -44,7 +44,7 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// Total samples over all stacks.
+    /// Total weight over all stacks.
     pub fn samples(&self) -> u64 {
         self.stacks.iter().map(|stack| stack.count).sum()
     }
@@ -81,6 +81,77 @@ impl ProfileBuilder {
 
 const UNKNOWN: &str = "[unknown]";
 
+/// The names of the addresses of a set of stacks, from [`Symbolizer::resolve`].
+#[derive(Debug, Default)]
+pub struct Names {
+    user: HashMap<(u32, u64), Vec<String>>,
+    kernel: HashMap<u64, Vec<String>>,
+}
+
+impl Names {
+    /// The named frames of a stack, root first, user frames below kernel frames, with
+    /// inlined functions as frames of their own.
+    pub fn frames(&self, key: &StackKey) -> Vec<Frame> {
+        let user = lookup_addresses(&key.user)
+            .rev()
+            .flat_map(|address| named_frames(self.user.get(&(key.tgid, address)), false));
+        let kernel = lookup_addresses(&key.kernel)
+            .rev()
+            .flat_map(|address| named_frames(self.kernel.get(&address), true));
+        user.chain(kernel).collect()
+    }
+
+    /// The named frames of a stack captured by a tracepoint program, without the
+    /// kernel's tracing frames (and the program itself) at its inner end: they are the
+    /// profiler looking, not the thread's work.
+    pub fn frames_below_tracepoint(&self, key: &StackKey) -> Vec<Frame> {
+        let mut frames = self.frames(key);
+        if let Some(hook) = frames
+            .iter()
+            .position(|frame| frame.kernel && is_tracing_frame(&frame.name))
+        {
+            frames.truncate(hook);
+        }
+        frames
+    }
+
+    /// The named, weighted stacks of `counts`, as [`Names::frames`] or, for stacks
+    /// captured by a tracepoint program, [`Names::frames_below_tracepoint`] names them.
+    pub fn profile(&self, counts: &StackCounts, captured: Capture) -> Profile {
+        let mut profile = ProfileBuilder::default();
+        for (key, weight) in counts.stacks() {
+            let frames = match captured {
+                Capture::Sampled => self.frames(key),
+                Capture::AtTracepoint => self.frames_below_tracepoint(key),
+            };
+            profile.push(frames, weight);
+        }
+        profile.build()
+    }
+}
+
+/// Where stacks were captured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capture {
+    /// By a sampling interrupt: every frame is the thread's.
+    Sampled,
+    /// In a tracepoint program, which sits on top of the kernel's tracing frames.
+    AtTracepoint,
+}
+
+/// The kernel functions between a tracepoint and the BPF program run from it.
+fn is_tracing_frame(name: &str) -> bool {
+    const PREFIXES: [&str; 6] = [
+        "__traceiter_",
+        "__bpf_trace_",
+        "perf_trace_",
+        "bpf_trace_run",
+        "trace_call_bpf",
+        "bpf_prog_",
+    ];
+    PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
+
 /// Resolves the addresses of the target processes and the kernel.
 pub struct Symbolizer {
     blazesym: blaze::Symbolizer,
@@ -111,12 +182,12 @@ impl Symbolizer {
         let _ = self.blazesym.cache(&Cache::Process(process));
     }
 
-    /// Names every sampled stack. Stacks come out root first, user frames below kernel
-    /// frames, with inlined functions as frames of their own.
-    pub fn resolve(&self, counts: &StackCounts) -> Profile {
+    /// Looks up the names of every address in `stacks`, all at once, so that each
+    /// source (a binary, kallsyms) is read once.
+    pub fn resolve<'k>(&self, stacks: impl IntoIterator<Item = &'k StackKey>) -> Names {
         let mut user_addresses: HashMap<u32, Vec<u64>> = HashMap::new();
         let mut kernel_addresses = Vec::new();
-        for (key, _) in counts.stacks() {
+        for key in stacks {
             user_addresses
                 .entry(key.tgid)
                 .or_default()
@@ -124,40 +195,29 @@ impl Symbolizer {
             kernel_addresses.extend(lookup_addresses(&key.kernel));
         }
 
-        let mut user_names: HashMap<(u32, u64), Vec<String>> = HashMap::new();
+        let mut user = HashMap::new();
         for (tgid, mut addresses) in user_addresses {
             addresses.sort_unstable();
             addresses.dedup();
             let source = Source::Process(self.process_source(tgid));
             for (address, names) in addresses.iter().zip(self.names(&source, &addresses)) {
-                user_names.insert((tgid, *address), names);
+                user.insert((tgid, *address), names);
             }
         }
         kernel_addresses.sort_unstable();
         kernel_addresses.dedup();
-        let kernel = Kernel {
+        let kernel_source = Kernel {
             // kallsyms has every function; a vmlinux search is slow and rarely succeeds.
             vmlinux: blazesym::MaybeDefault::None,
             debug_syms: false,
             ..Kernel::default()
         };
-        let kernel_names: HashMap<u64, Vec<String>> = kernel_addresses
+        let kernel = kernel_addresses
             .iter()
             .copied()
-            .zip(self.names(&Source::Kernel(kernel), &kernel_addresses))
+            .zip(self.names(&Source::Kernel(kernel_source), &kernel_addresses))
             .collect();
-
-        let mut profile = ProfileBuilder::default();
-        for (key, count) in counts.stacks() {
-            let user = lookup_addresses(&key.user)
-                .rev()
-                .flat_map(|address| named_frames(user_names.get(&(key.tgid, address)), false));
-            let kernel = lookup_addresses(&key.kernel)
-                .rev()
-                .flat_map(|address| named_frames(kernel_names.get(&address), true));
-            profile.push(user.chain(kernel), count);
-        }
-        profile.build()
+        Names { user, kernel }
     }
 
     /// A live process is read through `/proc/PID/map_files`, which works across mount
@@ -248,6 +308,31 @@ mod tests {
         symbolizer.refresh(pid);
         let names = symbolizer.names(&Source::Process(symbolizer.process_source(pid)), &[address]);
         assert!(names[0][0].ends_with("a_function_to_find"), "{names:?}");
+    }
+
+    #[test]
+    fn tracing_frames_and_what_they_ran_are_cut_off() {
+        let names = Names {
+            user: HashMap::from([((1, 10), vec!["main".to_owned()])]),
+            kernel: HashMap::from([
+                (100, vec!["bpf_prog_1234_sched_switch".to_owned()]),
+                (199, vec!["perf_trace_sched_switch".to_owned()]),
+                (299, vec!["__traceiter_sched_switch".to_owned()]),
+                (399, vec!["__schedule".to_owned()]),
+            ]),
+        };
+        let key = StackKey {
+            tgid: 1,
+            user: Box::new([10]),
+            kernel: Box::new([100, 200, 300, 400]),
+        };
+        let frames: Vec<String> = names
+            .frames_below_tracepoint(&key)
+            .into_iter()
+            .map(|frame| frame.name)
+            .collect();
+        assert_eq!(frames, vec!["main", "__schedule"]);
+        assert_eq!(names.frames(&key).len(), 5);
     }
 
     #[test]

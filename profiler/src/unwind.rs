@@ -1,15 +1,18 @@
-//! Completing frame-pointer stacks with the caller of the innermost function.
+//! Completing frame-pointer stacks with the callers of the innermost, frameless functions.
 //!
 //! A frame-pointer walk finds each caller through the frame the callee set up. gcc
-//! leaves that setup out of leaf functions even with `-fno-omit-frame-pointer`, and no
-//! function has its frame yet in its first instructions, so a sample there skips the
-//! innermost function's caller: `spin <- worker` instead of `spin <- hot_phase <- worker`.
+//! leaves that setup out of leaf functions even with `-fno-omit-frame-pointer`, no
+//! function has its frame yet in its first instructions, and distribution libraries
+//! (Debian's glibc) set up none at all. So a stack that ends in such functions skips
+//! their callers: `spin <- worker` instead of `spin <- hot_phase <- worker`, or
+//! `clock_nanosleep <- __libc_start_call_main` with `nanosleep` and `main` missing.
 //!
-//! The BPF side also sends the user stack pointer and the stack words above it. Here the
-//! innermost address is looked up in its binary's `.eh_frame`: where the function's
-//! canonical frame address is still relative to the stack pointer, the frame pointer
-//! belongs to the caller, and the return address into the caller sits at a known offset
-//! above the stack pointer. It is read from the copied words and put back into the stack.
+//! The BPF side also sends the stack words above the user stack pointer. Here each
+//! innermost address is looked up in its binary's `.eh_frame`: while a function's
+//! canonical frame address is relative to the stack pointer, the frame pointer still
+//! belongs to a caller, and the return address into the caller sits at a known offset
+//! in the copied words. Callers are recovered that way, one frameless function after
+//! another, until one has its frame, where the frame-pointer walk takes over.
 
 use std::{
     borrow::Cow,
@@ -23,18 +26,26 @@ use gimli::{
     X86_64,
 };
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ReadCache};
-use profiler_common::{CpuSample, STACK_TOP_WORDS};
+use profiler_common::{STACK_TOP_WORDS, Stacks};
 
 use crate::memory_map::MemoryMaps;
 
-/// What the stack needs at one innermost address.
+/// What the stack needs at one address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LeafRule {
     /// The function has its frame, or nothing is known: the walk is right as it is.
     Walked,
-    /// The return address into the caller is this many words above the stack pointer.
-    ReturnAddressAt(usize),
+    /// The function has no frame here: the return address into its caller is
+    /// `return_address` words above the stack pointer, and the caller's stack pointer
+    /// `caller_stack` words above it.
+    Frameless {
+        return_address: usize,
+        caller_stack: usize,
+    },
 }
+
+/// Frameless functions recovered per stack at most; more would mean a bad table.
+const MAX_RECOVERED: usize = 16;
 
 /// Completes the user stacks of samples; caches what it learns per address and binary.
 #[derive(Default)]
@@ -44,40 +55,65 @@ pub struct LeafUnwinder {
 }
 
 impl LeafUnwinder {
-    /// The sample's user stack, innermost first, with the innermost function's caller
-    /// put back where the frame-pointer walk skipped it.
-    pub fn complete<'s>(&mut self, maps: &mut MemoryMaps, sample: &'s CpuSample) -> Cow<'s, [u64]> {
-        let walked = sample.user_frames();
+    /// The user stack of a thread of process `tgid`, innermost first, with the callers
+    /// of frameless innermost functions put back where the frame-pointer walk skipped
+    /// them.
+    pub fn complete<'s>(
+        &mut self,
+        maps: &mut MemoryMaps,
+        tgid: u32,
+        stacks: &'s Stacks,
+    ) -> Cow<'s, [u64]> {
+        let walked = stacks.user_frames();
         let Some(&leaf) = walked.first() else {
             return Cow::Borrowed(walked);
         };
-        let rule = match self.rules.get(&(sample.tgid, leaf)) {
-            Some(rule) => *rule,
-            None => match self.rule_for(maps, sample.tgid, leaf) {
-                Some(rule) => {
-                    self.rules.insert((sample.tgid, leaf), rule);
-                    rule
-                }
-                // Not mapped as far as we know yet (the process may have just exec'd):
-                // leave the stack as walked, and look again at the next sample.
-                None => LeafRule::Walked,
-            },
-        };
-        let caller = match rule {
-            LeafRule::ReturnAddressAt(index) => sample.stack_top().get(index).copied(),
-            LeafRule::Walked => None,
-        };
-        match caller {
-            // A zero word means the copy failed; an equal one means the walk has it.
-            Some(caller) if caller != 0 && walked.get(1) != Some(&caller) => {
-                let mut completed = Vec::with_capacity(walked.len() + 1);
-                completed.push(leaf);
-                completed.push(caller);
-                completed.extend_from_slice(&walked[1..]);
-                completed.truncate(profiler_common::MAX_STACK_DEPTH);
-                Cow::Owned(completed)
+        let words = stacks.stack_top();
+        let mut recovered = Vec::new();
+        // The innermost address is where the thread stopped; every caller's is a return
+        // address, which is looked up one byte back, in the call.
+        let mut lookup = leaf;
+        let mut stack_pointer = 0;
+        while recovered.len() < MAX_RECOVERED {
+            let LeafRule::Frameless {
+                return_address,
+                caller_stack,
+            } = self.rule(maps, tgid, lookup)
+            else {
+                break;
+            };
+            let caller = match words.get(stack_pointer + return_address) {
+                // A zero word means the copy failed; an equal one means the walk has it.
+                Some(&caller) if caller != 0 && walked.get(1) != Some(&caller) => caller,
+                _ => break,
+            };
+            recovered.push(caller);
+            lookup = caller - 1;
+            stack_pointer += caller_stack;
+        }
+        if recovered.is_empty() {
+            return Cow::Borrowed(walked);
+        }
+        let mut completed = Vec::with_capacity(walked.len() + recovered.len());
+        completed.push(leaf);
+        completed.extend(recovered);
+        completed.extend_from_slice(&walked[1..]);
+        completed.truncate(profiler_common::MAX_STACK_DEPTH);
+        Cow::Owned(completed)
+    }
+
+    fn rule(&mut self, maps: &mut MemoryMaps, tgid: u32, address: u64) -> LeafRule {
+        if let Some(rule) = self.rules.get(&(tgid, address)) {
+            return *rule;
+        }
+        match self.rule_for(maps, tgid, address) {
+            Some(rule) => {
+                self.rules.insert((tgid, address), rule);
+                rule
             }
-            _ => Cow::Borrowed(walked),
+            // Not mapped as far as we know yet (the process may have just exec'd):
+            // leave the stack as walked, and look again at the next sample.
+            None => LeafRule::Walked,
         }
     }
 
@@ -167,9 +203,14 @@ impl UnwindTable {
         let Some(RegisterRule::Offset(return_address)) = row.register(X86_64::RA) else {
             return LeafRule::Walked;
         };
-        let index = (offset + return_address) / 8;
-        match usize::try_from(index) {
-            Ok(index) if index < STACK_TOP_WORDS => LeafRule::ReturnAddressAt(index),
+        let words = |bytes: i64| usize::try_from(bytes / 8).ok();
+        match (words(*offset + return_address), words(*offset)) {
+            (Some(return_address), Some(caller_stack)) if return_address < STACK_TOP_WORDS => {
+                LeafRule::Frameless {
+                    return_address,
+                    caller_stack,
+                }
+            }
             _ => LeafRule::Walked,
         }
     }
@@ -194,29 +235,39 @@ mod tests {
         let table = UnwindTable::read(Path::new("/proc/self/exe")).unwrap();
         assert_eq!(
             table.rule_at(mapping.file_offset_of(entry)),
-            LeafRule::ReturnAddressAt(0)
+            LeafRule::Frameless {
+                return_address: 0,
+                caller_stack: 1
+            }
         );
     }
 
     #[test]
     fn the_walked_caller_is_not_added_twice_and_a_missing_one_is_added() {
-        let mut sample: CpuSample = unsafe { std::mem::zeroed() };
-        sample.tgid = std::process::id();
+        // SAFETY: all-zero is a valid Stacks.
+        let mut stacks: Stacks = unsafe { std::mem::zeroed() };
+        let tgid = std::process::id();
         let entry = a_function as *const () as u64;
-        sample.user_stack[..2].copy_from_slice(&[entry, 0x1000]);
-        sample.user_stack_bytes = 16;
-        sample.stack_top[0] = 0x2000;
-        sample.stack_top_bytes = 8;
+        stacks.user[..2].copy_from_slice(&[entry, 0x1000]);
+        stacks.user_bytes = 16;
+        stacks.stack_top[0] = 0x2000;
+        stacks.stack_top_bytes = 8;
         let mut unwinder = LeafUnwinder::default();
         let mut maps = MemoryMaps::default();
         assert_eq!(
-            &*unwinder.complete(&mut maps, &sample),
+            &*unwinder.complete(&mut maps, tgid, &stacks),
             &[entry, 0x2000, 0x1000]
         );
-        sample.stack_top[0] = 0x1000;
-        assert_eq!(&*unwinder.complete(&mut maps, &sample), &[entry, 0x1000]);
-        // Interrupted in the kernel: no stack words, nothing to add.
-        sample.stack_top_bytes = 0;
-        assert_eq!(&*unwinder.complete(&mut maps, &sample), &[entry, 0x1000]);
+        stacks.stack_top[0] = 0x1000;
+        assert_eq!(
+            &*unwinder.complete(&mut maps, tgid, &stacks),
+            &[entry, 0x1000]
+        );
+        // The stack words could not be read: nothing to add.
+        stacks.stack_top_bytes = 0;
+        assert_eq!(
+            &*unwinder.complete(&mut maps, tgid, &stacks),
+            &[entry, 0x1000]
+        );
     }
 }

@@ -6,16 +6,19 @@ use std::io::{self, Write};
 
 use crate::symbolize::{Frame, Profile};
 
-/// The collapsed lines of a profile, sorted so that equal profiles give equal files.
-pub fn lines(profile: &Profile) -> Vec<String> {
+/// The collapsed lines of a profile, with each stack's weight divided by `unit` (and
+/// rounded; stacks that round to 0 are left out), sorted so that equal profiles give
+/// equal files.
+pub fn lines(profile: &Profile, unit: u64) -> Vec<String> {
     let names: Vec<String> = profile.frames.iter().map(frame_label).collect();
     let mut lines: Vec<String> = profile
         .stacks
         .iter()
         .filter(|stack| !stack.frames.is_empty())
-        .map(|stack| {
+        .filter_map(|stack| {
+            let count = (stack.count + unit / 2) / unit;
             let path: Vec<&str> = stack.frames.iter().map(|&id| names[id].as_str()).collect();
-            format!("{} {}", path.join(";"), stack.count)
+            (count > 0).then(|| format!("{} {count}", path.join(";")))
         })
         .collect();
     lines.sort_unstable();
@@ -63,7 +66,16 @@ mod tests {
             2,
         );
         builder.push([frame("main", false), frame("odd;name", false)], 1);
-        let lines = lines(&builder.build());
-        assert_eq!(lines, vec!["main;odd:name 1", "main;read;vfs_read_[k] 2"]);
+        let profile = builder.build();
+        assert_eq!(
+            lines(&profile, 1),
+            vec!["main;odd:name 1", "main;read;vfs_read_[k] 2"]
+        );
+        // In units of 2, the lighter stack rounds up to 1, and in units of 4 it vanishes.
+        assert_eq!(
+            lines(&profile, 2),
+            vec!["main;odd:name 1", "main;read;vfs_read_[k] 1"]
+        );
+        assert_eq!(lines(&profile, 4), vec!["main;read;vfs_read_[k] 1"]);
     }
 }

@@ -1,15 +1,19 @@
 //! The machine-readable report, `--json FILE`.
 //!
 //! Shares are fractions from 0 to 1 of the target's on-CPU samples; `functions` is sorted
-//! by `total`, largest first. The README documents every field.
+//! by `total`, largest first. Durations are integer nanoseconds, stacks are listed root
+//! first. Every section is present whatever `--events` says, empty when not recorded.
+//! The README documents every field.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::{
-    analyze::FunctionShare,
+    aggregate::Latency,
+    analyze::{Check, FunctionShare, RuleOutcome},
     record::{Recording, StopReason},
+    render::folded::frame_label,
 };
 
 /// The report of a recording; `stop_to_svg` is the time from the stop to a written SVG.
@@ -25,8 +29,25 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
             "total_samples": share.total_samples,
         })
     };
+    let percentiles = |latency: &Latency| {
+        json!({
+            "p50_ns": latency.quantile(0.5),
+            "p90_ns": latency.quantile(0.9),
+            "p99_ns": latency.quantile(0.99),
+            "p999_ns": latency.quantile(0.999),
+            "max_ns": latency.max(),
+        })
+    };
+    let with = |mut object: Value, extra: Value| {
+        if let (Some(object), Value::Object(extra)) = (object.as_object_mut(), extra) {
+            object.extend(extra);
+        }
+        object
+    };
+    let losses = &recording.losses;
     json!({
         "duration_s": recording.duration.as_secs_f64(),
+        "events": recording.probes.events.to_string().split(',').collect::<Vec<_>>(),
         "stop_reason": stop_reason(recording.stop),
         "target": {
             "pids": recording.targets.iter().map(|t| t.pid).collect::<Vec<_>>(),
@@ -36,7 +57,7 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
         },
         "cpu": {
             "samples": analysis.samples,
-            "lost": recording.lost,
+            "lost": losses.cpu(),
             "frequency_hz": recording.frequency_hz,
             "threads": recording.threads.iter().map(|&((pid, tid), samples)| {
                 json!({"pid": pid, "tid": tid, "samples": samples})
@@ -54,12 +75,56 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
                 "hotspot": step.hotspot,
             })).collect::<Vec<_>>(),
         },
-        "rules": analysis.rules.iter().map(|outcome| json!({
-            "rule": outcome.rule.text,
-            "share": outcome.share,
-            "limit": outcome.rule.limit,
-            "fired": outcome.fired,
+        "syscalls": recording.syscalls.iter().map(|syscall| with(json!({
+            "name": syscall.name,
+            "nr": syscall.nr,
+            "count": syscall.count,
+            "errors": syscall.errors,
+            "errnos": syscall.errnos.iter().map(|(name, count)| (name.clone(), json!(count)))
+                .collect::<serde_json::Map<_, _>>(),
+            "total_ns": syscall.total_ns,
+        }), percentiles(&syscall.latency))).collect::<Vec<_>>(),
+        "slow_calls": recording.slow_calls.iter().map(|call| json!({
+            "name": call.name,
+            "duration_ns": call.duration_ns,
+            "pid": call.pid,
+            "tid": call.tid,
+            "ret": call.ret,
+            "stack": call.stack.iter().map(frame_label).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "slow_calls_total": recording.slow_call_count,
+        "slow_ms": recording.probes.slow_syscall.as_secs_f64() * 1e3,
+        "io": recording.io.iter().map(|row| with(json!({
+            "device": row.device,
+            "op": row.op.to_string(),
+            "count": row.stats.count,
+            "bytes": row.stats.bytes,
+            "errors": row.stats.errors,
+        }), percentiles(&row.stats.latency))).collect::<Vec<_>>(),
+        "offcpu": {
+            "total_ns": recording.offcpu.profile.samples(),
+            "min_us": recording.probes.offcpu_min.as_secs_f64() * 1e6,
+            "functions": recording.offcpu.functions.iter().map(|function| json!({
+                "name": function.frame.name,
+                "kernel": function.frame.kernel,
+                "total_ns": function.total_samples,
+                "self_ns": function.self_samples,
+            })).collect::<Vec<_>>(),
+            "threads": recording.offcpu.threads.iter().map(|&((pid, tid), ns)| {
+                json!({"pid": pid, "tid": tid, "total_ns": ns})
+            }).collect::<Vec<_>>(),
+        },
+        "lost": {
+            "cpu_samples": losses.cpu(),
+            "syscalls": losses.syscalls(),
+            "io": losses.io(),
+            "offcpu": losses.offcpu(),
+            "by_reason": losses.counters.iter()
+                .map(|(counter, count)| (format!("{counter:?}"), json!(count)))
+                .chain([("MalformedRecord".to_owned(), json!(losses.malformed))])
+                .collect::<serde_json::Map<_, _>>(),
+        },
+        "rules": analysis.rules.iter().map(rule).collect::<Vec<_>>(),
         "overhead": {
             "bpf_run_time_ns": recording.cost.bpf.run_time.as_nanos() as u64,
             "bpf_run_count": recording.cost.bpf.run_count,
@@ -67,6 +132,25 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
             "stop_to_svg_ms": stop_to_svg.as_secs_f64() * 1e3,
         },
     })
+}
+
+fn rule(outcome: &RuleOutcome) -> Value {
+    match &outcome.rule.check {
+        Check::CpuShare { limit, .. } => json!({
+            "rule": outcome.rule.text,
+            "kind": "cpu",
+            "share": outcome.observed,
+            "limit": limit,
+            "fired": outcome.fired,
+        }),
+        Check::Latency { limit_ns, .. } => json!({
+            "rule": outcome.rule.text,
+            "kind": "latency",
+            "value_ns": outcome.observed as u64,
+            "limit_ns": limit_ns,
+            "fired": outcome.fired,
+        }),
+    }
 }
 
 fn stop_reason(stop: StopReason) -> Value {

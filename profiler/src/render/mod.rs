@@ -15,13 +15,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::exit::Failure;
+use crate::{attach::EventSet, exit::Failure};
 
 /// Where to write each output; `None` leaves that output out.
 #[derive(Clone, Debug)]
 pub struct OutputPaths {
-    /// The flame graph SVG.
+    /// The on-CPU flame graph SVG, written when CPU samples are recorded.
     pub svg: PathBuf,
+    /// The off-CPU flame graph SVG, written when off-CPU time is recorded.
+    pub offcpu_svg: PathBuf,
     /// Collapsed stacks, as `flamegraph.pl` and inferno read them.
     pub folded: Option<PathBuf>,
     /// The machine-readable report.
@@ -32,6 +34,7 @@ impl Default for OutputPaths {
     fn default() -> Self {
         OutputPaths {
             svg: PathBuf::from("flamegraph.svg"),
+            offcpu_svg: PathBuf::from("offcpu.svg"),
             folded: None,
             json: None,
         }
@@ -70,8 +73,10 @@ impl OutputFile {
 
 /// Every output file, opened.
 pub struct OutputFiles {
-    /// The flame graph SVG.
-    pub svg: OutputFile,
+    /// The on-CPU flame graph SVG.
+    pub svg: Option<OutputFile>,
+    /// The off-CPU flame graph SVG.
+    pub offcpu_svg: Option<OutputFile>,
     /// Collapsed stacks.
     pub folded: Option<OutputFile>,
     /// The JSON report.
@@ -79,11 +84,14 @@ pub struct OutputFiles {
 }
 
 impl OutputFiles {
-    /// Opens (creating or truncating) every output, failing on the first that can't be.
-    pub fn create(paths: &OutputPaths) -> Result<Self, Failure> {
+    /// Opens (creating or truncating) every output that `events` calls for, failing on
+    /// the first that can't be.
+    pub fn create(paths: &OutputPaths, events: EventSet) -> Result<Self, Failure> {
         let optional = |path: &Option<PathBuf>| path.as_deref().map(OutputFile::create).transpose();
+        let when = |wanted: bool, path: &PathBuf| optional(&wanted.then(|| path.clone()));
         Ok(OutputFiles {
-            svg: OutputFile::create(&paths.svg)?,
+            svg: when(events.cpu, &paths.svg)?,
+            offcpu_svg: when(events.offcpu, &paths.offcpu_svg)?,
             folded: optional(&paths.folded)?,
             json: optional(&paths.json)?,
         })

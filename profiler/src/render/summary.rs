@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::{
-    analyze::FunctionShare,
+    analyze::{Check, FunctionShare, RuleOutcome, is_process_root},
     record::{Recording, StopReason},
     render::svg::FlameGraphLabels,
 };
@@ -13,28 +13,89 @@ pub fn print(recording: &Recording, written: &[PathBuf], top: usize) {
     print!("{}", text(recording, written, top));
 }
 
-/// The summary as text: what was recorded, the top functions, the hot path, the rules,
-/// the profiler's own cost and the files written.
+/// The summary as text: what was recorded; for each kind of event its tables; the rules,
+/// what was lost, the profiler's own cost and the files written.
 pub fn text(recording: &Recording, written: &[PathBuf], top: usize) -> String {
-    let analysis = &recording.analysis;
-    let percent = |share: f64| format!("{:5.1}%", share * 100.0);
-    let mut out = String::new();
-    let threads = recording.threads.len();
-    out += &format!(
-        "Recorded {} for {:.1} s at {} Hz: {} samples from {} thread{}, {} lost.\n",
+    let events = recording.probes.events;
+    let mut out = format!(
+        "Recorded {} for {:.1} s ({}).\nStopped: {}.\n",
         target_label(recording),
         recording.duration.as_secs_f64(),
+        events,
+        stop_label(recording.stop)
+    );
+    if events.cpu {
+        out += &cpu_text(recording, top);
+    }
+    if events.syscalls {
+        out += &syscalls_text(recording, top);
+    }
+    if events.io {
+        out += &io_text(recording);
+    }
+    if events.offcpu {
+        out += &offcpu_text(recording, top);
+    }
+    out += &rules_text(recording);
+    out += &losses_text(recording);
+    let cost = &recording.cost;
+    let seconds = recording.duration.as_secs_f64().max(1e-9);
+    out += &format!(
+        "\nProfiler cost: {:.2} ms in BPF over {} runs, {:.2} s of its own CPU ({:.2}% of one core).\n",
+        cost.bpf.run_time.as_secs_f64() * 1e3,
+        cost.bpf.run_count,
+        cost.process_cpu.as_secs_f64(),
+        (cost.bpf.run_time + cost.process_cpu).as_secs_f64() / seconds * 100.0,
+    );
+    let files: Vec<String> = written
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect();
+    out += &format!("Wrote {}.\n", files.join(", "));
+    out
+}
+
+fn percent(share: f64) -> String {
+    format!("{:5.1}%", share * 100.0)
+}
+
+/// A duration in the unit that reads best: `87 ns`, `1.23 us`, `20.1 ms`, `1.50 s`.
+pub fn duration(ns: u64) -> String {
+    let ns = ns as f64;
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns < 1e6 {
+        format!("{:.2} us", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.1} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
+
+/// What a rule measured, in its own unit.
+pub fn observed(outcome: &RuleOutcome) -> String {
+    match outcome.rule.check {
+        Check::CpuShare { .. } => percent(outcome.observed).trim().to_owned(),
+        Check::Latency { .. } => duration(outcome.observed as u64),
+    }
+}
+
+fn cpu_text(recording: &Recording, top: usize) -> String {
+    let analysis = &recording.analysis;
+    let threads = recording.threads.len();
+    let lost = recording.losses.cpu();
+    let mut out = format!(
+        "\nOn-CPU at {} Hz: {} samples from {} thread{}, {} lost.\n",
         recording.frequency_hz,
         analysis.samples,
         threads,
         if threads == 1 { "" } else { "s" },
-        recording.lost,
+        lost,
     );
-    out += &format!("Stopped: {}.\n", stop_label(recording.stop));
-    if recording.lost > 0 {
+    if lost > 0 {
         out += &format!(
-            "Warning: {} samples were lost because the ring buffer was full; shares are computed from the samples kept.\n",
-            recording.lost
+            "Warning: {lost} samples were lost because the ring buffer was full; shares are computed from the samples kept.\n",
         );
     }
     if analysis.samples == 0 {
@@ -107,34 +168,163 @@ pub fn text(recording: &Recording, written: &[PathBuf], top: usize) -> String {
             );
         }
     }
-    if !analysis.rules.is_empty() {
-        out += "\nRules:\n";
-        for outcome in &analysis.rules {
+    out
+}
+
+fn syscalls_text(recording: &Recording, top: usize) -> String {
+    let calls: u64 = recording.syscalls.iter().map(|syscall| syscall.count).sum();
+    let mut out = format!(
+        "\nSyscalls: {calls} calls to {} syscalls; {} took {} or longer.\n",
+        recording.syscalls.len(),
+        recording.slow_call_count,
+        duration(recording.probes.slow_syscall.as_nanos() as u64),
+    );
+    if recording.syscalls.is_empty() {
+        return out;
+    }
+    out += &format!(
+        "  {:<18} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+        "syscall", "count", "errors", "total", "p50", "p90", "p99", "max"
+    );
+    for syscall in recording.syscalls.iter().take(top) {
+        let latency = &syscall.latency;
+        out += &format!(
+            "  {:<18} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            syscall.name,
+            syscall.count,
+            syscall.errors,
+            duration(syscall.total_ns),
+            duration(latency.quantile(0.5)),
+            duration(latency.quantile(0.9)),
+            duration(latency.quantile(0.99)),
+            duration(latency.max()),
+        );
+    }
+    if !recording.slow_calls.is_empty() {
+        out += "Slowest calls (innermost user functions first):\n";
+        for call in recording.slow_calls.iter().take(top.min(5)) {
+            let callers: Vec<&str> = call
+                .stack
+                .iter()
+                .rev()
+                .filter(|frame| !frame.kernel)
+                .take(4)
+                .map(|frame| frame.name.as_str())
+                .collect();
             out += &format!(
-                "  {}  {}: {} holds {} of on-CPU time, limit {}\n",
-                if outcome.fired { "FIRED" } else { "ok   " },
-                outcome.rule,
-                outcome.rule.function,
-                percent(outcome.share).trim(),
-                percent(outcome.rule.limit).trim(),
+                "  {:>10}  {} (tid {}) in {}\n",
+                duration(call.duration_ns),
+                call.name,
+                call.tid,
+                callers.join(" <- ")
             );
         }
     }
-    let cost = &recording.cost;
-    let seconds = recording.duration.as_secs_f64().max(1e-9);
-    out += &format!(
-        "\nProfiler cost: {:.2} ms in BPF over {} runs, {:.2} s of its own CPU ({:.2}% of one core).\n",
-        cost.bpf.run_time.as_secs_f64() * 1e3,
-        cost.bpf.run_count,
-        cost.process_cpu.as_secs_f64(),
-        (cost.bpf.run_time + cost.process_cpu).as_secs_f64() / seconds * 100.0,
-    );
-    let files: Vec<String> = written
-        .iter()
-        .map(|path| path.display().to_string())
-        .collect();
-    out += &format!("Wrote {}.\n", files.join(", "));
     out
+}
+
+fn io_text(recording: &Recording) -> String {
+    let mut out = format!(
+        "\nBlock IO issued by the target: {} requests.\n",
+        recording.io.iter().map(|row| row.stats.count).sum::<u64>()
+    );
+    if recording.io.is_empty() {
+        return out;
+    }
+    out += &format!(
+        "  {:<10} {:<8} {:>8} {:>12} {:>10} {:>10} {:>10}\n",
+        "device", "op", "count", "bytes", "p50", "p99", "max"
+    );
+    for row in &recording.io {
+        let latency = &row.stats.latency;
+        out += &format!(
+            "  {:<10} {:<8} {:>8} {:>12} {:>10} {:>10} {:>10}\n",
+            row.device,
+            row.op.to_string(),
+            row.stats.count,
+            row.stats.bytes,
+            duration(latency.quantile(0.5)),
+            duration(latency.quantile(0.99)),
+            duration(latency.max()),
+        );
+    }
+    out
+}
+
+fn offcpu_text(recording: &Recording, top: usize) -> String {
+    let offcpu = &recording.offcpu;
+    let total = offcpu.profile.samples();
+    let mut out = format!(
+        "\nOff-CPU: {} in {} thread{}, counting waits of {} or longer.\n",
+        duration(total),
+        offcpu.threads.len(),
+        if offcpu.threads.len() == 1 { "" } else { "s" },
+        duration(recording.probes.offcpu_min.as_nanos() as u64),
+    );
+    let waits: Vec<&FunctionShare> = offcpu
+        .functions
+        .iter()
+        .filter(|function| !function.frame.kernel && !is_process_root(&function.frame.name))
+        .take(top)
+        .collect();
+    if !waits.is_empty() {
+        out += "Top user functions by blocked time (kernel frames are in the off-CPU flame graph):\n      blocked   share  function\n";
+        for function in waits {
+            out += &format!(
+                "  {:>11}  {}  {}\n",
+                duration(function.total_samples),
+                percent(function.total_share),
+                display_name(function)
+            );
+        }
+    }
+    out
+}
+
+fn rules_text(recording: &Recording) -> String {
+    let rules = &recording.analysis.rules;
+    if rules.is_empty() {
+        return String::new();
+    }
+    let mut out = "\nRules:\n".to_owned();
+    for outcome in rules {
+        let verdict = if outcome.fired { "FIRED" } else { "ok   " };
+        out += &match &outcome.rule.check {
+            Check::CpuShare { function, limit } => format!(
+                "  {verdict}  {}: {function} holds {} of on-CPU time, limit {}\n",
+                outcome.rule,
+                observed(outcome),
+                percent(*limit).trim(),
+            ),
+            Check::Latency {
+                syscall, limit_ns, ..
+            } => format!(
+                "  {verdict}  {}: {syscall} measured {}, limit {}\n",
+                outcome.rule,
+                observed(outcome),
+                duration(*limit_ns),
+            ),
+        };
+    }
+    out
+}
+
+fn losses_text(recording: &Recording) -> String {
+    let lost: Vec<String> = recording
+        .losses
+        .counters
+        .iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(counter, count)| format!("{counter:?} {count}"))
+        .collect();
+    if lost.is_empty() && recording.losses.malformed == 0 {
+        return String::new();
+    }
+    format!(
+        "\nWarning: records were lost ({}, malformed {}); the counts above leave them out.\n",
+        lost.join(", "),
+        recording.losses.malformed
+    )
 }
 
 /// Title and subtitle of the flame graph.
@@ -148,6 +338,20 @@ pub fn flame_graph_labels(recording: &Recording) -> FlameGraphLabels {
             recording.duration.as_secs_f64()
         ),
         count_name: "samples".to_owned(),
+    }
+}
+
+/// Title and subtitle of the off-CPU flame graph.
+pub fn offcpu_flame_graph_labels(recording: &Recording) -> FlameGraphLabels {
+    FlameGraphLabels {
+        title: format!("Off-CPU flame graph: {}", target_label(recording)),
+        subtitle: format!(
+            "{} blocked over {:.1} s, waits of {} or longer; stacks at switch-out, kernel frames end in _[k]",
+            duration(recording.offcpu.profile.samples()),
+            recording.duration.as_secs_f64(),
+            duration(recording.probes.offcpu_min.as_nanos() as u64),
+        ),
+        count_name: "us".to_owned(),
     }
 }
 

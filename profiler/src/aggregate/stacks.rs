@@ -1,0 +1,88 @@
+//! Stacks weighted by what they stand for: CPU samples, or nanoseconds off the CPU.
+
+use std::collections::{BTreeMap, HashMap, hash_map::Entry};
+
+/// A distinct raw stack: instruction pointers, innermost first, as the kernel gave them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct StackKey {
+    /// The process the stack belongs to, which decides how user addresses symbolize.
+    pub tgid: u32,
+    /// User-space instruction pointers, innermost first.
+    pub user: Box<[u64]>,
+    /// Kernel instruction pointers, innermost first.
+    pub kernel: Box<[u64]>,
+}
+
+/// Weights per distinct stack and per thread.
+#[derive(Debug, Default)]
+pub struct StackCounts {
+    stacks: HashMap<StackKey, u64>,
+    threads: BTreeMap<(u32, u32), u64>,
+    total: u64,
+}
+
+impl StackCounts {
+    /// Adds `weight` to thread (`tgid`, `tid`) and to `stack`. Returns true when the
+    /// stack was seen for the first time, so that the caller can look at addresses it
+    /// has not seen before.
+    pub fn add(&mut self, tid: u32, stack: StackKey, weight: u64) -> bool {
+        self.total += weight;
+        *self.threads.entry((stack.tgid, tid)).or_default() += weight;
+        match self.stacks.entry(stack) {
+            Entry::Occupied(mut seen) => {
+                *seen.get_mut() += weight;
+                false
+            }
+            Entry::Vacant(new) => {
+                new.insert(weight);
+                true
+            }
+        }
+    }
+
+    /// Every distinct stack with its weight.
+    pub fn stacks(&self) -> impl Iterator<Item = (&StackKey, u64)> {
+        self.stacks.iter().map(|(key, weight)| (key, *weight))
+    }
+
+    /// Weight per (tgid, tid), in ascending order.
+    pub fn threads(&self) -> impl Iterator<Item = ((u32, u32), u64)> + '_ {
+        self.threads
+            .iter()
+            .map(|(thread, weight)| (*thread, *weight))
+    }
+
+    /// All weight added.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(user: &[u64]) -> StackKey {
+        StackKey {
+            tgid: 7,
+            user: user.into(),
+            kernel: Box::new([]),
+        }
+    }
+
+    #[test]
+    fn weighs_distinct_stacks_and_threads_and_flags_first_sightings() {
+        let mut counts = StackCounts::default();
+        assert!(counts.add(7, stack(&[1, 2]), 1));
+        assert!(!counts.add(8, stack(&[1, 2]), 5));
+        assert!(counts.add(8, stack(&[3]), 1));
+        assert_eq!(counts.total(), 7);
+        let mut stacks: Vec<_> = counts.stacks().map(|(k, c)| (k.user.to_vec(), c)).collect();
+        stacks.sort();
+        assert_eq!(stacks, vec![(vec![1, 2], 6), (vec![3], 1)]);
+        assert_eq!(
+            counts.threads().collect::<Vec<_>>(),
+            vec![((7, 7), 1), ((7, 8), 6)]
+        );
+    }
+}

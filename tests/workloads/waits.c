@@ -1,0 +1,121 @@
+// A workload that waits in known ways and measures itself, for the syscall, block IO
+// and off-CPU tests: waits TRUTH_FILE DIR
+//
+// Phases, in order, all timed with CLOCK_MONOTONIC:
+//   1. getppid() GETPPID_CALLS times;
+//   2. PIPE_READS blocking reads of a pipe whose writer thread writes every 20 ms
+//      (the writer waits with poll(), so its waits are not reads or sleeps);
+//   3. SLEEPS nanosleep()s of 30 ms;
+//   4. SYNCS pwrite()s of 64 KiB to a new file in DIR, each followed by fdatasync();
+//   5. a thread blocked in wait_for_lock() on a mutex that main holds for 300 ms.
+// The truth file gets the counts and the measured means and waits, as JSON.
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define GETPPID_CALLS 100000
+#define PIPE_READS 50
+#define SLEEPS 20
+#define SYNCS 20
+#define SYNC_BYTES (64 * 1024)
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int pipe_fds[2];
+
+static void *pipe_writer(void *arg) {
+    (void)arg;
+    for (int i = 0; i < PIPE_READS; i++) {
+        poll(NULL, 0, 20);
+        if (write(pipe_fds[1], "x", 1) != 1) abort();
+    }
+    return NULL;
+}
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static int64_t lock_wait_ns;
+
+__attribute__((noinline)) static void wait_for_lock(void) {
+    int64_t start = now_ns();
+    pthread_mutex_lock(&lock);
+    lock_wait_ns = now_ns() - start;
+    pthread_mutex_unlock(&lock);
+}
+
+static void *lock_waiter(void *arg) {
+    (void)arg;
+    wait_for_lock();
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: waits TRUTH_FILE DIR\n");
+        return 2;
+    }
+
+    for (int i = 0; i < GETPPID_CALLS; i++) getppid();
+
+    if (pipe(pipe_fds) != 0) abort();
+    pthread_t writer;
+    pthread_create(&writer, NULL, pipe_writer, NULL);
+    int64_t read_total = 0;
+    for (int i = 0; i < PIPE_READS; i++) {
+        char byte;
+        int64_t start = now_ns();
+        if (read(pipe_fds[0], &byte, 1) != 1) abort();
+        read_total += now_ns() - start;
+    }
+    pthread_join(writer, NULL);
+
+    int64_t sleep_total = 0;
+    for (int i = 0; i < SLEEPS; i++) {
+        struct timespec thirty_ms = {0, 30 * 1000 * 1000};
+        int64_t start = now_ns();
+        nanosleep(&thirty_ms, NULL);
+        sleep_total += now_ns() - start;
+    }
+
+    char path[4096];
+    snprintf(path, sizeof path, "%s/waits-sync.dat", argv[2]);
+    int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    if (fd < 0) abort();
+    static char block[SYNC_BYTES];
+    memset(block, 'y', sizeof block);
+    for (int i = 0; i < SYNCS; i++) {
+        if (pwrite(fd, block, sizeof block, (off_t)i * SYNC_BYTES) != SYNC_BYTES) abort();
+        if (fdatasync(fd) != 0) abort();
+    }
+    close(fd);
+    unlink(path);
+
+    pthread_mutex_lock(&lock);
+    pthread_t waiter;
+    pthread_create(&waiter, NULL, lock_waiter, NULL);
+    poll(NULL, 0, 300);
+    pthread_mutex_unlock(&lock);
+    pthread_join(waiter, NULL);
+
+    FILE *truth = fopen(argv[1], "w");
+    if (!truth) abort();
+    fprintf(truth,
+            "{\"getppid_calls\": %d, \"pipe_reads\": %d, \"read_mean_ns\": %lld, "
+            "\"sleeps\": %d, \"sleep_mean_ns\": %lld, \"syncs\": %d, \"sync_bytes\": %d, "
+            "\"lock_wait_ns\": %lld}\n",
+            GETPPID_CALLS, PIPE_READS, (long long)(read_total / PIPE_READS), SLEEPS,
+            (long long)(sleep_total / SLEEPS), SYNCS, SYNCS * SYNC_BYTES,
+            (long long)lock_wait_ns);
+    fclose(truth);
+    return 0;
+}
