@@ -7,52 +7,25 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     sync::OnceLock,
     thread::sleep,
     time::{Duration, Instant},
 };
 
+use profiler_common::program_names;
 use serde_json::Value;
 
-/// Exit codes, as documented in the README and `profiler record --help`.
-const RULE_FIRED: i32 = 3;
-const NO_TARGET: i32 = 4;
-const PRIVILEGES: i32 = 5;
-const OUTPUT: i32 = 7;
-const TARGET_EXITED: i32 = 8;
-const INTERRUPTED: i32 = 130;
+mod common;
+use common::{
+    INTERRUPTED, NO_TARGET, OUTPUT, PRIVILEGES, RULE_FIRED, TARGET_EXITED, compile_workload,
+    profiler, read_json, run, scratch, stderr_line,
+};
 
-/// A folder of its own for each test, under cargo's scratch space.
-fn scratch(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The `phases` workload, compiled once with frame pointers.
+/// The `phases` workload, compiled once.
 fn phases_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workloads/phases.c");
-        let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("phases");
-        let status = Command::new("cc")
-            .args([
-                "-O1",
-                "-g",
-                "-fno-omit-frame-pointer",
-                "-mno-omit-leaf-frame-pointer",
-                "-pthread",
-            ])
-            .arg(&source)
-            .arg("-o")
-            .arg(&binary)
-            .status()
-            .expect("running cc");
-        assert!(status.success(), "compiling {}", source.display());
-        binary
-    })
+    BINARY.get_or_init(|| compile_workload("phases"))
 }
 
 /// What the `phases` workload measured about itself.
@@ -60,8 +33,7 @@ struct Truth(Value);
 
 impl Truth {
     fn read(path: &Path) -> Truth {
-        let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        Truth(serde_json::from_str(&text).unwrap())
+        Truth(read_json(path))
     }
 
     /// hot_phase's share of the whole process's CPU time.
@@ -92,10 +64,6 @@ fn start_phases(dir: &Path, threads: u32, seconds: f64, delay_ms: u32) -> Child 
         .unwrap()
 }
 
-fn profiler() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_profiler"))
-}
-
 /// `profiler record` writing every output into `dir`, with `args` added.
 fn record(dir: &Path, args: &[&str]) -> Command {
     let mut command = profiler();
@@ -107,19 +75,14 @@ fn record(dir: &Path, args: &[&str]) -> Command {
         .arg(dir.join("report.json"))
         .arg("--folded")
         .arg(dir.join("stacks.folded"))
+        .arg("--offcpu-output")
+        .arg(dir.join("offcpu.svg"))
         .args(args);
     command
 }
 
-fn run(command: &mut Command) -> Output {
-    let output = command.output().unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
-    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-    output
-}
-
 fn report(dir: &Path) -> Value {
-    serde_json::from_str(&fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+    read_json(&dir.join("report.json"))
 }
 
 /// Inclusive share of `name` in a report.
@@ -130,16 +93,6 @@ fn total_share(report: &Value, name: &str) -> f64 {
         .iter()
         .find(|function| function["name"] == name)
         .map_or(0.0, |function| function["total"].as_f64().unwrap())
-}
-
-fn stderr_line(output: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-    assert_eq!(
-        stderr.lines().count(),
-        1,
-        "expected a one-line reason, got: {stderr}"
-    );
-    stderr
 }
 
 #[test]
@@ -440,11 +393,14 @@ fn command_mode_profiles_the_command_until_it_exits() {
 fn ctrl_c_writes_everything_and_detaches_every_probe() {
     let dir = scratch("ctrl-c");
     let mut workload = start_phases(&dir, 1, 10.0, 0);
-    let child = record(&dir, &["--pid", &workload.id().to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = record(
+        &dir,
+        &["--pid", &workload.id().to_string(), "--events", "all"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     sleep(Duration::from_millis(2000));
     // SAFETY: plain syscall signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -456,13 +412,38 @@ fn ctrl_c_writes_everything_and_detaches_every_probe() {
     assert_eq!(report["stop_reason"], "sigint");
     assert!(report["cpu"]["samples"].as_u64().unwrap() > 50);
 
-    let leftover = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|program| program.name_as_str() == Some("sample_cpu"))
-        .count();
-    assert_eq!(
-        leftover, 0,
-        "a sampling program is still loaded after the profiler exited"
+    // The kernel keeps the first 15 bytes of a program's name.
+    let ours: Vec<&str> = [
+        program_names::SAMPLE_CPU,
+        program_names::SYSCALL_ENTER,
+        program_names::SYSCALL_EXIT,
+        program_names::BLOCK_RQ_INSERT,
+        program_names::BLOCK_RQ_ISSUE,
+        program_names::BLOCK_RQ_COMPLETE,
+        program_names::SCHED_SWITCH,
+    ]
+    .iter()
+    .map(|name| &name[..name.len().min(15)])
+    .collect();
+    let still_loaded = || -> Vec<String> {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter_map(|program| program.name_as_str().map(str::to_owned))
+            .filter(|name| ours.contains(&name.as_str()))
+            .collect()
+    };
+    // Every link is closed when the profiler exits, but the kernel frees programs
+    // attached to the (faultable) syscall tracepoints only after an RCU tasks-trace
+    // grace period, which can take a moment.
+    let detached_by = Instant::now() + Duration::from_secs(5);
+    let mut leftover = still_loaded();
+    while !leftover.is_empty() && Instant::now() < detached_by {
+        sleep(Duration::from_millis(100));
+        leftover = still_loaded();
+    }
+    assert!(
+        leftover.is_empty(),
+        "programs still loaded after the profiler exited: {leftover:?}"
     );
     workload.kill().unwrap();
     workload.wait().unwrap();

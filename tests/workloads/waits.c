@@ -9,6 +9,9 @@
 //   4. SYNCS pwrite()s of 64 KiB to a new file in DIR, each followed by fdatasync();
 //   5. a thread blocked in wait_for_lock() on a mutex that main holds for 300 ms.
 // The truth file gets the counts and the measured means and waits, as JSON.
+//
+// waits --noise SECONDS calls getppid() for that long instead, as a process that must
+// not be counted.
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <poll.h>
@@ -59,9 +62,21 @@ static void *lock_waiter(void *arg) {
     return NULL;
 }
 
+static int noise(double seconds) {
+    int64_t end = now_ns() + (int64_t)(seconds * 1e9);
+    long calls = 0;
+    while (now_ns() < end) {
+        for (int i = 0; i < 1000; i++) getppid();
+        calls += 1000;
+    }
+    printf("%ld\n", calls);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--noise") == 0) return noise(atof(argv[2]));
     if (argc != 3) {
-        fprintf(stderr, "usage: waits TRUTH_FILE DIR\n");
+        fprintf(stderr, "usage: waits TRUTH_FILE DIR | waits --noise SECONDS\n");
         return 2;
     }
 

@@ -1,0 +1,84 @@
+//! What every end-to-end test file needs: scratch folders, the workloads compiled from
+//! `tests/workloads`, and running the real `profiler` binary.
+
+// Each test file is its own crate and uses a part of this module.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::Value;
+
+/// Exit codes, as documented in the README and `profiler record --help`.
+pub const USAGE: i32 = 2;
+pub const RULE_FIRED: i32 = 3;
+pub const NO_TARGET: i32 = 4;
+pub const PRIVILEGES: i32 = 5;
+pub const OUTPUT: i32 = 7;
+pub const TARGET_EXITED: i32 = 8;
+pub const INTERRUPTED: i32 = 130;
+
+/// A folder of its own for each test, under cargo's scratch space.
+pub fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Compiles `tests/workloads/NAME.c` with frame pointers (gcc still leaves them out of
+/// leaf functions, which the profiler must cope with) and returns the binary.
+pub fn compile_workload(name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/workloads")
+        .join(format!("{name}.c"));
+    let bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let binary = bin.join(name);
+    let status = Command::new("cc")
+        .args([
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-mno-omit-leaf-frame-pointer",
+            "-pthread",
+        ])
+        .arg(&source)
+        .arg("-o")
+        .arg(&binary)
+        .status()
+        .expect("running cc");
+    assert!(status.success(), "compiling {}", source.display());
+    binary
+}
+
+pub fn profiler() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_profiler"))
+}
+
+/// Runs `command`, echoing its output for the test log.
+pub fn run(command: &mut Command) -> Output {
+    let output = command.output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The single line the profiler printed to stderr.
+pub fn stderr_line(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected a one-line reason, got: {stderr}"
+    );
+    stderr
+}

@@ -1,0 +1,224 @@
+//! End-to-end tests of `profiler record --events syscalls,io,offcpu`: the real BPF
+//! programs trace a workload that waits in known ways and measures every wait itself
+//! (`tests/workloads/waits.c`), while another process makes the same syscalls and must
+//! not be counted. Run as root, one at a time, like `record.rs`.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::OnceLock,
+};
+
+use serde_json::Value;
+
+mod common;
+use common::{RULE_FIRED, USAGE, compile_workload, profiler, read_json, run, scratch, stderr_line};
+
+/// One recording of the workload with every event kind, shared by the tests below: it
+/// takes a few seconds, and each test checks another part of it.
+struct Recorded {
+    dir: PathBuf,
+    output: Output,
+    report: Value,
+    truth: Value,
+}
+
+fn recorded() -> &'static Recorded {
+    static RECORDED: OnceLock<Recorded> = OnceLock::new();
+    RECORDED.get_or_init(|| {
+        let dir = scratch("waits");
+        let waits = compile_workload("waits");
+        // Another process hammering the same syscall during the whole recording.
+        let noise = Command::new(&waits)
+            .args(["--noise", "6"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let truth = dir.join("truth.json");
+        let output = run(profiler()
+            .arg("record")
+            .args(["--events", "all"])
+            .args(["--fail-on", "clock_nanosleep.p50>20ms"])
+            .args(["--fail-on", "read.p99>1s"])
+            .arg("-o")
+            .arg(dir.join("flame.svg"))
+            .arg("--offcpu-output")
+            .arg(dir.join("offcpu.svg"))
+            .arg("--json")
+            .arg(dir.join("report.json"))
+            .arg("--")
+            .arg(&waits)
+            .arg(&truth)
+            .arg(&dir));
+        let noise = noise.wait_with_output().unwrap();
+        let noise_calls: u64 = String::from_utf8_lossy(&noise.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(noise_calls > 100_000, "the noise made {noise_calls} calls");
+        Recorded {
+            report: read_json(&dir.join("report.json")),
+            truth: read_json(&truth),
+            dir,
+            output,
+        }
+    })
+}
+
+fn syscall<'r>(report: &'r Value, name: &str) -> &'r Value {
+    report["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|syscall| syscall["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in the syscalls section"))
+}
+
+fn truth_u64(recorded: &Recorded, field: &str) -> u64 {
+    recorded.truth[field].as_u64().unwrap()
+}
+
+fn assert_close(what: &str, measured: u64, truth: u64, tolerance: f64) {
+    let error = (measured as f64 / truth as f64 - 1.0).abs();
+    assert!(
+        error <= tolerance,
+        "{what}: the profiler says {measured}, the workload measured {truth} ({:.1}% off)",
+        error * 100.0
+    );
+}
+
+#[test]
+fn a_fast_syscall_is_counted_exactly_and_no_other_process_is() {
+    let recorded = recorded();
+    let getppid = syscall(&recorded.report, "getppid");
+    // The noise process made hundreds of thousands more; none may be counted.
+    assert_eq!(getppid["count"], truth_u64(recorded, "getppid_calls"));
+    assert_eq!(getppid["errors"], 0);
+    let lost = &recorded.report["lost"];
+    for kind in ["syscalls", "io", "offcpu", "cpu_samples"] {
+        assert_eq!(lost[kind], 0, "lost {kind}");
+    }
+}
+
+#[test]
+fn pipe_read_latency_matches_the_workloads_own_mean() {
+    let recorded = recorded();
+    let read = syscall(&recorded.report, "read");
+    assert!(read["count"].as_u64().unwrap() >= truth_u64(recorded, "pipe_reads"));
+    let p50 = read["p50_ns"].as_u64().unwrap();
+    assert_close("read p50", p50, truth_u64(recorded, "read_mean_ns"), 0.05);
+    let max = read["max_ns"].as_u64().unwrap();
+    assert!(read["p99_ns"].as_u64().unwrap() <= max);
+}
+
+#[test]
+fn sleep_latency_matches_the_workloads_own_mean() {
+    let recorded = recorded();
+    let sleep = syscall(&recorded.report, "clock_nanosleep");
+    assert_eq!(sleep["count"], truth_u64(recorded, "sleeps"));
+    let p50 = sleep["p50_ns"].as_u64().unwrap();
+    assert_close(
+        "clock_nanosleep p50",
+        p50,
+        truth_u64(recorded, "sleep_mean_ns"),
+        0.05,
+    );
+    // Every sleep is slower than --slow-ms, so each came with its stack, root first.
+    let slow: Vec<&Value> = recorded.report["slow_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|call| call["name"] == "clock_nanosleep")
+        .collect();
+    assert_eq!(slow.len() as u64, truth_u64(recorded, "sleeps"));
+    for call in slow {
+        let stack: Vec<&str> = call["stack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|frame| frame.as_str().unwrap())
+            .collect();
+        let main = stack.iter().position(|&frame| frame == "main");
+        let sleep = stack.iter().position(|&frame| frame.ends_with("nanosleep"));
+        assert!(
+            main.is_some() && main < sleep,
+            "main should call nanosleep: {stack:?}"
+        );
+    }
+}
+
+#[test]
+fn write_and_fdatasync_show_up_as_syscalls_and_as_block_io() {
+    let recorded = recorded();
+    let syncs = truth_u64(recorded, "syncs");
+    assert_eq!(syscall(&recorded.report, "fdatasync")["count"], syncs);
+    assert_eq!(syscall(&recorded.report, "pwrite64")["count"], syncs);
+    let writes: Vec<&Value> = recorded.report["io"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|io| io["op"] == "write")
+        .collect();
+    let bytes: u64 = writes.iter().map(|io| io["bytes"].as_u64().unwrap()).sum();
+    assert!(
+        bytes >= truth_u64(recorded, "sync_bytes"),
+        "{bytes} bytes written to block devices"
+    );
+    for io in writes {
+        assert!(
+            io["device"]
+                .as_str()
+                .is_some_and(|device| !device.is_empty())
+        );
+        assert!(io["p50_ns"].as_u64().unwrap() > 0);
+        assert!(io["p99_ns"].as_u64() <= io["max_ns"].as_u64());
+    }
+}
+
+#[test]
+fn a_thread_blocked_on_a_lock_shows_off_cpu_with_its_stack() {
+    let recorded = recorded();
+    let offcpu = &recorded.report["offcpu"];
+    let wait = offcpu["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|function| function["name"] == "wait_for_lock")
+        .expect("wait_for_lock in the off-CPU functions");
+    assert_close(
+        "wait_for_lock off-CPU time",
+        wait["total_ns"].as_u64().unwrap(),
+        truth_u64(recorded, "lock_wait_ns"),
+        0.05,
+    );
+    let svg = fs::read_to_string(recorded.dir.join("offcpu.svg")).unwrap();
+    assert!(svg.contains("Off-CPU flame graph: waits (pid "));
+    assert!(svg.contains("wait_for_lock"));
+    // Blocked time is drawn in microseconds, and the flame graph says so.
+    assert!(svg.contains(" us, "), "the count name is us");
+}
+
+#[test]
+fn latency_rules_fire_on_the_measured_quantile() {
+    let recorded = recorded();
+    assert_eq!(recorded.output.status.code(), Some(RULE_FIRED));
+    assert!(stderr_line(&recorded.output).contains("clock_nanosleep.p50>20ms"));
+    let rules = recorded.report["rules"].as_array().unwrap();
+    assert_eq!(rules[0]["kind"], "latency");
+    assert_eq!(rules[0]["fired"], true);
+    assert!(rules[0]["value_ns"].as_u64().unwrap() > 20_000_000);
+    assert_eq!(rules[1]["fired"], false);
+}
+
+#[test]
+fn a_latency_rule_without_syscall_tracing_is_a_usage_error() {
+    let dir = scratch("latency-rule-usage");
+    let output = run(profiler()
+        .args(["record", "--fail-on", "read.p99>50ms", "-o"])
+        .arg(dir.join("flame.svg"))
+        .args(["--", "true"]));
+    assert_eq!(output.status.code(), Some(USAGE));
+    assert!(stderr_line(&output).contains("--events syscalls"));
+    assert!(!Path::new(&dir.join("flame.svg")).exists());
+}
