@@ -105,8 +105,9 @@ pub struct TargetProcess {
 /// What the profiler itself cost.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SelfCost {
-    /// Time in the BPF programs, as the kernel counts it.
-    pub bpf: BpfCost,
+    /// Time in the BPF programs, as the kernel counts it; not measured while syscalls
+    /// are traced.
+    pub bpf: Option<BpfCost>,
     /// The profiler process's user plus system CPU time.
     pub process_cpu: Duration,
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: the profiler's cost on a CPU-bound service, side by side with
-//! `perf record -g` on the same service in the same run.
+//! `perf record -g` on the same service in the same run; then its cost per traced
+//! syscall, side by side with libbpf-tools `syscount` ([`crate::bench_syscalls`]).
 //!
 //! The service is the demo's model-server with one worker per CPU, so that any CPU the
 //! profiler takes shows up as lost throughput. Each configuration runs `--runs` times,
@@ -85,6 +86,7 @@ pub fn run(duration: u32, runs: u32) -> anyhow::Result<()> {
         "baseline_spread_percent": baseline_spread,
         "rows": rows,
         "runs": runs_json,
+        "syscalls": crate::bench_syscalls::run(&bench.dir, runs)?,
     });
     let path = bench.dir.join("results.json");
     fs::write(&path, serde_json::to_string_pretty(&results)?)?;
@@ -302,7 +304,7 @@ fn number_before(text: &str, marker: &str) -> Option<u64> {
     text[start..end].parse().ok()
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }

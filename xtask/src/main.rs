@@ -4,6 +4,7 @@
 //! missing, so running it again costs a few checks.
 
 mod bench;
+mod bench_syscalls;
 mod demo;
 mod setup;
 
@@ -40,7 +41,8 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         duration: u32,
     },
-    /// Set up, build, and measure the profiler against perf; writes target/bench/results.json.
+    /// Set up, build, and measure the profiler against perf and syscount; writes
+    /// target/bench/results.json.
     Bench {
         /// Seconds per measured run.
         #[arg(long, default_value_t = 30)]

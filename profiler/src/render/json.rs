@@ -126,8 +126,8 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
         },
         "rules": analysis.rules.iter().map(rule).collect::<Vec<_>>(),
         "overhead": {
-            "bpf_run_time_ns": recording.cost.bpf.run_time.as_nanos() as u64,
-            "bpf_run_count": recording.cost.bpf.run_count,
+            "bpf_run_time_ns": recording.cost.bpf.map(|bpf| bpf.run_time.as_nanos() as u64),
+            "bpf_run_count": recording.cost.bpf.map(|bpf| bpf.run_count),
             "profiler_cpu_s": recording.cost.process_cpu.as_secs_f64(),
             "stop_to_svg_ms": stop_to_svg.as_secs_f64() * 1e3,
         },

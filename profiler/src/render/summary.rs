@@ -1,6 +1,6 @@
 //! The terminal summary, printed when a recording ends, and the flame graph's labels.
 
-use std::path::PathBuf;
+use std::{io::Write as _, path::PathBuf};
 
 use crate::{
     analyze::{Check, FunctionShare, RuleOutcome, is_process_root},
@@ -10,7 +10,8 @@ use crate::{
 
 /// Prints the summary of a recording to stdout.
 pub fn print(recording: &Recording, written: &[PathBuf], top: usize) {
-    print!("{}", text(recording, written, top));
+    // A closed stdout (`| head`) must not fail the recording: the files are written.
+    let _ = std::io::stdout().write_all(text(recording, written, top).as_bytes());
 }
 
 /// The summary as text: what was recorded; for each kind of event its tables; the rules,
@@ -38,21 +39,31 @@ pub fn text(recording: &Recording, written: &[PathBuf], top: usize) -> String {
     }
     out += &rules_text(recording);
     out += &losses_text(recording);
-    let cost = &recording.cost;
-    let seconds = recording.duration.as_secs_f64().max(1e-9);
-    out += &format!(
-        "\nProfiler cost: {:.2} ms in BPF over {} runs, {:.2} s of its own CPU ({:.2}% of one core).\n",
-        cost.bpf.run_time.as_secs_f64() * 1e3,
-        cost.bpf.run_count,
-        cost.process_cpu.as_secs_f64(),
-        (cost.bpf.run_time + cost.process_cpu).as_secs_f64() / seconds * 100.0,
-    );
+    out += &cost_text(recording);
     let files: Vec<String> = written
         .iter()
         .map(|path| path.display().to_string())
         .collect();
     out += &format!("Wrote {}.\n", files.join(", "));
     out
+}
+
+fn cost_text(recording: &Recording) -> String {
+    let cost = &recording.cost;
+    let seconds = recording.duration.as_secs_f64().max(1e-9);
+    let own = cost.process_cpu.as_secs_f64();
+    match cost.bpf {
+        Some(bpf) => format!(
+            "\nProfiler cost: {:.2} ms in BPF over {} runs, {own:.2} s of its own CPU ({:.2}% of one core).\n",
+            bpf.run_time.as_secs_f64() * 1e3,
+            bpf.run_count,
+            (bpf.run_time.as_secs_f64() + own) / seconds * 100.0,
+        ),
+        None => format!(
+            "\nProfiler cost: {own:.2} s of its own CPU ({:.2}% of one core); BPF time is not measured while syscalls are traced.\n",
+            own / seconds * 100.0,
+        ),
+    }
 }
 
 fn percent(share: f64) -> String {
