@@ -183,6 +183,19 @@ pub enum LossCounter {
 impl LossCounter {
     /// Number of counters, the size of the counter array.
     pub const COUNT: u32 = 9;
+
+    /// Every counter, in index order.
+    pub const ALL: [LossCounter; Self::COUNT as usize] = [
+        LossCounter::CpuSampleRingFull,
+        LossCounter::SlowSyscallRingFull,
+        LossCounter::SyscallSlotTaken,
+        LossCounter::SyscallErrnoTableFull,
+        LossCounter::OffCpuRingFull,
+        LossCounter::OffCpuThreadTableFull,
+        LossCounter::SyscallNumberOutOfRange,
+        LossCounter::BlockIoRingFull,
+        LossCounter::BlockIoTableFull,
+    ];
 }
 
 /// The kinds of record in the ring buffer, in [`EventHeader::kind`].
@@ -376,6 +389,13 @@ mod tests {
         }
         assert!((1..5000).all(|ns| latency_bucket(ns) >= latency_bucket(ns - 1)));
         assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+
+    #[test]
+    fn loss_counters_are_listed_in_index_order() {
+        for (index, counter) in LossCounter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, index);
+        }
     }
 
     #[test]

@@ -151,20 +151,8 @@ pub struct Losses {
 
 impl Losses {
     fn read(counters: &LossCounters, malformed: u64) -> Self {
-        use LossCounter::*;
-        let all = [
-            CpuSampleRingFull,
-            SlowSyscallRingFull,
-            SyscallSlotTaken,
-            SyscallErrnoTableFull,
-            OffCpuRingFull,
-            OffCpuThreadTableFull,
-            SyscallNumberOutOfRange,
-            BlockIoRingFull,
-            BlockIoTableFull,
-        ];
         Losses {
-            counters: all
+            counters: LossCounter::ALL
                 .into_iter()
                 .map(|counter| (counter, counters.total(counter)))
                 .collect(),
