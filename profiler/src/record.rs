@@ -456,6 +456,24 @@ struct Collector {
     io: IoTable,
 }
 
+/// Adds a record's stack to `counts` with `weight`, its user part completed by the
+/// unwinder; a stack not seen before may hold addresses outside the known mappings, so
+/// those are checked then, and only then.
+fn weigh(
+    maps: &mut MemoryMaps,
+    unwinder: &mut LeafUnwinder,
+    counts: &mut StackCounts,
+    header: &EventHeader,
+    stacks: &Stacks,
+    weight: u64,
+) {
+    let user = unwinder.complete(maps, header.tgid, stacks);
+    let stack = StackKey::new(header.tgid, &user, stacks.kernel_frames());
+    if counts.add(header.tid, stack, weight) {
+        maps.observe(header.tgid, &user);
+    }
+}
+
 /// What the recording adds to the collector's aggregates at the end.
 struct Finished<'o> {
     options: &'o RecordOptions,
@@ -470,26 +488,30 @@ struct Finished<'o> {
 impl Collector {
     fn add(&mut self, event: Event) {
         match event {
-            Event::Cpu(sample) => {
-                let stack = self.stack(&sample.header, &sample.stacks);
-                if self.cpu.add(sample.header.tid, stack.clone(), 1) {
-                    self.maps.observe(stack.tgid, &stack.user);
-                }
-            }
-            Event::OffCpu(span) => {
-                let stack = self.stack(&span.header, &span.stacks);
-                if self
-                    .offcpu
-                    .add(span.header.tid, stack.clone(), span.duration_ns)
-                {
-                    self.maps.observe(stack.tgid, &stack.user);
-                }
-            }
+            Event::Cpu(sample) => weigh(
+                &mut self.maps,
+                &mut self.unwinder,
+                &mut self.cpu,
+                &sample.header,
+                &sample.stacks,
+                1,
+            ),
+            Event::OffCpu(span) => weigh(
+                &mut self.maps,
+                &mut self.unwinder,
+                &mut self.offcpu,
+                &span.header,
+                &span.stacks,
+                span.duration_ns,
+            ),
             Event::SlowSyscall(call) => {
                 self.slow_latencies.record(call.nr, call.duration_ns);
                 self.slow_call_count += 1;
-                let stack = self.stack(&call.header, &call.stacks);
-                self.maps.observe(stack.tgid, &stack.user);
+                let user = self
+                    .unwinder
+                    .complete(&mut self.maps, call.header.tgid, &call.stacks);
+                self.maps.observe(call.header.tgid, &user);
+                let stack = StackKey::new(call.header.tgid, &user, call.stacks.kernel_frames());
                 self.keep_slow_call(SlowCall {
                     tid: call.header.tid,
                     nr: call.nr,
@@ -502,15 +524,6 @@ impl Collector {
         }
         for tgid in self.maps.take_updated() {
             self.symbolizer.refresh(tgid);
-        }
-    }
-
-    fn stack(&mut self, header: &EventHeader, stacks: &Stacks) -> StackKey {
-        let user = self.unwinder.complete(&mut self.maps, header.tgid, stacks);
-        StackKey {
-            tgid: header.tgid,
-            user: user.into(),
-            kernel: stacks.kernel_frames().into(),
         }
     }
 

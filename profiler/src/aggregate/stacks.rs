@@ -13,6 +13,17 @@ pub struct StackKey {
     pub kernel: Box<[u64]>,
 }
 
+impl StackKey {
+    /// The key of a stack of process `tgid`.
+    pub fn new(tgid: u32, user: &[u64], kernel: &[u64]) -> Self {
+        StackKey {
+            tgid,
+            user: user.into(),
+            kernel: kernel.into(),
+        }
+    }
+}
+
 /// Weights per distinct stack and per thread.
 #[derive(Debug, Default)]
 pub struct StackCounts {
@@ -63,11 +74,7 @@ mod tests {
     use super::*;
 
     fn stack(user: &[u64]) -> StackKey {
-        StackKey {
-            tgid: 7,
-            user: user.into(),
-            kernel: Box::new([]),
-        }
+        StackKey::new(7, user, &[])
     }
 
     #[test]
