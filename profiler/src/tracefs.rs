@@ -54,43 +54,30 @@ fn mounted() -> Option<PathBuf> {
 /// The offsets of every [`TracepointField`], indexed by it, read from `root`'s format
 /// files.
 pub fn field_offsets(root: &Path) -> Result<[u32; TracepointField::COUNT], Failure> {
-    let mut offsets = [0; TracepointField::COUNT];
+    use TracepointField::*;
     // block_rq_insert has the same event class, and so the same layout, as block_rq_issue.
-    let fields: [(TracepointField, &str, &str); TracepointField::COUNT] = [
-        (TracepointField::BlockRqDev, "block/block_rq_issue", "dev"),
+    let events: [(&str, &[(TracepointField, &str)]); 3] = [
         (
-            TracepointField::BlockRqSector,
             "block/block_rq_issue",
-            "sector",
+            &[
+                (BlockRqDev, "dev"),
+                (BlockRqSector, "sector"),
+                (BlockRqBytes, "bytes"),
+                (BlockRqRwbs, "rwbs"),
+            ],
         ),
         (
-            TracepointField::BlockRqBytes,
-            "block/block_rq_issue",
-            "bytes",
-        ),
-        (TracepointField::BlockRqRwbs, "block/block_rq_issue", "rwbs"),
-        (
-            TracepointField::BlockCompleteDev,
             "block/block_rq_complete",
-            "dev",
+            &[
+                (BlockCompleteDev, "dev"),
+                (BlockCompleteSector, "sector"),
+                (BlockCompleteError, "error"),
+            ],
         ),
-        (
-            TracepointField::BlockCompleteSector,
-            "block/block_rq_complete",
-            "sector",
-        ),
-        (
-            TracepointField::BlockCompleteError,
-            "block/block_rq_complete",
-            "error",
-        ),
-        (
-            TracepointField::SchedSwitchNextPid,
-            "sched/sched_switch",
-            "next_pid",
-        ),
+        ("sched/sched_switch", &[(SchedSwitchNextPid, "next_pid")]),
     ];
-    for (field, event, name) in fields {
+    let mut offsets = [0; TracepointField::COUNT];
+    for (event, fields) in events {
         let path = root.join("events").join(event).join("format");
         let format = fs::read_to_string(&path).map_err(|error| {
             Failure::KernelFeature(format!(
@@ -98,9 +85,11 @@ pub fn field_offsets(root: &Path) -> Result<[u32; TracepointField::COUNT], Failu
                 path.display()
             ))
         })?;
-        offsets[field as usize] = field_offset(&format, name).ok_or_else(|| {
-            Failure::KernelFeature(format!("tracepoint {event} has no field `{name}`"))
-        })?;
+        for &(field, name) in fields {
+            offsets[field as usize] = field_offset(&format, name).ok_or_else(|| {
+                Failure::KernelFeature(format!("tracepoint {event} has no field `{name}`"))
+            })?;
+        }
     }
     Ok(offsets)
 }
