@@ -9,12 +9,12 @@ mod offcpu;
 mod stacks;
 mod syscalls;
 
-use aya_ebpf::programs::TracePointContext;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
 };
 use profiler_common::{
     EVENTS_RING_BYTES, EventHeader, EventKind, LossCounter, MAX_TARGETS, RING_WAKEUP_BYTES,

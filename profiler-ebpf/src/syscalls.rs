@@ -48,6 +48,12 @@ static SYSCALL_ERRNOS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries
 #[unsafe(no_mangle)]
 static SLOW_SYSCALL_NS: u64 = u64::MAX;
 
+/// The slot of the calling thread's call in flight.
+#[inline(always)]
+fn call_slot(pid_tgid: u64) -> Option<*mut CallStart> {
+    SYSCALL_STARTS.get_ptr_mut(pid_tgid as u32 & (START_SLOTS - 1))
+}
+
 /// Notes the start of every syscall of a target thread.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn syscall_enter(ctx: RawTracePointContext) -> u32 {
@@ -55,7 +61,7 @@ pub fn syscall_enter(ctx: RawTracePointContext) -> u32 {
     if !is_target((pid_tgid >> 32) as u32) {
         return 0;
     }
-    let Some(slot) = SYSCALL_STARTS.get_ptr_mut(pid_tgid as u32 & (START_SLOTS - 1)) else {
+    let Some(slot) = call_slot(pid_tgid) else {
         return 0;
     };
     let nr: u64 = ctx.arg(1);
@@ -77,7 +83,7 @@ pub fn syscall_enter(ctx: RawTracePointContext) -> u32 {
 pub fn syscall_exit(ctx: RawTracePointContext) -> u32 {
     // The slot alone says whether the caller is a target: no map lookup by tgid here.
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(slot) = SYSCALL_STARTS.get_ptr_mut(pid_tgid as u32 & (START_SLOTS - 1)) else {
+    let Some(slot) = call_slot(pid_tgid) else {
         return 0;
     };
     // SAFETY: as in syscall_enter.

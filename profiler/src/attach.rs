@@ -91,7 +91,8 @@ impl EventSet {
         offcpu: false,
     };
 
-    fn names(self) -> impl Iterator<Item = &'static str> {
+    /// The kinds in the set, as `--events` names them.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
         [
             (self.cpu, "cpu"),
             (self.syscalls, "syscalls"),

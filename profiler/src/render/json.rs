@@ -47,7 +47,7 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
     let losses = &recording.losses;
     json!({
         "duration_s": recording.duration.as_secs_f64(),
-        "events": recording.probes.events.to_string().split(',').collect::<Vec<_>>(),
+        "events": recording.probes.events.names().collect::<Vec<_>>(),
         "stop_reason": stop_reason(recording.stop),
         "target": {
             "pids": recording.targets.iter().map(|t| t.pid).collect::<Vec<_>>(),

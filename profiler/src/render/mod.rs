@@ -88,7 +88,7 @@ impl OutputFiles {
     /// the first that can't be.
     pub fn create(paths: &OutputPaths, events: EventSet) -> Result<Self, Failure> {
         let optional = |path: &Option<PathBuf>| path.as_deref().map(OutputFile::create).transpose();
-        let when = |wanted: bool, path: &PathBuf| optional(&wanted.then(|| path.clone()));
+        let when = |wanted: bool, path: &Path| wanted.then(|| OutputFile::create(path)).transpose();
         Ok(OutputFiles {
             svg: when(events.cpu, &paths.svg)?,
             offcpu_svg: when(events.offcpu, &paths.offcpu_svg)?,
