@@ -19,7 +19,7 @@ use serde_json::Value;
 mod common;
 use common::{
     INTERRUPTED, NO_TARGET, OUTPUT, PRIVILEGES, RULE_FIRED, TARGET_EXITED, compile_workload,
-    profiler, read_json, run, scratch, stderr_line,
+    entries_where, profiler, read_json, record, run, scratch, stderr_line,
 };
 
 /// The `phases` workload, compiled once.
@@ -64,34 +64,15 @@ fn start_phases(dir: &Path, threads: u32, seconds: f64, delay_ms: u32) -> Child 
         .unwrap()
 }
 
-/// `profiler record` writing every output into `dir`, with `args` added.
-fn record(dir: &Path, args: &[&str]) -> Command {
-    let mut command = profiler();
-    command
-        .arg("record")
-        .arg("-o")
-        .arg(dir.join("flame.svg"))
-        .arg("--json")
-        .arg(dir.join("report.json"))
-        .arg("--folded")
-        .arg(dir.join("stacks.folded"))
-        .arg("--offcpu-output")
-        .arg(dir.join("offcpu.svg"))
-        .args(args);
-    command
-}
-
 fn report(dir: &Path) -> Value {
     read_json(&dir.join("report.json"))
 }
 
 /// Inclusive share of `name` in a report.
 fn total_share(report: &Value, name: &str) -> f64 {
-    report["cpu"]["functions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|function| function["name"] == name)
+    entries_where(&report["cpu"]["functions"], "name", name)
+        .first()
+        .copied()
         .map_or(0.0, |function| function["total"].as_f64().unwrap())
 }
 

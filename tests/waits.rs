@@ -13,7 +13,10 @@ use std::{
 use serde_json::Value;
 
 mod common;
-use common::{RULE_FIRED, USAGE, compile_workload, profiler, read_json, run, scratch, stderr_line};
+use common::{
+    RULE_FIRED, USAGE, compile_workload, entries_where, profiler, read_json, record, run, scratch,
+    stderr_line,
+};
 
 /// One recording of the workload with every event kind, shared by the tests below: it
 /// takes a few seconds, and each test checks another part of it.
@@ -36,21 +39,21 @@ fn recorded() -> &'static Recorded {
             .spawn()
             .unwrap();
         let truth = dir.join("truth.json");
-        let output = run(profiler()
-            .arg("record")
-            .args(["--events", "all"])
-            .args(["--fail-on", "clock_nanosleep.p50>20ms"])
-            .args(["--fail-on", "read.p99>1s"])
-            .arg("-o")
-            .arg(dir.join("flame.svg"))
-            .arg("--offcpu-output")
-            .arg(dir.join("offcpu.svg"))
-            .arg("--json")
-            .arg(dir.join("report.json"))
-            .arg("--")
-            .arg(&waits)
-            .arg(&truth)
-            .arg(&dir));
+        let output = run(record(
+            &dir,
+            &[
+                "--events",
+                "all",
+                "--fail-on",
+                "clock_nanosleep.p50>20ms",
+                "--fail-on",
+                "read.p99>1s",
+            ],
+        )
+        .arg("--")
+        .arg(&waits)
+        .arg(&truth)
+        .arg(&dir));
         let noise = noise.wait_with_output().unwrap();
         let noise_calls: u64 = String::from_utf8_lossy(&noise.stdout)
             .trim()
@@ -67,11 +70,9 @@ fn recorded() -> &'static Recorded {
 }
 
 fn syscall<'r>(report: &'r Value, name: &str) -> &'r Value {
-    report["syscalls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|syscall| syscall["name"] == name)
+    entries_where(&report["syscalls"], "name", name)
+        .first()
+        .copied()
         .unwrap_or_else(|| panic!("no {name} in the syscalls section"))
 }
 
@@ -125,12 +126,8 @@ fn sleep_latency_matches_the_workloads_own_mean() {
         0.05,
     );
     // Every sleep is slower than --slow-ms, so each came with its stack, root first.
-    let slow: Vec<&Value> = recorded.report["slow_calls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|call| call["name"] == "clock_nanosleep")
-        .collect();
+    let slow: Vec<&Value> =
+        entries_where(&recorded.report["slow_calls"], "name", "clock_nanosleep");
     assert_eq!(slow.len() as u64, truth_u64(recorded, "sleeps"));
     for call in slow {
         let stack: Vec<&str> = call["stack"]
@@ -154,12 +151,7 @@ fn write_and_fdatasync_show_up_as_syscalls_and_as_block_io() {
     let syncs = truth_u64(recorded, "syncs");
     assert_eq!(syscall(&recorded.report, "fdatasync")["count"], syncs);
     assert_eq!(syscall(&recorded.report, "pwrite64")["count"], syncs);
-    let writes: Vec<&Value> = recorded.report["io"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|io| io["op"] == "write")
-        .collect();
+    let writes: Vec<&Value> = entries_where(&recorded.report["io"], "op", "write");
     let bytes: u64 = writes.iter().map(|io| io["bytes"].as_u64().unwrap()).sum();
     assert!(
         bytes >= truth_u64(recorded, "sync_bytes"),
@@ -180,11 +172,9 @@ fn write_and_fdatasync_show_up_as_syscalls_and_as_block_io() {
 fn a_thread_blocked_on_a_lock_shows_off_cpu_with_its_stack() {
     let recorded = recorded();
     let offcpu = &recorded.report["offcpu"];
-    let wait = offcpu["functions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|function| function["name"] == "wait_for_lock")
+    let wait = entries_where(&offcpu["functions"], "name", "wait_for_lock")
+        .first()
+        .copied()
         .expect("wait_for_lock in the off-CPU functions");
     assert_close(
         "wait_for_lock off-CPU time",

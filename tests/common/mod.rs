@@ -59,6 +59,23 @@ pub fn profiler() -> Command {
     Command::new(env!("CARGO_BIN_EXE_profiler"))
 }
 
+/// `profiler record` writing every output into `dir`, with `args` added.
+pub fn record(dir: &Path, args: &[&str]) -> Command {
+    let mut command = profiler();
+    command
+        .arg("record")
+        .arg("-o")
+        .arg(dir.join("flame.svg"))
+        .arg("--json")
+        .arg(dir.join("report.json"))
+        .arg("--folded")
+        .arg(dir.join("stacks.folded"))
+        .arg("--offcpu-output")
+        .arg(dir.join("offcpu.svg"))
+        .args(args);
+    command
+}
+
 /// Runs `command`, echoing its output for the test log.
 pub fn run(command: &mut Command) -> Output {
     let output = command.output().unwrap();
@@ -70,6 +87,16 @@ pub fn run(command: &mut Command) -> Output {
 pub fn read_json(path: &Path) -> Value {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
+}
+
+/// The entries of a report's array whose `field` is `value`.
+pub fn entries_where<'r>(array: &'r Value, field: &str, value: &str) -> Vec<&'r Value> {
+    array
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .filter(|entry| entry[field] == value)
+        .collect()
 }
 
 /// The single line the profiler printed to stderr.
