@@ -402,6 +402,15 @@ fn ctrl_c_writes_everything_and_detaches_every_probe() {
         program_names::BLOCK_RQ_ISSUE,
         program_names::BLOCK_RQ_COMPLETE,
         program_names::SCHED_SWITCH,
+        program_names::MALLOC_ENTER,
+        program_names::CALLOC_ENTER,
+        program_names::REALLOC_ENTER,
+        program_names::REALLOCARRAY_ENTER,
+        program_names::MEMALIGN_ENTER,
+        program_names::POSIX_MEMALIGN_ENTER,
+        program_names::MMAP_ENTER,
+        program_names::ALLOC_RETURN,
+        program_names::FREE_ENTER,
     ]
     .iter()
     .map(|name| &name[..name.len().min(15)])

@@ -36,6 +36,17 @@ pub const RING_WAKEUP_BYTES: u64 = EVENTS_RING_BYTES as u64 / 4;
 /// How often userspace drains the ring buffer when nothing woke it, in milliseconds.
 pub const DRAIN_INTERVAL_MS: u64 = 100;
 
+/// Allocations a recording tracks at once, across all targets. The table grows with
+/// use (it is not preallocated), at about 100 bytes an entry.
+pub const MAX_LIVE_ALLOCATIONS: u32 = 1 << 22;
+
+/// Distinct allocating stacks a recording tells apart.
+pub const MAX_ALLOC_STACKS: u32 = 1 << 16;
+
+/// Exponential draws in [`map_names::SAMPLE_INTERVALS`], the table byte-based sampling
+/// picks its next sampling point from.
+pub const SAMPLE_INTERVAL_DRAWS: u32 = 1024;
+
 /// Syscall numbers counted per syscall; x86_64 numbers them below 512.
 pub const MAX_SYSCALLS: u32 = 512;
 
@@ -95,6 +106,13 @@ pub mod map_names {
     pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
     /// `PerCpuHashMap<u32, u64>`: failed calls per [`crate::errno_key`].
     pub const SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
+    /// `HashMap<LiveAllocationKey, LiveAllocation>`: allocations not freed yet.
+    pub const LIVE_ALLOCATIONS: &str = "LIVE_ALLOCATIONS";
+    /// `PerCpuArray<u64>` indexed by [`crate::AllocCounter`].
+    pub const ALLOC_COUNTERS: &str = "ALLOC_COUNTERS";
+    /// `Array<u64>` of [`crate::SAMPLE_INTERVAL_DRAWS`] exponentially distributed byte
+    /// intervals with mean [`crate::global_names::ALLOC_SAMPLE_BYTES`], set by userspace.
+    pub const SAMPLE_INTERVALS: &str = "SAMPLE_INTERVALS";
 }
 
 /// Names of the BPF programs in the object.
@@ -113,6 +131,24 @@ pub mod program_names {
     pub const BLOCK_RQ_COMPLETE: &str = "block_rq_complete";
     /// tracepoint `sched:sched_switch`: a target thread leaves or regains a CPU.
     pub const SCHED_SWITCH: &str = "sched_switch";
+    /// uprobe on `malloc`, `valloc` and `pvalloc`: the size is the first argument.
+    pub const MALLOC_ENTER: &str = "malloc_enter";
+    /// uprobe on `calloc`.
+    pub const CALLOC_ENTER: &str = "calloc_enter";
+    /// uprobe on `realloc`.
+    pub const REALLOC_ENTER: &str = "realloc_enter";
+    /// uprobe on `reallocarray`.
+    pub const REALLOCARRAY_ENTER: &str = "reallocarray_enter";
+    /// uprobe on `memalign` and `aligned_alloc`: the size is the second argument.
+    pub const MEMALIGN_ENTER: &str = "memalign_enter";
+    /// uprobe on `posix_memalign`.
+    pub const POSIX_MEMALIGN_ENTER: &str = "posix_memalign_enter";
+    /// uprobe on `mmap`: anonymous maps only.
+    pub const MMAP_ENTER: &str = "mmap_enter";
+    /// uretprobe on every allocating function: records the block it returned.
+    pub const ALLOC_RETURN: &str = "alloc_return";
+    /// uprobe on `free` and `munmap`: the block is the first argument.
+    pub const FREE_ENTER: &str = "free_enter";
 }
 
 /// Names of the BPF globals that userspace sets at load time.
@@ -123,6 +159,8 @@ pub mod global_names {
     pub const OFFCPU_MIN_NS: &str = "OFFCPU_MIN_NS";
     /// `[u32; TracepointField::COUNT]`: where each tracepoint field sits in its record.
     pub const TRACEPOINT_FIELDS: &str = "TRACEPOINT_FIELDS";
+    /// `u64`: the mean bytes between sampled allocations; 0 tracks every allocation.
+    pub const ALLOC_SAMPLE_BYTES: &str = "ALLOC_SAMPLE_BYTES";
 }
 
 /// Tracepoint fields the BPF programs read. Their offsets differ between kernels, so
@@ -178,11 +216,22 @@ pub enum LossCounter {
     BlockIoRingFull,
     /// More requests in flight than the block request table holds.
     BlockIoTableFull,
+    /// An allocation's start was overwritten by another thread's (their thread ids share
+    /// a slot), so that allocation was not tracked.
+    AllocSlotTaken,
+    /// The live allocation table was full; the allocation was not tracked.
+    AllocTableFull,
+    /// The table of allocating stacks was full; the allocation is tracked, its stack
+    /// unknown.
+    AllocStackTableFull,
+    /// A new allocating stack found the ring buffer full; allocations from it are
+    /// tracked, the stack unknown until it is seen again.
+    AllocStackRingFull,
 }
 
 impl LossCounter {
     /// Number of counters, the size of the counter array.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 13;
 
     /// Every counter, in index order.
     pub const ALL: [LossCounter; Self::COUNT as usize] = [
@@ -195,6 +244,10 @@ impl LossCounter {
         LossCounter::SyscallNumberOutOfRange,
         LossCounter::BlockIoRingFull,
         LossCounter::BlockIoTableFull,
+        LossCounter::AllocSlotTaken,
+        LossCounter::AllocTableFull,
+        LossCounter::AllocStackTableFull,
+        LossCounter::AllocStackRingFull,
     ];
 }
 
@@ -210,6 +263,23 @@ pub enum EventKind {
     OffCpuSpan = 3,
     /// A [`BlockIo`].
     BlockIo = 4,
+    /// An [`AllocStack`].
+    AllocStack = 5,
+}
+
+/// Indices into the per-CPU allocation call counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocCounter {
+    /// Calls to an allocating function, sampled or not, failed or not.
+    Allocations = 0,
+    /// Calls to `free` and `munmap`, `NULL` included.
+    Frees,
+}
+
+impl AllocCounter {
+    /// Number of counters, the size of the counter array.
+    pub const COUNT: u32 = 2;
 }
 
 impl EventKind {
@@ -220,6 +290,7 @@ impl EventKind {
             2 => EventKind::SlowSyscall,
             3 => EventKind::OffCpuSpan,
             4 => EventKind::BlockIo,
+            5 => EventKind::AllocStack,
             _ => return None,
         })
     }
@@ -347,6 +418,55 @@ pub struct BlockIo {
     pub _padding: u32,
 }
 
+/// An allocating stack seen for the first time. Allocations refer to it by `id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AllocStack {
+    /// Kind [`EventKind::AllocStack`]; the thread is the first that allocated from it.
+    pub header: EventHeader,
+    /// The stack's id, a hash of the process and its frames; never 0.
+    pub id: u64,
+    /// Frames filled in `frames`.
+    pub depth: u32,
+    /// Keeps the array 8-byte aligned on both sides.
+    pub _padding: u32,
+    /// Instruction pointers, innermost first: the allocating function's entry, then its
+    /// caller's return address (read from the top of the stack, since the allocating
+    /// function has not pushed a frame yet), then the frame-pointer chain.
+    pub frames: [u64; MAX_STACK_DEPTH],
+}
+
+impl AllocStack {
+    /// The filled frames.
+    pub fn frames(&self) -> &[u64] {
+        &self.frames[..(self.depth as usize).min(MAX_STACK_DEPTH)]
+    }
+}
+
+/// Key of [`map_names::LIVE_ALLOCATIONS`]: a block is its process and its address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LiveAllocationKey {
+    /// The block's address.
+    pub address: u64,
+    /// The owning process.
+    pub tgid: u32,
+    /// Zero, so that equal keys have equal bytes.
+    pub _padding: u32,
+}
+
+/// An allocation not freed yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveAllocation {
+    /// Bytes requested.
+    pub size: u64,
+    /// `bpf_ktime_get_ns()` when the allocating function returned it.
+    pub allocated_ns: u64,
+    /// The [`AllocStack::id`] of its stack, or 0 if that could not be recorded.
+    pub stack_id: u64,
+}
+
 /// Per-syscall counters, summed per CPU in the kernel.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -374,6 +494,10 @@ pub fn errno_key(nr: u32, errno: u32) -> u32 {
 mod pod {
     // SAFETY: plain #[repr(C)] integers and integer arrays; every bit pattern is valid.
     unsafe impl aya::Pod for super::SyscallStats {}
+    // SAFETY: as above; the key's padding is a named field, always written as zero.
+    unsafe impl aya::Pod for super::LiveAllocationKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LiveAllocation {}
 }
 
 #[cfg(test)]

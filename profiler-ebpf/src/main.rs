@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod alloc;
 mod block_io;
 mod cpu;
 mod offcpu;

@@ -39,6 +39,8 @@ pub fn is_process_root(name: &str) -> bool {
 /// - `SYSCALL.QUANTILE>DURATION` fires when that syscall's latency quantile (`p50`,
 ///   `p90`, `p99`, `p999` or `max`) is above DURATION (`ns`, `us`, `ms` or `s`), for
 ///   example `read.p99>50ms`.
+/// - `leak>SIZE` fires when the leak candidates hold more than SIZE (`B`, `KiB`, `MiB`,
+///   `GiB`, or `KB`, `MB`, `GB` in powers of ten), for example `leak>10MiB`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
     /// The rule as the user wrote it.
@@ -65,6 +67,11 @@ pub enum Check {
         quantile: Quantile,
         /// The duration it must exceed for the rule to fire, in nanoseconds.
         limit_ns: u64,
+    },
+    /// The bytes held by leak candidates.
+    Leak {
+        /// The bytes they must exceed for the rule to fire.
+        limit_bytes: u64,
     },
 }
 
@@ -113,7 +120,7 @@ impl FromStr for Rule {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let malformed = || {
             format!(
-                "malformed rule `{text}`: expected NAME>PCT% (like predict>60%) or SYSCALL.QUANTILE>DURATION (like read.p99>50ms)"
+                "malformed rule `{text}`: expected NAME>PCT% (like predict>60%), SYSCALL.QUANTILE>DURATION (like read.p99>50ms) or leak>SIZE (like leak>10MiB)"
             )
         };
         let (subject, limit) = text.rsplit_once('>').ok_or_else(malformed)?;
@@ -124,7 +131,11 @@ impl FromStr for Rule {
         let latency = subject
             .rsplit_once('.')
             .and_then(|(syscall, quantile)| Some((syscall, Quantile::parse(quantile)?)));
+        let leak_limit = (subject == "leak").then(|| parse_bytes(limit)).flatten();
         let check = match (latency, parse_duration_ns(limit)) {
+            _ if leak_limit.is_some() => Check::Leak {
+                limit_bytes: leak_limit.unwrap_or_default(),
+            },
             (Some((syscall, quantile)), Some(limit_ns)) if !syscall.is_empty() => Check::Latency {
                 syscall: syscall.to_owned(),
                 quantile,
@@ -167,6 +178,27 @@ fn parse_duration_ns(text: &str) -> Option<u64> {
     (value >= 0.0).then(|| (value * scale).round() as u64)
 }
 
+/// `10MiB`, `512KB`, `4096` → bytes; binary and decimal units both, as `ls` and `free`
+/// print them.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "K" | "KiB" => 1024.0,
+        "M" | "MiB" => 1024.0 * 1024.0,
+        "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => return None,
+    };
+    let value: f64 = number.parse().ok()?;
+    (value >= 0.0).then(|| (value * scale).round() as u64)
+}
+
 /// Whether a frame's function is the one `function` names: the same name, or a path
 /// (`model::predict`, `core.model.predict`) whose last segments are that name.
 pub fn function_matches(function: &str, frame_name: &str) -> bool {
@@ -190,8 +222,8 @@ fn strip_parameters(name: &str) -> &str {
 pub struct RuleOutcome {
     /// The rule.
     pub rule: Rule,
-    /// What was measured: the share (0 to 1) of samples with a matching frame, or the
-    /// latency in nanoseconds.
+    /// What was measured: the share (0 to 1) of samples with a matching frame, the
+    /// latency in nanoseconds, or the bytes leak candidates hold.
     pub observed: f64,
     /// Whether `observed` is above the rule's limit.
     pub fired: bool,
@@ -266,11 +298,20 @@ impl Analysis {
     }
 }
 
-/// Computes shares, hotspots, the hot path and the rules' outcomes; latency rules are
-/// judged on `syscalls`.
+/// What rules other than CPU shares are judged on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Observations<'a> {
+    /// Every syscall traced, for latency rules.
+    pub syscalls: &'a [SyscallSummary],
+    /// Bytes held by leak candidates, for leak rules.
+    pub leaked_bytes: u64,
+}
+
+/// Computes shares, hotspots, the hot path and the rules' outcomes; latency and leak
+/// rules are judged on `observations`.
 pub fn analyze(
     profile: &Profile,
-    syscalls: &[SyscallSummary],
+    observations: &Observations<'_>,
     options: &AnalysisOptions,
 ) -> Analysis {
     let samples = profile.samples();
@@ -351,11 +392,15 @@ pub fn analyze(
                     quantile,
                     limit_ns,
                 } => {
-                    let observed = syscalls
+                    let observed = observations
+                        .syscalls
                         .iter()
                         .find(|summary| summary.name == *syscall)
                         .map_or(0, |summary| quantile.of(&summary.latency));
                     (observed as f64, *limit_ns as f64)
+                }
+                Check::Leak { limit_bytes } => {
+                    (observations.leaked_bytes as f64, *limit_bytes as f64)
                 }
             };
             RuleOutcome {
@@ -453,7 +498,7 @@ mod tests {
             ("main;serve;model::predict;model::predict", 1),
             ("main;serve;tokenize", 3),
         ]);
-        let analysis = analyze(&profile, &[], &AnalysisOptions::default());
+        let analysis = analyze(&profile, &Observations::default(), &AnalysisOptions::default());
         assert_eq!(analysis.samples, 10);
         let predict = function(&analysis, "model::predict");
         assert_eq!((predict.self_samples, predict.total_samples), (1, 7));
@@ -470,7 +515,7 @@ mod tests {
             ("_start;main;serve;predict;matmul", 64),
             ("_start;main;serve;io", 36),
         ]);
-        let analysis = analyze(&profile, &[], &AnalysisOptions::default());
+        let analysis = analyze(&profile, &Observations::default(), &AnalysisOptions::default());
         let names: Vec<&str> = analysis
             .hotspots
             .iter()
@@ -497,7 +542,7 @@ mod tests {
     #[test]
     fn no_hotspot_means_no_hot_path() {
         let profile = profile(&[("main;a", 50), ("main;b", 50)]);
-        let analysis = analyze(&profile, &[], &AnalysisOptions::default());
+        let analysis = analyze(&profile, &Observations::default(), &AnalysisOptions::default());
         assert!(analysis.hotspots.is_empty());
         assert!(analysis.hot_path.is_empty());
     }
@@ -542,6 +587,20 @@ mod tests {
                 ..
             }
         ));
+        assert_eq!(
+            check("leak>10MiB"),
+            Check::Leak {
+                limit_bytes: 10 << 20
+            }
+        );
+        assert_eq!(
+            check("leak > 1.5MB"),
+            Check::Leak {
+                limit_bytes: 1_500_000
+            }
+        );
+        // A function called `leak` can still have a CPU rule.
+        assert_eq!(check("leak>50%"), share("leak", 0.5));
         for bad in [
             "predict",
             ">60%",
@@ -592,7 +651,11 @@ mod tests {
             rules,
             ..Default::default()
         };
-        let analysis = analyze(&Profile::default(), &[read], &options);
+        let observations = Observations {
+            syscalls: &[read],
+            ..Default::default()
+        };
+        let analysis = analyze(&Profile::default(), &observations, &options);
         let fired: Vec<bool> = analysis.rules.iter().map(|outcome| outcome.fired).collect();
         assert_eq!(fired, vec![false, true, false]);
         assert!((analysis.rules[1].observed / 99e6 - 1.0).abs() < 1e-3);
@@ -607,7 +670,7 @@ mod tests {
             .collect();
         let analysis = analyze(
             &profile,
-            &[],
+            &Observations::default(),
             &AnalysisOptions {
                 rules,
                 ..Default::default()
@@ -617,5 +680,24 @@ mod tests {
         assert_eq!(fired, vec![true, false, false]);
         assert!(analysis.any_rule_fired());
         assert!((analysis.rules[0].observed - 0.64).abs() < 1e-9);
+    }
+
+    #[test]
+    fn leak_rules_fire_above_the_candidate_bytes() {
+        let rules = ["leak>1MiB", "leak>2MiB"]
+            .iter()
+            .map(|text| text.parse().unwrap())
+            .collect();
+        let observations = Observations {
+            leaked_bytes: 1536 << 10,
+            ..Default::default()
+        };
+        let options = AnalysisOptions {
+            rules,
+            ..Default::default()
+        };
+        let analysis = analyze(&Profile::default(), &observations, &options);
+        let fired: Vec<bool> = analysis.rules.iter().map(|outcome| outcome.fired).collect();
+        assert_eq!(fired, vec![true, false]);
     }
 }

@@ -3,22 +3,24 @@
 //! [`Probes`] owns everything that is attached; dropping it, or calling
 //! [`Probes::detach`], takes every probe out of the kernel again.
 
-use std::{fmt, fs, os::fd::OwnedFd, str::FromStr, time::Duration};
+use std::{fmt, fs, num::NonZeroU32, os::fd::OwnedFd, str::FromStr, time::Duration};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        PerfEvent, ProgramError, RawTracePoint, TracePoint,
+        PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        uprobe::UProbeScope,
     },
     sys::{Stats, SyscallError},
 };
 use profiler_common::{
-    LossCounter, MAX_SYSCALLS, MAX_TARGETS, SyscallStats, global_names, map_names, program_names,
+    AllocCounter, LiveAllocation, LiveAllocationKey, LossCounter, MAX_SYSCALLS, MAX_TARGETS,
+    SAMPLE_INTERVAL_DRAWS, SyscallStats, global_names, map_names, program_names,
 };
 
-use crate::{exit::Failure, tracefs};
+use crate::{allocators::ProbePoint, exit::Failure, tracefs};
 
 static BPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
@@ -72,6 +74,8 @@ pub struct EventSet {
     pub io: bool,
     /// Off-CPU time and the stacks behind it.
     pub offcpu: bool,
+    /// Allocations and frees, for leak candidates.
+    pub alloc: bool,
 }
 
 impl EventSet {
@@ -81,6 +85,7 @@ impl EventSet {
         syscalls: true,
         io: true,
         offcpu: true,
+        alloc: true,
     };
 
     /// Only on-CPU sampling, the default.
@@ -89,6 +94,7 @@ impl EventSet {
         syscalls: false,
         io: false,
         offcpu: false,
+        alloc: false,
     };
 
     /// The kinds in the set, as `--events` names them.
@@ -98,6 +104,7 @@ impl EventSet {
             (self.syscalls, "syscalls"),
             (self.io, "io"),
             (self.offcpu, "offcpu"),
+            (self.alloc, "alloc"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -116,9 +123,10 @@ impl FromStr for EventSet {
                 "syscalls" => events.syscalls = true,
                 "io" => events.io = true,
                 "offcpu" => events.offcpu = true,
+                "alloc" => events.alloc = true,
                 other => {
                     return Err(format!(
-                        "unknown event kind `{other}`: expected cpu, syscalls, io, offcpu or all"
+                        "unknown event kind `{other}`: expected cpu, syscalls, io, offcpu, alloc or all"
                     ));
                 }
             }
@@ -142,6 +150,8 @@ pub struct ProbeSettings {
     pub slow_syscall: Duration,
     /// Off-CPU spans shorter than this are dropped in the kernel.
     pub offcpu_min: Duration,
+    /// Mean bytes between sampled allocations; 0 tracks every allocation.
+    pub alloc_sample_bytes: u64,
 }
 
 impl Default for ProbeSettings {
@@ -150,6 +160,7 @@ impl Default for ProbeSettings {
             events: EventSet::CPU,
             slow_syscall: Duration::from_millis(10),
             offcpu_min: Duration::from_millis(1),
+            alloc_sample_bytes: 0,
         }
     }
 }
@@ -159,10 +170,11 @@ type EventFilter = fn(EventSet) -> bool;
 
 /// Maps that only one kind of event uses; they shrink to one entry when it is off, since
 /// a per-CPU syscall table takes over a megabyte per CPU.
-const MAPS_BY_EVENT: [(&str, EventFilter); 3] = [
+const MAPS_BY_EVENT: [(&str, EventFilter); 4] = [
     ("SYSCALL_STATS", |events| events.syscalls),
     ("SYSCALL_STARTS", |events| events.syscalls),
     ("IO_STARTS", |events| events.io),
+    ("ALLOC_CALLS", |events| events.alloc),
 ];
 
 /// The loaded BPF object and its attached programs.
@@ -200,7 +212,12 @@ impl Probes {
             .btf(None)
             .override_global(global_names::SLOW_SYSCALL_NS, &slow_syscall_ns, true)
             .override_global(global_names::OFFCPU_MIN_NS, &offcpu_min_ns, true)
-            .override_global(global_names::TRACEPOINT_FIELDS, &field_offsets, true);
+            .override_global(global_names::TRACEPOINT_FIELDS, &field_offsets, true)
+            .override_global(
+                global_names::ALLOC_SAMPLE_BYTES,
+                &settings.alloc_sample_bytes,
+                true,
+            );
         for (map, used) in MAPS_BY_EVENT {
             if !used(events) {
                 loader.map_max_entries(map, 1);
@@ -211,6 +228,9 @@ impl Probes {
             .take_map(map_names::TARGET_TGIDS)
             .ok_or_else(|| missing(map_names::TARGET_TGIDS))?;
         let targets = HashMap::try_from(targets).map_err(map_failure)?;
+        if settings.alloc_sample_bytes > 0 {
+            set_sample_intervals(&mut ebpf, settings.alloc_sample_bytes)?;
+        }
         Ok(Probes {
             ebpf,
             targets,
@@ -257,6 +277,46 @@ impl Probes {
         if events.offcpu {
             self.attach_tracepoint(program_names::SCHED_SWITCH, "sched", "sched_switch")?;
         }
+        Ok(())
+    }
+
+    /// Attaches the allocation probes at `points` in process `pid` only: other processes
+    /// that map the same allocator never hit them.
+    ///
+    /// Return probes go in first, so that no call is seen entering without being seen
+    /// returning, which would leave its thread's slot busy.
+    pub fn attach_allocator(&mut self, pid: u32, points: &[ProbePoint]) -> Result<(), Failure> {
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(pid).ok_or_else(|| Failure::NoTarget("pid 0".to_owned()))?,
+        );
+        let returning = points.iter().filter(|point| point.function.returns_block);
+        for point in returning {
+            self.attach_uprobe(program_names::ALLOC_RETURN, point, scope)?;
+        }
+        for point in points {
+            self.attach_uprobe(point.function.entry_program, point, scope)?;
+        }
+        Ok(())
+    }
+
+    fn attach_uprobe(
+        &mut self,
+        program: &str,
+        point: &ProbePoint,
+        scope: UProbeScope,
+    ) -> Result<(), Failure> {
+        let uprobe: &mut UProbe = self.program(program)?;
+        if uprobe.fd().is_err() {
+            uprobe.load().map_err(program_failure)?;
+        }
+        uprobe
+            .attach(point.file_offset, &point.file, scope)
+            .map_err(|error| {
+                tracepoint_failure(
+                    error,
+                    &format!("uprobe on {} in {}", point.function.name, point.file.display()),
+                )
+            })?;
         Ok(())
     }
 
@@ -346,6 +406,17 @@ impl Probes {
         })
     }
 
+    /// Takes the live allocation table and the allocation counters, readable after
+    /// [`Probes::detach`].
+    pub fn take_alloc_tables(&mut self) -> Result<AllocTables, Failure> {
+        Ok(AllocTables {
+            live: HashMap::try_from(self.take_map(map_names::LIVE_ALLOCATIONS)?)
+                .map_err(map_failure)?,
+            counters: PerCpuArray::try_from(self.take_map(map_names::ALLOC_COUNTERS)?)
+                .map_err(map_failure)?,
+        })
+    }
+
     fn take_map(&mut self, name: &str) -> Result<aya::maps::Map, Failure> {
         self.ebpf.take_map(name).ok_or_else(|| missing(name))
     }
@@ -418,6 +489,44 @@ impl SyscallTables {
             .map(|(key, per_cpu)| (key, per_cpu.iter().sum()))
             .collect()
     }
+}
+
+/// What the allocation probes leave behind.
+pub struct AllocTables {
+    live: HashMap<MapData, LiveAllocationKey, LiveAllocation>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl AllocTables {
+    /// Every allocation not freed yet.
+    pub fn live(&self) -> Vec<(LiveAllocationKey, LiveAllocation)> {
+        self.live.iter().filter_map(Result::ok).collect()
+    }
+
+    /// The total of one counter.
+    pub fn total(&self, counter: AllocCounter) -> u64 {
+        self.counters
+            .get(&(counter as u32), 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Fills the table that byte-based sampling draws its intervals from: the quantiles of
+/// an exponential distribution with mean `mean_bytes`, one per slot.
+fn set_sample_intervals(ebpf: &mut Ebpf, mean_bytes: u64) -> Result<(), Failure> {
+    let map = ebpf
+        .map_mut(map_names::SAMPLE_INTERVALS)
+        .ok_or_else(|| missing(map_names::SAMPLE_INTERVALS))?;
+    let mut intervals: Array<&mut MapData, u64> = Array::try_from(map).map_err(map_failure)?;
+    for slot in 0..SAMPLE_INTERVAL_DRAWS {
+        let quantile = (f64::from(slot) + 0.5) / f64::from(SAMPLE_INTERVAL_DRAWS);
+        let bytes = -quantile.ln() * mean_bytes as f64;
+        intervals
+            .set(slot, bytes.round().max(1.0) as u64, 0)
+            .map_err(map_failure)?;
+    }
+    Ok(())
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Newer ones charge the memory

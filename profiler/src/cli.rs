@@ -36,8 +36,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Record where processes spend their time: on the CPU, in syscalls, in block IO,
-    /// or off the CPU; write flame graphs and a hotspot and latency report.
+    /// Record where processes spend their time (on the CPU, in syscalls, in block IO,
+    /// off the CPU) and which stacks hold memory they never free; write flame graphs
+    /// and a hotspot, latency and leak report.
     ///
     /// Every thread of each target is traced, including threads started during the
     /// recording, in user and kernel space. The recording ends after --duration, on
@@ -62,7 +63,7 @@ struct RecordArgs {
 
     /// What to record, a comma list: cpu (on-CPU samples), syscalls (counts, errors,
     /// latency, slow calls with stacks), io (block requests), offcpu (blocked time by
-    /// stack), or all.
+    /// stack), alloc (allocations still live: leak candidates by stack), or all.
     #[arg(short, long, value_name = "LIST", default_value = "cpu")]
     events: EventSet,
 
@@ -77,6 +78,21 @@ struct RecordArgs {
     /// Write the off-CPU flame graph SVG here (with --events offcpu).
     #[arg(long, value_name = "FILE.svg", default_value = "offcpu.svg")]
     offcpu_output: PathBuf,
+
+    /// With --events alloc: blocks still live this long when the recording ends are
+    /// leak candidates.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_non_negative)]
+    leak_min_age: f64,
+
+    /// With --events alloc: sample about one allocation per N bytes allocated instead
+    /// of tracking each, and weigh the samples back up (cheaper on allocation-heavy
+    /// targets). 0 tracks every allocation.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    alloc_sample_bytes: u64,
+
+    /// Write the flame graph of leaked bytes here (with --events alloc).
+    #[arg(long, value_name = "FILE.svg", default_value = "leaks.svg")]
+    leaks_output: PathBuf,
 
     /// Samples per second on each CPU.
     #[arg(short = 'F', long, value_name = "HZ", default_value_t = 99,
@@ -99,10 +115,11 @@ struct RecordArgs {
     #[arg(long, value_name = "PCT", default_value_t = 60.0, value_parser = parse_percent)]
     hotspot_threshold: f64,
 
-    /// Exit with code 3 if NAME holds more than PCT % of on-CPU time, or if a syscall's
-    /// latency quantile is above a duration (SYSCALL.p50|p90|p99|p999|max>DURATION, like
-    /// read.p99>50ms; needs --events syscalls); repeatable. NAME matches a function
-    /// exactly or as its last path segment.
+    /// Exit with code 3 if NAME holds more than PCT % of on-CPU time (NAME>PCT%), if a
+    /// syscall's latency quantile is above a duration (SYSCALL.p50|p90|p99|p999|max>DURATION,
+    /// like read.p99>50ms; needs --events syscalls), or if leak candidates hold more than
+    /// a size (leak>SIZE, like leak>10MiB; needs --events alloc); repeatable. NAME
+    /// matches a function exactly or as its last path segment.
     #[arg(long = "fail-on", value_name = "RULE")]
     fail_on: Vec<Rule>,
 
@@ -129,10 +146,13 @@ impl RecordArgs {
                 events: self.events,
                 slow_syscall: Duration::from_secs_f64(self.slow_ms / 1e3),
                 offcpu_min: Duration::from_secs_f64(self.offcpu_min_us / 1e6),
+                alloc_sample_bytes: self.alloc_sample_bytes,
             },
+            leak_min_age: Duration::from_secs_f64(self.leak_min_age),
             outputs: OutputPaths {
                 svg: self.output,
                 offcpu_svg: self.offcpu_output,
+                leaks_svg: self.leaks_output,
                 folded: self.folded,
                 json: self.json,
             },
@@ -256,7 +276,7 @@ mod tests {
         assert!(!probes.events.cpu && !probes.events.io);
         assert_eq!(probes.slow_syscall, Duration::from_millis(20));
         assert_eq!(parse("all").unwrap().events, EventSet::ALL);
-        assert_eq!(EventSet::ALL.to_string(), "cpu,syscalls,io,offcpu");
+        assert_eq!(EventSet::ALL.to_string(), "cpu,syscalls,io,offcpu,alloc");
         assert!(parse("cpu,disk").is_err());
     }
 

@@ -18,6 +18,7 @@
 //! [`exit`] documents how a run ends.
 
 pub mod aggregate;
+pub mod allocators;
 pub mod analyze;
 pub mod attach;
 pub mod cli;

@@ -96,6 +96,18 @@ impl MemoryMaps {
     }
 }
 
+/// The distinct files a process maps executable code from, in map order.
+pub fn executable_files(tgid: u32) -> std::io::Result<Vec<PathBuf>> {
+    let maps = fs::read_to_string(format!("/proc/{tgid}/maps"))?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for path in parse(&maps).into_iter().filter_map(|mapping| mapping.path) {
+        if !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
 fn find(mappings: &[Mapping], address: u64) -> Option<&Mapping> {
     mappings
         .iter()

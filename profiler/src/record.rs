@@ -5,12 +5,13 @@
 //! goes through the same finish, so whatever was gathered is always written out.
 
 use std::{
+    collections::HashMap,
     ffi::OsString,
     io::Write as _,
     time::{Duration, Instant},
 };
 
-use profiler_common::{DRAIN_INTERVAL_MS, EventHeader, LossCounter, Stacks};
+use profiler_common::{AllocCounter, DRAIN_INTERVAL_MS, EventHeader, LossCounter, Stacks};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     time::{MissedTickBehavior, interval, sleep},
@@ -18,16 +19,17 @@ use tokio::{
 
 use crate::{
     aggregate::{
-        IoRow, IoTable, SlowCall, StackCounts, StackKey, SyscallLatencies, SyscallSummary,
-        summarize_syscalls,
+        IoRow, IoTable, LeakOptions, LiveSummary, SlowCall, StackCounts, StackKey,
+        SyscallLatencies, SyscallSummary, growth_per_second, summarize_live, summarize_syscalls,
     },
-    analyze::{Analysis, AnalysisOptions, Check, FunctionShare, analyze},
-    attach::{BpfCost, LossCounters, ProbeSettings, Probes, check_privileges},
+    allocators,
+    analyze::{Analysis, AnalysisOptions, Check, FunctionShare, Observations, analyze},
+    attach::{AllocTables, BpfCost, LossCounters, ProbeSettings, Probes, check_privileges},
     exit::{Failure, code},
     memory_map::MemoryMaps,
     render::{OutputFiles, OutputPaths, folded, json, summary, svg},
     stream::{Event, EventStream},
-    symbolize::{Capture, Frame, Names, Profile, Symbolizer},
+    symbolize::{Capture, Frame, Names, Profile, ProfileBuilder, Symbolizer},
     syscall_names::{syscall_name, syscall_number},
     target::{self, ExitStatus, HeldCommand},
     unwind::LeafUnwinder,
@@ -57,6 +59,8 @@ pub struct RecordOptions {
     pub frequency_hz: u32,
     /// What the probes trace, and their thresholds.
     pub probes: ProbeSettings,
+    /// Live blocks at least this old when the recording ends are leak candidates.
+    pub leak_min_age: Duration,
     /// Where to write the outputs.
     pub outputs: OutputPaths,
     /// Hotspot threshold and gates.
@@ -73,6 +77,7 @@ impl RecordOptions {
             duration: None,
             frequency_hz: 99,
             probes: ProbeSettings::default(),
+            leak_min_age: Duration::from_secs(5),
             outputs: OutputPaths::default(),
             analysis: AnalysisOptions::default(),
             top: 10,
@@ -196,6 +201,61 @@ impl Losses {
             LossCounter::OffCpuThreadTableFull,
         ])
     }
+
+    /// Allocations not tracked, and allocating stacks not recorded.
+    pub fn alloc(&self) -> u64 {
+        self.sum(&[
+            LossCounter::AllocSlotTaken,
+            LossCounter::AllocTableFull,
+            LossCounter::AllocStackTableFull,
+            LossCounter::AllocStackRingFull,
+        ])
+    }
+}
+
+/// Blocks of one allocating stack still live at the end and older than the minimum age.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeakCandidate {
+    /// The allocating process.
+    pub pid: u32,
+    /// The first function on the stack outside the allocator.
+    pub function: String,
+    /// The allocating stack, root first.
+    pub stack: Vec<Frame>,
+    /// Bytes held (estimated when sampling).
+    pub bytes: u64,
+    /// Blocks held (estimated when sampling).
+    pub count: u64,
+    /// Age of the oldest block.
+    pub oldest_age: Duration,
+    /// How fast the held bytes grew, if the recording outlasted the minimum age.
+    pub growth_per_s: Option<f64>,
+}
+
+/// What allocation tracking found.
+#[derive(Clone, Debug, Default)]
+pub struct Leaks {
+    /// The minimum age of a candidate.
+    pub min_age: Duration,
+    /// Calls to allocating functions the probes saw.
+    pub alloc_calls: u64,
+    /// Calls to `free` and `munmap` the probes saw.
+    pub free_calls: u64,
+    /// Bytes of every block still live (estimated when sampling).
+    pub outstanding_bytes: u64,
+    /// Blocks still live (estimated when sampling).
+    pub outstanding_count: u64,
+    /// The candidates, most bytes first.
+    pub candidates: Vec<LeakCandidate>,
+    /// The candidates' stacks weighted by bytes, for the flame graph.
+    pub profile: Profile,
+}
+
+impl Leaks {
+    /// Bytes held by all candidates.
+    pub fn candidate_bytes(&self) -> u64 {
+        self.candidates.iter().map(|candidate| candidate.bytes).sum()
+    }
 }
 
 /// A finished recording: everything the outputs are made of.
@@ -229,6 +289,8 @@ pub struct Recording {
     pub io: Vec<IoRow>,
     /// Off-CPU time.
     pub offcpu: OffCpu,
+    /// Allocations still live, and leak candidates.
+    pub leaks: Leaks,
     /// Why the recording stopped.
     pub stop: StopReason,
     /// The profiler's own cost.
@@ -305,7 +367,14 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
         .map_err(|error| Failure::Other(anyhow::anyhow!("watching the ring buffer: {error}")))?;
     let losses = probes.take_loss_counters()?;
     let syscall_tables = probes.take_syscall_tables()?;
+    let alloc_tables = probes.take_alloc_tables()?;
     probes.attach(options.probes.events, options.frequency_hz)?;
+    if options.probes.events.alloc {
+        for &pid in &pids {
+            let program = command.as_ref().map(HeldCommand::program);
+            probes.attach_allocator(pid, &allocators::probe_points(pid, program)?)?;
+        }
+    }
     let started = Instant::now();
     if let Some(command) = &mut command {
         command.release();
@@ -352,6 +421,11 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
         other => other,
     };
 
+    let allocations = options
+        .probes
+        .events
+        .alloc
+        .then(|| read_allocations(&alloc_tables, &options));
     let syscalls = summarize_syscalls(
         syscall_tables.stats(),
         syscall_tables.errnos(),
@@ -363,6 +437,7 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
         duration,
         losses,
         syscalls,
+        allocations,
         stop,
         cost: SelfCost {
             bpf,
@@ -373,9 +448,45 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
     Ok(recording)
 }
 
-/// Latency rules need syscall tracing and a syscall that exists.
+/// What the allocation probes left in the kernel when they were detached.
+struct Allocations {
+    live: LiveSummary,
+    alloc_calls: u64,
+    free_calls: u64,
+}
+
+fn read_allocations(tables: &AllocTables, options: &RecordOptions) -> Allocations {
+    let leak_options = LeakOptions {
+        min_age: options.leak_min_age,
+        sample_bytes: options.probes.alloc_sample_bytes,
+    };
+    Allocations {
+        live: summarize_live(&tables.live(), monotonic_now_ns(), leak_options),
+        alloc_calls: tables.total(AllocCounter::Allocations),
+        free_calls: tables.total(AllocCounter::Frees),
+    }
+}
+
+/// CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads.
+fn monotonic_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Latency rules need syscall tracing and a syscall that exists; leak rules need
+/// allocation tracking.
 fn check_rules(options: &RecordOptions) -> Result<(), Failure> {
     for rule in &options.analysis.rules {
+        if matches!(rule.check, Check::Leak { .. }) && !options.probes.events.alloc {
+            return Err(Failure::Usage(format!(
+                "rule `{rule}` needs allocation tracking: add --events alloc"
+            )));
+        }
         if let Check::Latency { syscall, .. } = &rule.check {
             if !options.probes.events.syscalls {
                 return Err(Failure::Usage(format!(
@@ -454,6 +565,8 @@ struct Collector {
     slow_call_count: u64,
     slow_latencies: SyscallLatencies,
     io: IoTable,
+    /// Allocating stacks by id.
+    alloc_stacks: HashMap<u64, StackKey>,
 }
 
 /// Adds a record's stack to `counts` with `weight`, its user part completed by the
@@ -481,6 +594,7 @@ struct Finished<'o> {
     duration: Duration,
     losses: Losses,
     syscalls: Vec<SyscallSummary>,
+    allocations: Option<Allocations>,
     stop: StopReason,
     cost: SelfCost,
 }
@@ -521,9 +635,65 @@ impl Collector {
                 });
             }
             Event::BlockIo(io) => self.io.add(&io),
+            Event::AllocStack(stack) => {
+                let tgid = stack.header.tgid;
+                self.maps.observe(tgid, stack.frames());
+                self.alloc_stacks
+                    .insert(stack.id, StackKey::new(tgid, stack.frames(), &[]));
+            }
         }
         for tgid in self.maps.take_updated() {
             self.symbolizer.refresh(tgid);
+        }
+    }
+
+    /// Names each leak candidate's stack and the function that allocated.
+    fn name_leaks(
+        &self,
+        allocations: Allocations,
+        names: &Names,
+        min_age: Duration,
+        recorded: Duration,
+    ) -> Leaks {
+        let mut profile = ProfileBuilder::default();
+        let candidates: Vec<LeakCandidate> = allocations
+            .live
+            .candidates
+            .iter()
+            .map(|group| {
+                let stack = match self.alloc_stacks.get(&group.stack_id) {
+                    Some(key) => names.frames(key),
+                    None => vec![Frame {
+                        name: "[stack not recorded]".to_owned(),
+                        kernel: false,
+                    }],
+                };
+                let function = stack
+                    .iter()
+                    .rev()
+                    .find(|frame| !allocators::is_allocator_frame(&frame.name))
+                    .map_or_else(|| "[unknown]".to_owned(), |frame| frame.name.clone());
+                let bytes = group.bytes.round() as u64;
+                profile.push(stack.iter().cloned(), bytes);
+                LeakCandidate {
+                    pid: group.tgid,
+                    function,
+                    stack,
+                    bytes,
+                    count: group.count.round() as u64,
+                    oldest_age: group.oldest_age,
+                    growth_per_s: growth_per_second(group.bytes, recorded, min_age),
+                }
+            })
+            .collect();
+        Leaks {
+            min_age,
+            alloc_calls: allocations.alloc_calls,
+            free_calls: allocations.free_calls,
+            outstanding_bytes: allocations.live.outstanding_bytes.round() as u64,
+            outstanding_count: allocations.live.outstanding_count.round() as u64,
+            candidates,
+            profile: profile.build(),
         }
     }
 
@@ -545,18 +715,43 @@ impl Collector {
     fn finish(mut self, finished: Finished<'_>) -> Recording {
         self.trim_slow_calls();
         let options = finished.options;
+        let candidate_stacks: Vec<&StackKey> = finished
+            .allocations
+            .iter()
+            .flat_map(|allocations| &allocations.live.candidates)
+            .filter_map(|group| self.alloc_stacks.get(&group.stack_id))
+            .collect();
         let names: Names = self.symbolizer.resolve(
             self.cpu
                 .stacks()
                 .chain(self.offcpu.stacks())
                 .map(|(key, _)| key)
-                .chain(self.slow_calls.iter().map(|call| &call.stack)),
+                .chain(self.slow_calls.iter().map(|call| &call.stack))
+                .chain(candidate_stacks),
+        );
+        let leaks = finished.allocations.map_or_else(
+            || Leaks {
+                min_age: options.leak_min_age,
+                ..Leaks::default()
+            },
+            |allocations| {
+                self.name_leaks(allocations, &names, options.leak_min_age, finished.duration)
+            },
         );
         let profile = names.profile(&self.cpu, Capture::Sampled);
-        let analysis = analyze(&profile, &finished.syscalls, &options.analysis);
+        let observations = Observations {
+            syscalls: &finished.syscalls,
+            leaked_bytes: leaks.candidate_bytes(),
+        };
+        let analysis = analyze(&profile, &observations, &options.analysis);
         let offcpu_profile = names.profile(&self.offcpu, Capture::AtTracepoint);
         let offcpu = OffCpu {
-            functions: analyze(&offcpu_profile, &[], &AnalysisOptions::default()).functions,
+            functions: analyze(
+                &offcpu_profile,
+                &Observations::default(),
+                &AnalysisOptions::default(),
+            )
+            .functions,
             profile: offcpu_profile,
             threads: self.offcpu.threads().collect(),
         };
@@ -594,6 +789,7 @@ impl Collector {
             slow_call_count: self.slow_call_count,
             io: self.io.rows(),
             offcpu,
+            leaks,
             stop: finished.stop,
             cost: finished.cost,
         }
@@ -619,6 +815,11 @@ fn write_outputs(
         // ten-digit number.
         let lines = folded::lines(&recording.offcpu.profile, 1000);
         let labels = summary::offcpu_flame_graph_labels(recording);
+        written.push(file.write_with(|writer| svg::write(&lines, &labels, writer))?);
+    }
+    if let Some(file) = outputs.leaks_svg {
+        let lines = folded::lines(&recording.leaks.profile, 1);
+        let labels = summary::leaks_flame_graph_labels(recording);
         written.push(file.write_with(|writer| svg::write(&lines, &labels, writer))?);
     }
     let stop_to_svg = stopped.elapsed();

@@ -7,7 +7,9 @@
 use std::{io, mem::size_of, ptr};
 
 use aya::maps::{MapData, RingBuf};
-use profiler_common::{BlockIo, CpuSample, EventHeader, EventKind, OffCpuSpan, SlowSyscall};
+use profiler_common::{
+    AllocStack, BlockIo, CpuSample, EventHeader, EventKind, OffCpuSpan, SlowSyscall,
+};
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// A record from the ring buffer, decoded by its header's kind.
@@ -20,6 +22,8 @@ pub enum Event {
     OffCpu(Box<OffCpuSpan>),
     /// A completed block request.
     BlockIo(BlockIo),
+    /// An allocating stack seen for the first time.
+    AllocStack(Box<AllocStack>),
 }
 
 /// The ring buffer, registered with the tokio reactor.
@@ -70,6 +74,7 @@ fn decode(record: &[u8]) -> Option<Event> {
         EventKind::SlowSyscall => Event::SlowSyscall(Box::new(read(record)?)),
         EventKind::OffCpuSpan => Event::OffCpu(Box::new(read(record)?)),
         EventKind::BlockIo => Event::BlockIo(read(record)?),
+        EventKind::AllocStack => Event::AllocStack(Box::new(read(record)?)),
     })
 }
 

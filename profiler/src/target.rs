@@ -44,6 +44,8 @@ pub fn process_name(pid: u32) -> String {
 /// -- CMD` does. `std::process::Command` can't do this: its `spawn` waits for the `exec`.
 pub struct HeldCommand {
     pid: u32,
+    /// The program it will `exec`, resolved through `$PATH`.
+    program: PathBuf,
     /// Write end of the pipe the child waits on. A byte written lets it `exec`; the pipe
     /// closing without one (the profiler failed or died first) makes it exit instead.
     go: Option<std::io::PipeWriter>,
@@ -81,6 +83,7 @@ impl HeldCommand {
                 program.to_string_lossy()
             ))
         })?;
+        let program = path.clone();
         let path = c_string(path.as_os_str())?;
         let args = argv
             .iter()
@@ -116,6 +119,7 @@ impl HeldCommand {
             },
             pid => Ok(HeldCommand {
                 pid: pid as u32,
+                program,
                 go: Some(go),
                 exit: None,
             }),
@@ -125,6 +129,11 @@ impl HeldCommand {
     /// The child's pid, which stays the same across its `exec`.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The program the child will `exec`.
+    pub fn program(&self) -> &Path {
+        &self.program
     }
 
     /// Lets the child `exec` the command.

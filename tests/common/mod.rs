@@ -72,6 +72,8 @@ pub fn record(dir: &Path, args: &[&str]) -> Command {
         .arg(dir.join("stacks.folded"))
         .arg("--offcpu-output")
         .arg(dir.join("offcpu.svg"))
+        .arg("--leaks-output")
+        .arg(dir.join("leaks.svg"))
         .args(args);
     command
 }

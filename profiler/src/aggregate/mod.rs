@@ -1,12 +1,15 @@
 //! Aggregating what the probes stream: stacks weighted by samples or blocked time,
-//! latency distributions, and the per-syscall and per-device tables built on them.
+//! latency distributions, the per-syscall and per-device tables built on them, and the
+//! leak candidates among the blocks still live.
 
 pub mod block_io;
 pub mod latency;
+pub mod leaks;
 pub mod stacks;
 pub mod syscalls;
 
 pub use block_io::{IoOp, IoRow, IoTable};
 pub use latency::Latency;
+pub use leaks::{LeakGroup, LeakOptions, LiveSummary, growth_per_second, summarize_live};
 pub use stacks::{StackCounts, StackKey};
 pub use syscalls::{SlowCall, SyscallLatencies, SyscallSummary, summarize_syscalls};

@@ -114,11 +114,30 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
                 json!({"pid": pid, "tid": tid, "total_ns": ns})
             }).collect::<Vec<_>>(),
         },
+        "leaks": {
+            "min_age_s": recording.leaks.min_age.as_secs_f64(),
+            "sample_bytes": recording.probes.alloc_sample_bytes,
+            "alloc_calls": recording.leaks.alloc_calls,
+            "free_calls": recording.leaks.free_calls,
+            "lost": losses.alloc(),
+            "outstanding_bytes": recording.leaks.outstanding_bytes,
+            "outstanding_count": recording.leaks.outstanding_count,
+            "candidates": recording.leaks.candidates.iter().map(|candidate| json!({
+                "function": candidate.function,
+                "pid": candidate.pid,
+                "stack": candidate.stack.iter().map(frame_label).collect::<Vec<_>>(),
+                "bytes": candidate.bytes,
+                "count": candidate.count,
+                "oldest_age_s": candidate.oldest_age.as_secs_f64(),
+                "growth_bytes_per_s": candidate.growth_per_s,
+            })).collect::<Vec<_>>(),
+        },
         "lost": {
             "cpu_samples": losses.cpu(),
             "syscalls": losses.syscalls(),
             "io": losses.io(),
             "offcpu": losses.offcpu(),
+            "alloc": losses.alloc(),
             "by_reason": losses.counters.iter()
                 .map(|(counter, count)| (format!("{counter:?}"), json!(count)))
                 .chain([("MalformedRecord".to_owned(), json!(losses.malformed))])
@@ -148,6 +167,13 @@ fn rule(outcome: &RuleOutcome) -> Value {
             "kind": "latency",
             "value_ns": outcome.observed as u64,
             "limit_ns": limit_ns,
+            "fired": outcome.fired,
+        }),
+        Check::Leak { limit_bytes } => json!({
+            "rule": outcome.rule.text,
+            "kind": "leak",
+            "bytes": outcome.observed as u64,
+            "limit_bytes": limit_bytes,
             "fired": outcome.fired,
         }),
     }

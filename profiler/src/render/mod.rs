@@ -24,6 +24,8 @@ pub struct OutputPaths {
     pub svg: PathBuf,
     /// The off-CPU flame graph SVG, written when off-CPU time is recorded.
     pub offcpu_svg: PathBuf,
+    /// The flame graph of leaked bytes, written when allocations are tracked.
+    pub leaks_svg: PathBuf,
     /// Collapsed stacks, as `flamegraph.pl` and inferno read them.
     pub folded: Option<PathBuf>,
     /// The machine-readable report.
@@ -35,6 +37,7 @@ impl Default for OutputPaths {
         OutputPaths {
             svg: PathBuf::from("flamegraph.svg"),
             offcpu_svg: PathBuf::from("offcpu.svg"),
+            leaks_svg: PathBuf::from("leaks.svg"),
             folded: None,
             json: None,
         }
@@ -77,6 +80,8 @@ pub struct OutputFiles {
     pub svg: Option<OutputFile>,
     /// The off-CPU flame graph SVG.
     pub offcpu_svg: Option<OutputFile>,
+    /// The leaked-bytes flame graph SVG.
+    pub leaks_svg: Option<OutputFile>,
     /// Collapsed stacks.
     pub folded: Option<OutputFile>,
     /// The JSON report.
@@ -92,6 +97,7 @@ impl OutputFiles {
         Ok(OutputFiles {
             svg: when(events.cpu, &paths.svg)?,
             offcpu_svg: when(events.offcpu, &paths.offcpu_svg)?,
+            leaks_svg: when(events.alloc, &paths.leaks_svg)?,
             folded: optional(&paths.folded)?,
             json: optional(&paths.json)?,
         })

@@ -37,6 +37,9 @@ pub fn text(recording: &Recording, written: &[PathBuf], top: usize) -> String {
     if events.offcpu {
         out += &offcpu_text(recording, top);
     }
+    if events.alloc {
+        out += &leaks_text(recording, top);
+    }
     out += &rules_text(recording);
     out += &losses_text(recording);
     out += &cost_text(recording);
@@ -89,7 +92,70 @@ pub fn observed(outcome: &RuleOutcome) -> String {
     match outcome.rule.check {
         Check::CpuShare { .. } => percent(outcome.observed).trim().to_owned(),
         Check::Latency { .. } => duration(outcome.observed as u64),
+        Check::Leak { .. } => bytes(outcome.observed as u64),
     }
+}
+
+/// A size in the binary unit that reads best: `512 B`, `1.2 KiB`, `3.4 MiB`.
+pub fn bytes(count: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if count < 1024 {
+        return format!("{count} B");
+    }
+    let mut value = count as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+fn leaks_text(recording: &Recording, top: usize) -> String {
+    let leaks = &recording.leaks;
+    let sampling = match recording.probes.alloc_sample_bytes {
+        0 => String::new(),
+        mean => format!(", sampled every {} on average", bytes(mean)),
+    };
+    let mut out = format!(
+        "
+Allocations: {} calls, {} frees{sampling}; {} in {} blocks still live, {} lost.
+",
+        leaks.alloc_calls,
+        leaks.free_calls,
+        bytes(leaks.outstanding_bytes),
+        leaks.outstanding_count,
+        recording.losses.alloc(),
+    );
+    if leaks.candidates.is_empty() {
+        out += &format!(
+            "No leak candidates: nothing allocated during the recording is still live after {:.1} s.
+",
+            leaks.min_age.as_secs_f64()
+        );
+        return out;
+    }
+    out += &format!(
+        "Leak candidates (live for {:.1} s or more), by bytes held:
+",
+        leaks.min_age.as_secs_f64()
+    );
+    for candidate in leaks.candidates.iter().take(top) {
+        let growth = candidate
+            .growth_per_s
+            .map(|rate| format!(", growing {}/s", bytes(rate.round() as u64)))
+            .unwrap_or_default();
+        out += &format!(
+            "  {}: {} in {} block{}, oldest {:.1} s{growth}
+",
+            candidate.function,
+            bytes(candidate.bytes),
+            candidate.count,
+            if candidate.count == 1 { "" } else { "s" },
+            candidate.oldest_age.as_secs_f64(),
+        );
+    }
+    out
 }
 
 fn cpu_text(recording: &Recording, top: usize) -> String {
@@ -315,6 +381,12 @@ fn rules_text(recording: &Recording) -> String {
                 observed(outcome),
                 duration(*limit_ns),
             ),
+            Check::Leak { limit_bytes } => format!(
+                "  {verdict}  {}: leak candidates hold {}, limit {}\n",
+                outcome.rule,
+                observed(outcome),
+                bytes(*limit_bytes),
+            ),
         };
     }
     out
@@ -363,6 +435,21 @@ pub fn offcpu_flame_graph_labels(recording: &Recording) -> FlameGraphLabels {
             duration(recording.probes.offcpu_min.as_nanos() as u64),
         ),
         count_name: "us".to_owned(),
+    }
+}
+
+/// Title and subtitle of the leaked-bytes flame graph.
+pub fn leaks_flame_graph_labels(recording: &Recording) -> FlameGraphLabels {
+    let leaks = &recording.leaks;
+    FlameGraphLabels {
+        title: format!("Leak candidates: {}", target_label(recording)),
+        subtitle: format!(
+            "{} live for {:.1} s or more at the end of {:.1} s, by allocating stack",
+            bytes(leaks.candidate_bytes()),
+            leaks.min_age.as_secs_f64(),
+            recording.duration.as_secs_f64(),
+        ),
+        count_name: "bytes".to_owned(),
     }
 }
 
