@@ -307,7 +307,9 @@ fn sampled(size: u64) -> bool {
 fn next_interval() -> i64 {
     // SAFETY: a helper without arguments.
     let draw = unsafe { bpf_get_prandom_u32() } % SAMPLE_INTERVAL_DRAWS;
-    SAMPLE_INTERVALS.get(draw).map_or(1, |&bytes| bytes.max(1) as i64)
+    SAMPLE_INTERVALS
+        .get(draw)
+        .map_or(1, |&bytes| bytes.max(1) as i64)
 }
 
 /// Captures the allocating stack, streams it if it is new, and returns its id (0 if it

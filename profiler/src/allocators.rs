@@ -137,7 +137,10 @@ fn file_probe_points(file: &Path, include_static_symbols: bool) -> Vec<ProbePoin
             addresses.push((function, address));
         }
     }
-    if !addresses.iter().any(|(function, _)| function.name == "malloc") {
+    if !addresses
+        .iter()
+        .any(|(function, _)| function.name == "malloc")
+    {
         return Vec::new();
     }
     let mut placed = HashSet::new();
@@ -162,9 +165,7 @@ fn find_function<'d>(
 ) -> Option<u64> {
     symbols
         .find(|symbol| {
-            symbol.kind() == SymbolKind::Text
-                && symbol.is_definition()
-                && symbol.name() == Ok(name)
+            symbol.kind() == SymbolKind::Text && symbol.is_definition() && symbol.name() == Ok(name)
         })
         .map(|symbol| symbol.address())
 }
@@ -268,7 +269,14 @@ mod tests {
             .iter()
             .filter(|point| point.file.to_string_lossy().contains("libc.so"))
             .collect();
-        for name in ["malloc", "calloc", "realloc", "free", "posix_memalign", "mmap"] {
+        for name in [
+            "malloc",
+            "calloc",
+            "realloc",
+            "free",
+            "posix_memalign",
+            "mmap",
+        ] {
             assert!(
                 libc.iter().any(|point| point.function.name == name),
                 "{name} not found in {points:?}"
@@ -284,9 +292,14 @@ mod tests {
     #[test]
     fn probes_move_onto_the_first_emulated_instruction_and_no_further() {
         // glibc 2.36's free: test %rdi,%rdi; je ...
-        assert_eq!(emulated_probe_offset(&[0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0, 0, 0]), 3);
+        assert_eq!(
+            emulated_probe_offset(&[0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0, 0, 0]),
+            3
+        );
         // mmap: mov %ecx,%r10d; test $0xfff,%r9d; jne ...
-        let mmap = [0x41, 0x89, 0xca, 0x41, 0xf7, 0xc1, 0xff, 0x0f, 0, 0, 0x75, 0x14];
+        let mmap = [
+            0x41, 0x89, 0xca, 0x41, 0xf7, 0xc1, 0xff, 0x0f, 0, 0, 0x75, 0x14,
+        ];
         assert_eq!(emulated_probe_offset(&mmap), 10);
         // posix_memalign: cmpb $0x0,disp(%rip); push %r12
         let memalign = [0x80, 0x3d, 1, 2, 0x14, 0, 0, 0x41, 0x54];
@@ -294,7 +307,10 @@ mod tests {
         // malloc: push %r12 at the entry.
         assert_eq!(emulated_probe_offset(&[0x41, 0x54, 0x55]), 0);
         // reallocarray: mov %rsi,%rax; mul %rdx clobbers an argument: stay at the entry.
-        assert_eq!(emulated_probe_offset(&[0x48, 0x89, 0xf0, 0x48, 0xf7, 0xe2]), 0);
+        assert_eq!(
+            emulated_probe_offset(&[0x48, 0x89, 0xf0, 0x48, 0xf7, 0xe2]),
+            0
+        );
         // mov %rdi,%rsi writes an argument register.
         assert_eq!(emulated_probe_offset(&[0x48, 0x89, 0xfe, 0x55]), 0);
         // munmap: mov $0xb,%eax; syscall

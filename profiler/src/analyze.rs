@@ -498,7 +498,11 @@ mod tests {
             ("main;serve;model::predict;model::predict", 1),
             ("main;serve;tokenize", 3),
         ]);
-        let analysis = analyze(&profile, &Observations::default(), &AnalysisOptions::default());
+        let analysis = analyze(
+            &profile,
+            &Observations::default(),
+            &AnalysisOptions::default(),
+        );
         assert_eq!(analysis.samples, 10);
         let predict = function(&analysis, "model::predict");
         assert_eq!((predict.self_samples, predict.total_samples), (1, 7));
@@ -515,7 +519,11 @@ mod tests {
             ("_start;main;serve;predict;matmul", 64),
             ("_start;main;serve;io", 36),
         ]);
-        let analysis = analyze(&profile, &Observations::default(), &AnalysisOptions::default());
+        let analysis = analyze(
+            &profile,
+            &Observations::default(),
+            &AnalysisOptions::default(),
+        );
         let names: Vec<&str> = analysis
             .hotspots
             .iter()
@@ -542,7 +550,11 @@ mod tests {
     #[test]
     fn no_hotspot_means_no_hot_path() {
         let profile = profile(&[("main;a", 50), ("main;b", 50)]);
-        let analysis = analyze(&profile, &Observations::default(), &AnalysisOptions::default());
+        let analysis = analyze(
+            &profile,
+            &Observations::default(),
+            &AnalysisOptions::default(),
+        );
         assert!(analysis.hotspots.is_empty());
         assert!(analysis.hot_path.is_empty());
     }

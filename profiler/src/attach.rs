@@ -314,7 +314,11 @@ impl Probes {
             .map_err(|error| {
                 tracepoint_failure(
                     error,
-                    &format!("uprobe on {} in {}", point.function.name, point.file.display()),
+                    &format!(
+                        "uprobe on {} in {}",
+                        point.function.name,
+                        point.file.display()
+                    ),
                 )
             })?;
         Ok(())

@@ -254,7 +254,10 @@ pub struct Leaks {
 impl Leaks {
     /// Bytes held by all candidates.
     pub fn candidate_bytes(&self) -> u64 {
-        self.candidates.iter().map(|candidate| candidate.bytes).sum()
+        self.candidates
+            .iter()
+            .map(|candidate| candidate.bytes)
+            .sum()
     }
 }
 

@@ -83,9 +83,11 @@ pub fn summarize_live(
         group.oldest_age = group.oldest_age.max(age);
     }
     summary.candidates = groups.into_values().collect();
-    summary
-        .candidates
-        .sort_by(|a, b| b.bytes.total_cmp(&a.bytes).then(a.stack_id.cmp(&b.stack_id)));
+    summary.candidates.sort_by(|a, b| {
+        b.bytes
+            .total_cmp(&a.bytes)
+            .then(a.stack_id.cmp(&b.stack_id))
+    });
     summary
 }
 
@@ -100,7 +102,12 @@ pub fn growth_per_second(bytes: f64, recorded: Duration, min_age: Duration) -> O
 mod tests {
     use super::*;
 
-    fn block(address: u64, size: u64, allocated_ns: u64, stack_id: u64) -> (LiveAllocationKey, LiveAllocation) {
+    fn block(
+        address: u64,
+        size: u64,
+        allocated_ns: u64,
+        stack_id: u64,
+    ) -> (LiveAllocationKey, LiveAllocation) {
         (
             LiveAllocationKey {
                 address,
@@ -166,7 +173,10 @@ mod tests {
             }
         }
         let truth = (blocks * size) as f64;
-        assert!((estimate / truth - 1.0).abs() < 0.02, "{estimate} vs {truth}");
+        assert!(
+            (estimate / truth - 1.0).abs() < 0.02,
+            "{estimate} vs {truth}"
+        );
     }
 
     #[test]
