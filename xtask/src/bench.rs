@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the profiler's cost on a CPU-bound service, side by side with
 //! `perf record -g` on the same service in the same run; then its cost per traced
-//! syscall, side by side with libbpf-tools `syscount` ([`crate::bench_syscalls`]).
+//! syscall, side by side with libbpf-tools `syscount` ([`crate::bench_syscalls`]); then
+//! its cost per malloc+free pair next to bpftrace and heaptrack ([`crate::bench_alloc`]).
 //!
 //! The service is the demo's model-server with one worker per CPU, so that any CPU the
 //! profiler takes shows up as lost throughput. Each configuration runs `--runs` times,
@@ -87,6 +88,7 @@ pub fn run(duration: u32, runs: u32) -> anyhow::Result<()> {
         "rows": rows,
         "runs": runs_json,
         "syscalls": crate::bench_syscalls::run(&bench.dir, runs)?,
+        "alloc": crate::bench_alloc::run(&bench.dir, runs)?,
     });
     let path = bench.dir.join("results.json");
     fs::write(&path, serde_json::to_string_pretty(&results)?)?;

@@ -149,7 +149,8 @@ fn loop_under(tracer: Tracer, waits: &Path, dir: &Path) -> anyhow::Result<LoopRu
     }
 }
 
-fn run_loop(command: &mut Command) -> anyhow::Result<String> {
+/// Runs a benchmark loop to its end and returns what it printed.
+pub fn run_loop(command: &mut Command) -> anyhow::Result<String> {
     let output = command
         .stderr(Stdio::inherit())
         .output()

@@ -4,6 +4,7 @@
 //! missing, so running it again costs a few checks.
 
 mod bench;
+mod bench_alloc;
 mod bench_syscalls;
 mod demo;
 mod setup;
