@@ -16,8 +16,8 @@ use serde_json::Value;
 
 mod common;
 use common::{
-    RULE_FIRED, TARGET_EXITED, USAGE, compile_workload, profiler, read_json, record, run, scratch,
-    stderr_line,
+    RULE_FIRED, TARGET_EXITED, USAGE, assert_close, compile_workload, profiler, read_json, record,
+    run, scratch, stderr_line,
 };
 
 /// What the workload says it did.
@@ -60,23 +60,10 @@ fn recorded() -> &'static Recorded {
     static RECORDED: OnceLock<Recorded> = OnceLock::new();
     RECORDED.get_or_init(|| {
         let dir = scratch("leaks");
-        let output = run(record(
+        let output = record_workload(
             &dir,
-            &[
-                "--events",
-                "alloc",
-                "--leak-min-age",
-                "1",
-                "--fail-on",
-                "leak>100KiB",
-                "--fail-on",
-                "leak>100MiB",
-            ],
-        )
-        .arg("--")
-        .arg(leaks_binary())
-        .arg(dir.join("truth.json"))
-        .arg(dir.join("output.txt")));
+            &["--fail-on", "leak>100KiB", "--fail-on", "leak>100MiB"],
+        );
         Recorded {
             report: read_json(&dir.join("report.json")),
             truth: Truth::read(&dir.join("truth.json")),
@@ -84,6 +71,16 @@ fn recorded() -> &'static Recorded {
             output,
         }
     })
+}
+
+/// Records the workload, started by the profiler, with a 1 s minimum age and `args`.
+fn record_workload(dir: &Path, args: &[&str]) -> Output {
+    run(record(dir, &["--events", "alloc", "--leak-min-age", "1"])
+        .args(args)
+        .arg("--")
+        .arg(leaks_binary())
+        .arg(dir.join("truth.json"))
+        .arg(dir.join("output.txt")))
 }
 
 /// The candidates whose allocating stack holds `function`.
@@ -100,15 +97,6 @@ fn candidates_from<'r>(report: &'r Value, function: &str) -> Vec<&'r Value> {
                 .any(|frame| frame == function)
         })
         .collect()
-}
-
-fn assert_close(measured: u64, truth: u64, tolerance: f64, what: &str) {
-    let error = (measured as f64 / truth as f64 - 1.0).abs();
-    assert!(
-        error <= tolerance,
-        "{what}: measured {measured}, truth {truth} ({:.1}% off)",
-        error * 100.0
-    );
 }
 
 #[test]
@@ -131,16 +119,16 @@ fn the_leaking_function_holds_the_bytes_it_leaked() {
         .unwrap();
     assert_eq!(stack[at - 1], "main", "{stack:?}");
     assert_close(
+        "leaked bytes",
         candidate["bytes"].as_u64().unwrap(),
         truth.leaked_bytes,
         0.02,
-        "leaked bytes",
     );
     assert_close(
+        "leaked blocks",
         candidate["count"].as_u64().unwrap(),
         truth.leaked_blocks,
         0.02,
-        "leaked blocks",
     );
     assert!(candidate["oldest_age_s"].as_f64().unwrap() >= 1.0);
     // Candidates come sorted by bytes.
@@ -262,31 +250,17 @@ fn blocks_allocated_before_the_attach_are_not_candidates() {
     let leaking = candidates_from(&report, "load_model");
     assert_eq!(leaking.len(), 1, "{:#}", report["leaks"]);
     assert_close(
+        "leaked bytes",
         leaking[0]["bytes"].as_u64().unwrap(),
         truth.leaked_bytes,
         0.02,
-        "leaked bytes",
     );
 }
 
 #[test]
 fn sampled_tracking_estimates_the_leak_without_seeing_every_block() {
     let dir = scratch("leaks-sampled");
-    let output = run(record(
-        &dir,
-        &[
-            "--events",
-            "alloc",
-            "--leak-min-age",
-            "1",
-            "--alloc-sample-bytes",
-            "4096",
-        ],
-    )
-    .arg("--")
-    .arg(leaks_binary())
-    .arg(dir.join("truth.json"))
-    .arg(dir.join("output.txt")));
+    let output = record_workload(&dir, &["--alloc-sample-bytes", "4096"]);
     assert_eq!(output.status.code(), Some(0));
     let report = read_json(&dir.join("report.json"));
     let truth = Truth::read(&dir.join("truth.json"));
@@ -296,10 +270,10 @@ fn sampled_tracking_estimates_the_leak_without_seeing_every_block() {
     let leaking = candidates_from(&report, "load_model");
     assert_eq!(leaking.len(), 1, "{:#}", report["leaks"]);
     assert_close(
+        "estimated leaked bytes",
         leaking[0]["bytes"].as_u64().unwrap(),
         truth.leaked_bytes,
         0.2,
-        "estimated leaked bytes",
     );
     // Every call is still counted, sampled or not.
     assert!(report["leaks"]["alloc_calls"].as_u64().unwrap() >= 5 * truth.churn_rounds);

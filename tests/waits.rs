@@ -14,8 +14,8 @@ use serde_json::Value;
 
 mod common;
 use common::{
-    RULE_FIRED, USAGE, compile_workload, entries_where, profiler, read_json, record, run, scratch,
-    stderr_line,
+    RULE_FIRED, USAGE, assert_close, compile_workload, entries_where, profiler, read_json, record,
+    run, scratch, stderr_line,
 };
 
 /// One recording of the workload with every event kind, shared by the tests below: it
@@ -78,15 +78,6 @@ fn syscall<'r>(report: &'r Value, name: &str) -> &'r Value {
 
 fn truth_u64(recorded: &Recorded, field: &str) -> u64 {
     recorded.truth[field].as_u64().unwrap()
-}
-
-fn assert_close(what: &str, measured: u64, truth: u64, tolerance: f64) {
-    let error = (measured as f64 / truth as f64 - 1.0).abs();
-    assert!(
-        error <= tolerance,
-        "{what}: the profiler says {measured}, the workload measured {truth} ({:.1}% off)",
-        error * 100.0
-    );
 }
 
 #[test]

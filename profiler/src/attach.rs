@@ -450,11 +450,16 @@ pub struct LossCounters(PerCpuArray<MapData, u64>);
 impl LossCounters {
     /// The total of one counter.
     pub fn total(&self, counter: LossCounter) -> u64 {
-        self.0
-            .get(&(counter as u32), 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        sum_over_cpus(&self.0, counter as u32)
     }
+}
+
+/// Slot `index` of a per-CPU counter array, summed over CPUs; 0 if it can't be read.
+fn sum_over_cpus(counters: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    counters
+        .get(&index, 0)
+        .map(|per_cpu| per_cpu.iter().sum())
+        .unwrap_or(0)
 }
 
 /// The syscall counters the BPF side keeps, summed over CPUs.
@@ -509,10 +514,7 @@ impl AllocTables {
 
     /// The total of one counter.
     pub fn total(&self, counter: AllocCounter) -> u64 {
-        self.counters
-            .get(&(counter as u32), 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        sum_over_cpus(&self.counters, counter as u32)
     }
 }
 

@@ -111,3 +111,13 @@ pub fn stderr_line(output: &Output) -> String {
     );
     stderr
 }
+
+/// Asserts that `measured` is within `tolerance` (a fraction) of the workload's `truth`.
+pub fn assert_close(what: &str, measured: u64, truth: u64, tolerance: f64) {
+    let error = (measured as f64 / truth as f64 - 1.0).abs();
+    assert!(
+        error <= tolerance,
+        "{what}: the profiler says {measured}, the workload measured {truth} ({:.1}% off)",
+        error * 100.0
+    );
+}
