@@ -408,6 +408,9 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
     )
     .await;
     let stopped = Instant::now();
+    // Blocks are aged as of the stop, not of whenever the table is read: ending a
+    // started command alone can take seconds.
+    let stopped_ns = monotonic_now_ns();
 
     let bpf = probes.detach();
     let duration = started.elapsed();
@@ -428,7 +431,7 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
         .probes
         .events
         .alloc
-        .then(|| read_allocations(&alloc_tables, &options));
+        .then(|| read_allocations(&alloc_tables, &options, stopped_ns));
     let syscalls = summarize_syscalls(
         syscall_tables.stats(),
         syscall_tables.errnos(),
@@ -458,13 +461,14 @@ struct Allocations {
     free_calls: u64,
 }
 
-fn read_allocations(tables: &AllocTables, options: &RecordOptions) -> Allocations {
+/// Reads the allocation tables, with blocks aged as of `stopped_ns` (CLOCK_MONOTONIC).
+fn read_allocations(tables: &AllocTables, options: &RecordOptions, stopped_ns: u64) -> Allocations {
     let leak_options = LeakOptions {
         min_age: options.leak_min_age,
         sample_bytes: options.probes.alloc_sample_bytes,
     };
     Allocations {
-        live: summarize_live(&tables.live(), monotonic_now_ns(), leak_options),
+        live: summarize_live(&tables.live(), stopped_ns, leak_options),
         alloc_calls: tables.total(AllocCounter::Allocations),
         free_calls: tables.total(AllocCounter::Frees),
     }
