@@ -165,36 +165,38 @@ impl FromStr for Rule {
 
 /// `50ms`, `1.5s`, `200us`, `800ns` → nanoseconds.
 fn parse_duration_ns(text: &str) -> Option<u64> {
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = text.split_at(split);
-    let scale = match unit.trim() {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        _ => return None,
-    };
-    let value: f64 = number.parse().ok()?;
-    (value >= 0.0).then(|| (value * scale).round() as u64)
+    scaled_number(text, |unit| match unit {
+        "ns" => Some(1.0),
+        "us" | "µs" => Some(1e3),
+        "ms" => Some(1e6),
+        "s" => Some(1e9),
+        _ => None,
+    })
 }
 
 /// `10MiB`, `512KB`, `4096` → bytes; binary and decimal units both, as `ls` and `free`
 /// print them.
-pub fn parse_bytes(text: &str) -> Option<u64> {
+fn parse_bytes(text: &str) -> Option<u64> {
+    scaled_number(text, |unit| match unit {
+        "" | "B" => Some(1.0),
+        "K" | "KiB" => Some(1024.0),
+        "M" | "MiB" => Some(1024.0 * 1024.0),
+        "G" | "GiB" => Some(1024.0 * 1024.0 * 1024.0),
+        "KB" | "kB" => Some(1e3),
+        "MB" => Some(1e6),
+        "GB" => Some(1e9),
+        _ => None,
+    })
+}
+
+/// A non-negative number followed by a unit, times the scale `unit_scale` gives that
+/// unit (`None` for a unit it does not know), rounded.
+fn scaled_number(text: &str, unit_scale: impl Fn(&str) -> Option<f64>) -> Option<u64> {
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let scale: f64 = match unit.trim() {
-        "" | "B" => 1.0,
-        "K" | "KiB" => 1024.0,
-        "M" | "MiB" => 1024.0 * 1024.0,
-        "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
-        "KB" | "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        _ => return None,
-    };
+    let scale = unit_scale(unit.trim())?;
     let value: f64 = number.parse().ok()?;
     (value >= 0.0).then(|| (value * scale).round() as u64)
 }
