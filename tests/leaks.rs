@@ -99,12 +99,17 @@ fn candidates_from<'r>(report: &'r Value, function: &str) -> Vec<&'r Value> {
         .collect()
 }
 
+/// The one candidate from the workload's leaking function.
+fn leaking_candidate(report: &Value) -> &Value {
+    let leaking = candidates_from(report, "load_model");
+    assert_eq!(leaking.len(), 1, "{:#}", report["leaks"]);
+    leaking[0]
+}
+
 #[test]
 fn the_leaking_function_holds_the_bytes_it_leaked() {
     let Recorded { report, truth, .. } = recorded();
-    let leaking = candidates_from(report, "load_model");
-    assert_eq!(leaking.len(), 1, "{:#}", report["leaks"]);
-    let candidate = leaking[0];
+    let candidate = leaking_candidate(report);
     // The first frame outside the allocator, and the allocating caller is on the stack.
     assert_eq!(candidate["function"], "load_model");
     let stack: Vec<&str> = candidate["stack"]
@@ -247,11 +252,10 @@ fn blocks_allocated_before_the_attach_are_not_candidates() {
         report["leaks"]
     );
     let truth = Truth::read(&truth_path);
-    let leaking = candidates_from(&report, "load_model");
-    assert_eq!(leaking.len(), 1, "{:#}", report["leaks"]);
+    let leaking = leaking_candidate(&report);
     assert_close(
         "leaked bytes",
-        leaking[0]["bytes"].as_u64().unwrap(),
+        leaking["bytes"].as_u64().unwrap(),
         truth.leaked_bytes,
         0.02,
     );
@@ -267,11 +271,10 @@ fn sampled_tracking_estimates_the_leak_without_seeing_every_block() {
     assert_eq!(report["leaks"]["sample_bytes"], 4096);
     // 3000-byte blocks are sampled with probability 1 - exp(-3000/4096) = 0.52, so about
     // 208 of the 400 are seen: the reweighted estimate has a standard error of 5 %.
-    let leaking = candidates_from(&report, "load_model");
-    assert_eq!(leaking.len(), 1, "{:#}", report["leaks"]);
+    let leaking = leaking_candidate(&report);
     assert_close(
         "estimated leaked bytes",
-        leaking[0]["bytes"].as_u64().unwrap(),
+        leaking["bytes"].as_u64().unwrap(),
         truth.leaked_bytes,
         0.2,
     );
