@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use object::{Object as _, ObjectSegment as _, ObjectSymbol, SymbolKind};
+use object::{Object as _, ObjectSegment as _, ObjectSymbol, ReadCache, ReadRef, SymbolKind};
 use profiler_common::program_names;
 
 use crate::{exit::Failure, memory_map};
@@ -120,69 +120,73 @@ pub fn probe_points(pid: u32, executable: Option<&Path>) -> Result<Vec<ProbePoin
 /// The probe points in one file, if it defines `malloc`; empty for anything unreadable
 /// or not ELF.
 fn file_probe_points(file: &Path, include_static_symbols: bool) -> Vec<ProbePoint> {
-    let Ok(data) = fs::read(file) else {
+    // Read lazily, as the unwinder does: every mapped library is looked at, and one can
+    // be a gigabyte, of which only the symbol tables and a few bytes of code are needed.
+    let Ok(opened) = fs::File::open(file) else {
         return Vec::new();
     };
-    let Ok(elf) = object::File::parse(&*data) else {
+    let cache = ReadCache::new(opened);
+    let Ok(elf) = object::File::parse(&cache) else {
         return Vec::new();
     };
-    let mut addresses = Vec::new();
-    for function in ALLOCATOR_FUNCTIONS {
-        let address = find_function(elf.dynamic_symbols(), function.name).or_else(|| {
-            include_static_symbols
-                .then(|| find_function(elf.symbols(), function.name))
-                .flatten()
-        });
-        if let Some(address) = address {
-            addresses.push((function, address));
+    let mut addresses = defined_functions(elf.dynamic_symbols());
+    if include_static_symbols {
+        for (address, static_address) in addresses.iter_mut().zip(defined_functions(elf.symbols()))
+        {
+            *address = address.or(static_address);
         }
     }
-    if !addresses
+    let is_allocator = ALLOCATOR_FUNCTIONS
         .iter()
-        .any(|(function, _)| function.name == "malloc")
-    {
+        .zip(&addresses)
+        .any(|(function, address)| function.name == "malloc" && address.is_some());
+    if !is_allocator {
         return Vec::new();
     }
     let mut placed = HashSet::new();
-    addresses
+    ALLOCATOR_FUNCTIONS
         .into_iter()
+        .zip(addresses)
+        .filter_map(|(function, address)| Some((function, address?)))
         .filter(|&(_, address)| placed.insert(address))
         .filter_map(|(function, address)| {
-            let code = function_code(&elf, address).unwrap_or_default();
-            let address = address + emulated_probe_offset(code) as u64;
+            let (file_offset, segment_left) = file_offset(&elf, address)?;
+            let code = cache
+                .read_bytes_at(file_offset, segment_left.min(PROLOGUE_BYTES as u64))
+                .unwrap_or_default();
             Some(ProbePoint {
                 file: file.to_path_buf(),
-                file_offset: file_offset(&elf, address)?,
+                file_offset: file_offset + emulated_probe_offset(code) as u64,
                 function,
             })
         })
         .collect()
 }
 
-fn find_function<'d>(
-    mut symbols: impl Iterator<Item = impl ObjectSymbol<'d>>,
-    name: &str,
-) -> Option<u64> {
-    symbols
-        .find(|symbol| {
-            symbol.kind() == SymbolKind::Text && symbol.is_definition() && symbol.name() == Ok(name)
-        })
-        .map(|symbol| symbol.address())
+/// The address of each of [`ALLOCATOR_FUNCTIONS`] that `symbols` define, in one pass.
+fn defined_functions<'d>(
+    symbols: impl Iterator<Item = impl ObjectSymbol<'d>>,
+) -> [Option<u64>; ALLOCATOR_FUNCTIONS.len()] {
+    let mut addresses = [None; ALLOCATOR_FUNCTIONS.len()];
+    for symbol in symbols {
+        if symbol.kind() != SymbolKind::Text || !symbol.is_definition() {
+            continue;
+        }
+        let Ok(name) = symbol.name() else {
+            continue;
+        };
+        if let Some(index) = ALLOCATOR_FUNCTIONS
+            .iter()
+            .position(|function| function.name == name)
+        {
+            addresses[index].get_or_insert(symbol.address());
+        }
+    }
+    addresses
 }
 
 /// Leading instructions at most this long are stepped over to find one to probe.
 const PROLOGUE_BYTES: usize = 32;
-
-/// The first bytes of the function at `address`.
-fn function_code<'d>(elf: &object::File<'d>, address: u64) -> Option<&'d [u8]> {
-    elf.segments().find_map(|segment| {
-        let available = (segment.address() + segment.size()).checked_sub(address)?;
-        segment
-            .data_range(address, available.min(PROLOGUE_BYTES as u64))
-            .ok()
-            .flatten()
-    })
-}
 
 /// How far into a function's `code` to place its probe.
 ///
@@ -247,14 +251,15 @@ fn harmless_length(code: &[u8]) -> Option<usize> {
     }
 }
 
-/// Where the code at virtual `address` lies in the file, through its loadable segment.
-fn file_offset(elf: &object::File<'_>, address: u64) -> Option<u64> {
+/// Where the code at virtual `address` lies in the file, through its loadable segment,
+/// and how many of the segment's bytes in the file follow it.
+fn file_offset<'d, R: ReadRef<'d>>(elf: &object::File<'d, R>, address: u64) -> Option<(u64, u64)> {
     elf.segments().find_map(|segment| {
         let (offset, size) = segment.file_range();
         let start = segment.address();
         (start..start + size)
             .contains(&address)
-            .then(|| address - start + offset)
+            .then(|| (address - start + offset, start + size - address))
     })
 }
 
