@@ -12,11 +12,6 @@
 /// to walk further than that sysctl anyway.
 pub const MAX_STACK_DEPTH: usize = 127;
 
-/// Stack words copied from the user stack pointer up, per record. The unwinder reads a
-/// frameless function's return address among them; 32 words cover the saved registers
-/// and locals of all but unusually large leaf functions.
-pub const STACK_TOP_WORDS: usize = 32;
-
 /// How many processes one recording can target at once.
 pub const MAX_TARGETS: u32 = 1024;
 
@@ -110,6 +105,11 @@ pub mod map_names {
     pub const LIVE_ALLOCATIONS: &str = "LIVE_ALLOCATIONS";
     /// `PerCpuArray<u64>` indexed by [`crate::AllocCounter`].
     pub const ALLOC_COUNTERS: &str = "ALLOC_COUNTERS";
+    /// `Array<UnwindRow>`, memory-mapped by userspace: every loaded file's unwind table,
+    /// each sorted by address.
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    /// `HashMap<u32, ProcessMappings>`: each target's executable mappings, by tgid.
+    pub const PROCESS_MAPPINGS: &str = "PROCESS_MAPPINGS";
     /// `Array<u64>` of [`crate::SAMPLE_INTERVAL_DRAWS`] exponentially distributed byte
     /// intervals with mean [`crate::global_names::ALLOC_SAMPLE_BYTES`], set by userspace.
     pub const SAMPLE_INTERVALS: &str = "SAMPLE_INTERVALS";
@@ -149,6 +149,8 @@ pub mod program_names {
     pub const ALLOC_RETURN: &str = "alloc_return";
     /// uprobe on `free` and `munmap`: the block is the first argument.
     pub const FREE_ENTER: &str = "free_enter";
+    /// raw tracepoint `sched_process_exec`: a target's mappings are gone.
+    pub const PROCESS_EXEC: &str = "process_exec";
 }
 
 /// Names of the BPF globals that userspace sets at load time.
@@ -316,42 +318,36 @@ pub struct EventHeader {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Stacks {
-    /// Bytes of `user` written by `bpf_get_stack`, or a negative errno.
-    pub user_bytes: i32,
+    /// Frames filled in `user`.
+    pub user_depth: u32,
+    /// A [`StackEnd`]: why the user stack ends where it does.
+    pub user_end: u32,
     /// Bytes of `kernel` written by `bpf_get_stack`, or a negative errno.
     pub kernel_bytes: i32,
-    /// Bytes of `stack_top` copied, or a negative errno.
-    pub stack_top_bytes: i32,
     /// Keeps the arrays 8-byte aligned on both sides.
     pub _padding: u32,
-    /// User-space instruction pointers, innermost first.
+    /// User-space instruction pointers, innermost first, unwound in the kernel from the
+    /// binaries' call-frame information.
     pub user: [u64; MAX_STACK_DEPTH],
     /// Kernel instruction pointers, innermost first.
     pub kernel: [u64; MAX_STACK_DEPTH],
-    /// The user stack from the thread's user stack pointer up.
-    pub stack_top: [u64; STACK_TOP_WORDS],
 }
 
 impl Stacks {
     /// The filled part of the user stack.
     pub fn user_frames(&self) -> &[u64] {
-        filled(&self.user, self.user_bytes)
+        &self.user[..(self.user_depth as usize).min(MAX_STACK_DEPTH)]
     }
 
     /// The filled part of the kernel stack.
     pub fn kernel_frames(&self) -> &[u64] {
-        filled(&self.kernel, self.kernel_bytes)
+        let count = if self.kernel_bytes > 0 {
+            self.kernel_bytes as usize / 8
+        } else {
+            0
+        };
+        &self.kernel[..count.min(MAX_STACK_DEPTH)]
     }
-
-    /// The copied words of the user stack, from the stack pointer up.
-    pub fn stack_top(&self) -> &[u64] {
-        filled(&self.stack_top, self.stack_top_bytes)
-    }
-}
-
-fn filled(words: &[u64], bytes: i32) -> &[u64] {
-    let count = if bytes > 0 { bytes as usize / 8 } else { 0 };
-    &words[..count.min(words.len())]
 }
 
 /// One on-CPU sample of a target thread.
@@ -428,11 +424,9 @@ pub struct AllocStack {
     pub id: u64,
     /// Frames filled in `frames`.
     pub depth: u32,
-    /// Keeps the array 8-byte aligned on both sides.
-    pub _padding: u32,
-    /// Instruction pointers, innermost first: the allocating function's entry, then its
-    /// caller's return address (read from the top of the stack, since the allocating
-    /// function has not pushed a frame yet), then the frame-pointer chain.
+    /// A [`StackEnd`]: why the stack ends where it does.
+    pub end: u32,
+    /// Instruction pointers, innermost first, from the allocating function's entry out.
     pub frames: [u64; MAX_STACK_DEPTH],
 }
 
@@ -441,6 +435,129 @@ impl AllocStack {
     pub fn frames(&self) -> &[u64] {
         &self.frames[..(self.depth as usize).min(MAX_STACK_DEPTH)]
     }
+}
+
+/// Why an unwound user stack ends where it does, in [`Stacks::user_end`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StackEnd {
+    /// At the process's root: a function whose call-frame information says it has no
+    /// caller (`_start`, `clone3`), or a zero return address.
+    Root = 0,
+    /// The next address lies in a mapping without unwind information (JIT code,
+    /// anonymous memory, a file whose table could not be built or did not fit), or
+    /// outside every row of its file's table.
+    NoUnwindInfo,
+    /// The next address lies outside every mapping the kernel was told about: a library
+    /// loaded since, or a process not loaded yet. Userspace loads its tables then.
+    UnknownMapping,
+    /// [`MAX_STACK_DEPTH`] frames were unwound.
+    DepthLimit,
+    /// A saved return address or frame pointer could not be read (the stack page was
+    /// not resident, or the rule pointed outside the stack).
+    UnreadableMemory,
+    /// The thread had no user registers to start from (a kernel thread).
+    NoUserStack,
+}
+
+impl StackEnd {
+    /// Number of ends.
+    pub const COUNT: usize = 6;
+
+    /// Every end, in value order.
+    pub const ALL: [StackEnd; Self::COUNT] = [
+        StackEnd::Root,
+        StackEnd::NoUnwindInfo,
+        StackEnd::UnknownMapping,
+        StackEnd::DepthLimit,
+        StackEnd::UnreadableMemory,
+        StackEnd::NoUserStack,
+    ];
+
+    /// The end a raw value names; an unknown value reads as [`StackEnd::NoUnwindInfo`].
+    pub fn from_raw(end: u32) -> Self {
+        Self::ALL
+            .get(end as usize)
+            .copied()
+            .unwrap_or(StackEnd::NoUnwindInfo)
+    }
+}
+
+/// How a row of an unwind table finds the canonical frame address (CFA): the caller's
+/// stack pointer, below which the return address sits.
+pub mod cfa_rule {
+    /// No unwind information covers the address.
+    pub const NONE: u8 = 0;
+    /// CFA = rsp + offset.
+    pub const RSP: u8 = 1;
+    /// CFA = rbp + offset.
+    pub const RBP: u8 = 2;
+    /// A PLT stub: CFA = rsp + 8, plus 8 more once `rip & 15` reaches the offset (the
+    /// stub's second half has pushed the relocation index).
+    pub const PLT: u8 = 3;
+    /// A signal trampoline (`__restore_rt`): the interrupted registers are in the
+    /// `ucontext` at rsp.
+    pub const SIGNAL: u8 = 4;
+    /// The function has no caller: the stack's root.
+    pub const ROOT: u8 = 5;
+}
+
+/// One row of an unwind table: from `address` up to the next row's, how to find the
+/// caller. The return address is always at CFA - 8 on x86_64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UnwindRow {
+    /// First address the row covers, as an ELF virtual address of its file.
+    pub address: u32,
+    /// Added to the rule's register, in bytes.
+    pub cfa_offset: u16,
+    /// A [`cfa_rule`] constant.
+    pub cfa_rule: u8,
+    /// Where the caller's rbp was saved, in 8-byte words from the CFA; 0 when rbp still
+    /// holds the caller's value.
+    pub rbp_offset: i8,
+}
+
+/// Mapped files one process can have unwind tables for; the rest unwind as
+/// [`StackEnd::NoUnwindInfo`].
+pub const MAX_MAPPINGS: usize = 512;
+
+/// Rows the unwind tables can grow by after the targets' initial tables are loaded:
+/// libraries loaded later and started commands use this room.
+pub const UNWIND_ROWS_HEADROOM: u32 = 1 << 21;
+
+/// Rows of one file's table the kernel's binary search covers: `2^UNWIND_SEARCH_STEPS`.
+pub const UNWIND_SEARCH_STEPS: u32 = 24;
+
+/// Binary search steps over one process's mappings: covers [`MAX_MAPPINGS`].
+pub const MAPPING_SEARCH_STEPS: u32 = 10;
+
+/// One executable mapping of a target process, as the kernel's unwinder sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ExecutableMapping {
+    /// First address of the mapping.
+    pub start: u64,
+    /// One past its last address.
+    pub end: u64,
+    /// Subtracted from an address in the mapping to give its file's virtual address.
+    pub bias: u64,
+    /// Index of the file's first row in [`map_names::UNWIND_ROWS`].
+    pub first_row: u32,
+    /// Rows of the file's table; 0 when there is none.
+    pub rows: u32,
+}
+
+/// The executable mappings of one process, sorted by address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessMappings {
+    /// Mappings filled in `mappings`.
+    pub count: u32,
+    /// Keeps the array 8-byte aligned on both sides.
+    pub _padding: u32,
+    /// The mappings, by ascending `start`.
+    pub mappings: [ExecutableMapping; MAX_MAPPINGS],
 }
 
 /// Key of [`map_names::LIVE_ALLOCATIONS`]: a block is its process and its address.
@@ -498,6 +615,12 @@ mod pod {
     unsafe impl aya::Pod for super::LiveAllocationKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LiveAllocation {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnwindRow {}
+    // SAFETY: as above; the padding is a named field, always written as zero.
+    unsafe impl aya::Pod for super::ExecutableMapping {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcessMappings {}
 }
 
 #[cfg(test)]
@@ -513,6 +636,25 @@ mod tests {
         }
         assert!((1..5000).all(|ns| latency_bucket(ns) >= latency_bucket(ns - 1)));
         assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+
+    #[test]
+    fn stack_ends_are_listed_in_value_order() {
+        for (index, end) in StackEnd::ALL.iter().enumerate() {
+            assert_eq!(*end as usize, index);
+            assert_eq!(StackEnd::from_raw(index as u32), *end);
+        }
+    }
+
+    #[test]
+    fn an_unwind_row_takes_eight_bytes_as_mapped_arrays_lay_them_out() {
+        assert_eq!(core::mem::size_of::<UnwindRow>(), 8);
+    }
+
+    #[test]
+    fn the_searches_cover_their_tables() {
+        assert!(1usize << MAPPING_SEARCH_STEPS >= MAX_MAPPINGS);
+        assert!(1u64 << UNWIND_SEARCH_STEPS >= u64::from(UNWIND_ROWS_HEADROOM));
     }
 
     #[test]

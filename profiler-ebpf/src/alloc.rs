@@ -6,10 +6,9 @@
 //! for any other process and need no tgid filter.
 
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack, bpf_probe_read_kernel_buf,
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_kernel_buf,
         bpf_probe_read_user,
     },
     macros::{map, uprobe, uretprobe},
@@ -21,7 +20,11 @@ use profiler_common::{
     MAX_ALLOC_STACKS, MAX_LIVE_ALLOCATIONS, MAX_STACK_DEPTH, SAMPLE_INTERVAL_DRAWS,
 };
 
-use crate::{EVENTS, count_loss, header, now_ns, wakeup_flag};
+use crate::{
+    EVENTS, count_loss, header, now_ns,
+    stacks::{self, Unwinder, UserStack},
+    wakeup_flag,
+};
 
 /// Slots for allocating calls in flight, indexed by thread id modulo this power of two,
 /// as for syscalls.
@@ -74,11 +77,6 @@ static LIVE_ALLOCATIONS: HashMap<LiveAllocationKey, LiveAllocation> =
 static ALLOC_STACKS_SEEN: HashMap<u64, u8> =
     HashMap::with_max_entries(MAX_ALLOC_STACKS, BPF_F_NO_PREALLOC);
 
-/// Where a stack is captured and hashed before it is known whether it is new; too large
-/// for the BPF stack.
-#[map]
-static ALLOC_STACK_SCRATCH: PerCpuArray<AllocStack> = PerCpuArray::with_max_entries(1, 0);
-
 #[map]
 static ALLOC_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(AllocCounter::COUNT, 0);
 
@@ -96,7 +94,7 @@ static ALLOC_SAMPLE_BYTES: u64 = 0;
 #[uprobe]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
     let size = ctx.arg::<u64>(0).unwrap_or(0);
-    begin(&ctx, size, Returns::Pointer, 0, true);
+    begin(size, Returns::Pointer, 0, true);
     0
 }
 
@@ -105,14 +103,15 @@ pub fn calloc_enter(ctx: ProbeContext) -> u32 {
     let count = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
     // An overflowing product fails the call, and failed calls are not recorded.
-    begin(&ctx, count.wrapping_mul(size), Returns::Pointer, 0, true);
+    begin(count.wrapping_mul(size), Returns::Pointer, 0, true);
     0
 }
 
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    let old = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
-    reallocate(&ctx, size);
+    reallocate(old, size);
     0
 }
 
@@ -120,14 +119,15 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
     let count = ctx.arg::<u64>(1).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
-    reallocate(&ctx, count.wrapping_mul(size));
+    let old = ctx.arg::<u64>(0).unwrap_or(0);
+    reallocate(old, count.wrapping_mul(size));
     0
 }
 
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
     let size = ctx.arg::<u64>(1).unwrap_or(0);
-    begin(&ctx, size, Returns::Pointer, 0, true);
+    begin(size, Returns::Pointer, 0, true);
     0
 }
 
@@ -135,7 +135,7 @@ pub fn memalign_enter(ctx: ProbeContext) -> u32 {
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
     let out_pointer = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
-    begin(&ctx, size, Returns::ThroughOutPointer, out_pointer, true);
+    begin(size, Returns::ThroughOutPointer, out_pointer, true);
     0
 }
 
@@ -145,7 +145,7 @@ pub fn mmap_enter(ctx: ProbeContext) -> u32 {
     let flags = ctx.arg::<u64>(3).unwrap_or(0);
     // File maps are not heap, and a fixed map replaces memory that was counted already.
     let anonymous = flags & MAP_ANONYMOUS != 0 && flags & MAP_FIXED == 0;
-    begin(&ctx, size, Returns::Mapping, 0, anonymous);
+    begin(size, Returns::Mapping, 0, anonymous);
     0
 }
 
@@ -209,10 +209,9 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 /// is released on entry: once realloc has freed it, another thread may be handed the
 /// same address before this thread's return probe runs.
 #[inline(always)]
-fn reallocate(ctx: &ProbeContext, size: u64) {
-    let old = ctx.arg::<u64>(0).unwrap_or(0);
+fn reallocate(old: u64, size: u64) {
     release((bpf_get_current_pid_tgid() >> 32) as u32, old);
-    begin(ctx, size, Returns::Pointer, 0, true);
+    begin(size, Returns::Pointer, 0, true);
 }
 
 #[inline(always)]
@@ -237,7 +236,7 @@ fn call_slot(pid_tgid: u64) -> Option<*mut AllocCall> {
 
 /// Notes an allocating call at its entry, with its stack if it is to be tracked.
 #[inline(always)]
-fn begin(ctx: &ProbeContext, size: u64, returns: Returns, out_pointer: u64, wanted: bool) {
+fn begin(size: u64, returns: Returns, out_pointer: u64, wanted: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(slot) = call_slot(pid_tgid) else {
         return;
@@ -265,7 +264,7 @@ fn begin(ctx: &ProbeContext, size: u64, returns: Returns, out_pointer: u64, want
     if !sampled(size) {
         return;
     }
-    let stack_id = capture_stack(ctx, pid_tgid);
+    let stack_id = capture_stack(pid_tgid);
     // SAFETY: as above.
     unsafe {
         (*slot).stack_id = stack_id;
@@ -315,32 +314,16 @@ fn next_interval() -> i64 {
 /// Captures the allocating stack, streams it if it is new, and returns its id (0 if it
 /// could not be captured).
 ///
-/// At the allocating function's first instruction its caller's return address is the
-/// word at the stack pointer, and the frame pointer still holds the caller's frame, so
-/// a frame-pointer walk goes straight from the allocator to the caller's caller. The
-/// caller is put back in from the stack, since it is the frame a user needs most.
+/// At the allocating function's first instruction its return address is the word at
+/// the stack pointer; the call-frame information says so, and the unwinder steps from
+/// there to the caller like from any other frame.
 #[inline(always)]
-fn capture_stack(ctx: &ProbeContext, pid_tgid: u64) -> u64 {
-    let Some(stack) = ALLOC_STACK_SCRATCH.get_ptr_mut(0) else {
+fn capture_stack(pid_tgid: u64) -> u64 {
+    let Some(stack) = stacks::unwind_user(Unwinder::Alloc, (pid_tgid >> 32) as u32) else {
         return 0;
     };
-    // SAFETY: a per-CPU value; the walk writes at most MAX_STACK_DEPTH - 1 frames from
-    // the second on; the helpers check the user address.
-    let id = unsafe {
-        let walked = bpf_get_stack(
-            ctx.as_ptr(),
-            (*stack).frames.as_mut_ptr().add(1).cast(),
-            ((MAX_STACK_DEPTH - 1) * 8) as u32,
-            u64::from(BPF_F_USER_STACK),
-        );
-        let walked = if walked > 0 { walked as usize / 8 } else { 1 };
-        let regs = ctx.regs;
-        (*stack).frames[0] = (*regs).rip;
-        (*stack).frames[1] = bpf_probe_read_user((*regs).rsp as *const u64).unwrap_or(0);
-        let depth = walked + 1;
-        (*stack).depth = depth as u32;
-        stack_id(&(*stack).frames, depth, pid_tgid >> 32)
-    };
+    // SAFETY: the per-CPU stack the unwinder just filled.
+    let id = unsafe { stack_id(&(*stack).frames, (*stack).depth as usize, pid_tgid >> 32) };
     // SAFETY: the value is only tested for presence.
     if unsafe { ALLOC_STACKS_SEEN.get(&id) }.is_some() {
         return id;
@@ -369,7 +352,7 @@ fn stack_id(frames: &[u64; MAX_STACK_DEPTH], depth: usize, tgid: u64) -> u64 {
 }
 
 #[inline(always)]
-fn stream_stack(stack: *const AllocStack, id: u64, pid_tgid: u64) {
+fn stream_stack(stack: *const UserStack, id: u64, pid_tgid: u64) {
     let Some(mut record) = EVENTS.reserve::<AllocStack>(0) else {
         // Forget it, so that the next allocation from this stack tries again.
         let _ = ALLOC_STACKS_SEEN.remove(&id);
@@ -377,12 +360,14 @@ fn stream_stack(stack: *const AllocStack, id: u64, pid_tgid: u64) {
         return;
     };
     let out = record.as_mut_ptr();
-    // SAFETY: `out` points at a reserved, writable AllocStack; the scratch value is
-    // copied whole.
+    // SAFETY: `out` points at a reserved, writable AllocStack; the frames are copied
+    // whole from the per-CPU stack, of the same size.
     unsafe {
-        let bytes =
-            core::slice::from_raw_parts_mut(out.cast::<u8>(), core::mem::size_of::<AllocStack>());
-        if bpf_probe_read_kernel_buf(stack.cast::<u8>(), bytes).is_err() {
+        let frames = core::slice::from_raw_parts_mut(
+            (*out).frames.as_mut_ptr().cast::<u8>(),
+            core::mem::size_of::<[u64; MAX_STACK_DEPTH]>(),
+        );
+        if bpf_probe_read_kernel_buf((&raw const (*stack).frames).cast::<u8>(), frames).is_err() {
             record.discard(0);
             let _ = ALLOC_STACKS_SEEN.remove(&id);
             return;
@@ -394,6 +379,8 @@ fn stream_stack(stack: *const AllocStack, id: u64, pid_tgid: u64) {
             now_ns(),
         );
         (*out).id = id;
+        (*out).depth = (*stack).depth;
+        (*out).end = (*stack).end;
     }
     record.submit(wakeup_flag());
 }

@@ -3,7 +3,11 @@
 use aya_ebpf::{EbpfContext as _, macros::perf_event, programs::PerfEventContext};
 use profiler_common::{CpuSample, EventKind, LossCounter};
 
-use crate::{EVENTS, count_loss, current_thread, header, is_target, now_ns, stacks, wakeup_flag};
+use crate::{
+    EVENTS, count_loss, current_thread, header, is_target, now_ns,
+    stacks::{self, Unwinder},
+    wakeup_flag,
+};
 
 /// Samples the on-CPU stacks of the target processes.
 ///
@@ -24,7 +28,7 @@ pub fn sample_cpu(ctx: PerfEventContext) -> u32 {
     // SAFETY: `sample` points at a reserved, writable CpuSample in the ring buffer.
     unsafe {
         (*sample).header = header(EventKind::CpuSample, tgid, tid, now_ns());
-        stacks::capture(ctx.as_ptr(), &raw mut (*sample).stacks);
+        stacks::capture(ctx.as_ptr(), &raw mut (*sample).stacks, Unwinder::Cpu, tgid);
     }
     entry.submit(wakeup_flag());
     0

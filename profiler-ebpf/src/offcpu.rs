@@ -12,8 +12,9 @@ use aya_ebpf::{
 use profiler_common::{EventKind, LossCounter, OffCpuSpan, Stacks, TracepointField};
 
 use crate::{
-    EVENTS, count_loss, current_thread, header, is_target, now_ns, stacks, tracepoint_field,
-    wakeup_flag,
+    EVENTS, count_loss, current_thread, header, is_target, now_ns,
+    stacks::{self, Unwinder},
+    tracepoint_field, wakeup_flag,
 };
 
 /// Target threads tracked at once.
@@ -75,7 +76,12 @@ fn switch_out(ctx: &TracePointContext, tgid: u32, tid: u32, now: u64) -> Option<
     unsafe {
         (*entry).start_ns = now;
         (*entry).tgid = tgid;
-        stacks::capture(ctx.as_ptr(), &raw mut (*entry).stacks);
+        stacks::capture(
+            ctx.as_ptr(),
+            &raw mut (*entry).stacks,
+            Unwinder::OffCpu,
+            tgid,
+        );
     }
     Some(())
 }

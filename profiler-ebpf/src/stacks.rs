@@ -1,67 +1,293 @@
 //! Capturing a thread's stacks, the same way for every program kind.
+//!
+//! Kernel stacks come from `bpf_get_stack` (the kernel's own unwinder). User stacks are
+//! unwound here from the binaries' call-frame information, which userspace compiled
+//! into [`UNWIND_ROWS`]: frame pointers are absent from most binaries users run, and
+//! walking them loses every caller of a frameless function.
+//!
+//! Each step finds the mapping of the address, binary-searches its file's rows, and
+//! computes the caller's registers. The steps run under `bpf_loop`, so that the verifier
+//! checks one step, not [`MAX_STACK_DEPTH`] copies of it.
 
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, pt_regs},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, pt_regs},
     helpers::{
-        bpf_get_stack, bpf_probe_read_kernel,
-        generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+        bpf_get_stack, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
+        generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
     },
+    macros::{map, raw_tracepoint},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::RawTracePointContext,
 };
-use profiler_common::{MAX_STACK_DEPTH, STACK_TOP_WORDS, Stacks};
+use profiler_common::{
+    ExecutableMapping, MAPPING_SEARCH_STEPS, MAX_MAPPINGS, MAX_STACK_DEPTH, MAX_TARGETS,
+    ProcessMappings, StackEnd, Stacks, UNWIND_SEARCH_STEPS, UnwindRow, cfa_rule,
+};
+
+use crate::{current_thread, is_target};
 
 const STACK_BYTES: u32 = (MAX_STACK_DEPTH * size_of::<u64>()) as u32;
 
-/// Fills `stacks` with the running thread's user and kernel stacks and the words at the
-/// top of its user stack.
+/// Every loaded file's rows; userspace sizes it at load time and writes it through a
+/// memory mapping.
+#[map]
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+#[map]
+static PROCESS_MAPPINGS: HashMap<u32, ProcessMappings> =
+    HashMap::with_max_entries(MAX_TARGETS, BPF_F_NO_PREALLOC);
+
+/// Which program kind unwinds. A program of one kind can interrupt one of another on
+/// the same CPU (a CPU sample firing inside a syscall probe), so each kind has its own
+/// per-CPU unwinding state.
+#[derive(Clone, Copy)]
+pub enum Unwinder {
+    Cpu = 0,
+    Syscall,
+    OffCpu,
+    Alloc,
+}
+
+const UNWINDERS: u32 = 4;
+
+/// A user stack being unwound.
+#[repr(C)]
+pub struct UserStack {
+    tgid: u32,
+    /// Frames written so far.
+    pub depth: u32,
+    /// A [`StackEnd`], once the unwinding stopped.
+    pub end: u32,
+    /// Whether `pc` is a return address, which is looked up one byte back, in the call.
+    after_call: u32,
+    pc: u64,
+    sp: u64,
+    bp: u64,
+    /// Innermost first.
+    pub frames: [u64; MAX_STACK_DEPTH],
+}
+
+#[map]
+static USER_STACKS: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(UNWINDERS, 0);
+
+/// Fills `stacks` with the running thread's user and kernel stacks.
 ///
 /// SAFETY: `ctx` must be the running program's context and `stacks` writable.
 #[inline(always)]
-pub unsafe fn capture(ctx: *mut c_void, stacks: *mut Stacks) {
-    // SAFETY: bpf_get_stack writes at most STACK_BYTES into each array.
+pub unsafe fn capture(ctx: *mut c_void, stacks: *mut Stacks, unwinder: Unwinder, tgid: u32) {
+    // SAFETY: bpf_get_stack writes at most STACK_BYTES into the array; the user frames
+    // are copied whole from the per-CPU state, of the same size.
     unsafe {
-        (*stacks).stack_top_bytes = copy_user_stack_top(&mut (*stacks).stack_top);
-        (*stacks).user_bytes = bpf_get_stack(
-            ctx,
-            (*stacks).user.as_mut_ptr().cast::<c_void>(),
-            STACK_BYTES,
-            u64::from(BPF_F_USER_STACK),
-        ) as i32;
         (*stacks).kernel_bytes = bpf_get_stack(
             ctx,
             (*stacks).kernel.as_mut_ptr().cast::<c_void>(),
             STACK_BYTES,
             0,
         ) as i32;
+        let Some(user) = unwind_user(unwinder, tgid) else {
+            (*stacks).user_depth = 0;
+            (*stacks).user_end = StackEnd::NoUserStack as u32;
+            return;
+        };
+        (*stacks).user_end = (*user).end;
+        let frames = core::slice::from_raw_parts_mut(
+            (*stacks).user.as_mut_ptr().cast::<u8>(),
+            STACK_BYTES as usize,
+        );
+        if bpf_probe_read_kernel_buf((&raw const (*user).frames).cast::<u8>(), frames).is_ok() {
+            (*stacks).user_depth = (*user).depth;
+        } else {
+            (*stacks).user_depth = 0;
+            (*stacks).user_end = StackEnd::UnreadableMemory as u32;
+        }
     }
 }
 
-/// Copies the user stack words from the thread's user stack pointer up, and returns the
-/// bytes copied or a negative errno.
-///
-/// The registers saved when the thread last entered the kernel are its user registers,
-/// whether it was interrupted by the sampling timer or is inside a syscall or the
-/// scheduler, so this works in every program kind.
+/// Unwinds the running thread's user stack from the registers it entered the kernel
+/// with. Those are its user registers whether a sampling timer interrupted it, it is
+/// inside a syscall or the scheduler, or it hit a uprobe.
 #[inline(always)]
-fn copy_user_stack_top(words: &mut [u64; STACK_TOP_WORDS]) -> i32 {
-    // SAFETY: the helpers check every address they read; `words` takes `bytes`.
+pub fn unwind_user(unwinder: Unwinder, tgid: u32) -> Option<*const UserStack> {
+    let slot = unwinder as u32;
+    let stack = USER_STACKS.get_ptr_mut(slot)?;
+    // SAFETY: a per-CPU value owned by this program kind on this CPU; the helpers check
+    // every kernel address they read.
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
-        let stack_pointer = match bpf_probe_read_kernel(&raw const (*regs).rsp) {
-            Ok(stack_pointer) => stack_pointer,
-            Err(errno) => return errno,
-        };
-        let bytes = size_of::<[u64; STACK_TOP_WORDS]>() as u32;
-        let result = bpf_probe_read_user(
-            words.as_mut_ptr().cast::<c_void>(),
-            bytes,
-            stack_pointer as *const c_void,
+        (*stack).tgid = tgid;
+        (*stack).depth = 0;
+        (*stack).after_call = 0;
+        (*stack).pc = bpf_probe_read_kernel(&raw const (*regs).rip).ok()?;
+        (*stack).sp = bpf_probe_read_kernel(&raw const (*regs).rsp).ok()?;
+        (*stack).bp = bpf_probe_read_kernel(&raw const (*regs).rbp).ok()?;
+        (*stack).end = StackEnd::DepthLimit as u32;
+        let mut callback_slot = slot;
+        bpf_loop(
+            MAX_STACK_DEPTH as u32,
+            step_callback as *mut c_void,
+            (&raw mut callback_slot).cast::<c_void>(),
+            0,
         );
-        if result == 0 {
-            bytes as i32
-        } else {
-            result as i32
+    }
+    Some(stack)
+}
+
+/// One `bpf_loop` iteration: 0 goes on, 1 stops. Private and not `#[no_mangle]`, so that
+/// the linker gives it the static linkage the verifier wants of a callback.
+extern "C" fn step_callback(_index: u64, slot: *mut c_void) -> i64 {
+    // SAFETY: `slot` points at the u32 `unwind_user` passed.
+    let slot = unsafe { *slot.cast::<u32>() };
+    let Some(stack) = USER_STACKS.get_ptr_mut(slot) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU value `unwind_user` initialised.
+    match step(unsafe { &mut *stack }) {
+        Ok(()) => 0,
+        Err(end) => {
+            // SAFETY: as above.
+            unsafe { (*stack).end = end as u32 };
+            1
         }
     }
+}
+
+/// Records the current frame and moves to its caller.
+#[inline(always)]
+fn step(stack: &mut UserStack) -> Result<(), StackEnd> {
+    let depth = stack.depth as usize;
+    let Some(frame) = stack.frames.get_mut(depth) else {
+        return Err(StackEnd::DepthLimit);
+    };
+    *frame = stack.pc;
+    stack.depth += 1;
+    let lookup = stack.pc.wrapping_sub(u64::from(stack.after_call));
+    let mapping = find_mapping(stack.tgid, lookup)?;
+    if mapping.rows == 0 {
+        return Err(StackEnd::NoUnwindInfo);
+    }
+    let address = lookup.wrapping_sub(mapping.bias);
+    if address > u64::from(u32::MAX) {
+        return Err(StackEnd::NoUnwindInfo);
+    }
+    let row = find_row(mapping, address as u32).ok_or(StackEnd::NoUnwindInfo)?;
+    let cfa = match row.cfa_rule {
+        cfa_rule::RSP => stack.sp.wrapping_add(u64::from(row.cfa_offset)),
+        cfa_rule::RBP => stack.bp.wrapping_add(u64::from(row.cfa_offset)),
+        cfa_rule::PLT => {
+            let pushed = if stack.pc & 15 >= u64::from(row.cfa_offset) {
+                8
+            } else {
+                0
+            };
+            stack.sp.wrapping_add(8 + pushed)
+        }
+        cfa_rule::SIGNAL => return resume_interrupted(stack),
+        cfa_rule::ROOT => return Err(StackEnd::Root),
+        _ => return Err(StackEnd::NoUnwindInfo),
+    };
+    let return_address = read_user(cfa.wrapping_sub(8))?;
+    if row.rbp_offset != 0 {
+        stack.bp = read_user(cfa.wrapping_add_signed(i64::from(row.rbp_offset) * 8))?;
+    }
+    if return_address == 0 {
+        return Err(StackEnd::Root);
+    }
+    stack.pc = return_address;
+    stack.sp = cfa;
+    stack.after_call = 1;
+    Ok(())
+}
+
+/// Offsets in a `ucontext_t` of the registers a signal interrupted: its
+/// `uc_mcontext` starts 40 bytes in, and the kernel saves r8..r15, rdi, rsi, rbp, rbx,
+/// rdx, rax, rcx, rsp, rip there in that order.
+const UCONTEXT_RBP: u64 = 40 + 10 * 8;
+const UCONTEXT_RSP: u64 = 40 + 15 * 8;
+const UCONTEXT_RIP: u64 = 40 + 16 * 8;
+
+/// Steps from a signal trampoline to the instruction the signal interrupted. When the
+/// handler returns into the trampoline, the stack pointer is the `ucontext_t`.
+#[inline(always)]
+fn resume_interrupted(stack: &mut UserStack) -> Result<(), StackEnd> {
+    let context = stack.sp;
+    stack.pc = read_user(context + UCONTEXT_RIP)?;
+    stack.bp = read_user(context + UCONTEXT_RBP)?;
+    stack.sp = read_user(context + UCONTEXT_RSP)?;
+    // The interrupted instruction had not run yet: it is no return address.
+    stack.after_call = 0;
+    Ok(())
+}
+
+#[inline(always)]
+fn read_user(address: u64) -> Result<u64, StackEnd> {
+    // SAFETY: the helper checks the user address.
+    unsafe { bpf_probe_read_user(address as *const u64) }.map_err(|_| StackEnd::UnreadableMemory)
+}
+
+/// The mapping of process `tgid` holding `address`.
+#[inline(always)]
+fn find_mapping(tgid: u32, address: u64) -> Result<&'static ExecutableMapping, StackEnd> {
+    // SAFETY: map values live as long as the program runs; userspace replaces a
+    // process's entry whole.
+    let process = unsafe { PROCESS_MAPPINGS.get(&tgid) }.ok_or(StackEnd::UnknownMapping)?;
+    // The first mapping that starts above the address; the one before it may hold it.
+    let (mut low, mut high) = (0usize, (process.count as usize).min(MAX_MAPPINGS));
+    for _ in 0..MAPPING_SEARCH_STEPS {
+        if low >= high {
+            break;
+        }
+        let middle = (low + high) / 2;
+        let start = process.mappings.get(middle).map_or(u64::MAX, |m| m.start);
+        if start <= address {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    let mapping = process
+        .mappings
+        .get(low.wrapping_sub(1))
+        .ok_or(StackEnd::UnknownMapping)?;
+    if address < mapping.end {
+        Ok(mapping)
+    } else {
+        Err(StackEnd::UnknownMapping)
+    }
+}
+
+/// The last row of the mapping's table that starts at or below `address`.
+#[inline(always)]
+fn find_row(mapping: &ExecutableMapping, address: u32) -> Option<UnwindRow> {
+    let mut low = mapping.first_row;
+    let mut high = mapping.first_row.checked_add(mapping.rows)?;
+    for _ in 0..UNWIND_SEARCH_STEPS {
+        if low >= high {
+            break;
+        }
+        let middle = low + (high - low) / 2;
+        let start = UNWIND_ROWS.get(middle).map_or(u32::MAX, |row| row.address);
+        if start <= address {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    if low == mapping.first_row {
+        return None;
+    }
+    UNWIND_ROWS.get(low - 1).copied()
+}
+
+/// Forgets a target's mappings when it execs: they are gone, and the new program's
+/// addresses must not be unwound with the old tables. The next stack then reports
+/// [`StackEnd::UnknownMapping`], and userspace loads the new mappings.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn process_exec(_ctx: RawTracePointContext) -> u32 {
+    let (tgid, _) = current_thread();
+    if is_target(tgid) {
+        let _ = PROCESS_MAPPINGS.remove(&tgid);
+    }
+    0
 }

@@ -15,7 +15,11 @@ use profiler_common::{
     EventKind, LossCounter, MAX_SYSCALLS, SlowSyscall, SyscallStats, errno_key, latency_bucket,
 };
 
-use crate::{EVENTS, count_loss, header, is_target, now_ns, stacks, wakeup_flag};
+use crate::{
+    EVENTS, count_loss, header, is_target, now_ns,
+    stacks::{self, Unwinder},
+    wakeup_flag,
+};
 
 /// Slots for calls in flight, indexed by thread id modulo this power of two. Two target
 /// threads whose ids share a slot and are in a syscall at once lose one call, counted
@@ -171,7 +175,12 @@ fn stream_slow_call(
         (*call)._padding = 0;
         (*call).ret = ret;
         (*call).duration_ns = duration_ns;
-        stacks::capture(ctx.as_ptr(), &raw mut (*call).stacks);
+        stacks::capture(
+            ctx.as_ptr(),
+            &raw mut (*call).stacks,
+            Unwinder::Syscall,
+            (pid_tgid >> 32) as u32,
+        );
     }
     entry.submit(wakeup_flag());
     true

@@ -17,7 +17,7 @@ use aya::{
 };
 use profiler_common::{
     AllocCounter, LiveAllocation, LiveAllocationKey, LossCounter, MAX_SYSCALLS, MAX_TARGETS,
-    SAMPLE_INTERVAL_DRAWS, SyscallStats, global_names, map_names, program_names,
+    ProcessMappings, SAMPLE_INTERVAL_DRAWS, SyscallStats, global_names, map_names, program_names,
 };
 
 use crate::{allocators::ProbePoint, exit::Failure, tracefs};
@@ -186,8 +186,9 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads the BPF object with `settings`. Nothing is attached yet.
-    pub fn load(settings: &ProbeSettings) -> Result<Self, Failure> {
+    /// Loads the BPF object with `settings`, with room for `unwind_rows` rows of unwind
+    /// tables. Nothing is attached yet.
+    pub fn load(settings: &ProbeSettings, unwind_rows: u32) -> Result<Self, Failure> {
         raise_memlock_limit();
         let events = settings.events;
         // The kernel's run-time statistics read the clock twice around every program run:
@@ -218,6 +219,7 @@ impl Probes {
                 &settings.alloc_sample_bytes,
                 true,
             );
+        loader.map_max_entries(map_names::UNWIND_ROWS, unwind_rows.max(1));
         for (map, used) in MAPS_BY_EVENT {
             if !used(events) {
                 loader.map_max_entries(map, 1);
@@ -276,6 +278,15 @@ impl Probes {
         }
         if events.offcpu {
             self.attach_tracepoint(program_names::SCHED_SWITCH, "sched", "sched_switch")?;
+        }
+        // Every kind but block IO unwinds user stacks, whose tables an exec makes stale.
+        if events
+            != (EventSet {
+                io: true,
+                ..EventSet::default()
+            })
+        {
+            self.attach_raw_tracepoint(program_names::PROCESS_EXEC, "sched_process_exec")?;
         }
         Ok(())
     }
@@ -390,6 +401,20 @@ impl Probes {
     /// Takes the ring buffer of streamed records, to be read by [`crate::stream`].
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, Failure> {
         RingBuf::try_from(self.take_map(map_names::EVENTS)?).map_err(map_failure)
+    }
+
+    /// Takes the unwind row array and the processes' mapping lists, for
+    /// [`crate::unwind::UnwindTables::connect`].
+    pub fn take_unwind_maps(
+        &mut self,
+    ) -> Result<(MapData, HashMap<MapData, u32, ProcessMappings>), Failure> {
+        let rows = match self.take_map(map_names::UNWIND_ROWS)? {
+            aya::maps::Map::Array(rows) => rows,
+            _ => return Err(missing(map_names::UNWIND_ROWS)),
+        };
+        let processes =
+            HashMap::try_from(self.take_map(map_names::PROCESS_MAPPINGS)?).map_err(map_failure)?;
+        Ok((rows, processes))
     }
 
     /// Takes the per-CPU loss counters, readable after [`Probes::detach`].

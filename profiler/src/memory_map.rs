@@ -18,6 +18,15 @@ use std::{
 /// cover; keeps a stream of wild addresses from rereading it for every stack.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// A file as the kernel identifies it, whatever path or mount namespace names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// The device, as `/proc/PID/maps` prints it (`major:minor`, in hex).
+    pub device: String,
+    /// The inode.
+    pub inode: u64,
+}
+
 /// One executable mapping.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
@@ -27,6 +36,10 @@ pub struct Mapping {
     pub file_offset: u64,
     /// The mapped file as the process names it; `None` for anonymous memory.
     pub path: Option<PathBuf>,
+    /// The mapped file; `None` for anonymous memory.
+    pub file: Option<FileId>,
+    /// Whether this is the kernel's vDSO.
+    pub vdso: bool,
 }
 
 impl Mapping {
@@ -96,11 +109,18 @@ impl MemoryMaps {
     }
 }
 
+/// The executable mappings of a process now, by ascending address.
+pub fn read_mappings(tgid: u32) -> std::io::Result<Vec<Mapping>> {
+    Ok(parse(&fs::read_to_string(format!("/proc/{tgid}/maps"))?))
+}
+
 /// The distinct files a process maps executable code from, in map order.
 pub fn executable_files(tgid: u32) -> std::io::Result<Vec<PathBuf>> {
-    let maps = fs::read_to_string(format!("/proc/{tgid}/maps"))?;
     let mut files: Vec<PathBuf> = Vec::new();
-    for path in parse(&maps).into_iter().filter_map(|mapping| mapping.path) {
+    for path in read_mappings(tgid)?
+        .into_iter()
+        .filter_map(|mapping| mapping.path)
+    {
         if !files.contains(&path) {
             files.push(path);
         }
@@ -124,14 +144,19 @@ fn parse(maps: &str) -> Vec<Mapping> {
                 return None;
             }
             let file_offset = u64::from_str_radix(fields.next()?, 16).ok()?;
-            let _device = fields.next()?;
-            let inode = fields.next()?;
+            let device = fields.next()?;
+            let inode: u64 = fields.next()?.parse().ok()?;
             // The path is the rest of the line and may hold spaces.
             let path = fields.collect::<Vec<_>>().join(" ");
-            let is_file = inode != "0" && path.starts_with('/');
+            let is_file = inode != 0 && path.starts_with('/');
             Some(Mapping {
                 range: u64::from_str_radix(start, 16).ok()?..u64::from_str_radix(end, 16).ok()?,
                 file_offset,
+                file: is_file.then(|| FileId {
+                    device: device.to_owned(),
+                    inode,
+                }),
+                vdso: path == "[vdso]",
                 path: is_file.then(|| PathBuf::from(path)),
             })
         })
@@ -157,8 +182,16 @@ mod tests {
             Some(std::path::Path::new("/usr/bin/my server"))
         );
         assert_eq!(mappings[0].file_offset_of(0x55d0c0a01010), 0x1010);
+        assert_eq!(
+            mappings[0].file,
+            Some(FileId {
+                device: "fe:01".to_owned(),
+                inode: 123
+            })
+        );
         assert_eq!(mappings[1].path, None);
         assert_eq!(mappings[2].path, None);
+        assert!(mappings[2].vdso && !mappings[1].vdso);
     }
 
     #[test]

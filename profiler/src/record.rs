@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use profiler_common::{AllocCounter, DRAIN_INTERVAL_MS, EventHeader, LossCounter, Stacks};
+use profiler_common::{
+    AllocCounter, DRAIN_INTERVAL_MS, EventHeader, LossCounter, StackEnd, Stacks,
+};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     time::{MissedTickBehavior, interval, sleep},
@@ -19,7 +21,7 @@ use tokio::{
 
 use crate::{
     aggregate::{
-        IoRow, IoTable, LeakOptions, LiveSummary, SlowCall, StackCounts, StackKey,
+        Completeness, IoRow, IoTable, LeakOptions, LiveSummary, SlowCall, StackCounts, StackKey,
         SyscallLatencies, SyscallSummary, growth_per_second, summarize_live, summarize_syscalls,
     },
     allocators,
@@ -32,7 +34,7 @@ use crate::{
     symbolize::{Capture, Frame, Names, Profile, ProfileBuilder, Symbolizer},
     syscall_names::{syscall_name, syscall_number},
     target::{self, ExitStatus, HeldCommand},
-    unwind::LeafUnwinder,
+    unwind::{TableStats, UnwindTables},
 };
 
 /// Slow calls kept with their stacks: the slowest this many. Every slow call's duration
@@ -261,6 +263,22 @@ impl Leaks {
     }
 }
 
+/// How complete the user stacks of each kind of record were, and what the unwind
+/// tables cost.
+#[derive(Clone, Debug, Default)]
+pub struct StackQuality {
+    /// CPU samples.
+    pub cpu: Completeness,
+    /// Off-CPU spans.
+    pub offcpu: Completeness,
+    /// Slow syscalls.
+    pub slow_calls: Completeness,
+    /// Distinct allocating stacks.
+    pub alloc: Completeness,
+    /// The unwind tables.
+    pub tables: TableStats,
+}
+
 /// A finished recording: everything the outputs are made of.
 #[derive(Clone, Debug)]
 pub struct Recording {
@@ -278,6 +296,8 @@ pub struct Recording {
     pub threads: Vec<((u32, u32), u64)>,
     /// Everything lost.
     pub losses: Losses,
+    /// How complete the stacks were.
+    pub stack_quality: StackQuality,
     /// The symbolized on-CPU stacks.
     pub profile: Profile,
     /// Shares, hotspots and rules.
@@ -362,10 +382,23 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
         TargetSpec::Command(_) => command.iter().map(HeldCommand::pid).collect(),
     };
 
-    let mut probes = Probes::load(&options.probes)?;
+    // A started command has not exec'd its program yet: its tables are loaded when its
+    // first stack reports addresses the kernel has no mappings for.
+    let mut unwind_tables = UnwindTables::default();
+    if let TargetSpec::Pids(_) = &options.target {
+        for &pid in &pids {
+            unwind_tables.load_process(pid);
+        }
+    }
+    let unwind_rows = unwind_tables.capacity();
+    let mut probes = Probes::load(&options.probes, unwind_rows)?;
     for &pid in &pids {
         probes.add_target(pid)?;
     }
+    let (rows, processes) = probes.take_unwind_maps()?;
+    unwind_tables
+        .connect(rows, unwind_rows, processes)
+        .map_err(|error| Failure::Other(anyhow::anyhow!("mapping the unwind tables: {error}")))?;
     let mut stream = EventStream::new(probes.take_events()?)
         .map_err(|error| Failure::Other(anyhow::anyhow!("watching the ring buffer: {error}")))?;
     let losses = probes.take_loss_counters()?;
@@ -383,7 +416,10 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
         command.release();
     }
 
-    let mut collector = Collector::default();
+    let mut collector = Collector {
+        unwind_tables,
+        ..Collector::default()
+    };
     let targets: Vec<TargetProcess> = pids
         .iter()
         .map(|&pid| {
@@ -564,8 +600,9 @@ impl Signals {
 #[derive(Default)]
 struct Collector {
     maps: MemoryMaps,
-    unwinder: LeafUnwinder,
+    unwind_tables: UnwindTables,
     symbolizer: Symbolizer,
+    stack_quality: StackQuality,
     cpu: StackCounts,
     offcpu: StackCounts,
     slow_calls: Vec<SlowCall>,
@@ -576,21 +613,19 @@ struct Collector {
     alloc_stacks: HashMap<u64, StackKey>,
 }
 
-/// Adds a record's stack to `counts` with `weight`, its user part completed by the
-/// unwinder; a stack not seen before may hold addresses outside the known mappings, so
-/// those are checked then, and only then.
+/// Adds a record's stack to `counts` with `weight`; a stack not seen before may hold
+/// addresses outside the known mappings, so those are checked then, and only then.
 fn weigh(
     maps: &mut MemoryMaps,
-    unwinder: &mut LeafUnwinder,
     counts: &mut StackCounts,
     header: &EventHeader,
     stacks: &Stacks,
     weight: u64,
 ) {
-    let user = unwinder.complete(maps, header.tgid, stacks);
-    let stack = StackKey::new(header.tgid, &user, stacks.kernel_frames());
+    let user = stacks.user_frames();
+    let stack = StackKey::new(header.tgid, user, stacks.kernel_frames());
     if counts.add(header.tid, stack, weight) {
-        maps.observe(header.tgid, &user);
+        maps.observe(header.tgid, user);
     }
 }
 
@@ -609,30 +644,35 @@ struct Finished<'o> {
 impl Collector {
     fn add(&mut self, event: Event) {
         match event {
-            Event::Cpu(sample) => weigh(
-                &mut self.maps,
-                &mut self.unwinder,
-                &mut self.cpu,
-                &sample.header,
-                &sample.stacks,
-                1,
-            ),
-            Event::OffCpu(span) => weigh(
-                &mut self.maps,
-                &mut self.unwinder,
-                &mut self.offcpu,
-                &span.header,
-                &span.stacks,
-                span.duration_ns,
-            ),
+            Event::Cpu(sample) => {
+                self.note_end(sample.header.tgid, sample.stacks.user_end, |q| &mut q.cpu);
+                weigh(
+                    &mut self.maps,
+                    &mut self.cpu,
+                    &sample.header,
+                    &sample.stacks,
+                    1,
+                );
+            }
+            Event::OffCpu(span) => {
+                self.note_end(span.header.tgid, span.stacks.user_end, |q| &mut q.offcpu);
+                weigh(
+                    &mut self.maps,
+                    &mut self.offcpu,
+                    &span.header,
+                    &span.stacks,
+                    span.duration_ns,
+                );
+            }
             Event::SlowSyscall(call) => {
+                self.note_end(call.header.tgid, call.stacks.user_end, |q| {
+                    &mut q.slow_calls
+                });
                 self.slow_latencies.record(call.nr, call.duration_ns);
                 self.slow_call_count += 1;
-                let user = self
-                    .unwinder
-                    .complete(&mut self.maps, call.header.tgid, &call.stacks);
-                self.maps.observe(call.header.tgid, &user);
-                let stack = StackKey::new(call.header.tgid, &user, call.stacks.kernel_frames());
+                let user = call.stacks.user_frames();
+                self.maps.observe(call.header.tgid, user);
+                let stack = StackKey::new(call.header.tgid, user, call.stacks.kernel_frames());
                 self.keep_slow_call(SlowCall {
                     tid: call.header.tid,
                     nr: call.nr,
@@ -644,6 +684,7 @@ impl Collector {
             Event::BlockIo(io) => self.io.add(&io),
             Event::AllocStack(stack) => {
                 let tgid = stack.header.tgid;
+                self.note_end(tgid, stack.end, |q| &mut q.alloc);
                 self.maps.observe(tgid, stack.frames());
                 self.alloc_stacks
                     .insert(stack.id, StackKey::new(tgid, stack.frames(), &[]));
@@ -651,6 +692,21 @@ impl Collector {
         }
         for tgid in self.maps.take_updated() {
             self.symbolizer.refresh(tgid);
+        }
+    }
+
+    /// Counts how a stack ended; one that reached an address the kernel has no mapping
+    /// for makes the process's tables load again.
+    fn note_end(
+        &mut self,
+        tgid: u32,
+        end: u32,
+        kind: impl FnOnce(&mut StackQuality) -> &mut Completeness,
+    ) {
+        let end = StackEnd::from_raw(end);
+        kind(&mut self.stack_quality).add(end);
+        if end == StackEnd::UnknownMapping {
+            self.unwind_tables.reload(tgid);
         }
     }
 
@@ -789,6 +845,10 @@ impl Collector {
             probes: options.probes,
             threads: self.cpu.threads().collect(),
             losses: finished.losses,
+            stack_quality: StackQuality {
+                tables: self.unwind_tables.stats(),
+                ..self.stack_quality
+            },
             profile,
             analysis,
             syscalls: finished.syscalls,

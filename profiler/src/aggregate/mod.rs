@@ -3,12 +3,14 @@
 //! leak candidates among the blocks still live.
 
 pub mod block_io;
+pub mod completeness;
 pub mod latency;
 pub mod leaks;
 pub mod stacks;
 pub mod syscalls;
 
 pub use block_io::{IoOp, IoRow, IoTable};
+pub use completeness::{Completeness, end_name};
 pub use latency::Latency;
 pub use leaks::{LeakGroup, LeakOptions, LiveSummary, growth_per_second, summarize_live};
 pub use stacks::{StackCounts, StackKey};

@@ -1,0 +1,355 @@
+//! Unwind tables for the kernel's unwinder (profiler-ebpf's `stacks` module).
+//!
+//! Each distinct executable file (by device and inode, so that a library mapped by many
+//! processes is compiled once) becomes a run of [`UnwindRow`]s in one big array map,
+//! which userspace writes through a memory mapping. Each target process gets the list
+//! of its executable mappings, each pointing at its file's rows.
+//!
+//! Tables are compiled before the BPF object is loaded, so that the row array can be
+//! sized to fit them plus room for what comes later: a library loaded with `dlopen`, a
+//! started command's program. The kernel reports a stack that reached an address outside
+//! every mapping it knows ([`StackEnd::UnknownMapping`]), and [`UnwindTables::reload`]
+//! reads that process's mappings again.
+
+mod table;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::fs::FileExt as _,
+    },
+    ptr::NonNull,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use object::ReadCache;
+use profiler_common::{
+    ExecutableMapping, MAX_MAPPINGS, ProcessMappings, UNWIND_ROWS_HEADROOM, UnwindRow,
+};
+pub use table::{FileTable, Segment, TableError, bias};
+
+use crate::memory_map::{FileId, Mapping, read_mappings};
+
+/// How long to wait before reading a process's mappings again after the kernel reported
+/// an address outside them, so that a stream of such stacks does not reread them for
+/// every stack.
+const RELOAD_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A file whose table is compiled once for every process that maps it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum FileKey {
+    /// A file on disk.
+    File(FileId),
+    /// The kernel's vDSO, the same in every process.
+    Vdso,
+}
+
+enum FileState {
+    /// Compiled, not yet in the kernel's array.
+    Compiled(FileTable),
+    /// Its rows are in the kernel's array.
+    Loaded {
+        segments: Vec<Segment>,
+        first_row: u32,
+        rows: u32,
+    },
+    Failed(TableError),
+}
+
+/// What the tables cost and what could not be built, for the report.
+#[derive(Clone, Debug, Default)]
+pub struct TableStats {
+    /// Files with a table in the kernel.
+    pub files: usize,
+    /// Rows in the kernel, over all files.
+    pub rows: u64,
+    /// Kernel memory of the row array and the processes' mapping lists.
+    pub kernel_bytes: u64,
+    /// Time spent reading files and compiling their tables.
+    pub build_time: Duration,
+    /// Files without a table, by reason.
+    pub failed_files: BTreeMap<&'static str, usize>,
+}
+
+/// The kernel's row array, written through a shared memory mapping of it.
+struct MappedRows {
+    rows: NonNull<UnwindRow>,
+    capacity: u32,
+    bytes: usize,
+    used: u32,
+    /// Keeps the map alive as long as the mapping.
+    _map: MapData,
+}
+
+impl MappedRows {
+    fn new(map: MapData, capacity: u32) -> std::io::Result<Self> {
+        let page = 4096;
+        let bytes = (capacity as usize * size_of::<UnwindRow>()).div_ceil(page) * page;
+        // SAFETY: maps the BPF array, created with BPF_F_MMAPABLE and `capacity` 8-byte
+        // entries, shared with the kernel; nothing else maps it.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(MappedRows {
+            rows: NonNull::new(address.cast()).expect("mmap returned null"),
+            capacity,
+            bytes,
+            used: 0,
+            _map: map,
+        })
+    }
+
+    /// Appends `rows`, returning the index of the first, or None if they do not fit.
+    fn append(&mut self, rows: &[UnwindRow]) -> Option<u32> {
+        let count = u32::try_from(rows.len()).ok()?;
+        let end = self.used.checked_add(count)?;
+        if end > self.capacity {
+            return None;
+        }
+        // SAFETY: `used..end` lies within the mapping, which no reader reads before the
+        // process mappings that point at it are published.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                rows.as_ptr(),
+                self.rows.as_ptr().add(self.used as usize),
+                rows.len(),
+            );
+        }
+        let first = self.used;
+        self.used = end;
+        Some(first)
+    }
+}
+
+impl Drop for MappedRows {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.rows.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// The kernel's side of the tables, once the BPF object is loaded.
+struct Kernel {
+    rows: MappedRows,
+    processes: BpfHashMap<MapData, u32, ProcessMappings>,
+}
+
+/// Every target's unwind tables, compiled here and handed to the kernel.
+#[derive(Default)]
+pub struct UnwindTables {
+    files: HashMap<FileKey, FileState>,
+    /// Each process's executable mappings with the file each maps.
+    processes: HashMap<u32, Vec<(Mapping, Option<FileKey>)>>,
+    read_at: HashMap<u32, Instant>,
+    kernel: Option<Kernel>,
+    build_time: Duration,
+}
+
+impl UnwindTables {
+    /// Reads the mappings of `tgid` and compiles the tables of files not seen before;
+    /// once the kernel's maps are connected, loads them and publishes the process.
+    /// Returns false if the process is gone.
+    pub fn load_process(&mut self, tgid: u32) -> bool {
+        let Ok(mappings) = read_mappings(tgid) else {
+            return false;
+        };
+        self.read_at.insert(tgid, Instant::now());
+        let started = Instant::now();
+        let mut keyed = Vec::with_capacity(mappings.len());
+        for mapping in mappings {
+            let key = if mapping.vdso {
+                Some(FileKey::Vdso)
+            } else {
+                mapping.file.clone().map(FileKey::File)
+            };
+            if let Some(key) = &key {
+                if !self.files.contains_key(key) {
+                    let state = match compile(tgid, &mapping) {
+                        Ok(table) => FileState::Compiled(table),
+                        Err(error) => FileState::Failed(error),
+                    };
+                    self.files.insert(key.clone(), state);
+                }
+            }
+            keyed.push((mapping, key));
+        }
+        self.build_time += started.elapsed();
+        self.processes.insert(tgid, keyed);
+        if self.kernel.is_some() {
+            self.publish(tgid);
+        }
+        true
+    }
+
+    /// Reads the process's mappings again, unless that was done less than
+    /// [`RELOAD_INTERVAL`] ago.
+    pub fn reload(&mut self, tgid: u32) {
+        let recent = self
+            .read_at
+            .get(&tgid)
+            .is_some_and(|read_at| read_at.elapsed() < RELOAD_INTERVAL);
+        if !recent {
+            self.load_process(tgid);
+        }
+    }
+
+    /// Rows the kernel's array needs: every compiled table, and room for later ones.
+    pub fn capacity(&self) -> u32 {
+        let compiled: usize = self
+            .files
+            .values()
+            .map(|state| match state {
+                FileState::Compiled(table) => table.rows.len(),
+                _ => 0,
+            })
+            .sum();
+        u32::try_from(compiled)
+            .unwrap_or(u32::MAX)
+            .saturating_add(UNWIND_ROWS_HEADROOM)
+    }
+
+    /// Connects the kernel's maps, sized by [`UnwindTables::capacity`], and loads every
+    /// process read so far.
+    pub fn connect(
+        &mut self,
+        rows: MapData,
+        capacity: u32,
+        processes: BpfHashMap<MapData, u32, ProcessMappings>,
+    ) -> std::io::Result<()> {
+        self.kernel = Some(Kernel {
+            rows: MappedRows::new(rows, capacity)?,
+            processes,
+        });
+        let tgids: Vec<u32> = self.processes.keys().copied().collect();
+        for tgid in tgids {
+            self.publish(tgid);
+        }
+        Ok(())
+    }
+
+    /// Loads the process's files into the kernel's array, then tells the kernel its
+    /// mappings: the rows must be in place before anything points at them.
+    fn publish(&mut self, tgid: u32) {
+        let Some(kernel) = &mut self.kernel else {
+            return;
+        };
+        let Some(keyed) = self.processes.get(&tgid) else {
+            return;
+        };
+        let mut list = ProcessMappings {
+            count: 0,
+            _padding: 0,
+            mappings: [ExecutableMapping::default(); MAX_MAPPINGS],
+        };
+        for (mapping, key) in keyed.iter().take(MAX_MAPPINGS) {
+            let mut entry = ExecutableMapping {
+                start: mapping.range.start,
+                end: mapping.range.end,
+                ..ExecutableMapping::default()
+            };
+            if let Some(state) = key.as_ref().and_then(|key| self.files.get_mut(key)) {
+                load_file(state, &mut kernel.rows);
+                if let FileState::Loaded {
+                    segments,
+                    first_row,
+                    rows,
+                } = state
+                    && let Some(bias) = bias(segments, mapping.range.start, mapping.file_offset)
+                {
+                    entry.bias = bias;
+                    entry.first_row = *first_row;
+                    entry.rows = *rows;
+                }
+            }
+            list.mappings[list.count as usize] = entry;
+            list.count += 1;
+        }
+        // A process that exited meanwhile cannot be unwound anyway.
+        let _ = kernel.processes.insert(tgid, list, 0);
+    }
+
+    /// What the tables cost, and the files that have none.
+    pub fn stats(&self) -> TableStats {
+        let mut stats = TableStats {
+            build_time: self.build_time,
+            ..TableStats::default()
+        };
+        for state in self.files.values() {
+            match state {
+                FileState::Loaded { rows, .. } => {
+                    stats.files += 1;
+                    stats.rows += u64::from(*rows);
+                }
+                FileState::Failed(error) => {
+                    *stats.failed_files.entry(error.name()).or_default() += 1;
+                }
+                FileState::Compiled(_) => {}
+            }
+        }
+        if let Some(kernel) = &self.kernel {
+            stats.kernel_bytes = kernel.rows.bytes as u64
+                + (self.processes.len() * size_of::<ProcessMappings>()) as u64;
+        }
+        stats
+    }
+}
+
+/// Moves a compiled table into the kernel's array; a table that does not fit fails.
+fn load_file(state: &mut FileState, rows: &mut MappedRows) {
+    let FileState::Compiled(table) = state else {
+        return;
+    };
+    *state = match rows.append(&table.rows) {
+        Some(first_row) => FileState::Loaded {
+            segments: std::mem::take(&mut table.segments),
+            first_row,
+            rows: table.rows.len() as u32,
+        },
+        None => FileState::Failed(TableError::TableFull),
+    };
+}
+
+/// Compiles the table of a mapped file, read through the process's own view of it: its
+/// `map_files` link works across mount namespaces and for deleted files; its root is
+/// the fallback. The vDSO is read from the process's memory.
+fn compile(tgid: u32, mapping: &Mapping) -> Result<FileTable, TableError> {
+    if mapping.vdso {
+        let length = (mapping.range.end - mapping.range.start) as usize;
+        let memory =
+            fs::File::open(format!("/proc/{tgid}/mem")).map_err(|_| TableError::Unreadable)?;
+        let mut image = vec![0; length];
+        memory
+            .read_exact_at(&mut image, mapping.range.start)
+            .map_err(|_| TableError::Unreadable)?;
+        return FileTable::compile(&*image);
+    }
+    let by_range = format!(
+        "/proc/{tgid}/map_files/{:x}-{:x}",
+        mapping.range.start, mapping.range.end
+    );
+    let file = fs::File::open(by_range)
+        .or_else(|_| {
+            let path = mapping
+                .path
+                .as_deref()
+                .ok_or(std::io::ErrorKind::NotFound)?;
+            fs::File::open(format!("/proc/{tgid}/root{}", path.display()))
+        })
+        .map_err(|_| TableError::Unreadable)?;
+    // Read lazily: only the headers and the frame sections of a large library.
+    let cache = ReadCache::new(file);
+    FileTable::compile(&cache)
+}
