@@ -151,6 +151,8 @@ pub mod program_names {
     pub const FREE_ENTER: &str = "free_enter";
     /// raw tracepoint `sched_process_exec`: a target's mappings are gone.
     pub const PROCESS_EXEC: &str = "process_exec";
+    /// uprobe on a started command's entry point: stops it until its tables are loaded.
+    pub const HOLD_AT_ENTRY: &str = "hold_at_entry";
 }
 
 /// Names of the BPF globals that userspace sets at load time.

@@ -15,11 +15,11 @@ use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, pt_regs},
     helpers::{
         bpf_get_stack, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
-        generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
+        generated::{bpf_get_current_task_btf, bpf_loop, bpf_send_signal, bpf_task_pt_regs},
     },
-    macros::{map, raw_tracepoint},
+    macros::{map, raw_tracepoint, uprobe},
     maps::{Array, HashMap, PerCpuArray},
-    programs::RawTracePointContext,
+    programs::{ProbeContext, RawTracePointContext},
 };
 use profiler_common::{
     ExecutableMapping, MAPPING_SEARCH_STEPS, MAX_MAPPINGS, MAX_STACK_DEPTH, MAX_TARGETS,
@@ -289,5 +289,19 @@ pub fn process_exec(_ctx: RawTracePointContext) -> u32 {
     if is_target(tgid) {
         let _ = PROCESS_MAPPINGS.remove(&tgid);
     }
+    0
+}
+
+/// `SIGSTOP` from `asm-generic/signal.h`.
+const SIGSTOP: u32 = 19;
+
+/// Stops a command the profiler started when it reaches its program's entry point: the
+/// dynamic loader has mapped its libraries by then, and the program's own code has not
+/// run. Userspace loads the tables of those libraries, detaches this probe and lets the
+/// command continue, so that its first stacks unwind whole.
+#[uprobe]
+pub fn hold_at_entry(_ctx: ProbeContext) -> u32 {
+    // SAFETY: a helper that signals the current process.
+    unsafe { bpf_send_signal(SIGSTOP) };
     0
 }

@@ -12,10 +12,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use object::{Object as _, ObjectSegment as _, ObjectSymbol, ReadCache, ReadRef, SymbolKind};
+use object::{Object as _, ObjectSymbol, ReadCache, ReadRef, SymbolKind};
 use profiler_common::program_names;
 
-use crate::{exit::Failure, memory_map};
+use crate::{elf::file_offset, exit::Failure, memory_map};
 
 /// An allocating or freeing function and the BPF program its entry runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,18 +249,6 @@ fn harmless_length(code: &[u8]) -> Option<usize> {
         }
         _ => None,
     }
-}
-
-/// Where the code at virtual `address` lies in the file, through its loadable segment,
-/// and how many of the segment's bytes in the file follow it.
-fn file_offset<'d, R: ReadRef<'d>>(elf: &object::File<'d, R>, address: u64) -> Option<(u64, u64)> {
-    elf.segments().find_map(|segment| {
-        let (offset, size) = segment.file_range();
-        let start = segment.address();
-        (start..start + size)
-            .contains(&address)
-            .then(|| (address - start + offset, start + size - address))
-    })
 }
 
 #[cfg(test)]

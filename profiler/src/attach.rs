@@ -3,7 +3,7 @@
 //! [`Probes`] owns everything that is attached; dropping it, or calling
 //! [`Probes::detach`], takes every probe out of the kernel again.
 
-use std::{fmt, fs, num::NonZeroU32, os::fd::OwnedFd, str::FromStr, time::Duration};
+use std::{fmt, fs, num::NonZeroU32, os::fd::OwnedFd, path::Path, str::FromStr, time::Duration};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
@@ -11,7 +11,7 @@ use aya::{
     programs::{
         PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        uprobe::UProbeScope,
+        uprobe::{UProbeLinkId, UProbeScope},
     },
     sys::{Stats, SyscallError},
 };
@@ -308,6 +308,39 @@ impl Probes {
             self.attach_uprobe(point.function.entry_program, point, scope)?;
         }
         Ok(())
+    }
+
+    /// Places a probe that stops process `pid` when it reaches `program`'s entry point,
+    /// and returns it, to be taken out with [`Probes::release_hold`]. `None` if the
+    /// program is no ELF file (a script): its tables then load when its first stacks
+    /// report unknown mappings.
+    pub fn hold_at_entry(
+        &mut self,
+        pid: u32,
+        program: &Path,
+    ) -> Result<Option<UProbeLinkId>, Failure> {
+        let Some(entry) = crate::elf::entry_file_offset(program) else {
+            return Ok(None);
+        };
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(pid).ok_or_else(|| Failure::NoTarget("pid 0".to_owned()))?,
+        );
+        let uprobe: &mut UProbe = self.program(program_names::HOLD_AT_ENTRY)?;
+        uprobe.load().map_err(program_failure)?;
+        let link = uprobe.attach(entry, program, scope).map_err(|error| {
+            tracepoint_failure(
+                error,
+                &format!("uprobe on the entry of {}", program.display()),
+            )
+        })?;
+        Ok(Some(link))
+    }
+
+    /// Takes out the probe [`Probes::hold_at_entry`] placed, so that an `exec` of the
+    /// same program later does not stop the process again.
+    pub fn release_hold(&mut self, link: UProbeLinkId) -> Result<(), Failure> {
+        let uprobe: &mut UProbe = self.program(program_names::HOLD_AT_ENTRY)?;
+        uprobe.detach(link).map_err(program_failure)
     }
 
     fn attach_uprobe(

@@ -6,8 +6,8 @@
 //! 2. [`attach`]: loading the BPF programs and attaching them to the kernel, with the
 //!    tracepoint layouts from [`tracefs`];
 //! 3. [`stream`]: draining the ring buffer the programs write to;
-//! 4. [`unwind`]: completing the stacks where frame pointers fall short, with the help
-//!    of the targets' [`memory_map`]s;
+//! 4. [`unwind`]: compiling the targets' call-frame information into the tables the
+//!    kernel unwinds user stacks with, from the targets' [`memory_map`]s;
 //! 5. [`aggregate`]: weighing distinct stacks, latency distributions, syscall and IO
 //!    tables;
 //! 6. [`symbolize`]: naming frames, and syscalls and errnos ([`syscall_names`]);
@@ -22,6 +22,7 @@ pub mod allocators;
 pub mod analyze;
 pub mod attach;
 pub mod cli;
+pub mod elf;
 pub mod exit;
 pub mod memory_map;
 pub mod record;

@@ -103,6 +103,25 @@ impl MemoryMaps {
         std::mem::take(&mut self.updated)
     }
 
+    /// The executable mappings last read for process `tgid`.
+    pub fn mappings(&self, tgid: u32) -> &[Mapping] {
+        self.processes
+            .get(&tgid)
+            .map_or(&[], |process| &process.mappings)
+    }
+
+    /// Sets the mappings of process `tgid`, as if read from its map.
+    #[cfg(test)]
+    pub fn insert(&mut self, tgid: u32, mappings: Vec<Mapping>) {
+        self.processes.insert(
+            tgid,
+            ProcessMap {
+                mappings,
+                read_at: Instant::now(),
+            },
+        );
+    }
+
     /// The mapping holding `address`, if known.
     pub fn mapping(&self, tgid: u32, address: u64) -> Option<&Mapping> {
         find(&self.processes.get(&tgid)?.mappings, address)

@@ -5,7 +5,7 @@
 //! goes through the same finish, so whatever was gathered is always written out.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     ffi::OsString,
     io::Write as _,
     time::{Duration, Instant},
@@ -277,6 +277,8 @@ pub struct StackQuality {
     pub alloc: Completeness,
     /// The unwind tables.
     pub tables: TableStats,
+    /// Distinct user addresses that got no name, by reason.
+    pub unnamed: BTreeMap<&'static str, u64>,
 }
 
 /// A finished recording: everything the outputs are made of.
@@ -413,7 +415,7 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
     }
     let started = Instant::now();
     if let Some(command) = &mut command {
-        command.release();
+        start_command(command, &mut probes, &mut unwind_tables)?;
     }
 
     let mut collector = Collector {
@@ -488,6 +490,34 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
     });
     write_outputs(&recording, outputs, stopped, options.top)?;
     Ok(recording)
+}
+
+/// How long a started command may take from `exec` to its entry point before it is let
+/// go without its tables loaded up front.
+const ENTRY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Lets a held command `exec`, and stops it again at its program's entry point until the
+/// tables of every library the dynamic loader mapped are loaded, so that its first
+/// stacks (its first allocations above all) unwind whole.
+fn start_command(
+    command: &mut HeldCommand,
+    probes: &mut Probes,
+    unwind_tables: &mut UnwindTables,
+) -> Result<(), Failure> {
+    let hold = probes.hold_at_entry(command.pid(), command.program())?;
+    command.release();
+    if let Some(hold) = hold {
+        let stopped = command.wait_for_stop(ENTRY_TIMEOUT);
+        probes.release_hold(hold)?;
+        if stopped {
+            unwind_tables.load_process(command.pid());
+        }
+        // Also after a time-out: the probe may have fired just before it went.
+        if command.poll_exit().is_none() {
+            command.resume();
+        }
+    }
+    Ok(())
 }
 
 /// What the allocation probes left in the kernel when they were detached.
@@ -691,7 +721,7 @@ impl Collector {
             }
         }
         for tgid in self.maps.take_updated() {
-            self.symbolizer.refresh(tgid);
+            self.symbolizer.keep_files(tgid, self.maps.mappings(tgid));
         }
     }
 
@@ -785,6 +815,7 @@ impl Collector {
             .filter_map(|group| self.alloc_stacks.get(&group.stack_id))
             .collect();
         let names: Names = self.symbolizer.resolve(
+            &self.maps,
             self.cpu
                 .stacks()
                 .chain(self.offcpu.stacks())
@@ -847,6 +878,11 @@ impl Collector {
             losses: finished.losses,
             stack_quality: StackQuality {
                 tables: self.unwind_tables.stats(),
+                unnamed: names
+                    .unnamed
+                    .iter()
+                    .map(|(reason, count)| (reason.name(), *count))
+                    .collect(),
                 ..self.stack_quality
             },
             profile,

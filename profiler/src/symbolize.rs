@@ -1,20 +1,31 @@
 //! Turning raw instruction pointers into function names, with blazesym.
 //!
 //! User addresses are only meaningful against the process's memory map at the time of
-//! the sample, and the process may have exited by the time the recording ends. So while
-//! recording, [`Symbolizer::refresh`] keeps blazesym's copy of each target's map current
-//! (whenever [`crate::memory_map`] reads it again). Names are looked up once, at the end,
-//! for every distinct address.
+//! the sample, and the process may have exited, or live in another mount namespace, by
+//! the time names are looked up at the end. So while recording,
+//! [`Symbolizer::keep_files`] opens every file a target maps through the target's own
+//! view of it (`/proc/PID/map_files`) whenever [`crate::memory_map`] reads the map
+//! again, and keeps it open. At the end each file's addresses are looked up in that
+//! file, one file at a time: a file that cannot be read or parsed costs its own frames,
+//! never a whole process's.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    os::{fd::AsRawFd as _, unix::fs::FileExt as _},
+    path::Path,
+};
 
 use blazesym::symbolize::{
     self as blaze, Input, Symbolized,
-    cache::{self, Cache},
-    source::{Kernel, Process, Source},
+    source::{Elf, Kernel, Process, Source},
 };
+use object::{Object as _, ObjectSymbol as _};
 
-use crate::aggregate::{StackCounts, StackKey};
+use crate::{
+    aggregate::{StackCounts, StackKey},
+    memory_map::{FileId, Mapping, MemoryMaps, read_mappings},
+};
 
 /// A named frame of a symbolized stack.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -81,14 +92,45 @@ impl ProfileBuilder {
 
 const UNKNOWN: &str = "[unknown]";
 
+/// Why a user address got no name, as the report counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unnamed {
+    /// Outside every mapping known for its process.
+    UnknownMapping,
+    /// In anonymous memory (JIT code) with no perf map naming it.
+    AnonymousMemory,
+    /// Its file could not be opened, read or parsed.
+    UnreadableFile,
+    /// Its file has no symbol covering it.
+    NoSymbol,
+}
+
+impl Unnamed {
+    /// The reason as the report names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unnamed::UnknownMapping => "unknown_mapping",
+            Unnamed::AnonymousMemory => "anonymous_memory",
+            Unnamed::UnreadableFile => "unreadable_file",
+            Unnamed::NoSymbol => "no_symbol",
+        }
+    }
+}
+
 /// The names of the addresses of a set of stacks, from [`Symbolizer::resolve`].
 #[derive(Debug, Default)]
 pub struct Names {
     user: HashMap<(u32, u64), Vec<String>>,
     kernel: HashMap<u64, Vec<String>>,
+    /// Distinct user addresses without a name, by reason.
+    pub unnamed: BTreeMap<Unnamed, u64>,
 }
 
 impl Names {
+    fn count_unnamed(&mut self, reason: Unnamed) {
+        *self.unnamed.entry(reason).or_default() += 1;
+    }
+
     /// The named frames of a stack, root first, user frames below kernel frames, with
     /// inlined functions as frames of their own.
     pub fn frames(&self, key: &StackKey) -> Vec<Frame> {
@@ -155,6 +197,10 @@ fn is_tracing_frame(name: &str) -> bool {
 /// Resolves the addresses of the target processes and the kernel.
 pub struct Symbolizer {
     blazesym: blaze::Symbolizer,
+    /// Every file a target mapped, open, by identity.
+    files: HashMap<FileId, fs::File>,
+    /// The kernel's vDSO's function symbols, by address; the same in every process.
+    vdso: Vec<(u64, u64, String)>,
 }
 
 impl Default for Symbolizer {
@@ -171,39 +217,100 @@ impl Symbolizer {
                 .enable_inlined_fns(true)
                 .enable_demangling(true)
                 .build(),
+            files: HashMap::new(),
+            vdso: own_vdso_symbols().unwrap_or_default(),
         }
     }
 
-    /// Keeps a copy of the process's memory map now, so that its addresses can be named
-    /// even after it exits. A process that is gone keeps its last copy.
-    pub fn refresh(&mut self, tgid: u32) {
-        let mut process = cache::Process::new(tgid.into());
-        process.cache_perf_map = false;
-        let _ = self.blazesym.cache(&Cache::Process(process));
-    }
-
-    /// Looks up the names of every address in `stacks`, all at once, so that each
-    /// source (a binary, kallsyms) is read once.
-    pub fn resolve<'k>(&self, stacks: impl IntoIterator<Item = &'k StackKey>) -> Names {
-        let mut user_addresses: HashMap<u32, Vec<u64>> = HashMap::new();
-        let mut kernel_addresses = Vec::new();
-        for key in stacks {
-            user_addresses
-                .entry(key.tgid)
-                .or_default()
-                .extend(lookup_addresses(&key.user));
-            kernel_addresses.extend(lookup_addresses(&key.kernel));
-        }
-
-        let mut user = HashMap::new();
-        for (tgid, mut addresses) in user_addresses {
-            addresses.sort_unstable();
-            addresses.dedup();
-            let source = Source::Process(self.process_source(tgid));
-            for (address, names) in addresses.iter().zip(self.names(&source, &addresses)) {
-                user.insert((tgid, *address), names);
+    /// Opens the files of `mappings` of process `tgid` that are not open yet, so that
+    /// their addresses can be named after the process exits, from whatever mount
+    /// namespace it runs in.
+    pub fn keep_files(&mut self, tgid: u32, mappings: &[Mapping]) {
+        for mapping in mappings {
+            let (Some(id), Some(path)) = (&mapping.file, &mapping.path) else {
+                continue;
+            };
+            if self.files.contains_key(id) {
+                continue;
+            }
+            let by_range = format!(
+                "/proc/{tgid}/map_files/{:x}-{:x}",
+                mapping.range.start, mapping.range.end
+            );
+            let file = fs::File::open(by_range)
+                .or_else(|_| fs::File::open(format!("/proc/{tgid}/root{}", path.display())));
+            if let Ok(file) = file {
+                self.files.insert(id.clone(), file);
             }
         }
+    }
+
+    /// Looks up the names of every address in `stacks`, all at once, each file's
+    /// addresses together, so that each source (a binary, kallsyms) is read once.
+    pub fn resolve<'k>(
+        &self,
+        maps: &MemoryMaps,
+        stacks: impl IntoIterator<Item = &'k StackKey>,
+    ) -> Names {
+        let mut user_addresses: Vec<(u32, u64)> = Vec::new();
+        let mut kernel_addresses = Vec::new();
+        for key in stacks {
+            user_addresses.extend(lookup_addresses(&key.user).map(|address| (key.tgid, address)));
+            kernel_addresses.extend(lookup_addresses(&key.kernel));
+        }
+        user_addresses.sort_unstable();
+        user_addresses.dedup();
+
+        let mut names = Names::default();
+        let mut by_file: HashMap<&FileId, (&Mapping, Vec<(u32, u64, u64)>)> = HashMap::new();
+        let mut anonymous: HashMap<u32, Vec<u64>> = HashMap::new();
+        for &(tgid, address) in &user_addresses {
+            match maps.mapping(tgid, address) {
+                Some(mapping) if mapping.vdso => {
+                    let name = self.vdso_name(mapping.file_offset_of(address));
+                    if name.is_none() {
+                        names.count_unnamed(Unnamed::NoSymbol);
+                    }
+                    let frame = name.unwrap_or_else(|| "[vdso]".to_owned());
+                    names.user.insert((tgid, address), vec![frame]);
+                }
+                Some(mapping) => match &mapping.file {
+                    Some(id) => by_file
+                        .entry(id)
+                        .or_insert_with(|| (mapping, Vec::new()))
+                        .1
+                        .push((tgid, address, mapping.file_offset_of(address))),
+                    None => anonymous.entry(tgid).or_default().push(address),
+                },
+                None => names.count_unnamed(Unnamed::UnknownMapping),
+            }
+        }
+        for (id, (mapping, addresses)) in by_file {
+            let offsets: Vec<u64> = addresses.iter().map(|&(_, _, offset)| offset).collect();
+            let looked_up = self.file_names(id, &offsets);
+            for (index, &(tgid, address, _)) in addresses.iter().enumerate() {
+                let found = match &looked_up {
+                    Some(found) => found[index].clone().ok_or(Unnamed::NoSymbol),
+                    None => Err(Unnamed::UnreadableFile),
+                };
+                let frames = found.unwrap_or_else(|reason| {
+                    names.count_unnamed(reason);
+                    vec![file_label(mapping)]
+                });
+                names.user.insert((tgid, address), frames);
+            }
+        }
+        for (tgid, addresses) in anonymous {
+            let source = Source::Process(perf_map_source(tgid));
+            for (address, found) in addresses.iter().zip(self.names(&source, &addresses)) {
+                let frames = found.unwrap_or_else(|| {
+                    names.count_unnamed(Unnamed::AnonymousMemory);
+                    vec![UNKNOWN.to_owned()]
+                });
+                names.user.insert((tgid, *address), frames);
+            }
+        }
+
         kernel_addresses.sort_unstable();
         kernel_addresses.dedup();
         let kernel_source = Kernel {
@@ -212,47 +319,112 @@ impl Symbolizer {
             debug_syms: false,
             ..Kernel::default()
         };
-        let kernel = kernel_addresses
-            .iter()
-            .copied()
-            .zip(self.names(&Source::Kernel(kernel_source), &kernel_addresses))
+        let kernel_names = self.names(&Source::Kernel(kernel_source), &kernel_addresses);
+        names.kernel = kernel_addresses
+            .into_iter()
+            .zip(kernel_names)
+            .filter_map(|(address, found)| Some((address, found?)))
             .collect();
-        Names { user, kernel }
+        names
     }
 
-    /// A live process is read through `/proc/PID/map_files`, which works across mount
-    /// namespaces; an exited one through the paths of its cached memory map.
-    fn process_source(&self, tgid: u32) -> Process {
-        let mut process = Process::new(tgid.into());
-        process.map_files = crate::target::is_alive(tgid);
-        process.perf_map = Path::new(&format!("/tmp/perf-{tgid}.map")).exists();
-        process
+    /// Names of a file's addresses, given as file offsets: `None` if the file could not
+    /// be read or parsed, and `None` in place of an offset it has no symbol for.
+    fn file_names(&self, id: &FileId, offsets: &[u64]) -> Option<Vec<Option<Vec<String>>>> {
+        let file = self.files.get(id)?;
+        // blazesym reads files by path; this one is the kept descriptor.
+        let source = Source::Elf(Elf::new(format!("/proc/self/fd/{}", file.as_raw_fd())));
+        let symbolized = self
+            .blazesym
+            .symbolize(&source, Input::FileOffset(offsets))
+            .ok()?;
+        Some(symbolized.into_iter().map(symbol_names).collect())
     }
 
-    /// Names for each address, outermost inlined function first.
-    fn names(&self, source: &Source<'_>, addresses: &[u64]) -> Vec<Vec<String>> {
+    /// Names for each address, outermost inlined function first; `None` where the
+    /// source has none, or could not be read.
+    fn names(&self, source: &Source<'_>, addresses: &[u64]) -> Vec<Option<Vec<String>>> {
         if addresses.is_empty() {
             // Loading a source, kallsyms above all, costs tens of milliseconds.
             return Vec::new();
         }
         match self.blazesym.symbolize(source, Input::AbsAddr(addresses)) {
-            Ok(symbols) => symbols
-                .into_iter()
-                .map(|symbolized| match symbolized {
-                    Symbolized::Sym(symbol) => std::iter::once(symbol.name.into_owned())
-                        .chain(
-                            symbol
-                                .inlined
-                                .iter()
-                                .map(|inlined| inlined.name.to_string()),
-                        )
-                        .collect(),
-                    Symbolized::Unknown(_) => vec![UNKNOWN.to_owned()],
-                })
-                .collect(),
-            Err(_) => vec![vec![UNKNOWN.to_owned()]; addresses.len()],
+            Ok(symbols) => symbols.into_iter().map(symbol_names).collect(),
+            Err(_) => vec![None; addresses.len()],
         }
     }
+
+    /// The vDSO function holding `offset`.
+    fn vdso_name(&self, offset: u64) -> Option<String> {
+        let index = self.vdso.partition_point(|(start, _, _)| *start <= offset);
+        let (start, size, name) = self.vdso.get(index.checked_sub(1)?)?;
+        (offset < start + (*size).max(1)).then(|| name.clone())
+    }
+}
+
+/// JIT code is named only by a perf map (`/tmp/perf-PID.map`), read while the process
+/// lives.
+fn perf_map_source(tgid: u32) -> Process {
+    let mut process = Process::new(tgid.into());
+    process.map_files = crate::target::is_alive(tgid);
+    process.perf_map = Path::new(&format!("/tmp/perf-{tgid}.map")).exists();
+    process
+}
+
+/// The names blazesym found for one address, outermost inlined function first.
+fn symbol_names(symbolized: Symbolized<'_>) -> Option<Vec<String>> {
+    match symbolized {
+        Symbolized::Sym(symbol) => Some(
+            std::iter::once(symbol.name.into_owned())
+                .chain(
+                    symbol
+                        .inlined
+                        .iter()
+                        .map(|inlined| inlined.name.to_string()),
+                )
+                .collect(),
+        ),
+        Symbolized::Unknown(_) => None,
+    }
+}
+
+/// What an unnamed address in a file is called: the file's name in brackets, as perf
+/// shows it.
+fn file_label(mapping: &Mapping) -> String {
+    let name = mapping
+        .path
+        .as_deref()
+        .and_then(Path::file_name)
+        .map_or_else(|| UNKNOWN.into(), |name| name.to_string_lossy());
+    format!("[{name}]")
+}
+
+/// The function symbols of this process's vDSO, which the kernel maps identically into
+/// every process, as (offset, size, name) sorted by offset.
+fn own_vdso_symbols() -> Option<Vec<(u64, u64, String)>> {
+    let mapping = read_mappings(std::process::id())
+        .ok()?
+        .into_iter()
+        .find(|mapping| mapping.vdso)?;
+    let mut image = vec![0; (mapping.range.end - mapping.range.start) as usize];
+    fs::File::open("/proc/self/mem")
+        .ok()?
+        .read_exact_at(&mut image, mapping.range.start)
+        .ok()?;
+    let file = object::File::parse(&*image).ok()?;
+    let mut symbols: Vec<(u64, u64, String)> = file
+        .dynamic_symbols()
+        .filter(|symbol| symbol.kind() == object::SymbolKind::Text)
+        .filter_map(|symbol| {
+            Some((
+                symbol.address(),
+                symbol.size(),
+                symbol.name().ok()?.to_owned(),
+            ))
+        })
+        .collect();
+    symbols.sort();
+    Some(symbols)
 }
 
 /// The addresses to look up for a raw stack, innermost first: every frame but the
@@ -301,18 +473,49 @@ mod tests {
     }
 
     #[test]
-    fn own_functions_get_names() {
+    fn own_functions_get_names_and_an_unreadable_file_costs_only_its_own() {
         let address = a_function_to_find as *const () as u64;
         let pid = std::process::id();
+        let mut maps = MemoryMaps::default();
+        maps.read(pid);
+        let own = maps.mapping(pid, address).unwrap().clone();
         let mut symbolizer = Symbolizer::new();
-        symbolizer.refresh(pid);
-        let names = symbolizer.names(&Source::Process(symbolizer.process_source(pid)), &[address]);
-        assert!(names[0][0].ends_with("a_function_to_find"), "{names:?}");
+        symbolizer.keep_files(pid, &[own.clone()]);
+        // A second file that cannot be parsed, mapped at made-up addresses.
+        let broken = std::env::temp_dir().join(format!("profiler-broken-{pid}.so"));
+        fs::write(&broken, b"\x7fELF not really").unwrap();
+        let broken_mapping = Mapping {
+            range: 0x1000..0x2000,
+            file_offset: 0,
+            path: Some(broken.clone()),
+            file: Some(FileId {
+                device: "ff:ff".to_owned(),
+                inode: 1,
+            }),
+            vdso: false,
+        };
+        symbolizer.files.insert(
+            broken_mapping.file.clone().unwrap(),
+            fs::File::open(&broken).unwrap(),
+        );
+        let mut extended = MemoryMaps::default();
+        extended.insert(pid, vec![broken_mapping, own]);
+        let key = StackKey::new(pid, &[0x1800, address + 1], &[]);
+        let names = symbolizer.resolve(&extended, [&key]);
+        fs::remove_file(&broken).unwrap();
+        let frames: Vec<String> = names.frames(&key).into_iter().map(|f| f.name).collect();
+        assert!(frames[0].ends_with("a_function_to_find"), "{frames:?}");
+        assert_eq!(
+            frames[1],
+            format!("[{}]", broken.file_name().unwrap().to_string_lossy())
+        );
+        assert_eq!(names.unnamed.get(&Unnamed::UnreadableFile), Some(&1));
     }
 
     #[test]
     fn tracing_frames_and_what_they_ran_are_cut_off() {
         let names = Names {
+            unnamed: BTreeMap::new(),
             user: HashMap::from([((1, 10), vec!["main".to_owned()])]),
             kernel: HashMap::from([
                 (100, vec!["bpf_prog_1234_sched_switch".to_owned()]),

@@ -144,6 +144,40 @@ impl HeldCommand {
         }
     }
 
+    /// Waits up to `timeout` for the command to stop (see [`Probes::hold_at_entry`]).
+    /// Returns false if it exited, or did not stop in time.
+    ///
+    /// [`Probes::hold_at_entry`]: crate::attach::Probes::hold_at_entry
+    pub fn wait_for_stop(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            let mut status = 0;
+            // SAFETY: plain syscall on our own child.
+            let reaped = unsafe {
+                libc::waitpid(
+                    self.pid as i32,
+                    &raw mut status,
+                    libc::WNOHANG | libc::WUNTRACED,
+                )
+            };
+            if reaped == self.pid as i32 {
+                if libc::WIFSTOPPED(status) {
+                    return true;
+                }
+                self.exit = Some(exit_status(status));
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    /// Lets a stopped command continue.
+    pub fn resume(&self) {
+        // SAFETY: signalling our own, not yet reaped, child.
+        unsafe { libc::kill(self.pid as i32, libc::SIGCONT) };
+    }
+
     /// How the command ended, once it has; reaps it without blocking.
     pub fn poll_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
@@ -151,11 +185,7 @@ impl HeldCommand {
             // SAFETY: plain syscall on our own child.
             let reaped = unsafe { libc::waitpid(self.pid as i32, &raw mut status, libc::WNOHANG) };
             if reaped == self.pid as i32 {
-                self.exit = Some(if libc::WIFSIGNALED(status) {
-                    ExitStatus::Signal(libc::WTERMSIG(status))
-                } else {
-                    ExitStatus::Code(libc::WEXITSTATUS(status))
-                });
+                self.exit = Some(exit_status(status));
             }
         }
         self.exit
@@ -188,6 +218,14 @@ impl Drop for HeldCommand {
         if self.exit.is_none() {
             self.terminate();
         }
+    }
+}
+
+fn exit_status(status: i32) -> ExitStatus {
+    if libc::WIFSIGNALED(status) {
+        ExitStatus::Signal(libc::WTERMSIG(status))
+    } else {
+        ExitStatus::Code(libc::WEXITSTATUS(status))
     }
 }
 

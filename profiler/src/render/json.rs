@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::{
-    aggregate::Latency,
+    aggregate::{Completeness, Latency},
     analyze::{Check, FunctionShare, RuleOutcome},
-    record::{Recording, StopReason},
+    record::{Recording, StackQuality, StopReason},
     render::folded::frame_label,
 };
 
@@ -132,6 +132,7 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
                 "growth_bytes_per_s": candidate.growth_per_s,
             })).collect::<Vec<_>>(),
         },
+        "stacks": stacks(&recording.stack_quality),
         "lost": {
             "cpu_samples": losses.cpu(),
             "syscalls": losses.syscalls(),
@@ -149,6 +150,38 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
             "bpf_run_count": recording.cost.bpf.map(|bpf| bpf.run_count),
             "profiler_cpu_s": recording.cost.process_cpu.as_secs_f64(),
             "stop_to_svg_ms": stop_to_svg.as_secs_f64() * 1e3,
+        },
+    })
+}
+
+/// How complete the user stacks were, per kind of record, and the unwind tables' cost.
+fn stacks(quality: &StackQuality) -> Value {
+    let completeness = |completeness: &Completeness| {
+        json!({
+            "total": completeness.total(),
+            "complete": completeness.complete_share(),
+            "truncated": completeness.truncated()
+                .map(|(reason, count)| (reason.to_owned(), json!(count)))
+                .collect::<serde_json::Map<_, _>>(),
+        })
+    };
+    let tables = &quality.tables;
+    json!({
+        "cpu": completeness(&quality.cpu),
+        "offcpu": completeness(&quality.offcpu),
+        "slow_calls": completeness(&quality.slow_calls),
+        "alloc": completeness(&quality.alloc),
+        "unnamed_addresses": quality.unnamed.iter()
+            .map(|(reason, count)| ((*reason).to_owned(), json!(count)))
+            .collect::<serde_json::Map<_, _>>(),
+        "unwind_tables": {
+            "files": tables.files,
+            "rows": tables.rows,
+            "kernel_bytes": tables.kernel_bytes,
+            "build_ms": tables.build_time.as_secs_f64() * 1e3,
+            "files_without_table": tables.failed_files.iter()
+                .map(|(reason, count)| ((*reason).to_owned(), json!(count)))
+                .collect::<serde_json::Map<_, _>>(),
         },
     })
 }

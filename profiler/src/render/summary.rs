@@ -4,7 +4,7 @@ use std::{io::Write as _, path::PathBuf};
 
 use crate::{
     analyze::{Check, FunctionShare, RuleOutcome, is_process_root},
-    record::{Recording, StopReason},
+    record::{Recording, StackQuality, StopReason},
     render::svg::FlameGraphLabels,
 };
 
@@ -158,6 +158,44 @@ Allocations: {} calls, {} frees{sampling}; {} in {} blocks still live, {} lost.
     out
 }
 
+/// How many CPU samples' user stacks reached the process's root, why the others
+/// stopped short, and what the unwind tables cost.
+fn stack_quality_text(quality: &StackQuality) -> String {
+    let Some(complete) = quality.cpu.complete_share() else {
+        return String::new();
+    };
+    let truncated: Vec<String> = quality
+        .cpu
+        .truncated()
+        .filter(|(_, count)| *count > 0)
+        .map(|(reason, count)| format!("{count} {}", reason.replace('_', " ")))
+        .collect();
+    let mut out = format!(
+        "User stacks: {} reached the process's root",
+        percent(complete).trim()
+    );
+    if !truncated.is_empty() {
+        out += &format!("; stopped short: {}", truncated.join(", "));
+    }
+    let tables = &quality.tables;
+    out += &format!(
+        ".\nUnwind tables: {} files, {} rows, {:.1} MiB of kernel memory, built in {} ms",
+        tables.files,
+        tables.rows,
+        tables.kernel_bytes as f64 / f64::from(1 << 20),
+        tables.build_time.as_millis(),
+    );
+    if !tables.failed_files.is_empty() {
+        let failed: Vec<String> = tables
+            .failed_files
+            .iter()
+            .map(|(reason, count)| format!("{count} {}", reason.replace('_', " ")))
+            .collect();
+        out += &format!("; files without one: {}", failed.join(", "));
+    }
+    out + ".\n"
+}
+
 fn cpu_text(recording: &Recording, top: usize) -> String {
     let analysis = &recording.analysis;
     let threads = recording.threads.len();
@@ -175,6 +213,7 @@ fn cpu_text(recording: &Recording, top: usize) -> String {
             "Warning: {lost} samples were lost because the ring buffer was full; shares are computed from the samples kept.\n",
         );
     }
+    out += &stack_quality_text(&recording.stack_quality);
     if analysis.samples == 0 {
         out += "No on-CPU samples: the target did not run on a CPU while it was recorded.\n";
     } else {

@@ -45,6 +45,8 @@ pub struct Segment {
     pub file_size: u64,
     /// The segment's ELF virtual address.
     pub address: u64,
+    /// Whether it is mapped executable.
+    pub executable: bool,
 }
 
 /// One file's unwind rows and segments.
@@ -56,12 +58,21 @@ pub struct FileTable {
     pub segments: Vec<Segment>,
 }
 
-/// What to subtract from an address of a mapping that starts at `start` with file offset
-/// `file_offset` to get its file's ELF virtual address, given the file's segments.
+/// What to subtract from an address of an executable mapping that starts at `start`
+/// with file offset `file_offset` to get its file's ELF virtual address, given the
+/// file's segments.
+///
+/// The mapping's offset is the segment's rounded down to a page, so it may also fall in
+/// the segment before; the executable one is the one mapped executable.
 pub fn bias(segments: &[Segment], start: u64, file_offset: u64) -> Option<u64> {
-    let segment = segments.iter().find(|segment| {
-        (segment.file_offset..segment.file_offset + segment.file_size.max(1)).contains(&file_offset)
-    })?;
+    let holds = |segment: &&Segment| {
+        (segment.file_offset & !(PAGE - 1)..segment.file_offset + segment.file_size.max(1))
+            .contains(&file_offset)
+    };
+    let segment = segments
+        .iter()
+        .filter(holds)
+        .max_by_key(|segment| segment.executable)?;
     Some(
         start
             .wrapping_sub(file_offset)
@@ -69,6 +80,9 @@ pub fn bias(segments: &[Segment], start: u64, file_offset: u64) -> Option<u64> {
             .wrapping_sub(segment.address),
     )
 }
+
+/// The page size segments are mapped with.
+const PAGE: u64 = 4096;
 
 impl FileTable {
     /// Compiles the table of an ELF file.
@@ -78,10 +92,15 @@ impl FileTable {
             .segments()
             .map(|segment| {
                 let (file_offset, file_size) = segment.file_range();
+                let executable = match segment.flags() {
+                    object::SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
+                    _ => false,
+                };
                 Segment {
                     file_offset,
                     file_size,
                     address: segment.address(),
+                    executable,
                 }
             })
             .collect();
@@ -244,22 +263,18 @@ fn saved_rbp(rule: Option<RegisterRule<usize>>) -> i8 {
 /// an address the row wins; runs of equal rules become one row.
 fn sort_and_merge(rows: &mut Vec<UnwindRow>) {
     rows.sort_by_key(|row| (row.address, row.cfa_rule != cfa_rule::NONE));
-    let mut merged: Vec<UnwindRow> = Vec::with_capacity(rows.len());
-    for row in rows.drain(..) {
-        match merged.last_mut() {
-            Some(last) if last.address == row.address => *last = row,
-            Some(last) if same_rule(last, &row) => {}
-            _ => merged.push(row),
-        }
-    }
+    // Of rows at one address the last, a row over an end marker, stays.
+    rows.reverse();
+    rows.dedup_by_key(|row| row.address);
+    rows.reverse();
+    rows.dedup_by(|row, earlier| same_rule(row, earlier));
     // A table that begins with a gap needs no marker for it.
-    if merged
+    if rows
         .first()
         .is_some_and(|row| row.cfa_rule == cfa_rule::NONE)
     {
-        merged.remove(0);
+        rows.remove(0);
     }
-    *rows = merged;
 }
 
 fn same_rule(a: &UnwindRow, b: &UnwindRow) -> bool {
