@@ -165,6 +165,9 @@ pub mod global_names {
     pub const TRACEPOINT_FIELDS: &str = "TRACEPOINT_FIELDS";
     /// `u64`: the mean bytes between sampled allocations; 0 tracks every allocation.
     pub const ALLOC_SAMPLE_BYTES: &str = "ALLOC_SAMPLE_BYTES";
+    /// `u64`: 1 walks frame pointers for user stacks (`--unwind fp`), 0 unwinds them
+    /// from the unwind tables.
+    pub const WALK_FRAME_POINTERS: &str = "WALK_FRAME_POINTERS";
 }
 
 /// Tracepoint fields the BPF programs read. Their offsets differ between kernels, so
@@ -460,11 +463,14 @@ pub enum StackEnd {
     UnreadableMemory,
     /// The thread had no user registers to start from (a kernel thread).
     NoUserStack,
+    /// Walked by frame pointers (`--unwind fp`), which cannot tell whether the walk
+    /// reached the root or a function without a frame pointer.
+    FramePointers,
 }
 
 impl StackEnd {
     /// Number of ends.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
 
     /// Every end, in value order.
     pub const ALL: [StackEnd; Self::COUNT] = [
@@ -474,6 +480,7 @@ impl StackEnd {
         StackEnd::DepthLimit,
         StackEnd::UnreadableMemory,
         StackEnd::NoUserStack,
+        StackEnd::FramePointers,
     ];
 
     /// The end a raw value names; an unknown value reads as [`StackEnd::NoUnwindInfo`].
@@ -533,6 +540,10 @@ pub const UNWIND_SEARCH_STEPS: u32 = 24;
 
 /// Binary search steps over one process's mappings: covers [`MAX_MAPPINGS`].
 pub const MAPPING_SEARCH_STEPS: u32 = 10;
+
+// The kernel's binary searches must cover the tables they search.
+const _: () = assert!(1usize << MAPPING_SEARCH_STEPS >= MAX_MAPPINGS);
+const _: () = assert!(1u64 << UNWIND_SEARCH_STEPS >= UNWIND_ROWS_HEADROOM as u64);
 
 /// One executable mapping of a target process, as the kernel's unwinder sees it.
 #[repr(C)]
@@ -651,12 +662,6 @@ mod tests {
     #[test]
     fn an_unwind_row_takes_eight_bytes_as_mapped_arrays_lay_them_out() {
         assert_eq!(core::mem::size_of::<UnwindRow>(), 8);
-    }
-
-    #[test]
-    fn the_searches_cover_their_tables() {
-        assert!(1usize << MAPPING_SEARCH_STEPS >= MAX_MAPPINGS);
-        assert!(1u64 << UNWIND_SEARCH_STEPS >= u64::from(UNWIND_ROWS_HEADROOM));
     }
 
     #[test]

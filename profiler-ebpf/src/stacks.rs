@@ -12,7 +12,7 @@
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, pt_regs},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, pt_regs},
     helpers::{
         bpf_get_stack, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
         generated::{bpf_get_current_task_btf, bpf_loop, bpf_send_signal, bpf_task_pt_regs},
@@ -72,6 +72,10 @@ pub struct UserStack {
 #[map]
 static USER_STACKS: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(UNWINDERS, 0);
 
+/// Set by userspace: 1 walks frame pointers for user stacks instead (`--unwind fp`).
+#[unsafe(no_mangle)]
+static WALK_FRAME_POINTERS: u64 = 0;
+
 /// Fills `stacks` with the running thread's user and kernel stacks.
 ///
 /// SAFETY: `ctx` must be the running program's context and `stacks` writable.
@@ -86,6 +90,17 @@ pub unsafe fn capture(ctx: *mut c_void, stacks: *mut Stacks, unwinder: Unwinder,
             STACK_BYTES,
             0,
         ) as i32;
+        if core::ptr::read_volatile(&raw const WALK_FRAME_POINTERS) != 0 {
+            let bytes = bpf_get_stack(
+                ctx,
+                (*stacks).user.as_mut_ptr().cast::<c_void>(),
+                STACK_BYTES,
+                u64::from(BPF_F_USER_STACK),
+            );
+            (*stacks).user_depth = if bytes > 0 { bytes as u32 / 8 } else { 0 };
+            (*stacks).user_end = StackEnd::FramePointers as u32;
+            return;
+        }
         let Some(user) = unwind_user(unwinder, tgid) else {
             (*stacks).user_depth = 0;
             (*stacks).user_end = StackEnd::NoUserStack as u32;

@@ -141,6 +141,15 @@ impl fmt::Display for EventSet {
     }
 }
 
+/// How user stacks are unwound, as `--unwind` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnwindMethod {
+    /// From the binaries' call-frame information, in the kernel.
+    Dwarf,
+    /// By walking frame pointers.
+    Fp,
+}
+
 /// What the probes record, fixed when the BPF object is loaded.
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeSettings {
@@ -152,6 +161,8 @@ pub struct ProbeSettings {
     pub offcpu_min: Duration,
     /// Mean bytes between sampled allocations; 0 tracks every allocation.
     pub alloc_sample_bytes: u64,
+    /// How CPU, off-CPU and slow-syscall stacks are unwound.
+    pub unwind: UnwindMethod,
 }
 
 impl Default for ProbeSettings {
@@ -161,6 +172,7 @@ impl Default for ProbeSettings {
             slow_syscall: Duration::from_millis(10),
             offcpu_min: Duration::from_millis(1),
             alloc_sample_bytes: 0,
+            unwind: UnwindMethod::Dwarf,
         }
     }
 }
@@ -206,6 +218,7 @@ impl Probes {
         };
         let slow_syscall_ns = settings.slow_syscall.as_nanos() as u64;
         let offcpu_min_ns = settings.offcpu_min.as_nanos() as u64;
+        let walk_frame_pointers = u64::from(settings.unwind == UnwindMethod::Fp);
         let mut loader = EbpfLoader::new();
         // The programs use no CO-RE relocations, so parsing the kernel's BTF (tens of
         // milliseconds) would buy nothing.
@@ -217,6 +230,11 @@ impl Probes {
             .override_global(
                 global_names::ALLOC_SAMPLE_BYTES,
                 &settings.alloc_sample_bytes,
+                true,
+            )
+            .override_global(
+                global_names::WALK_FRAME_POINTERS,
+                &walk_frame_pointers,
                 true,
             );
         loader.map_max_entries(map_names::UNWIND_ROWS, unwind_rows.max(1));

@@ -6,7 +6,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::{
     analyze::{AnalysisOptions, Rule},
-    attach::{EventSet, ProbeSettings},
+    attach::{EventSet, ProbeSettings, UnwindMethod},
     exit::{Failure, code},
     record::{RecordOptions, TargetSpec, record},
     render::OutputPaths,
@@ -94,6 +94,14 @@ struct RecordArgs {
     #[arg(long, value_name = "FILE.svg", default_value = "leaks.svg")]
     leaks_output: PathBuf,
 
+    /// How user stacks are unwound: `dwarf` follows the binaries' call-frame
+    /// information in the kernel, and is complete on binaries without frame pointers
+    /// (most distribution packages, Rust release builds); `fp` walks frame pointers,
+    /// which is cheaper and complete only on binaries built with them. Allocation
+    /// stacks are always unwound with `dwarf`.
+    #[arg(long, value_name = "METHOD", value_enum, default_value_t = UnwindMethod::Dwarf)]
+    unwind: UnwindMethod,
+
     /// Samples per second on each CPU.
     #[arg(short = 'F', long, value_name = "HZ", default_value_t = 99,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -147,6 +155,7 @@ impl RecordArgs {
                 slow_syscall: Duration::from_secs_f64(self.slow_ms / 1e3),
                 offcpu_min: Duration::from_secs_f64(self.offcpu_min_us / 1e6),
                 alloc_sample_bytes: self.alloc_sample_bytes,
+                unwind: self.unwind,
             },
             leak_min_age: Duration::from_secs_f64(self.leak_min_age),
             outputs: OutputPaths {

@@ -194,6 +194,13 @@ fn is_tracing_frame(name: &str) -> bool {
     PREFIXES.iter().any(|prefix| name.starts_with(prefix))
 }
 
+/// The addresses of one file to name, as (process, address) and as file offsets.
+struct FileLookup<'m> {
+    mapping: &'m Mapping,
+    addresses: Vec<(u32, u64)>,
+    offsets: Vec<u64>,
+}
+
 /// Resolves the addresses of the target processes and the kernel.
 pub struct Symbolizer {
     blazesym: blaze::Symbolizer,
@@ -262,7 +269,7 @@ impl Symbolizer {
         user_addresses.dedup();
 
         let mut names = Names::default();
-        let mut by_file: HashMap<&FileId, (&Mapping, Vec<(u32, u64, u64)>)> = HashMap::new();
+        let mut by_file: HashMap<&FileId, FileLookup<'_>> = HashMap::new();
         let mut anonymous: HashMap<u32, Vec<u64>> = HashMap::new();
         for &(tgid, address) in &user_addresses {
             match maps.mapping(tgid, address) {
@@ -275,27 +282,30 @@ impl Symbolizer {
                     names.user.insert((tgid, address), vec![frame]);
                 }
                 Some(mapping) => match &mapping.file {
-                    Some(id) => by_file
-                        .entry(id)
-                        .or_insert_with(|| (mapping, Vec::new()))
-                        .1
-                        .push((tgid, address, mapping.file_offset_of(address))),
+                    Some(id) => {
+                        let lookup = by_file.entry(id).or_insert_with(|| FileLookup {
+                            mapping,
+                            addresses: Vec::new(),
+                            offsets: Vec::new(),
+                        });
+                        lookup.addresses.push((tgid, address));
+                        lookup.offsets.push(mapping.file_offset_of(address));
+                    }
                     None => anonymous.entry(tgid).or_default().push(address),
                 },
                 None => names.count_unnamed(Unnamed::UnknownMapping),
             }
         }
-        for (id, (mapping, addresses)) in by_file {
-            let offsets: Vec<u64> = addresses.iter().map(|&(_, _, offset)| offset).collect();
-            let looked_up = self.file_names(id, &offsets);
-            for (index, &(tgid, address, _)) in addresses.iter().enumerate() {
+        for (id, lookup) in by_file {
+            let looked_up = self.file_names(id, &lookup.offsets);
+            for (index, &(tgid, address)) in lookup.addresses.iter().enumerate() {
                 let found = match &looked_up {
                     Some(found) => found[index].clone().ok_or(Unnamed::NoSymbol),
                     None => Err(Unnamed::UnreadableFile),
                 };
                 let frames = found.unwrap_or_else(|reason| {
                     names.count_unnamed(reason);
-                    vec![file_label(mapping)]
+                    vec![file_label(lookup.mapping)]
                 });
                 names.user.insert((tgid, address), frames);
             }
@@ -330,15 +340,30 @@ impl Symbolizer {
 
     /// Names of a file's addresses, given as file offsets: `None` if the file could not
     /// be read or parsed, and `None` in place of an offset it has no symbol for.
+    ///
+    /// An address between functions is looked up once more a byte further: a signal
+    /// trampoline's return address is its first instruction, and one byte back, where
+    /// return addresses are looked up, lies the padding before it.
     fn file_names(&self, id: &FileId, offsets: &[u64]) -> Option<Vec<Option<Vec<String>>>> {
         let file = self.files.get(id)?;
         // blazesym reads files by path; this one is the kept descriptor.
         let source = Source::Elf(Elf::new(format!("/proc/self/fd/{}", file.as_raw_fd())));
-        let symbolized = self
-            .blazesym
-            .symbolize(&source, Input::FileOffset(offsets))
-            .ok()?;
-        Some(symbolized.into_iter().map(symbol_names).collect())
+        let lookup = |offsets: &[u64]| -> Option<Vec<Option<Vec<String>>>> {
+            let symbolized = self
+                .blazesym
+                .symbolize(&source, Input::FileOffset(offsets))
+                .ok()?;
+            Some(symbolized.into_iter().map(symbol_names).collect())
+        };
+        let mut found = lookup(offsets)?;
+        let unnamed: Vec<usize> = (0..offsets.len()).filter(|&i| found[i].is_none()).collect();
+        if !unnamed.is_empty() {
+            let next: Vec<u64> = unnamed.iter().map(|&i| offsets[i] + 1).collect();
+            for (index, names) in unnamed.into_iter().zip(lookup(&next).unwrap_or_default()) {
+                found[index] = names;
+            }
+        }
+        Some(found)
     }
 
     /// Names for each address, outermost inlined function first; `None` where the
@@ -374,7 +399,7 @@ fn perf_map_source(tgid: u32) -> Process {
 /// The names blazesym found for one address, outermost inlined function first.
 fn symbol_names(symbolized: Symbolized<'_>) -> Option<Vec<String>> {
     match symbolized {
-        Symbolized::Sym(symbol) => Some(
+        Symbolized::Sym(symbol) if !symbol.name.is_empty() => Some(
             std::iter::once(symbol.name.into_owned())
                 .chain(
                     symbol
@@ -384,7 +409,7 @@ fn symbol_names(symbolized: Symbolized<'_>) -> Option<Vec<String>> {
                 )
                 .collect(),
         ),
-        Symbolized::Unknown(_) => None,
+        Symbolized::Sym(_) | Symbolized::Unknown(_) => None,
     }
 }
 
@@ -480,7 +505,7 @@ mod tests {
         maps.read(pid);
         let own = maps.mapping(pid, address).unwrap().clone();
         let mut symbolizer = Symbolizer::new();
-        symbolizer.keep_files(pid, &[own.clone()]);
+        symbolizer.keep_files(pid, std::slice::from_ref(&own));
         // A second file that cannot be parsed, mapped at made-up addresses.
         let broken = std::env::temp_dir().join(format!("profiler-broken-{pid}.so"));
         fs::write(&broken, b"\x7fELF not really").unwrap();

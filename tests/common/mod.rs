@@ -32,20 +32,25 @@ pub fn scratch(test: &str) -> PathBuf {
 /// Compiles `tests/workloads/NAME.c` with frame pointers (gcc still leaves them out of
 /// leaf functions, which the profiler must cope with) and returns the binary.
 pub fn compile_workload(name: &str) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/workloads")
-        .join(format!("{name}.c"));
-    let bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bin");
-    fs::create_dir_all(&bin).unwrap();
-    let binary = bin.join(name);
-    let status = Command::new("cc")
-        .args([
+    compile_c(
+        name,
+        name,
+        &[
             "-O1",
-            "-g",
             "-fno-omit-frame-pointer",
             "-mno-omit-leaf-frame-pointer",
-            "-pthread",
-        ])
+        ],
+    )
+}
+
+/// Compiles `tests/workloads/SOURCE.c` into the binary (or, with `-shared`, library)
+/// `OUTPUT` with debug information, the pthread flags and `flags`.
+pub fn compile_c(source: &str, output: &str, flags: &[&str]) -> PathBuf {
+    let source = workload_source(&format!("{source}.c"));
+    let binary = bin_dir().join(output);
+    let status = Command::new("cc")
+        .args(["-g", "-pthread"])
+        .args(flags)
         .arg(&source)
         .arg("-o")
         .arg(&binary)
@@ -53,6 +58,34 @@ pub fn compile_workload(name: &str) -> PathBuf {
         .expect("running cc");
     assert!(status.success(), "compiling {}", source.display());
     binary
+}
+
+/// Compiles `tests/workloads/NAME.rs` as cargo's release profile would, without frame
+/// pointers, with the toolchain this workspace pins.
+pub fn compile_rust(name: &str) -> PathBuf {
+    let source = workload_source(&format!("{name}.rs"));
+    let binary = bin_dir().join(format!("{name}-rs"));
+    let status = Command::new("rustc")
+        .args(["--edition", "2024", "-C", "opt-level=3"])
+        .arg(&source)
+        .arg("-o")
+        .arg(&binary)
+        .status()
+        .expect("running rustc");
+    assert!(status.success(), "compiling {}", source.display());
+    binary
+}
+
+fn workload_source(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/workloads")
+        .join(file)
+}
+
+fn bin_dir() -> PathBuf {
+    let bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    bin
 }
 
 pub fn profiler() -> Command {

@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: the profiler's cost on a CPU-bound service, side by side with
-//! `perf record -g` on the same service in the same run; then its cost per traced
-//! syscall, side by side with libbpf-tools `syscount` ([`crate::bench_syscalls`]); then
-//! its cost per malloc+free pair next to bpftrace and heaptrack ([`crate::bench_alloc`]).
+//! `perf record -g` (and, at 999 Hz, `perf record --call-graph dwarf`) on the same
+//! service in the same run; then its cost per traced syscall, side by side with
+//! libbpf-tools `syscount` ([`crate::bench_syscalls`]); then its cost per malloc+free
+//! pair next to bpftrace and heaptrack ([`crate::bench_alloc`]); then how complete and
+//! how costly its unwinding is, next to perf's DWARF mode ([`crate::bench_unwind`]).
 //!
 //! The service is the demo's model-server with one worker per CPU, so that any CPU the
 //! profiler takes shows up as lost throughput. Each configuration runs `--runs` times,
@@ -18,9 +20,19 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::{compile_c, output, profiler_binary, require_root, root, setup::apt_install};
+use crate::{
+    FRAME_POINTERS, compile_c, output, profiler_binary, require_root, root, setup::apt_install,
+};
 
 const FREQUENCIES: [u32; 2] = [99, 999];
+
+/// How perf records stacks: `-g` walks frame pointers, `dwarf` copies 8 KiB of stack
+/// per sample and unwinds it afterwards.
+#[derive(Clone, Copy)]
+enum CallGraph {
+    FramePointers,
+    Dwarf,
+}
 
 pub fn run(duration: u32, runs: u32) -> anyhow::Result<()> {
     require_root("the profiler and perf attach to the kernel")?;
@@ -32,7 +44,7 @@ pub fn run(duration: u32, runs: u32) -> anyhow::Result<()> {
     let dir = root().join("target/bench");
     fs::create_dir_all(&dir)?;
     let server = dir.join("model-server");
-    compile_c(&root().join("demo/model_server.c"), &server)?;
+    compile_c(&root().join("demo/model_server.c"), &server, FRAME_POINTERS)?;
     let workers = std::thread::available_parallelism()?.get();
     let bench = Bench {
         dir,
@@ -44,6 +56,7 @@ pub fn run(duration: u32, runs: u32) -> anyhow::Result<()> {
     let mut baseline = Vec::new();
     let mut ours: Vec<Vec<Measurement>> = vec![Vec::new(); FREQUENCIES.len()];
     let mut perf: Vec<Vec<Measurement>> = vec![Vec::new(); FREQUENCIES.len()];
+    let mut perf_dwarf = Vec::new();
     for run in 1..=runs {
         println!("bench: run {run} of {runs}: unprofiled");
         baseline.push(bench.unprofiled()?);
@@ -51,8 +64,10 @@ pub fn run(duration: u32, runs: u32) -> anyhow::Result<()> {
             println!("bench: run {run} of {runs}: profiler at {hz} Hz");
             ours[index].push(bench.with_profiler(hz)?);
             println!("bench: run {run} of {runs}: perf record -g at {hz} Hz");
-            perf[index].push(bench.with_perf(hz)?);
+            perf[index].push(bench.with_perf(hz, CallGraph::FramePointers)?);
         }
+        println!("bench: run {run} of {runs}: perf record --call-graph dwarf at 999 Hz");
+        perf_dwarf.push(bench.with_perf(999, CallGraph::Dwarf)?);
     }
 
     let spread = |values: &[f64]| {
@@ -67,18 +82,25 @@ pub fn run(duration: u32, runs: u32) -> anyhow::Result<()> {
         "perf_requests_per_s": perf.iter().map(|runs| runs.iter().map(|m| m.throughput).collect::<Vec<_>>()).collect::<Vec<_>>(),
     });
     let baseline = median(baseline);
+    let perf_dwarf = Measurement::median(&perf_dwarf);
     let mut rows = Vec::new();
     for (index, &hz) in FREQUENCIES.iter().enumerate() {
         let ours = Measurement::median(&ours[index]);
         let perf = Measurement::median(&perf[index]);
-        rows.push(json!({
+        let mut row = json!({
             "frequency_hz": hz,
             "profiler": ours.summary(baseline, bench.duration),
             "perf": perf.summary(baseline, bench.duration),
             "ratio_slowdown": ratio(ours.slowdown(baseline), perf.slowdown(baseline)),
             "ratio_cpu": ratio(ours.cpu_seconds(), perf.cpu_seconds()),
             "ratio_cost_per_sample": ratio(ours.cost_per_sample_ns(), perf.cost_per_sample_ns()),
-        }));
+        });
+        if hz == 999 {
+            row["perf_dwarf"] = perf_dwarf.summary(baseline, bench.duration);
+            row["ratio_slowdown_to_perf_dwarf"] =
+                ratio(ours.slowdown(baseline), perf_dwarf.slowdown(baseline));
+        }
+        rows.push(row);
     }
     let results = json!({
         "command": format!("cargo xtask bench --duration {duration} --runs {runs}"),
@@ -89,6 +111,7 @@ pub fn run(duration: u32, runs: u32) -> anyhow::Result<()> {
         "runs": runs_json,
         "syscalls": crate::bench_syscalls::run(&bench.dir, runs)?,
         "alloc": crate::bench_alloc::run(&bench.dir, runs)?,
+        "unwind": crate::bench_unwind::run(&bench.dir, &bench.server, bench.duration.min(Duration::from_secs(10)), runs)?,
     });
     let path = bench.dir.join("results.json");
     fs::write(&path, serde_json::to_string_pretty(&results)?)?;
@@ -226,21 +249,19 @@ impl Bench {
         })
     }
 
-    fn with_perf(&self, hz: u32) -> anyhow::Result<Measurement> {
+    fn with_perf(&self, hz: u32, call_graph: CallGraph) -> anyhow::Result<Measurement> {
         let (server, started) = self.start_server()?;
         let data = self.dir.join(format!("perf-{hz}.data"));
         let log = self.dir.join(format!("perf-{hz}.log"));
+        let call_graph: &[&str] = match call_graph {
+            CallGraph::FramePointers => &["-g"],
+            CallGraph::Dwarf => &["--call-graph", "dwarf"],
+        };
         let times = timed(
             Command::new("perf")
-                .args([
-                    "record",
-                    "-F",
-                    &hz.to_string(),
-                    "-g",
-                    "-p",
-                    &server.id().to_string(),
-                    "-o",
-                ])
+                .args(["record", "-F", &hz.to_string()])
+                .args(call_graph)
+                .args(["-p", &server.id().to_string(), "-o"])
                 .arg(&data)
                 .args(["--", "sleep", &self.duration.as_secs_f64().to_string()]),
             fs::File::create(&log)?.into(),

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::{bench::median, compile_c, profiler_binary, root, setup::apt_install};
+use crate::{FRAME_POINTERS, bench::median, compile_c, profiler_binary, root, setup::apt_install};
 
 const SYSCOUNT: &str = "/usr/sbin/syscount";
 const LOOP_SECONDS: f64 = 3.0;
@@ -63,7 +63,11 @@ pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
         apt_install(&["libbpf-tools"])?;
     }
     let waits = dir.join("waits");
-    compile_c(&root().join("tests/workloads/waits.c"), &waits)?;
+    compile_c(
+        &root().join("tests/workloads/waits.c"),
+        &waits,
+        FRAME_POINTERS,
+    )?;
     let mut results: Vec<Vec<LoopRun>> = vec![Vec::new(); Tracer::ALL.len()];
     for run in 1..=runs {
         for (index, tracer) in Tracer::ALL.into_iter().enumerate() {

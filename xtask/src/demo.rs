@@ -8,12 +8,12 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{compile_c, profiler_binary, require_root, root};
+use crate::{FRAME_POINTERS, compile_c, profiler_binary, require_root, root};
 
 pub fn run(duration: u32) -> anyhow::Result<()> {
     require_root("the profiler loads BPF programs")?;
     let server = root().join("target/demo/model-server");
-    compile_c(&root().join("demo/model_server.c"), &server)?;
+    compile_c(&root().join("demo/model_server.c"), &server, FRAME_POINTERS)?;
     let mut service = Command::new(&server)
         .arg("2")
         .stdout(Stdio::inherit())

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_alloc;
 mod bench_syscalls;
+mod bench_unwind;
 mod demo;
 mod setup;
 
@@ -132,18 +133,19 @@ fn require_root(why: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Compiles a C program with frame pointers, as the demo and the tests' workloads need.
-fn compile_c(source: &Path, binary: &Path) -> anyhow::Result<()> {
+/// Compiler flags that keep frame pointers, in leaf functions too.
+const FRAME_POINTERS: &[&str] = &["-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"];
+
+/// Compiler flags that leave frame pointers out, as distributions build.
+const NO_FRAME_POINTERS: &[&str] = &["-fomit-frame-pointer"];
+
+/// Compiles a C program at -O2 with debug information and `frame_pointer_flags`.
+fn compile_c(source: &Path, binary: &Path, frame_pointer_flags: &[&str]) -> anyhow::Result<()> {
     std::fs::create_dir_all(binary.parent().unwrap())?;
     run_checked(
         Command::new("cc")
-            .args([
-                "-O2",
-                "-g",
-                "-fno-omit-frame-pointer",
-                "-mno-omit-leaf-frame-pointer",
-                "-pthread",
-            ])
+            .args(["-O2", "-g", "-pthread"])
+            .args(frame_pointer_flags)
             .arg(source)
             .arg("-o")
             .arg(binary),

@@ -49,6 +49,7 @@ pub fn end_name(end: StackEnd) -> &'static str {
         StackEnd::DepthLimit => "depth_limit",
         StackEnd::UnreadableMemory => "unreadable_memory",
         StackEnd::NoUserStack => "no_user_stack",
+        StackEnd::FramePointers => "frame_pointer_walk",
     }
 }
 

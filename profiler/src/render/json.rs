@@ -177,6 +177,7 @@ fn stacks(quality: &StackQuality) -> Value {
         "unwind_tables": {
             "files": tables.files,
             "rows": tables.rows,
+            "row_bytes": tables.row_bytes,
             "kernel_bytes": tables.kernel_bytes,
             "build_ms": tables.build_time.as_secs_f64() * 1e3,
             "files_without_table": tables.failed_files.iter()

@@ -66,6 +66,8 @@ pub struct TableStats {
     pub files: usize,
     /// Rows in the kernel, over all files.
     pub rows: u64,
+    /// Bytes of those rows.
+    pub row_bytes: u64,
     /// Kernel memory of the row array and the processes' mapping lists.
     pub kernel_bytes: u64,
     /// Time spent reading files and compiling their tables.
@@ -175,14 +177,14 @@ impl UnwindTables {
             } else {
                 mapping.file.clone().map(FileKey::File)
             };
-            if let Some(key) = &key {
-                if !self.files.contains_key(key) {
-                    let state = match compile(tgid, &mapping) {
-                        Ok(table) => FileState::Compiled(table),
-                        Err(error) => FileState::Failed(error),
-                    };
-                    self.files.insert(key.clone(), state);
-                }
+            if let Some(key) = &key
+                && !self.files.contains_key(key)
+            {
+                let state = match compile(tgid, &mapping) {
+                    Ok(table) => FileState::Compiled(table),
+                    Err(error) => FileState::Failed(error),
+                };
+                self.files.insert(key.clone(), state);
             }
             keyed.push((mapping, key));
         }
@@ -299,6 +301,7 @@ impl UnwindTables {
                 FileState::Compiled(_) => {}
             }
         }
+        stats.row_bytes = stats.rows * size_of::<UnwindRow>() as u64;
         if let Some(kernel) = &self.kernel {
             stats.kernel_bytes = kernel.rows.bytes as u64
                 + (self.processes.len() * size_of::<ProcessMappings>()) as u64;

@@ -2,10 +2,14 @@
 //! that is all it has) into the sorted rows the kernel's unwinder binary-searches.
 
 use gimli::{
-    BaseAddresses, CfaRule, DebugFrame, EhFrame, EndianSlice, LittleEndian, RegisterRule,
-    UnwindContext, UnwindSection, X86_64,
+    BaseAddresses, CfaRule, DebugFrame, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, Pointer,
+    RegisterRule, UnwindContext, UnwindSection, X86_64,
 };
-use object::{Object as _, ObjectSection as _, ObjectSegment as _, ReadRef};
+use object::{
+    Endianness, Object as _, ObjectSection as _, ReadRef,
+    elf::{FileHeader64, PF_X, PT_GNU_EH_FRAME, PT_LOAD, ProgramHeader64},
+    read::elf::{FileHeader as _, ProgramHeader as _},
+};
 use profiler_common::{UnwindRow, cfa_rule};
 
 /// Why a file has no unwind table.
@@ -86,50 +90,96 @@ const PAGE: u64 = 4096;
 
 impl FileTable {
     /// Compiles the table of an ELF file.
+    ///
+    /// The frame sections are found through the section headers, or, where those are
+    /// missing or corrupt, through the `PT_GNU_EH_FRAME` program header, as the C++
+    /// runtime finds them: a file the loader can map can be unwound.
     pub fn compile<'data, R: ReadRef<'data>>(data: R) -> Result<FileTable, TableError> {
-        let file = object::File::parse(data).map_err(|_| TableError::NotElf)?;
-        let segments = file
-            .segments()
-            .map(|segment| {
-                let (file_offset, file_size) = segment.file_range();
-                let executable = match segment.flags() {
-                    object::SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
-                    _ => false,
-                };
-                Segment {
-                    file_offset,
-                    file_size,
-                    address: segment.address(),
-                    executable,
-                }
+        let header = FileHeader64::<Endianness>::parse(data).map_err(|_| TableError::NotElf)?;
+        let endian = header.endian().map_err(|_| TableError::NotElf)?;
+        let program_headers = header
+            .program_headers(endian, data)
+            .map_err(|_| TableError::NotElf)?;
+        let segments: Vec<Segment> = program_headers
+            .iter()
+            .filter(|header| header.p_type(endian) == PT_LOAD)
+            .map(|header| Segment {
+                file_offset: header.p_offset(endian),
+                file_size: header.p_filesz(endian),
+                address: header.p_vaddr(endian),
+                executable: header.p_flags(endian) & PF_X != 0,
             })
             .collect();
-        let section = |name: &str| {
-            let section = file.section_by_name(name)?;
-            let data = section.data().ok()?;
-            (!data.is_empty()).then_some((section.address(), data))
-        };
-        let mut bases = BaseAddresses::default();
-        if let Some(text) = file.section_by_name(".text") {
-            bases = bases.set_text(text.address());
+        let mut rows = match object::File::parse(data) {
+            Ok(file) => frame_sections(&file),
+            Err(_) => None,
         }
-        if let Some(got) = file.section_by_name(".got") {
-            bases = bases.set_got(got.address());
-        }
-        let mut rows = if let Some((address, data)) = section(".eh_frame") {
-            let bases = bases.set_eh_frame(address);
-            table_rows(&EhFrame::new(data, LittleEndian), &bases)
-        } else if let Some((_, data)) = section(".debug_frame") {
-            table_rows(&DebugFrame::new(data, LittleEndian), &bases)
-        } else {
-            return Err(TableError::NoFrameInfo);
-        }?;
+        .or_else(|| eh_frame_from_program_headers(data, endian, program_headers, &segments))
+        .ok_or(TableError::NoFrameInfo)??;
         sort_and_merge(&mut rows);
         if rows.is_empty() {
             return Err(TableError::NoFrameInfo);
         }
         Ok(FileTable { rows, segments })
     }
+}
+
+/// The rows of `.eh_frame`, or of `.debug_frame` where that is all a file has; `None`
+/// if it has neither.
+fn frame_sections<'data, R: ReadRef<'data>>(
+    file: &object::File<'data, R>,
+) -> Option<Result<Vec<UnwindRow>, TableError>> {
+    let section = |name: &str| {
+        let section = file.section_by_name(name)?;
+        let data = section.data().ok()?;
+        (!data.is_empty()).then_some((section.address(), data))
+    };
+    let mut bases = BaseAddresses::default();
+    if let Some(text) = file.section_by_name(".text") {
+        bases = bases.set_text(text.address());
+    }
+    if let Some(got) = file.section_by_name(".got") {
+        bases = bases.set_got(got.address());
+    }
+    if let Some((address, data)) = section(".eh_frame") {
+        let bases = bases.set_eh_frame(address);
+        Some(table_rows(&EhFrame::new(data, LittleEndian), &bases))
+    } else {
+        section(".debug_frame")
+            .map(|(_, data)| table_rows(&DebugFrame::new(data, LittleEndian), &bases))
+    }
+}
+
+/// The rows of the `.eh_frame` that the `PT_GNU_EH_FRAME` segment (`.eh_frame_hdr`)
+/// points at. The section runs to its zero terminator, within its segment.
+fn eh_frame_from_program_headers<'data, R: ReadRef<'data>>(
+    data: R,
+    endian: Endianness,
+    program_headers: &[ProgramHeader64<Endianness>],
+    segments: &[Segment],
+) -> Option<Result<Vec<UnwindRow>, TableError>> {
+    let header = program_headers
+        .iter()
+        .find(|header| header.p_type(endian) == PT_GNU_EH_FRAME)?;
+    let header_address = header.p_vaddr(endian);
+    let header_bytes = data
+        .read_bytes_at(header.p_offset(endian), header.p_filesz(endian))
+        .ok()?;
+    let bases = BaseAddresses::default().set_eh_frame_hdr(header_address);
+    let parsed = EhFrameHdr::new(header_bytes, LittleEndian)
+        .parse(&bases, 8)
+        .ok()?;
+    let Pointer::Direct(eh_frame_address) = parsed.eh_frame_ptr() else {
+        return None;
+    };
+    let segment = segments.iter().find(|segment| {
+        (segment.address..segment.address + segment.file_size).contains(&eh_frame_address)
+    })?;
+    let offset = eh_frame_address - segment.address + segment.file_offset;
+    let length = segment.address + segment.file_size - eh_frame_address;
+    let eh_frame = data.read_bytes_at(offset, length).ok()?;
+    let bases = bases.set_eh_frame(eh_frame_address);
+    Some(table_rows(&EhFrame::new(eh_frame, LittleEndian), &bases))
 }
 
 type Slice<'data> = EndianSlice<'data, LittleEndian>;
@@ -374,6 +424,18 @@ mod tests {
                 row(0x30, cfa_rule::NONE, 0),
             ]
         );
+    }
+
+    #[test]
+    fn without_section_headers_the_frames_are_found_through_the_program_headers() {
+        let mut data = std::fs::read("/proc/self/exe").unwrap();
+        let whole = FileTable::compile(&*data).unwrap();
+        // e_shoff, 40 bytes in: point the section headers past the end of the file.
+        data[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(object::File::parse(&*data).is_err());
+        let headerless = FileTable::compile(&*data).unwrap();
+        assert_eq!(headerless.rows, whole.rows);
+        assert_eq!(headerless.segments, whole.segments);
     }
 
     #[test]

@@ -1,0 +1,273 @@
+//! End-to-end tests of the kernel's DWARF unwinder: real BPF programs profile binaries
+//! built without frame pointers, as distributions and Rust release builds ship them.
+//!
+//! Every share is compared with the thread CPU time the workload measured itself, and
+//! every stack is expected to reach the process's root.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+mod common;
+use common::{
+    TARGET_EXITED, compile_c, compile_rust, entries_where, read_json, record, run, scratch,
+};
+
+/// How far a function's share may be from its measured share, in points.
+const TOLERANCE: f64 = 0.03;
+
+/// The share of samples whose user stack must reach the process's root.
+const COMPLETE_SHARE: f64 = 0.99;
+
+/// The phases of `tests/workloads/frameless.c`, each a function of its own.
+const FRAMELESS_PHASES: [&str; 5] = [
+    "predict_phase",
+    "sort_phase",
+    "format_phase",
+    "interrupted_phase",
+    "library_phase",
+];
+
+/// The `frameless` workload and its library, compiled once without frame pointers.
+fn frameless() -> &'static (PathBuf, PathBuf) {
+    static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let flags = ["-O2", "-fomit-frame-pointer", "-ldl"];
+        let library_flags = ["-O2", "-fomit-frame-pointer", "-shared", "-fPIC"];
+        (
+            compile_c("frameless", "frameless", &flags),
+            compile_c("frameless_lib", "libframeless.so", &library_flags),
+        )
+    })
+}
+
+/// A copy of `library` whose section headers point past its end: the dynamic loader,
+/// which needs only the program headers, loads it; nothing can read its symbols.
+fn unreadable_copy(library: &Path, dir: &Path) -> PathBuf {
+    let mut bytes = fs::read(library).unwrap();
+    // e_shoff, the section headers' offset, is 40 bytes into an ELF64 header.
+    bytes[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
+    let copy = dir.join("libbroken.so");
+    fs::write(&copy, bytes).unwrap();
+    copy
+}
+
+/// Inclusive share of the function named `name` in a report's CPU profile.
+fn total_share(report: &Value, name: &str) -> f64 {
+    entries_where(&report["cpu"]["functions"], "name", name)
+        .first()
+        .map_or(0.0, |function| function["total"].as_f64().unwrap())
+}
+
+/// Asserts that each of `functions` holds its measured share of the process's CPU
+/// time, within [`TOLERANCE`].
+fn assert_shares(report: &Value, truth: &Value, functions: &[&str]) {
+    let process_ns = truth["process_ns"].as_f64().unwrap();
+    for function in functions {
+        let measured = truth[function].as_f64().unwrap() / process_ns;
+        let profiled = total_share(report, function);
+        assert!(
+            (profiled - measured).abs() <= TOLERANCE,
+            "{function}: the profile says {:.1}%, the workload measured {:.1}%",
+            profiled * 100.0,
+            measured * 100.0
+        );
+    }
+}
+
+fn assert_complete(report: &Value) {
+    let cpu = &report["stacks"]["cpu"];
+    let complete = cpu["complete"].as_f64().unwrap();
+    assert!(
+        complete >= COMPLETE_SHARE,
+        "{:.2}% of the user stacks reached the root: {cpu}",
+        complete * 100.0
+    );
+}
+
+/// The collapsed stacks of a recording, root first, with their counts.
+fn folded(dir: &Path) -> Vec<(String, u64)> {
+    fs::read_to_string(dir.join("stacks.folded"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (stack, count) = line.rsplit_once(' ').unwrap();
+            (stack.to_owned(), count.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn phases_of_a_binary_without_frame_pointers_hold_their_measured_cpu_time() {
+    let dir = scratch("unwind-frameless");
+    let (binary, library) = frameless();
+    let broken = unreadable_copy(library, &dir);
+    let truth_path = dir.join("truth.json");
+    // The library is loaded 300 ms after the start, when the probes are in: its table
+    // is loaded when the first stacks report an address the kernel has no mapping for.
+    let output = run(record(&dir, &["-F", "499", "--"])
+        .arg(binary)
+        .args(["4", "300"])
+        .arg(&broken)
+        .arg(&truth_path));
+    assert!(output.status.success());
+    let report = read_json(&dir.join("report.json"));
+    let truth = read_json(&truth_path);
+
+    assert_shares(&report, &truth, &FRAMELESS_PHASES);
+    assert_shares(&report, &truth, &["in_handler"]);
+    assert_complete(&report);
+
+    let stacks = folded(&dir);
+    let weight = |matches: &dyn Fn(&str) -> bool| -> u64 {
+        stacks
+            .iter()
+            .filter(|(stack, _)| matches(stack))
+            .map(|(_, count)| count)
+            .sum()
+    };
+    // A sample in the signal handler unwinds through the signal frame to the loop the
+    // signal interrupted.
+    let in_handler = weight(&|stack| stack.contains(";in_handler"));
+    let through_signal_frame =
+        weight(&|stack| stack.contains(";main;interrupted_phase;interrupted_loop;"));
+    let handled_and_unwound = weight(&|stack| {
+        stack.contains(";in_handler") && stack.contains(";main;interrupted_phase;interrupted_loop;")
+    });
+    assert!(in_handler > 50, "{in_handler} samples in the handler");
+    assert!(through_signal_frame >= handled_and_unwound);
+    assert!(
+        handled_and_unwound as f64 >= 0.99 * in_handler as f64,
+        "{handled_and_unwound} of {in_handler} handler samples unwound to interrupted_loop"
+    );
+    // Recursion through frames of 1 KiB, 100 deep, unwinds to main.
+    let deepest = stacks
+        .iter()
+        .filter(|(stack, _)| stack.contains(";predict_phase;"))
+        .map(|(stack, _)| stack.matches(";predict").count())
+        .max()
+        .unwrap();
+    assert!(deepest >= 101, "predict() reached {deepest} frames deep");
+    // glibc runs the comparator: its callers are found through glibc's tables.
+    assert!(
+        weight(&|stack| stack.contains(";sort_phase;") && stack.contains(";compare_scores")) > 0
+    );
+
+    // The library's names cannot be read: its own frames are labelled with its file,
+    // the program's frames above and below it keep their names.
+    assert!(
+        weight(&|stack| stack.contains(";main;library_phase;[libbroken.so];library_callback;spin"))
+            > 0
+    );
+    // (A sample taken inside the command's execve has a user address of the program
+    // that was replaced; it is no frame of the workload's.)
+    for (stack, _) in stacks.iter().filter(|(stack, _)| stack.contains(";main;")) {
+        for frame in stack.split(';') {
+            assert!(
+                frame != "[unknown]" && frame != "[frameless]",
+                "unnamed frame {frame} in {stack}"
+            );
+        }
+    }
+    let unnamed = &report["stacks"]["unnamed_addresses"];
+    assert!(
+        unnamed["unreadable_file"].as_u64().unwrap() >= 1,
+        "{unnamed}"
+    );
+    let tables = &report["stacks"]["unwind_tables"];
+    assert!(tables["files"].as_u64().unwrap() >= 4, "{tables}");
+    assert!(tables["kernel_bytes"].as_u64().unwrap() > 0, "{tables}");
+}
+
+#[test]
+fn a_rust_release_build_holds_its_measured_cpu_time() {
+    let dir = scratch("unwind-rust");
+    let binary = compile_rust("phases");
+    let truth_path = dir.join("truth.json");
+    let output = run(record(&dir, &["-F", "499", "--"])
+        .arg(binary)
+        .args(["2", "3"])
+        .arg(&truth_path));
+    assert!(output.status.success());
+    let report = read_json(&dir.join("report.json"));
+    let truth = read_json(&truth_path);
+    let process_ns = truth["process_ns"].as_f64().unwrap();
+    for phase in ["hot_phase", "cold_phase"] {
+        let measured = truth[phase].as_f64().unwrap() / process_ns;
+        let profiled = total_share(&report, &format!("phases::{phase}"));
+        assert!(
+            (profiled - measured).abs() <= TOLERANCE,
+            "{phase}: the profile says {:.1}%, the workload measured {:.1}%",
+            profiled * 100.0,
+            measured * 100.0
+        );
+    }
+    assert_complete(&report);
+}
+
+#[test]
+fn a_target_in_its_own_mount_namespace_that_exits_unwinds_and_is_named() {
+    let dir = scratch("unwind-namespace");
+    let (binary, library) = frameless();
+    // Inside the namespace a tmpfs covers this empty folder and holds the program: its
+    // path exists there only.
+    let inside = dir.join("inside");
+    fs::create_dir_all(&inside).unwrap();
+    let truth_path = dir.join("truth.json");
+    let script = format!(
+        "mount -t tmpfs none {inside} && cp {binary} {inside}/app && cp {library} {inside}/lib.so \
+         && exec {inside}/app 2.5 0 {inside}/lib.so {truth}",
+        inside = inside.display(),
+        binary = binary.display(),
+        library = library.display(),
+        truth = truth_path.display(),
+    );
+    let mut target = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = target.id();
+    let app = inside.join("app");
+    let started = Instant::now();
+    while fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() != Some(app.as_path()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the target never started"
+        );
+        sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !app.exists(),
+        "the program's path must not exist outside the namespace"
+    );
+
+    // The recording outlasts the target.
+    let output = run(&mut record(
+        &dir,
+        &["--pid", &pid.to_string(), "--duration", "8", "-F", "499"],
+    ));
+    assert!(target.wait().unwrap().success());
+    assert_eq!(output.status.code(), Some(TARGET_EXITED));
+    let report = read_json(&dir.join("report.json"));
+    assert_eq!(report["stop_reason"], "targets_exited");
+    let truth = read_json(&truth_path);
+    assert_shares(&report, &truth, &FRAMELESS_PHASES);
+    assert_complete(&report);
+    // Every file was read through the target's own view of it.
+    let unnamed = &report["stacks"]["unnamed_addresses"];
+    for reason in ["unreadable_file", "unknown_mapping"] {
+        assert!(
+            unnamed.get(reason).is_none(),
+            "addresses left unnamed: {unnamed}"
+        );
+    }
+    assert!(total_share(&report, "library_callback") > 0.1);
+}

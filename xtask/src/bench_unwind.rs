@@ -1,0 +1,360 @@
+//! The unwinding part of `cargo xtask bench`: how complete the kernel's DWARF unwinder
+//! makes stacks, and what it costs.
+//!
+//! - Completeness on Debian's `redis-server` under `redis-benchmark` (loopback only,
+//!   bounded request count), ours and `perf record --call-graph dwarf` sampling the same
+//!   process at the same time: the share of samples that reach `main` or
+//!   `start_thread`, and every function of `redis-server` holding 10 % or more.
+//! - BPF time per sample, DWARF unwinding against frame-pointer walking
+//!   (`--unwind fp`), on the demo service built with frame pointers, and DWARF on the
+//!   same service built without them.
+//! - The unwind tables of the demo service, `redis-server` and a Python process: files,
+//!   rows, kernel memory and the time to build them at attach.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::{
+    NO_FRAME_POINTERS, bench::median, compile_c, output, profiler_binary, root, setup::apt_install,
+};
+
+const REDIS_PORT: &str = "6390";
+/// Share of samples, in points, within which a function's share must match perf's.
+const SHARE_TOLERANCE: f64 = 0.03;
+
+/// Runs the three measurements and returns the results section.
+pub fn run(dir: &Path, server: &Path, duration: Duration, runs: u32) -> anyhow::Result<Value> {
+    if output(Command::new("redis-benchmark").arg("--version")).is_none() {
+        apt_install(&["redis-server", "redis-tools"])?;
+    }
+    let server_without_frame_pointers = dir.join("model-server-no-fp");
+    compile_c(
+        &root().join("demo/model_server.c"),
+        &server_without_frame_pointers,
+        NO_FRAME_POINTERS,
+    )?;
+    Ok(json!({
+        "redis_completeness": redis_completeness(dir, duration)?,
+        "cost_per_sample": cost_per_sample(dir, server, &server_without_frame_pointers, duration, runs)?,
+        "tables": tables(dir, &server_without_frame_pointers)?,
+    }))
+}
+
+/// A `redis-server` on loopback with `redis-benchmark` driving it; both stop on drop.
+struct LoadedRedis {
+    server: Child,
+    benchmark: Child,
+}
+
+impl LoadedRedis {
+    fn start() -> anyhow::Result<Self> {
+        let server = Command::new("redis-server")
+            .args(["--port", REDIS_PORT, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        sleep(Duration::from_millis(500));
+        let benchmark = Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", REDIS_PORT, "-c", "50", "-q"])
+            .args(["-n", "20000000", "-t", "set,get,incr,lpush,lrange_100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-benchmark")?;
+        sleep(Duration::from_secs(1));
+        Ok(LoadedRedis { server, benchmark })
+    }
+}
+
+impl Drop for LoadedRedis {
+    fn drop(&mut self) {
+        let _ = self.benchmark.kill();
+        let _ = self.benchmark.wait();
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn redis_completeness(dir: &Path, duration: Duration) -> anyhow::Result<Value> {
+    println!(
+        "bench: unwinding, redis-server under redis-benchmark: profiler and perf --call-graph dwarf"
+    );
+    let redis = LoadedRedis::start()?;
+    let pid = redis.server.id().to_string();
+    let seconds = duration.as_secs_f64().to_string();
+    let data = dir.join("redis-perf.data");
+    let mut perf = Command::new("perf")
+        .args([
+            "record",
+            "-F",
+            "499",
+            "--call-graph",
+            "dwarf",
+            "-p",
+            &pid,
+            "-o",
+        ])
+        .arg(&data)
+        .args(["--", "sleep", &seconds])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let report_path = dir.join("redis-profiler.json");
+    let status = Command::new(profiler_binary())
+        .args(["record", "--pid", &pid, "--duration", &seconds, "-F", "499"])
+        .arg("-o")
+        .arg(dir.join("redis-profiler.svg"))
+        .arg("--json")
+        .arg(&report_path)
+        .stdout(Stdio::null())
+        .status()?;
+    if !perf.wait()?.success() || !status.success() {
+        bail!("recording redis-server failed");
+    }
+    drop(redis);
+    let report: Value = serde_json::from_str(&fs::read_to_string(&report_path)?)?;
+    let ours: HashMap<String, f64> = report["cpu"]["functions"]
+        .as_array()
+        .context("functions")?
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap_or("").to_owned(),
+                f["total"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    let theirs = perf_stacks(&data)?;
+    let reaching_root = |share: &dyn Fn(&str) -> f64| share("main") + share("start_thread");
+    let our_root = reaching_root(&|name| ours.get(name).copied().unwrap_or(0.0));
+    let perf_root = reaching_root(&|name| theirs.share(name));
+    let mut functions = Vec::new();
+    for (name, perf_share) in theirs.redis_functions(0.10) {
+        let our_share = ours.get(&name).copied().unwrap_or(0.0);
+        functions.push(json!({
+            "function": name,
+            "perf": perf_share,
+            "profiler": our_share,
+            "within_3_points": (our_share - perf_share).abs() <= SHARE_TOLERANCE,
+        }));
+    }
+    Ok(json!({
+        "profiler_reaching_main_or_start_thread": our_root,
+        "profiler_reaching_root": report["stacks"]["cpu"]["complete"],
+        "perf_dwarf_reaching_main_or_start_thread": perf_root,
+        "profiler_samples": report["cpu"]["samples"],
+        "perf_samples": theirs.samples,
+        "redis_functions_at_10_percent_or_more": functions,
+    }))
+}
+
+/// The stacks `perf script` prints: per sample, each frame's function and file.
+struct PerfStacks {
+    samples: usize,
+    /// Samples whose stack holds the function, by function.
+    inclusive: HashMap<String, usize>,
+    /// Functions of `redis-server` (the binary, not its libraries or the kernel).
+    redis: Vec<String>,
+}
+
+impl PerfStacks {
+    fn share(&self, name: &str) -> f64 {
+        self.inclusive.get(name).copied().unwrap_or(0) as f64 / self.samples.max(1) as f64
+    }
+
+    fn redis_functions(&self, at_least: f64) -> Vec<(String, f64)> {
+        let mut functions: Vec<(String, f64)> = self
+            .redis
+            .iter()
+            .map(|name| (name.clone(), self.share(name)))
+            .filter(|(_, share)| *share >= at_least)
+            .collect();
+        functions.sort_by(|a, b| b.1.total_cmp(&a.1));
+        functions
+    }
+}
+
+fn perf_stacks(data: &Path) -> anyhow::Result<PerfStacks> {
+    let script = Command::new("perf")
+        .args(["script", "-F", "ip,sym,dso", "-i"])
+        .arg(data)
+        .stderr(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&script.stdout);
+    let mut stacks = PerfStacks {
+        samples: 0,
+        inclusive: HashMap::new(),
+        redis: Vec::new(),
+    };
+    for sample in text
+        .split("\n\n")
+        .filter(|sample| !sample.trim().is_empty())
+    {
+        stacks.samples += 1;
+        let mut seen: Vec<String> = Vec::new();
+        for frame in sample.lines() {
+            // "    55d0c0a01234 aeMain+0x2c (/usr/bin/redis-check-rdb)"
+            let mut fields = frame.split_whitespace();
+            let (Some(_ip), Some(symbol)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let name = symbol.split('+').next().unwrap_or(symbol).to_owned();
+            if frame.contains("redis-") && !stacks.redis.contains(&name) && name != "[unknown]" {
+                stacks.redis.push(name.clone());
+            }
+            if !seen.contains(&name) {
+                seen.push(name);
+            }
+        }
+        for name in seen {
+            *stacks.inclusive.entry(name).or_default() += 1;
+        }
+    }
+    Ok(stacks)
+}
+
+/// BPF time per CPU sample for each unwinding method and build of the demo service.
+fn cost_per_sample(
+    dir: &Path,
+    with_frame_pointers: &Path,
+    without_frame_pointers: &Path,
+    duration: Duration,
+    runs: u32,
+) -> anyhow::Result<Value> {
+    let configurations: [(&str, &Path, &str); 3] = [
+        ("frame pointers, --unwind fp", with_frame_pointers, "fp"),
+        (
+            "frame pointers, --unwind dwarf",
+            with_frame_pointers,
+            "dwarf",
+        ),
+        (
+            "no frame pointers, --unwind dwarf",
+            without_frame_pointers,
+            "dwarf",
+        ),
+    ];
+    let mut measured: Vec<Vec<(f64, f64)>> = vec![Vec::new(); configurations.len()];
+    for run in 1..=runs {
+        for (index, (label, server, method)) in configurations.iter().enumerate() {
+            println!("bench: unwinding cost, run {run} of {runs}: {label}");
+            let mut service = start_service(server)?;
+            let report = record(
+                dir,
+                service.id(),
+                duration,
+                &["-F", "999", "--unwind", method],
+            );
+            let _ = service.kill();
+            let _ = service.wait();
+            let report = report?;
+            let samples = report["cpu"]["samples"].as_f64().unwrap_or(0.0).max(1.0);
+            let bpf_ns = report["overhead"]["bpf_run_time_ns"]
+                .as_f64()
+                .unwrap_or(0.0);
+            let complete = report["stacks"]["cpu"]["complete"].as_f64().unwrap_or(0.0);
+            measured[index].push((bpf_ns / samples, complete));
+        }
+    }
+    let per_sample: Vec<f64> = measured
+        .iter()
+        .map(|runs| median(runs.iter().map(|(ns, _)| *ns).collect()))
+        .collect();
+    let rows: Vec<Value> = configurations
+        .iter()
+        .zip(&per_sample)
+        .zip(&measured)
+        .map(|(((label, _, _), ns), runs)| {
+            json!({
+                "configuration": label,
+                "bpf_ns_per_sample": ns,
+                "reaching_root": median(runs.iter().map(|(_, complete)| *complete).collect()),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "rows": rows,
+        "ratio_dwarf_to_fp": per_sample[1] / per_sample[0].max(1e-9),
+        "ratio_dwarf_without_fp_to_fp": per_sample[2] / per_sample[0].max(1e-9),
+    }))
+}
+
+/// The unwind tables built for the demo service, redis-server and a Python process.
+fn tables(dir: &Path, server: &Path) -> anyhow::Result<Value> {
+    let mut rows = Vec::new();
+    for target in ["demo service", "redis-server", "python3"] {
+        println!("bench: unwind tables of the {target}");
+        let report = match target {
+            "demo service" => record_child(dir, start_service(server)?),
+            "redis-server" => {
+                let redis = LoadedRedis::start()?;
+                record(dir, redis.server.id(), Duration::from_secs(1), &[])
+            }
+            _ => record_child(
+                dir,
+                Command::new(which_python())
+                    .args([
+                        "-c",
+                        "import hashlib\nwhile True: hashlib.sha256(b'x' * 4096).digest()",
+                    ])
+                    .spawn()?,
+            ),
+        }?;
+        rows.push(json!({ "target": target, "tables": report["stacks"]["unwind_tables"] }));
+    }
+    Ok(json!(rows))
+}
+
+/// Records a child for a second, then ends it.
+fn record_child(dir: &Path, mut child: Child) -> anyhow::Result<Value> {
+    sleep(Duration::from_millis(500));
+    let report = record(dir, child.id(), Duration::from_secs(1), &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    report
+}
+
+fn which_python() -> PathBuf {
+    output(Command::new("sh").args(["-c", "command -v python3"]))
+        .map(|path| PathBuf::from(path.trim()))
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+fn start_service(server: &Path) -> anyhow::Result<Child> {
+    let workers = std::thread::available_parallelism()?.get();
+    let child = Command::new(server)
+        .arg(workers.to_string())
+        .stdout(Stdio::null())
+        .spawn()?;
+    sleep(Duration::from_millis(200));
+    Ok(child)
+}
+
+/// Records process `pid` for `duration` and returns the JSON report.
+fn record(dir: &Path, pid: u32, duration: Duration, args: &[&str]) -> anyhow::Result<Value> {
+    let report_path = dir.join("unwind-report.json");
+    let status = Command::new(profiler_binary())
+        .args(["record", "--pid", &pid.to_string()])
+        .args(["--duration", &duration.as_secs_f64().to_string()])
+        .args(args)
+        .arg("-o")
+        .arg(dir.join("unwind.svg"))
+        .arg("--json")
+        .arg(&report_path)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("profiler record --pid {pid} failed: {status}");
+    }
+    Ok(serde_json::from_str(&fs::read_to_string(&report_path)?)?)
+}
