@@ -662,8 +662,26 @@ fn program_failure(error: ProgramError) -> Failure {
                 "the kernel refused to load the BPF program ({io_error}): run as root with CAP_BPF and CAP_PERFMON"
             ))
         }
+        ProgramError::LoadError { verifier_log, .. } => {
+            missing_helper(&format!("{verifier_log:?}")).unwrap_or_else(|| {
+                Failure::Other(anyhow::Error::new(error).context("loading the BPF program"))
+            })
+        }
         _ => Failure::Other(anyhow::Error::new(error).context("loading the BPF program")),
     }
+}
+
+/// The failure to report when the verifier's log says a helper is unknown: older
+/// kernels lack helpers the programs call, bpf_loop (5.17) for the unwinder and
+/// bpf_task_pt_regs (5.15) for the user registers.
+fn missing_helper(verifier_log: &str) -> Option<Failure> {
+    let helper = verifier_log
+        .lines()
+        .find(|line| line.contains("unknown func"))?;
+    Some(Failure::KernelFeature(format!(
+        "the kernel lacks a BPF helper the profiler needs ({}): Linux 5.17 or later is required",
+        helper.trim()
+    )))
 }
 
 fn tracepoint_failure(error: ProgramError, what: &str) -> Failure {
@@ -742,6 +760,14 @@ mod tests {
         assert!(
             matches!(map_failure(error), Failure::KernelFeature(ref reason) if reason.contains("ring buffers"))
         );
+    }
+
+    #[test]
+    fn a_helper_the_kernel_lacks_is_a_missing_kernel_feature() {
+        let failure = missing_helper("0: (85) call bpf_loop#181\nunknown func bpf_loop#181\n");
+        assert!(matches!(failure, Some(Failure::KernelFeature(ref reason))
+                if reason.contains("bpf_loop") && reason.contains("5.17")));
+        assert!(missing_helper("R1 invalid mem access 'scalar'").is_none());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The executable mappings of the target processes, read from `/proc/PID/maps` while
 //! they run.
 //!
-//! Unwinding needs each address's file and offset, and symbolization needs a copy of the
-//! map kept for after the process exits. Both must be read while the process lives, so
-//! the map is read when a target is first seen and again whenever a stack holds an
-//! address outside the mappings known so far (a library loaded late, a JIT region).
+//! The unwind tables need each process's mappings and files, and symbolization needs a
+//! copy of the map kept for after the process exits. Both must be read while the process
+//! lives, so the map is read when a target is first seen and again whenever a stack
+//! holds an address outside the mappings known so far (a library loaded late, a JIT
+//! region), or the kernel's unwinder reports one.
 
 use std::{
     collections::HashMap,
@@ -76,6 +77,17 @@ impl MemoryMaps {
             }
         };
         stale && self.read(tgid)
+    }
+
+    /// Reads the process's map again, unless that was done less than
+    /// [`REFRESH_INTERVAL`] ago: for when something else than an address (the kernel's
+    /// unwinder, after an `exec`) says the copy is stale. Returns true if it was read.
+    pub fn refresh(&mut self, tgid: u32) -> bool {
+        let recent = self
+            .processes
+            .get(&tgid)
+            .is_some_and(|known| known.read_at.elapsed() < REFRESH_INTERVAL);
+        !recent && self.read(tgid)
     }
 
     /// Reads the process's map now. Returns false if the process is gone, in which case

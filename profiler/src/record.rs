@@ -384,21 +384,23 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
         TargetSpec::Command(_) => command.iter().map(HeldCommand::pid).collect(),
     };
 
-    // A started command has not exec'd its program yet: its tables are loaded when its
-    // first stack reports addresses the kernel has no mappings for.
-    let mut unwind_tables = UnwindTables::default();
+    // The targets' tables are compiled before the BPF object is loaded, to size the
+    // kernel's row array. A started command has not exec'd its program yet: its tables
+    // are loaded when it reaches its entry point.
+    let mut collector = Collector::default();
     if let TargetSpec::Pids(_) = &options.target {
         for &pid in &pids {
-            unwind_tables.load_process(pid);
+            collector.read_map(pid);
         }
     }
-    let unwind_rows = unwind_tables.capacity();
+    let unwind_rows = collector.unwind_tables.capacity();
     let mut probes = Probes::load(&options.probes, unwind_rows)?;
     for &pid in &pids {
         probes.add_target(pid)?;
     }
     let (rows, processes) = probes.take_unwind_maps()?;
-    unwind_tables
+    collector
+        .unwind_tables
         .connect(rows, unwind_rows, processes)
         .map_err(|error| Failure::Other(anyhow::anyhow!("mapping the unwind tables: {error}")))?;
     let mut stream = EventStream::new(probes.take_events()?)
@@ -415,13 +417,9 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
     }
     let started = Instant::now();
     if let Some(command) = &mut command {
-        start_command(command, &mut probes, &mut unwind_tables)?;
+        start_command(command, &mut probes, &mut collector)?;
     }
 
-    let mut collector = Collector {
-        unwind_tables,
-        ..Collector::default()
-    };
     let targets: Vec<TargetProcess> = pids
         .iter()
         .map(|&pid| {
@@ -502,7 +500,7 @@ const ENTRY_TIMEOUT: Duration = Duration::from_secs(10);
 fn start_command(
     command: &mut HeldCommand,
     probes: &mut Probes,
-    unwind_tables: &mut UnwindTables,
+    collector: &mut Collector,
 ) -> Result<(), Failure> {
     let hold = probes.hold_at_entry(command.pid(), command.program())?;
     command.release();
@@ -510,7 +508,7 @@ fn start_command(
         let stopped = command.wait_for_stop(ENTRY_TIMEOUT);
         probes.release_hold(hold)?;
         if stopped {
-            unwind_tables.load_process(command.pid());
+            collector.read_map(command.pid());
         }
         // Also after a time-out: the probe may have fired just before it went.
         if command.poll_exit().is_none() {
@@ -720,13 +718,27 @@ impl Collector {
                     .insert(stack.id, StackKey::new(tgid, stack.frames(), &[]));
             }
         }
+        self.follow_maps();
+    }
+
+    /// Reads the process's memory map now, and has everything that follows it follow.
+    fn read_map(&mut self, tgid: u32) {
+        self.maps.read(tgid);
+        self.follow_maps();
+    }
+
+    /// Hands each memory map read since the last call to the symbolizer, which opens
+    /// the mapped files while the process lives, and to the unwind tables.
+    fn follow_maps(&mut self) {
         for tgid in self.maps.take_updated() {
-            self.symbolizer.keep_files(tgid, self.maps.mappings(tgid));
+            let mappings = self.maps.mappings(tgid);
+            self.symbolizer.keep_files(tgid, mappings);
+            self.unwind_tables.load_mappings(tgid, mappings);
         }
     }
 
     /// Counts how a stack ended; one that reached an address the kernel has no mapping
-    /// for makes the process's tables load again.
+    /// for makes the process's map read again, and so its new tables load.
     fn note_end(
         &mut self,
         tgid: u32,
@@ -736,7 +748,7 @@ impl Collector {
         let end = StackEnd::from_raw(end);
         kind(&mut self.stack_quality).add(end);
         if end == StackEnd::UnknownMapping {
-            self.unwind_tables.reload(tgid);
+            self.maps.refresh(tgid);
         }
     }
 

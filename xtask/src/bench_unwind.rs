@@ -57,13 +57,27 @@ struct LoadedRedis {
 
 impl LoadedRedis {
     fn start() -> anyhow::Result<Self> {
-        let server = Command::new("redis-server")
+        let mut server = Command::new("redis-server")
             .args(["--port", REDIS_PORT, "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .context("starting redis-server")?;
-        sleep(Duration::from_millis(500));
+        // Ready when it answers; a server that could not bind its port has exited.
+        let answers = || {
+            output(Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", REDIS_PORT, "ping"]))
+                .is_some_and(|reply| reply.trim() == "PONG")
+        };
+        if !(0..50).any(|_| {
+            answers() || {
+                sleep(Duration::from_millis(100));
+                false
+            }
+        }) {
+            let _ = server.kill();
+            let _ = server.wait();
+            bail!("redis-server does not answer on 127.0.0.1:{REDIS_PORT}: is the port taken?");
+        }
         let benchmark = Command::new("redis-benchmark")
             .args(["-h", "127.0.0.1", "-p", REDIS_PORT, "-c", "50", "-q"])
             .args(["-n", "20000000", "-t", "set,get,incr,lpush,lrange_100"])

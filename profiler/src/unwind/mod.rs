@@ -8,8 +8,8 @@
 //! Tables are compiled before the BPF object is loaded, so that the row array can be
 //! sized to fit them plus room for what comes later: a library loaded with `dlopen`, a
 //! started command's program. The kernel reports a stack that reached an address outside
-//! every mapping it knows ([`StackEnd::UnknownMapping`]), and [`UnwindTables::reload`]
-//! reads that process's mappings again.
+//! every mapping it knows ([`profiler_common::StackEnd::UnknownMapping`]); the process's map is then read
+//! again and handed to [`UnwindTables::load_mappings`].
 
 mod table;
 
@@ -31,12 +31,7 @@ use profiler_common::{
 };
 pub use table::{FileTable, Segment, TableError, bias};
 
-use crate::memory_map::{FileId, Mapping, read_mappings};
-
-/// How long to wait before reading a process's mappings again after the kernel reported
-/// an address outside them, so that a stream of such stacks does not reread them for
-/// every stack.
-const RELOAD_INTERVAL: Duration = Duration::from_millis(250);
+use crate::memory_map::{FileId, Mapping};
 
 /// A file whose table is compiled once for every process that maps it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -155,20 +150,15 @@ pub struct UnwindTables {
     files: HashMap<FileKey, FileState>,
     /// Each process's executable mappings with the file each maps.
     processes: HashMap<u32, Vec<(Mapping, Option<FileKey>)>>,
-    read_at: HashMap<u32, Instant>,
     kernel: Option<Kernel>,
     build_time: Duration,
 }
 
 impl UnwindTables {
-    /// Reads the mappings of `tgid` and compiles the tables of files not seen before;
-    /// once the kernel's maps are connected, loads them and publishes the process.
-    /// Returns false if the process is gone.
-    pub fn load_process(&mut self, tgid: u32) -> bool {
-        let Ok(mappings) = read_mappings(tgid) else {
-            return false;
-        };
-        self.read_at.insert(tgid, Instant::now());
+    /// Takes the executable mappings of process `tgid` as last read, and compiles the
+    /// tables of files not seen before; once the kernel's maps are connected, loads them
+    /// and tells the kernel the process's mappings.
+    pub fn load_mappings(&mut self, tgid: u32, mappings: &[Mapping]) {
         let started = Instant::now();
         let mut keyed = Vec::with_capacity(mappings.len());
         for mapping in mappings {
@@ -180,31 +170,18 @@ impl UnwindTables {
             if let Some(key) = &key
                 && !self.files.contains_key(key)
             {
-                let state = match compile(tgid, &mapping) {
+                let state = match compile(tgid, mapping) {
                     Ok(table) => FileState::Compiled(table),
                     Err(error) => FileState::Failed(error),
                 };
                 self.files.insert(key.clone(), state);
             }
-            keyed.push((mapping, key));
+            keyed.push((mapping.clone(), key));
         }
         self.build_time += started.elapsed();
         self.processes.insert(tgid, keyed);
         if self.kernel.is_some() {
             self.publish(tgid);
-        }
-        true
-    }
-
-    /// Reads the process's mappings again, unless that was done less than
-    /// [`RELOAD_INTERVAL`] ago.
-    pub fn reload(&mut self, tgid: u32) {
-        let recent = self
-            .read_at
-            .get(&tgid)
-            .is_some_and(|read_at| read_at.elapsed() < RELOAD_INTERVAL);
-        if !recent {
-            self.load_process(tgid);
         }
     }
 
