@@ -411,6 +411,8 @@ fn ctrl_c_writes_everything_and_detaches_every_probe() {
         program_names::MMAP_ENTER,
         program_names::ALLOC_RETURN,
         program_names::FREE_ENTER,
+        program_names::PROCESS_EXEC,
+        program_names::HOLD_AT_ENTRY,
     ]
     .iter()
     .map(|name| &name[..name.len().min(15)])

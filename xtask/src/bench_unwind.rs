@@ -123,20 +123,12 @@ fn redis_completeness(dir: &Path, duration: Duration) -> anyhow::Result<Value> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let report_path = dir.join("redis-profiler.json");
-    let status = Command::new(profiler_binary())
-        .args(["record", "--pid", &pid, "--duration", &seconds, "-F", "499"])
-        .arg("-o")
-        .arg(dir.join("redis-profiler.svg"))
-        .arg("--json")
-        .arg(&report_path)
-        .stdout(Stdio::null())
-        .status()?;
-    if !perf.wait()?.success() || !status.success() {
-        bail!("recording redis-server failed");
+    let report = record(dir, redis.server.id(), duration, &["-F", "499"]);
+    if !perf.wait()?.success() {
+        bail!("perf record on redis-server failed");
     }
+    let report = report?;
     drop(redis);
-    let report: Value = serde_json::from_str(&fs::read_to_string(&report_path)?)?;
     let ours: HashMap<String, f64> = report["cpu"]["functions"]
         .as_array()
         .context("functions")?
