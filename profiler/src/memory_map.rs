@@ -65,7 +65,7 @@ pub struct MemoryMaps {
 
 impl MemoryMaps {
     /// Makes sure `addresses` of process `tgid` are covered, reading its map again if
-    /// they are not (at most every [`REFRESH_INTERVAL`]). Returns true if it was read.
+    /// they are not (at most every 250 ms). Returns true if it was read.
     pub fn observe(&mut self, tgid: u32, addresses: &[u64]) -> bool {
         let stale = match self.processes.get(&tgid) {
             None => true,
@@ -79,9 +79,9 @@ impl MemoryMaps {
         stale && self.read(tgid)
     }
 
-    /// Reads the process's map again, unless that was done less than
-    /// [`REFRESH_INTERVAL`] ago: for when something else than an address (the kernel's
-    /// unwinder, after an `exec`) says the copy is stale. Returns true if it was read.
+    /// Reads the process's map again, unless that was done less than 250 ms ago: for
+    /// when something else than an address (the kernel's unwinder, after an `exec`)
+    /// says the copy is stale. Returns true if it was read.
     pub fn refresh(&mut self, tgid: u32) -> bool {
         let recent = self
             .processes
