@@ -3,7 +3,10 @@
 //! [`Probes`] owns everything that is attached; dropping it, or calling
 //! [`Probes::detach`], takes every probe out of the kernel again.
 
-use std::{fmt, fs, num::NonZeroU32, os::fd::OwnedFd, path::Path, str::FromStr, time::Duration};
+use std::{
+    collections::HashSet, fmt, fs, num::NonZeroU32, os::fd::OwnedFd, path::Path, str::FromStr,
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
@@ -275,10 +278,15 @@ impl Probes {
     }
 
     /// Attaches the programs of every kind of event in `events`; CPU samples at
-    /// `frequency_hz` on each CPU.
-    pub fn attach(&mut self, events: EventSet, frequency_hz: u32) -> Result<(), Failure> {
+    /// `frequency_hz` of each thread of the processes `targets`.
+    pub fn attach(
+        &mut self,
+        events: EventSet,
+        frequency_hz: u32,
+        targets: &[u32],
+    ) -> Result<(), Failure> {
         if events.cpu {
-            self.attach_cpu_sampler(frequency_hz)?;
+            self.attach_cpu_sampler(frequency_hz, targets)?;
         }
         if events.syscalls {
             // Exit first: a call whose entry was not seen is ignored, never miscounted.
@@ -419,11 +427,15 @@ impl Probes {
             .map_err(program_failure)
     }
 
-    /// Attaches the CPU sampler on every online CPU at `frequency_hz`.
+    /// Attaches the CPU sampler to every thread of the `targets` at `frequency_hz`, as
+    /// `perf record -p` does: one perf event per thread that exists now, inherited by
+    /// every thread it creates later.
     ///
-    /// One attachment per CPU for all processes, filtered by tgid in BPF, is what covers
-    /// every thread of a target: a per-process perf event follows one thread only.
-    fn attach_cpu_sampler(&mut self, frequency_hz: u32) -> Result<(), Failure> {
+    /// A per-thread event samples that thread's own CPU time. Events per CPU for all
+    /// processes also see every thread, but on a VM whose idle CPUs take no timer ticks
+    /// they miss ticks around each idle period (several points of a share on a service
+    /// that keeps waking up, such as redis), and more next to another sampler.
+    fn attach_cpu_sampler(&mut self, frequency_hz: u32, targets: &[u32]) -> Result<(), Failure> {
         let max_rate = fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
             .ok()
             .and_then(|rate| rate.trim().parse::<u32>().ok());
@@ -432,19 +444,41 @@ impl Probes {
                 "{frequency_hz} Hz is above the kernel's limit, kernel.perf_event_max_sample_rate = {max_rate}"
             )));
         }
-        let cpus = aya::util::online_cpus()
-            .map_err(|(path, error)| Failure::Other(anyhow::anyhow!("reading {path}: {error}")))?;
+        raise_open_file_limit();
         let program: &mut PerfEvent = self.program(program_names::SAMPLE_CPU)?;
         program.load().map_err(program_failure)?;
-        for cpu in cpus {
-            program
-                .attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Frequency(u64::from(frequency_hz)),
-                    false,
-                )
-                .map_err(|error| perf_attach_failure(error, cpu))?;
+        for &pid in targets {
+            // A thread created while the list is read was created by a thread without
+            // its event yet: read the list again until it holds no new thread.
+            let mut sampled = HashSet::new();
+            loop {
+                let threads: Vec<u32> = threads_of(pid)
+                    .into_iter()
+                    .filter(|tid| !sampled.contains(tid))
+                    .collect();
+                if threads.is_empty() {
+                    break;
+                }
+                for tid in threads {
+                    sampled.insert(tid);
+                    let attached = program.attach(
+                        PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                        PerfEventScope::OneProcess {
+                            pid: tid,
+                            cpu: None,
+                        },
+                        SamplePolicy::Frequency(u64::from(frequency_hz)),
+                        true,
+                    );
+                    match attached {
+                        Ok(_) => {}
+                        // The thread exited meanwhile: nothing to sample.
+                        Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+                            if io_error.raw_os_error() == Some(libc::ESRCH) => {}
+                        Err(error) => return Err(perf_attach_failure(error, tid)),
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -704,21 +738,51 @@ fn tracepoint_failure(error: ProgramError, what: &str) -> Failure {
     }
 }
 
-fn perf_attach_failure(error: ProgramError, cpu: u32) -> Failure {
+fn perf_attach_failure(error: ProgramError, tid: u32) -> Failure {
     let os_error = match &error {
         ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error.raw_os_error(),
         _ => None,
     };
     match os_error {
         Some(libc::ENOENT | libc::EOPNOTSUPP | libc::ENODEV) => Failure::KernelFeature(format!(
-            "the kernel has no software cpu-clock perf event on CPU {cpu}: {error}"
+            "the kernel has no software cpu-clock perf event: {error}"
         )),
         Some(libc::EPERM | libc::EACCES) => Failure::Privileges(format!(
-            "perf_event_open was refused on CPU {cpu}: missing CAP_PERFMON, or kernel.perf_event_paranoid forbids it"
+            "perf_event_open was refused for thread {tid}: missing CAP_PERFMON, or kernel.perf_event_paranoid forbids it"
+        )),
+        Some(libc::EMFILE) => Failure::Other(anyhow::anyhow!(
+            "too many threads to sample: no file descriptor left for thread {tid} (raise `ulimit -n`)"
         )),
         _ => Failure::Other(
-            anyhow::Error::new(error).context(format!("attaching the CPU sampler on CPU {cpu}")),
+            anyhow::Error::new(error).context(format!("attaching the CPU sampler to thread {tid}")),
         ),
+    }
+}
+
+/// The threads of process `pid` now; none once it is gone.
+fn threads_of(pid: u32) -> Vec<u32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|task| task.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Each thread of a target takes a perf event's file descriptor: raise the soft limit
+/// to the hard one, as perf does. Failing leaves the limit as it was.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with valid pointers.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
+        }
     }
 }
 
@@ -741,6 +805,10 @@ mod tests {
         assert!(
             matches!(failure, Failure::KernelFeature(ref reason) if reason.contains("cpu-clock"))
         );
+        assert!(matches!(
+            perf_attach_failure(syscall_error(libc::EMFILE), 7),
+            Failure::Other(ref reason) if reason.to_string().contains("ulimit -n")
+        ));
     }
 
     #[test]

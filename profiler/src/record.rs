@@ -408,7 +408,7 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
     let losses = probes.take_loss_counters()?;
     let syscall_tables = probes.take_syscall_tables()?;
     let alloc_tables = probes.take_alloc_tables()?;
-    probes.attach(options.probes.events, options.frequency_hz)?;
+    probes.attach(options.probes.events, options.frequency_hz, &pids)?;
     if options.probes.events.alloc {
         for &pid in &pids {
             let program = command.as_ref().map(HeldCommand::program);
