@@ -179,9 +179,6 @@ fn step(stack: &mut UserStack) -> Result<(), StackEnd> {
     stack.depth += 1;
     let lookup = stack.pc.wrapping_sub(u64::from(stack.after_call));
     let mapping = find_mapping(stack.tgid, lookup)?;
-    if mapping.rows == 0 {
-        return Err(StackEnd::NoUnwindInfo);
-    }
     let address = lookup.wrapping_sub(mapping.bias);
     if address > u64::from(u32::MAX) {
         return Err(StackEnd::NoUnwindInfo);

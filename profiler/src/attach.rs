@@ -168,6 +168,18 @@ pub struct ProbeSettings {
     pub unwind: UnwindMethod,
 }
 
+impl ProbeSettings {
+    /// Whether any stack is unwound from the unwind tables: allocation stacks always
+    /// are, CPU, off-CPU and slow-syscall stacks unless frame pointers are walked.
+    /// Block requests carry no stack.
+    pub fn uses_unwind_tables(&self) -> bool {
+        let events = self.events;
+        events.alloc
+            || (self.unwind == UnwindMethod::Dwarf
+                && (events.cpu || events.syscalls || events.offcpu))
+    }
+}
+
 impl Default for ProbeSettings {
     fn default() -> Self {
         ProbeSettings {
@@ -195,6 +207,7 @@ const MAPS_BY_EVENT: [(&str, EventFilter); 4] = [
 /// The loaded BPF object and its attached programs.
 pub struct Probes {
     ebpf: Ebpf,
+    settings: ProbeSettings,
     targets: HashMap<MapData, u32, u8>,
     /// Keeps the kernel's BPF run-time statistics on while the probes run.
     _stats: Option<OwnedFd>,
@@ -256,6 +269,7 @@ impl Probes {
         }
         Ok(Probes {
             ebpf,
+            settings: *settings,
             targets,
             _stats: stats,
         })
@@ -277,14 +291,10 @@ impl Probes {
             })
     }
 
-    /// Attaches the programs of every kind of event in `events`; CPU samples at
+    /// Attaches the programs of every kind of event the settings name; CPU samples at
     /// `frequency_hz` of each thread of the processes `targets`.
-    pub fn attach(
-        &mut self,
-        events: EventSet,
-        frequency_hz: u32,
-        targets: &[u32],
-    ) -> Result<(), Failure> {
+    pub fn attach(&mut self, frequency_hz: u32, targets: &[u32]) -> Result<(), Failure> {
+        let events = self.settings.events;
         if events.cpu {
             self.attach_cpu_sampler(frequency_hz, targets)?;
         }
@@ -305,13 +315,8 @@ impl Probes {
         if events.offcpu {
             self.attach_tracepoint(program_names::SCHED_SWITCH, "sched", "sched_switch")?;
         }
-        // Every kind but block IO unwinds user stacks, whose tables an exec makes stale.
-        if events
-            != (EventSet {
-                io: true,
-                ..EventSet::default()
-            })
-        {
+        // An exec makes the process's unwind tables stale.
+        if self.settings.uses_unwind_tables() {
             self.attach_raw_tracepoint(program_names::PROCESS_EXEC, "sched_process_exec")?;
         }
         Ok(())
@@ -828,6 +833,20 @@ mod tests {
         assert!(
             matches!(map_failure(error), Failure::KernelFeature(ref reason) if reason.contains("ring buffers"))
         );
+    }
+
+    #[test]
+    fn unwind_tables_are_used_by_dwarf_stacks_and_allocations_only() {
+        let settings = |events: &str, unwind| ProbeSettings {
+            events: events.parse().unwrap(),
+            unwind,
+            ..ProbeSettings::default()
+        };
+        assert!(settings("cpu", UnwindMethod::Dwarf).uses_unwind_tables());
+        assert!(settings("offcpu,io", UnwindMethod::Dwarf).uses_unwind_tables());
+        assert!(!settings("io", UnwindMethod::Dwarf).uses_unwind_tables());
+        assert!(!settings("cpu,syscalls", UnwindMethod::Fp).uses_unwind_tables());
+        assert!(settings("cpu,alloc", UnwindMethod::Fp).uses_unwind_tables());
     }
 
     #[test]

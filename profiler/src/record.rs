@@ -387,28 +387,40 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
     // The targets' tables are compiled before the BPF object is loaded, to size the
     // kernel's row array. A started command has not exec'd its program yet: its tables
     // are loaded when it reaches its entry point.
-    let mut collector = Collector::default();
+    let mut collector = Collector {
+        unwind_tables: options
+            .probes
+            .uses_unwind_tables()
+            .then(UnwindTables::default),
+        ..Collector::default()
+    };
     if let TargetSpec::Pids(_) = &options.target {
         for &pid in &pids {
             collector.read_map(pid);
         }
     }
-    let unwind_rows = collector.unwind_tables.capacity();
+    let unwind_rows = collector
+        .unwind_tables
+        .as_ref()
+        .map_or(1, UnwindTables::capacity);
     let mut probes = Probes::load(&options.probes, unwind_rows)?;
     for &pid in &pids {
         probes.add_target(pid)?;
     }
-    let (rows, processes) = probes.take_unwind_maps()?;
-    collector
-        .unwind_tables
-        .connect(rows, unwind_rows, processes)
-        .map_err(|error| Failure::Other(anyhow::anyhow!("mapping the unwind tables: {error}")))?;
+    if let Some(tables) = &mut collector.unwind_tables {
+        let (rows, processes) = probes.take_unwind_maps()?;
+        tables
+            .connect(rows, unwind_rows, processes)
+            .map_err(|error| {
+                Failure::Other(anyhow::anyhow!("mapping the unwind tables: {error}"))
+            })?;
+    }
     let mut stream = EventStream::new(probes.take_events()?)
         .map_err(|error| Failure::Other(anyhow::anyhow!("watching the ring buffer: {error}")))?;
     let losses = probes.take_loss_counters()?;
     let syscall_tables = probes.take_syscall_tables()?;
     let alloc_tables = probes.take_alloc_tables()?;
-    probes.attach(options.probes.events, options.frequency_hz, &pids)?;
+    probes.attach(options.frequency_hz, &pids)?;
     if options.probes.events.alloc {
         for &pid in &pids {
             let program = command.as_ref().map(HeldCommand::program);
@@ -502,7 +514,10 @@ fn start_command(
     probes: &mut Probes,
     collector: &mut Collector,
 ) -> Result<(), Failure> {
-    let hold = probes.hold_at_entry(command.pid(), command.program())?;
+    let hold = match collector.unwind_tables {
+        Some(_) => probes.hold_at_entry(command.pid(), command.program())?,
+        None => None,
+    };
     command.release();
     if let Some(hold) = hold {
         let stopped = command.wait_for_stop(ENTRY_TIMEOUT);
@@ -628,7 +643,8 @@ impl Signals {
 #[derive(Default)]
 struct Collector {
     maps: MemoryMaps,
-    unwind_tables: UnwindTables,
+    /// `None` when no stack is unwound from tables (`--unwind fp`, block IO alone).
+    unwind_tables: Option<UnwindTables>,
     symbolizer: Symbolizer,
     stack_quality: StackQuality,
     cpu: StackCounts,
@@ -733,7 +749,9 @@ impl Collector {
         for tgid in self.maps.take_updated() {
             let mappings = self.maps.mappings(tgid);
             self.symbolizer.keep_files(tgid, mappings);
-            self.unwind_tables.load_mappings(tgid, mappings);
+            if let Some(tables) = &mut self.unwind_tables {
+                tables.load_mappings(tgid, mappings);
+            }
         }
     }
 
@@ -889,7 +907,11 @@ impl Collector {
             threads: self.cpu.threads().collect(),
             losses: finished.losses,
             stack_quality: StackQuality {
-                tables: self.unwind_tables.stats(),
+                tables: self
+                    .unwind_tables
+                    .as_ref()
+                    .map(UnwindTables::stats)
+                    .unwrap_or_default(),
                 unnamed: names
                     .unnamed
                     .iter()

@@ -8,8 +8,8 @@
 //! Tables are compiled before the BPF object is loaded, so that the row array can be
 //! sized to fit them plus room for what comes later: a library loaded with `dlopen`, a
 //! started command's program. The kernel reports a stack that reached an address outside
-//! every mapping it knows ([`profiler_common::StackEnd::UnknownMapping`]); the process's map is then read
-//! again and handed to [`UnwindTables::load_mappings`].
+//! every mapping it knows ([`profiler_common::StackEnd::UnknownMapping`]); the
+//! process's map is then read again and handed to [`UnwindTables::load_mappings`].
 
 mod table;
 
@@ -29,7 +29,8 @@ use object::ReadCache;
 use profiler_common::{
     ExecutableMapping, MAX_MAPPINGS, ProcessMappings, UNWIND_ROWS_HEADROOM, UnwindRow,
 };
-pub use table::{FileTable, Segment, TableError, bias};
+pub use table::{FileTable, TableError};
+use table::{Segment, bias};
 
 use crate::memory_map::{FileId, Mapping};
 
