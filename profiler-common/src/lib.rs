@@ -17,10 +17,11 @@ pub const MAX_TARGETS: u32 = 1024;
 
 /// Size of the ring buffer that carries every streamed record, in bytes.
 ///
-/// A record with stacks is about 2.3 KiB, so this holds about 3,500 of them: three
-/// seconds of a 999 Hz recording on every CPU of this 2-CPU class of machine, and a full
-/// drain interval (see [`DRAIN_INTERVAL_MS`]) on a 32-CPU host at 999 Hz.
-pub const EVENTS_RING_BYTES: u32 = 8 << 20;
+/// A record with stacks is about 5 KiB (native and Python frames), so this holds about
+/// 3,200 of them: a second and a half of a 999 Hz recording on every CPU of this 2-CPU
+/// class of machine, and a full drain interval (see [`DRAIN_INTERVAL_MS`]) on a 32-CPU
+/// host at 999 Hz.
+pub const EVENTS_RING_BYTES: u32 = 16 << 20;
 
 /// Unread bytes in the ring buffer above which the BPF side wakes the reader at once.
 ///
@@ -110,6 +111,8 @@ pub mod map_names {
     pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
     /// `HashMap<u32, ProcessMappings>`: each target's executable mappings, by tgid.
     pub const PROCESS_MAPPINGS: &str = "PROCESS_MAPPINGS";
+    /// `HashMap<u32, PythonProcess>`: how to walk each Python target's frames, by tgid.
+    pub const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
     /// `Array<u64>` of [`crate::SAMPLE_INTERVAL_DRAWS`] exponentially distributed byte
     /// intervals with mean [`crate::global_names::ALLOC_SAMPLE_BYTES`], set by userspace.
     pub const SAMPLE_INTERVALS: &str = "SAMPLE_INTERVALS";
@@ -168,6 +171,9 @@ pub mod global_names {
     /// `u64`: 1 walks frame pointers for user stacks (`--unwind fp`), 0 unwinds them
     /// from the unwind tables.
     pub const WALK_FRAME_POINTERS: &str = "WALK_FRAME_POINTERS";
+    /// `u64`: offset in the kernel's `task_struct` of `thread.fsbase`, a thread's TLS
+    /// base, from the kernel's BTF; 0 when unknown, which turns the Python walk off.
+    pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";
 }
 
 /// Tracepoint fields the BPF programs read. Their offsets differ between kernels, so
@@ -336,6 +342,9 @@ pub struct Stacks {
     pub user: [u64; MAX_STACK_DEPTH],
     /// Kernel instruction pointers, innermost first.
     pub kernel: [u64; MAX_STACK_DEPTH],
+    /// The Python functions the thread was running, when its process is a Python
+    /// interpreter the profiler walks.
+    pub python: PythonStack,
 }
 
 impl Stacks {
@@ -433,6 +442,9 @@ pub struct AllocStack {
     pub end: u32,
     /// Instruction pointers, innermost first, from the allocating function's entry out.
     pub frames: [u64; MAX_STACK_DEPTH],
+    /// The Python functions that were running, when the process is a Python interpreter
+    /// the profiler walks.
+    pub python: PythonStack,
 }
 
 impl AllocStack {
@@ -491,6 +503,155 @@ impl StackEnd {
             .unwrap_or(StackEnd::NoUnwindInfo)
     }
 }
+
+/// Deepest Python stack captured per record, in frames: recursion 128 deep plus the
+/// frames around it.
+pub const MAX_PYTHON_DEPTH: usize = 192;
+
+/// Words of [`PythonStack::call_ends`]: a power of two, so that the BPF side can mask a
+/// word index into range where the verifier cannot follow a bounds check.
+pub const PYTHON_CALL_END_WORDS: usize = MAX_PYTHON_DEPTH.div_ceil(64).next_power_of_two();
+
+/// One Python frame: the code object it runs, and two of that object's fields read at
+/// the same moment, which tell a code object from another one allocated later at the
+/// same address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PythonFrame {
+    /// Address of the frame's code object (`PyCodeObject *`).
+    pub code: u64,
+    /// The code object's `co_firstlineno`.
+    pub first_line: u32,
+    /// The low 32 bits of the code object's `co_qualname` pointer.
+    pub name_stamp: u32,
+}
+
+/// The Python frames of a thread, innermost first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PythonStack {
+    /// Frames filled in `frames`.
+    pub depth: u32,
+    /// A [`PythonEnd`]: why the walk stopped where it did.
+    pub end: u32,
+    /// Bit `i` (word `i / 64`, bit `i % 64`) is set when frame `i` is the outermost frame
+    /// of one call of the interpreter's C function `_PyEval_EvalFrameDefault`: the frames
+    /// from just after the previous set bit up to it replace that native frame.
+    pub call_ends: [u64; PYTHON_CALL_END_WORDS],
+    /// The frames, innermost first.
+    pub frames: [PythonFrame; MAX_PYTHON_DEPTH],
+}
+
+impl PythonStack {
+    /// The filled frames.
+    pub fn frames(&self) -> &[PythonFrame] {
+        &self.frames[..(self.depth as usize).min(MAX_PYTHON_DEPTH)]
+    }
+
+    /// Whether frame `index` ends one interpreter call.
+    pub fn ends_call(&self, index: usize) -> bool {
+        self.call_ends
+            .get(index / 64)
+            .is_some_and(|word| word >> (index % 64) & 1 != 0)
+    }
+}
+
+/// Why a Python stack ends where it does, in [`PythonStack::end`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PythonEnd {
+    /// The process is not a Python interpreter the profiler walks.
+    NotPython = 0,
+    /// The walk reached the thread's first frame.
+    Root,
+    /// The thread has no Python thread state: a thread that never ran Python code, or
+    /// an interpreter not initialised yet.
+    NoThreadState,
+    /// The thread state found belongs to another thread: the layout does not fit.
+    OtherThread,
+    /// [`MAX_PYTHON_DEPTH`] frames were walked.
+    DepthLimit,
+    /// A frame or code object could not be read.
+    UnreadableMemory,
+}
+
+impl PythonEnd {
+    /// Number of ends.
+    pub const COUNT: usize = 6;
+
+    /// Every end, in value order.
+    pub const ALL: [PythonEnd; Self::COUNT] = [
+        PythonEnd::NotPython,
+        PythonEnd::Root,
+        PythonEnd::NoThreadState,
+        PythonEnd::OtherThread,
+        PythonEnd::DepthLimit,
+        PythonEnd::UnreadableMemory,
+    ];
+
+    /// The end a raw value names; an unknown value reads as [`PythonEnd::NotPython`].
+    pub fn from_raw(end: u32) -> Self {
+        Self::ALL
+            .get(end as usize)
+            .copied()
+            .unwrap_or(PythonEnd::NotPython)
+    }
+}
+
+/// Offsets in a `_PyInterpreterFrame` or a structure around it meaning "absent".
+pub const PYTHON_NO_FIELD: u32 = u32::MAX;
+
+/// Where the fields a Python frame walker reads sit, for one CPython version.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PythonLayout {
+    /// Offset in `PyThreadState` of the pointer to the structure holding the current
+    /// frame (`cframe` before 3.13), or [`PYTHON_NO_FIELD`] when the thread state holds
+    /// it itself.
+    pub thread_frame_holder: u32,
+    /// Offset of the current frame pointer in that holder.
+    pub holder_current_frame: u32,
+    /// Offset in `PyThreadState` of `native_thread_id`, the thread's kernel tid.
+    pub thread_native_id: u32,
+    /// Offset in `_PyInterpreterFrame` of its code object (`f_code`, `f_executable`).
+    pub frame_code: u32,
+    /// Offset of `previous`, the calling frame.
+    pub frame_previous: u32,
+    /// Offset of the `owner` byte.
+    pub frame_owner: u32,
+    /// Offset of the `is_entry` byte (3.11), or [`PYTHON_NO_FIELD`].
+    pub frame_is_entry: u32,
+    /// Offset in `PyCodeObject` of `co_firstlineno`.
+    pub code_first_line: u32,
+    /// Offset of `co_qualname`.
+    pub code_qualname: u32,
+    /// Keeps the size a multiple of 8 on both sides.
+    pub _padding: u32,
+}
+
+/// `owner` of a frame that only marks where a C call entered the interpreter
+/// (`FRAME_OWNED_BY_CSTACK`, 3.12 on); it runs no code.
+pub const PYTHON_OWNER_CSTACK: u8 = 3;
+
+/// What the kernel needs to walk one process's Python frames.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PythonProcess {
+    /// Address of the interpreter's `Py_tss_t` whose thread-specific value is each
+    /// thread's own `PyThreadState` (`_PyRuntime.autoTSSkey`).
+    pub thread_state_key: u64,
+    /// The version's layout.
+    pub layout: PythonLayout,
+}
+
+/// Offset in glibc's `struct pthread` (at the thread pointer, `fsbase`) of
+/// `specific_1stblock`, the first [`PTHREAD_KEY_FIRST_BLOCK`] thread-specific values,
+/// each `{ seq, data }`. Unchanged on x86_64 since glibc 2.x's NPTL; checked by the end
+/// to end tests through the thread id each found thread state carries.
+pub const PTHREAD_SPECIFIC_OFFSET: u64 = 0x310;
+
+/// Keys whose values live in `specific_1stblock`.
+pub const PTHREAD_KEY_FIRST_BLOCK: u32 = 32;
 
 /// How a row of an unwind table finds the canonical frame address (CFA): the caller's
 /// stack pointer, below which the return address sits.
@@ -634,6 +795,8 @@ mod pod {
     unsafe impl aya::Pod for super::ExecutableMapping {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessMappings {}
+    // SAFETY: as above; the padding is a named field, always written as zero.
+    unsafe impl aya::Pod for super::PythonProcess {}
 }
 
 #[cfg(test)]
@@ -657,6 +820,28 @@ mod tests {
             assert_eq!(*end as usize, index);
             assert_eq!(StackEnd::from_raw(index as u32), *end);
         }
+    }
+
+    #[test]
+    fn python_ends_are_listed_in_value_order() {
+        for (index, end) in PythonEnd::ALL.iter().enumerate() {
+            assert_eq!(*end as usize, index);
+            assert_eq!(PythonEnd::from_raw(index as u32), *end);
+        }
+    }
+
+    #[test]
+    fn call_ends_are_read_bit_by_bit() {
+        let mut stack = PythonStack {
+            depth: 3,
+            end: 0,
+            call_ends: [0; PYTHON_CALL_END_WORDS],
+            frames: [PythonFrame::default(); MAX_PYTHON_DEPTH],
+        };
+        stack.call_ends[1] = 1 << 2;
+        assert!(stack.ends_call(66));
+        assert!(!stack.ends_call(2));
+        assert!(!stack.ends_call(MAX_PYTHON_DEPTH + 64));
     }
 
     #[test]

@@ -17,11 +17,11 @@ use aya_ebpf::{
 };
 use profiler_common::{
     AllocCounter, AllocStack, EventKind, LiveAllocation, LiveAllocationKey, LossCounter,
-    MAX_ALLOC_STACKS, MAX_LIVE_ALLOCATIONS, MAX_STACK_DEPTH, SAMPLE_INTERVAL_DRAWS,
+    MAX_ALLOC_STACKS, MAX_LIVE_ALLOCATIONS, MAX_STACK_DEPTH, PythonStack, SAMPLE_INTERVAL_DRAWS,
 };
 
 use crate::{
-    EVENTS, count_loss, header, now_ns,
+    EVENTS, count_loss, header, now_ns, python,
     stacks::{self, Unwinder, UserStack},
     wakeup_flag,
 };
@@ -319,17 +319,27 @@ fn next_interval() -> i64 {
 /// there to the caller like from any other frame.
 #[inline(always)]
 fn capture_stack(pid_tgid: u64) -> u64 {
-    let Some(stack) = stacks::unwind_user(Unwinder::Alloc, (pid_tgid >> 32) as u32) else {
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(stack) = stacks::unwind_user(Unwinder::Alloc, tgid) else {
         return 0;
     };
-    // SAFETY: the per-CPU stack the unwinder just filled.
-    let id = unsafe { stack_id(&(*stack).frames, (*stack).depth as usize, pid_tgid >> 32) };
+    // Python code allocates through the same few native call sites: the Python frames
+    // are what tell its allocating stacks apart.
+    let python = python::walk(Unwinder::Alloc, tgid);
+    // SAFETY: the per-CPU stacks the unwinder and the Python walk just filled.
+    let id = unsafe {
+        let native = stack_id(&(*stack).frames, (*stack).depth as usize, pid_tgid >> 32);
+        match python {
+            Some(python) => python_stack_id(native, &*python),
+            None => native,
+        }
+    };
     // SAFETY: the value is only tested for presence.
     if unsafe { ALLOC_STACKS_SEEN.get(&id) }.is_some() {
         return id;
     }
     match ALLOC_STACKS_SEEN.insert(&id, &1, u64::from(BPF_NOEXIST)) {
-        Ok(()) => stream_stack(stack, id, pid_tgid),
+        Ok(()) => stream_stack(stack, python, id, pid_tgid),
         // Another CPU saw it first and streams it.
         Err(errno) if errno == -17 => {}
         Err(_) => count_loss(LossCounter::AllocStackTableFull),
@@ -351,8 +361,28 @@ fn stack_id(frames: &[u64; MAX_STACK_DEPTH], depth: usize, tgid: u64) -> u64 {
     hash | 1
 }
 
+/// Mixes a Python stack's code objects into a native stack's id; never 0.
 #[inline(always)]
-fn stream_stack(stack: *const UserStack, id: u64, pid_tgid: u64) {
+fn python_stack_id(native: u64, python: &PythonStack) -> u64 {
+    let mut hash = native;
+    for (index, frame) in python.frames.iter().enumerate() {
+        if index >= python.depth as usize {
+            break;
+        }
+        hash =
+            (hash ^ frame.code ^ u64::from(frame.first_line)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        hash ^= hash >> 29;
+    }
+    hash | 1
+}
+
+#[inline(always)]
+fn stream_stack(
+    stack: *const UserStack,
+    python: Option<*const PythonStack>,
+    id: u64,
+    pid_tgid: u64,
+) {
     let Some(mut record) = EVENTS.reserve::<AllocStack>(0) else {
         // Forget it, so that the next allocation from this stack tries again.
         let _ = ALLOC_STACKS_SEEN.remove(&id);
@@ -381,6 +411,7 @@ fn stream_stack(stack: *const UserStack, id: u64, pid_tgid: u64) {
         (*out).id = id;
         (*out).depth = (*stack).depth;
         (*out).end = (*stack).end;
+        python::copy(python, &raw mut (*out).python);
     }
     record.submit(wakeup_flag());
 }

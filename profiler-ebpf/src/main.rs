@@ -7,6 +7,7 @@ mod alloc;
 mod block_io;
 mod cpu;
 mod offcpu;
+mod python;
 mod stacks;
 mod syscalls;
 

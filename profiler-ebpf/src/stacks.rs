@@ -26,7 +26,7 @@ use profiler_common::{
     ProcessMappings, StackEnd, Stacks, UNWIND_SEARCH_STEPS, UnwindRow, cfa_rule,
 };
 
-use crate::{current_thread, is_target};
+use crate::{current_thread, is_target, python};
 
 const STACK_BYTES: u32 = (MAX_STACK_DEPTH * size_of::<u64>()) as u32;
 
@@ -50,7 +50,7 @@ pub enum Unwinder {
     Alloc,
 }
 
-const UNWINDERS: u32 = 4;
+pub const UNWINDERS: u32 = 4;
 
 /// A user stack being unwound.
 #[repr(C)]
@@ -76,11 +76,13 @@ static USER_STACKS: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(UNWIN
 #[unsafe(no_mangle)]
 static WALK_FRAME_POINTERS: u64 = 0;
 
-/// Fills `stacks` with the running thread's user and kernel stacks.
+/// Fills `stacks` with the running thread's user, kernel and Python stacks.
 ///
 /// SAFETY: `ctx` must be the running program's context and `stacks` writable.
 #[inline(always)]
 pub unsafe fn capture(ctx: *mut c_void, stacks: *mut Stacks, unwinder: Unwinder, tgid: u32) {
+    // SAFETY: `stacks` is writable, so is its Python part.
+    unsafe { python::capture(&raw mut (*stacks).python, unwinder, tgid) };
     // SAFETY: bpf_get_stack writes at most STACK_BYTES into the array; the user frames
     // are copied whole from the per-CPU state, of the same size.
     unsafe {
@@ -296,14 +298,15 @@ fn at_most(a: u64, b: u64) -> u64 {
     1 - (b.wrapping_sub(a) >> 63)
 }
 
-/// Forgets a target's mappings when it execs: they are gone, and the new program's
-/// addresses must not be unwound with the old tables. The next stack then reports
+/// Forgets a target's mappings and Python layout when it execs: they are gone, and the
+/// new program's addresses must not be unwound with the old tables. The next stack then reports
 /// [`StackEnd::UnknownMapping`], and userspace loads the new mappings.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn process_exec(_ctx: RawTracePointContext) -> u32 {
     let (tgid, _) = current_thread();
     if is_target(tgid) {
         let _ = PROCESS_MAPPINGS.remove(&tgid);
+        python::forget(tgid);
     }
     0
 }

@@ -202,8 +202,18 @@ fn scaled_number(text: &str, unit_scale: impl Fn(&str) -> Option<f64>) -> Option
 }
 
 /// Whether a frame's function is the one `function` names: the same name, or a path
-/// (`model::predict`, `core.model.predict`) whose last segments are that name.
-pub fn function_matches(function: &str, frame_name: &str) -> bool {
+/// (`model::predict`, `core.model.predict`) whose last segments are that name. A Python
+/// frame also answers to its qualified name and its module path
+/// ([`crate::python::PythonFunction::is_named`]).
+pub fn function_matches(function: &str, frame: &Frame) -> bool {
+    if let Some(python) = &frame.python {
+        return python.is_named(function);
+    }
+    name_matches(function, &frame.name)
+}
+
+/// [`function_matches`] on a native function's name.
+fn name_matches(function: &str, frame_name: &str) -> bool {
     let name = strip_parameters(frame_name);
     name == function
         || name
@@ -381,9 +391,10 @@ pub fn analyze(
                         .stacks
                         .iter()
                         .filter(|stack| {
-                            stack.frames.iter().any(|&frame| {
-                                function_matches(function, &profile.frames[frame].name)
-                            })
+                            stack
+                                .frames
+                                .iter()
+                                .any(|&frame| function_matches(function, &profile.frames[frame]))
                         })
                         .map(|stack| stack.count)
                         .sum();
@@ -475,10 +486,7 @@ mod tests {
         let mut builder = ProfileBuilder::default();
         for (stack, count) in stacks {
             builder.push(
-                stack.split(';').map(|name| Frame {
-                    name: name.to_owned(),
-                    kernel: false,
-                }),
+                stack.split(';').map(|name| Frame::native(name, false)),
                 *count,
             );
         }
@@ -635,10 +643,10 @@ mod tests {
             "deepseek.core.model.predict",
             "ns::predict(float*)",
         ] {
-            assert!(function_matches("predict", name), "{name}");
+            assert!(name_matches("predict", name), "{name}");
         }
         for name in ["mypredict", "predict_batch", "predict::inner"] {
-            assert!(!function_matches("predict", name), "{name}");
+            assert!(!name_matches("predict", name), "{name}");
         }
     }
 

@@ -20,10 +20,11 @@ use aya::{
 };
 use profiler_common::{
     AllocCounter, LiveAllocation, LiveAllocationKey, LossCounter, MAX_SYSCALLS, MAX_TARGETS,
-    ProcessMappings, SAMPLE_INTERVAL_DRAWS, SyscallStats, global_names, map_names, program_names,
+    ProcessMappings, PythonProcess, SAMPLE_INTERVAL_DRAWS, SyscallStats, global_names, map_names,
+    program_names,
 };
 
-use crate::{allocators::ProbePoint, exit::Failure, tracefs};
+use crate::{allocators::ProbePoint, exit::Failure, kernel_btf, tracefs};
 
 static BPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
@@ -209,6 +210,9 @@ pub struct Probes {
     ebpf: Ebpf,
     settings: ProbeSettings,
     targets: HashMap<MapData, u32, u8>,
+    /// Whether the kernel's type information told where a thread's TLS base is, which
+    /// the Python walk needs.
+    walks_python: bool,
     /// Keeps the kernel's BPF run-time statistics on while the probes run.
     _stats: Option<OwnedFd>,
 }
@@ -235,6 +239,9 @@ impl Probes {
         let slow_syscall_ns = settings.slow_syscall.as_nanos() as u64;
         let offcpu_min_ns = settings.offcpu_min.as_nanos() as u64;
         let walk_frame_pointers = u64::from(settings.unwind == UnwindMethod::Fp);
+        // Without it the kernel finds no Python thread state, and Python frames are off.
+        let task_fsbase_offset =
+            kernel_btf::member_offset("task_struct", &["thread", "fsbase"]).unwrap_or(0);
         let mut loader = EbpfLoader::new();
         // The programs use no CO-RE relocations, so parsing the kernel's BTF (tens of
         // milliseconds) would buy nothing.
@@ -252,7 +259,8 @@ impl Probes {
                 global_names::WALK_FRAME_POINTERS,
                 &walk_frame_pointers,
                 true,
-            );
+            )
+            .override_global(global_names::TASK_FSBASE_OFFSET, &task_fsbase_offset, true);
         loader.map_max_entries(map_names::UNWIND_ROWS, unwind_rows.max(1));
         for (map, used) in MAPS_BY_EVENT {
             if !used(events) {
@@ -271,6 +279,7 @@ impl Probes {
             ebpf,
             settings: *settings,
             targets,
+            walks_python: task_fsbase_offset != 0,
             _stats: stats,
         })
     }
@@ -507,6 +516,19 @@ impl Probes {
         Ok((rows, processes))
     }
 
+    /// Takes the table of Python processes to walk, for
+    /// [`crate::python::PythonFrames::connect`]; `None` when the kernel's type
+    /// information does not say where threads keep their TLS base.
+    pub fn take_python_processes(
+        &mut self,
+    ) -> Result<Option<HashMap<MapData, u32, PythonProcess>>, Failure> {
+        let map = self.take_map(map_names::PYTHON_PROCESSES)?;
+        if !self.walks_python {
+            return Ok(None);
+        }
+        HashMap::try_from(map).map(Some).map_err(map_failure)
+    }
+
     /// Takes the per-CPU loss counters, readable after [`Probes::detach`].
     pub fn take_loss_counters(&mut self) -> Result<LossCounters, Failure> {
         let map = self.take_map(map_names::LOSS_COUNTERS)?;
@@ -694,8 +716,12 @@ fn map_failure_ref(error: &MapError) -> Option<Failure> {
 
 fn program_failure(error: ProgramError) -> Failure {
     match &error {
-        ProgramError::LoadError { io_error, .. }
-            if matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
+        // The verifier also rejects a program with EACCES, and then says why in its log.
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } if matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+            && format!("{verifier_log:?}").trim().is_empty() =>
         {
             Failure::Privileges(format!(
                 "the kernel refused to load the BPF program ({io_error}): run as root with CAP_BPF and CAP_PERFMON"

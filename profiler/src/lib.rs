@@ -11,6 +11,8 @@
 //! 5. [`aggregate`]: weighing distinct stacks, latency distributions, syscall and IO
 //!    tables;
 //! 6. [`symbolize`]: naming frames, and syscalls and errnos ([`syscall_names`]);
+//!    [`python`] names the Python frames the kernel walked and puts them in place (it
+//!    finds each thread's state through [`kernel_btf`]);
 //! 7. [`analyze`]: shares, hotspots and `--fail-on` rules;
 //! 8. [`render`]: flame graphs, collapsed stacks, JSON report and terminal summary.
 //!
@@ -24,7 +26,9 @@ pub mod attach;
 pub mod cli;
 pub mod elf;
 pub mod exit;
+pub mod kernel_btf;
 pub mod memory_map;
+pub mod python;
 pub mod record;
 pub mod render;
 pub mod stream;

@@ -29,6 +29,7 @@ use crate::{
     attach::{AllocTables, BpfCost, LossCounters, ProbeSettings, Probes, check_privileges},
     exit::{Failure, code},
     memory_map::MemoryMaps,
+    python::{PythonFrames, PythonReport},
     render::{OutputFiles, OutputPaths, folded, json, summary, svg},
     stream::{Event, EventStream},
     symbolize::{Capture, Frame, Names, Profile, ProfileBuilder, Symbolizer},
@@ -320,6 +321,8 @@ pub struct Recording {
     pub stop: StopReason,
     /// The profiler's own cost.
     pub cost: SelfCost,
+    /// The Python interpreters walked, and how well.
+    pub python: PythonReport,
 }
 
 impl Recording {
@@ -406,6 +409,12 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
     let mut probes = Probes::load(&options.probes, unwind_rows)?;
     for &pid in &pids {
         probes.add_target(pid)?;
+    }
+    match probes.take_python_processes()? {
+        Some(processes) => collector.python.connect(processes),
+        None => collector.python.notice(
+            "the kernel's BTF does not say where a thread's TLS base is; Python frames are not shown",
+        ),
     }
     if let Some(tables) = &mut collector.unwind_tables {
         let (rows, processes) = probes.take_unwind_maps()?;
@@ -646,6 +655,7 @@ struct Collector {
     /// `None` when no stack is unwound from tables (`--unwind fp`, block IO alone).
     unwind_tables: Option<UnwindTables>,
     symbolizer: Symbolizer,
+    python: PythonFrames,
     stack_quality: StackQuality,
     cpu: StackCounts,
     offcpu: StackCounts,
@@ -663,13 +673,12 @@ fn weigh(
     maps: &mut MemoryMaps,
     counts: &mut StackCounts,
     header: &EventHeader,
-    stacks: &Stacks,
+    stack: StackKey,
     weight: u64,
 ) {
-    let user = stacks.user_frames();
-    let stack = StackKey::new(header.tgid, user, stacks.kernel_frames());
-    if counts.add(header.tid, stack, weight) {
-        maps.observe(header.tgid, user);
+    let tgid = header.tgid;
+    if counts.add(header.tid, stack.clone(), weight) {
+        maps.observe(tgid, &stack.user);
     }
 }
 
@@ -690,21 +699,17 @@ impl Collector {
         match event {
             Event::Cpu(sample) => {
                 self.note_end(sample.header.tgid, sample.stacks.user_end, |q| &mut q.cpu);
-                weigh(
-                    &mut self.maps,
-                    &mut self.cpu,
-                    &sample.header,
-                    &sample.stacks,
-                    1,
-                );
+                let stack = self.stack_key(&sample.header, &sample.stacks, true);
+                weigh(&mut self.maps, &mut self.cpu, &sample.header, stack, 1);
             }
             Event::OffCpu(span) => {
                 self.note_end(span.header.tgid, span.stacks.user_end, |q| &mut q.offcpu);
+                let stack = self.stack_key(&span.header, &span.stacks, false);
                 weigh(
                     &mut self.maps,
                     &mut self.offcpu,
                     &span.header,
-                    &span.stacks,
+                    stack,
                     span.duration_ns,
                 );
             }
@@ -714,9 +719,8 @@ impl Collector {
                 });
                 self.slow_latencies.record(call.nr, call.duration_ns);
                 self.slow_call_count += 1;
-                let user = call.stacks.user_frames();
-                self.maps.observe(call.header.tgid, user);
-                let stack = StackKey::new(call.header.tgid, user, call.stacks.kernel_frames());
+                let stack = self.stack_key(&call.header, &call.stacks, false);
+                self.maps.observe(call.header.tgid, &stack.user);
                 self.keep_slow_call(SlowCall {
                     tid: call.header.tid,
                     nr: call.nr,
@@ -730,11 +734,24 @@ impl Collector {
                 let tgid = stack.header.tgid;
                 self.note_end(tgid, stack.end, |q| &mut q.alloc);
                 self.maps.observe(tgid, stack.frames());
-                self.alloc_stacks
-                    .insert(stack.id, StackKey::new(tgid, stack.frames(), &[]));
+                let python = self.python.resolve(tgid, &stack.python, false);
+                let complete = StackEnd::from_raw(stack.end) == StackEnd::Root;
+                self.alloc_stacks.insert(
+                    stack.id,
+                    StackKey::new(tgid, stack.frames(), &[]).with_python(python, complete),
+                );
             }
         }
         self.follow_maps();
+    }
+
+    /// The aggregation key of a record's stacks, with its Python frames named; `counted`
+    /// counts how the Python stack ended (once per CPU sample).
+    fn stack_key(&mut self, header: &EventHeader, stacks: &Stacks, counted: bool) -> StackKey {
+        let python = self.python.resolve(header.tgid, &stacks.python, counted);
+        let complete = StackEnd::from_raw(stacks.user_end) == StackEnd::Root;
+        StackKey::new(header.tgid, stacks.user_frames(), stacks.kernel_frames())
+            .with_python(python, complete)
     }
 
     /// Reads the process's memory map now, and has everything that follows it follow.
@@ -749,6 +766,7 @@ impl Collector {
         for tgid in self.maps.take_updated() {
             let mappings = self.maps.mappings(tgid);
             self.symbolizer.keep_files(tgid, mappings);
+            self.python.observe(tgid, mappings);
             if let Some(tables) = &mut self.unwind_tables {
                 tables.load_mappings(tgid, mappings);
             }
@@ -786,15 +804,20 @@ impl Collector {
             .map(|group| {
                 let stack = match self.alloc_stacks.get(&group.stack_id) {
                     Some(key) => names.frames(key),
-                    None => vec![Frame {
-                        name: "[stack not recorded]".to_owned(),
-                        kernel: false,
-                    }],
+                    None => vec![Frame::native("[stack not recorded]", false)],
                 };
+                // Python code allocates through the interpreter: its innermost Python
+                // frame is what allocated.
                 let function = stack
                     .iter()
                     .rev()
-                    .find(|frame| !allocators::is_allocator_frame(&frame.name))
+                    .find(|frame| frame.python.is_some())
+                    .or_else(|| {
+                        stack
+                            .iter()
+                            .rev()
+                            .find(|frame| !allocators::is_allocator_frame(&frame.name))
+                    })
                     .map_or_else(|| "[unknown]".to_owned(), |frame| frame.name.clone());
                 let bytes = group.bytes.round() as u64;
                 profile.push(stack.iter().cloned(), bytes);
@@ -844,15 +867,18 @@ impl Collector {
             .flat_map(|allocations| &allocations.live.candidates)
             .filter_map(|group| self.alloc_stacks.get(&group.stack_id))
             .collect();
-        let names: Names = self.symbolizer.resolve(
-            &self.maps,
-            self.cpu
-                .stacks()
-                .chain(self.offcpu.stacks())
-                .map(|(key, _)| key)
-                .chain(self.slow_calls.iter().map(|call| &call.stack))
-                .chain(candidate_stacks),
-        );
+        let names: Names = self
+            .symbolizer
+            .resolve(
+                &self.maps,
+                self.cpu
+                    .stacks()
+                    .chain(self.offcpu.stacks())
+                    .map(|(key, _)| key)
+                    .chain(self.slow_calls.iter().map(|call| &call.stack))
+                    .chain(candidate_stacks),
+            )
+            .with_python(self.python.functions().to_vec());
         let leaks = finished.allocations.map_or_else(
             || Leaks {
                 min_age: options.leak_min_age,
@@ -929,6 +955,7 @@ impl Collector {
             leaks,
             stop: finished.stop,
             cost: finished.cost,
+            python: self.python.report(),
         }
     }
 }

@@ -25,6 +25,7 @@ use object::{Object as _, ObjectSymbol as _};
 use crate::{
     aggregate::{StackCounts, StackKey},
     memory_map::{FileId, Mapping, MemoryMaps, read_mappings},
+    python::{self, PythonFunction},
 };
 
 /// A named frame of a symbolized stack.
@@ -34,6 +35,19 @@ pub struct Frame {
     pub name: String,
     /// Whether the frame is in the kernel.
     pub kernel: bool,
+    /// The Python function, for a Python frame.
+    pub python: Option<PythonFunction>,
+}
+
+impl Frame {
+    /// A native or kernel frame.
+    pub fn native(name: impl Into<String>, kernel: bool) -> Self {
+        Frame {
+            name: name.into(),
+            kernel,
+            python: None,
+        }
+    }
 }
 
 /// A symbolized stack and its weight: samples, or nanoseconds off the CPU.
@@ -122,6 +136,8 @@ impl Unnamed {
 pub struct Names {
     user: HashMap<(u32, u64), Vec<String>>,
     kernel: HashMap<u64, Vec<String>>,
+    /// The Python functions stacks refer to, by [`python::PythonFrameRef::function`].
+    python: Vec<PythonFunction>,
     /// Distinct user addresses without a name, by reason.
     pub unnamed: BTreeMap<Unnamed, u64>,
 }
@@ -131,16 +147,29 @@ impl Names {
         *self.unnamed.entry(reason).or_default() += 1;
     }
 
+    /// Names the Python frames of stacks with `functions`.
+    pub fn with_python(self, functions: Vec<PythonFunction>) -> Self {
+        Names {
+            python: functions,
+            ..self
+        }
+    }
+
     /// The named frames of a stack, root first, user frames below kernel frames, with
-    /// inlined functions as frames of their own.
+    /// inlined functions as frames of their own, and Python frames in place of the
+    /// interpreter's frames that ran them.
     pub fn frames(&self, key: &StackKey) -> Vec<Frame> {
-        let user = lookup_addresses(&key.user)
+        let native: Vec<Vec<Frame>> = lookup_addresses(&key.user)
             .rev()
-            .flat_map(|address| named_frames(self.user.get(&(key.tgid, address)), false));
-        let kernel = lookup_addresses(&key.kernel)
-            .rev()
-            .flat_map(|address| named_frames(self.kernel.get(&address), true));
-        user.chain(kernel).collect()
+            .map(|address| named_frames(self.user.get(&(key.tgid, address)), false))
+            .collect();
+        let mut frames = python::interleave(native, &key.python, &self.python, key.native_complete);
+        frames.extend(
+            lookup_addresses(&key.kernel)
+                .rev()
+                .flat_map(|address| named_frames(self.kernel.get(&address), true)),
+        );
+        frames
     }
 
     /// The named frames of a stack captured by a tracepoint program, without the
@@ -468,15 +497,9 @@ fn named_frames(names: Option<&Vec<String>>, kernel: bool) -> Vec<Frame> {
     match names {
         Some(names) => names
             .iter()
-            .map(|name| Frame {
-                name: name.clone(),
-                kernel,
-            })
+            .map(|name| Frame::native(name.clone(), kernel))
             .collect(),
-        None => vec![Frame {
-            name: UNKNOWN.to_owned(),
-            kernel,
-        }],
+        None => vec![Frame::native(UNKNOWN, kernel)],
     }
 }
 
@@ -541,6 +564,7 @@ mod tests {
     fn tracing_frames_and_what_they_ran_are_cut_off() {
         let names = Names {
             unnamed: BTreeMap::new(),
+            python: Vec::new(),
             user: HashMap::from([((1, 10), vec!["main".to_owned()])]),
             kernel: HashMap::from([
                 (100, vec!["bpf_prog_1234_sched_switch".to_owned()]),
@@ -549,11 +573,7 @@ mod tests {
                 (399, vec!["__schedule".to_owned()]),
             ]),
         };
-        let key = StackKey {
-            tgid: 1,
-            user: Box::new([10]),
-            kernel: Box::new([100, 200, 300, 400]),
-        };
+        let key = StackKey::new(1, &[10], &[100, 200, 300, 400]);
         let frames: Vec<String> = names
             .frames_below_tracepoint(&key)
             .into_iter()
@@ -565,10 +585,7 @@ mod tests {
 
     #[test]
     fn profile_builder_stores_each_frame_once() {
-        let frame = |name: &str| Frame {
-            name: name.to_owned(),
-            kernel: false,
-        };
+        let frame = |name: &str| Frame::native(name, false);
         let mut builder = ProfileBuilder::default();
         builder.push([frame("main"), frame("work")], 3);
         builder.push([frame("main"), frame("idle")], 1);

@@ -2,6 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap, hash_map::Entry};
 
+use crate::python::PythonFrameRef;
+
 /// A distinct raw stack: instruction pointers, innermost first, as the kernel gave them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct StackKey {
@@ -11,6 +13,11 @@ pub struct StackKey {
     pub user: Box<[u64]>,
     /// Kernel instruction pointers, innermost first.
     pub kernel: Box<[u64]>,
+    /// Python frames, innermost first.
+    pub python: Box<[PythonFrameRef]>,
+    /// Whether the user stack reached its root, which decides how Python frames are put
+    /// among its native frames.
+    pub native_complete: bool,
 }
 
 impl StackKey {
@@ -20,6 +27,18 @@ impl StackKey {
             tgid,
             user: user.into(),
             kernel: kernel.into(),
+            python: Box::new([]),
+            native_complete: true,
+        }
+    }
+
+    /// The key with the Python frames that were running, and whether the native user
+    /// stack reached its root.
+    pub fn with_python(self, python: Box<[PythonFrameRef]>, native_complete: bool) -> Self {
+        StackKey {
+            python,
+            native_complete,
+            ..self
         }
     }
 }

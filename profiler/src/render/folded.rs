@@ -52,10 +52,7 @@ mod tests {
 
     #[test]
     fn stacks_collapse_root_first_with_kernel_frames_marked() {
-        let frame = |name: &str, kernel| Frame {
-            name: name.to_owned(),
-            kernel,
-        };
+        let frame = |name: &str, kernel| Frame::native(name, kernel);
         let mut builder = ProfileBuilder::default();
         builder.push(
             [

@@ -12,22 +12,25 @@ use serde_json::{Value, json};
 use crate::{
     aggregate::{Completeness, Latency},
     analyze::{Check, FunctionShare, RuleOutcome},
+    python::PythonReport,
     record::{Recording, StackQuality, StopReason},
     render::folded::frame_label,
+    symbolize::Frame,
 };
 
 /// The report of a recording; `stop_to_svg` is the time from the stop to a written SVG.
 pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
     let analysis = &recording.analysis;
     let function = |share: &FunctionShare| {
-        json!({
-            "name": share.frame.name,
-            "kernel": share.frame.kernel,
-            "self": share.self_share,
-            "total": share.total_share,
-            "self_samples": share.self_samples,
-            "total_samples": share.total_samples,
-        })
+        with(
+            frame_fields(&share.frame),
+            json!({
+                "self": share.self_share,
+                "total": share.total_share,
+                "self_samples": share.self_samples,
+                "total_samples": share.total_samples,
+            }),
+        )
     };
     let percentiles = |latency: &Latency| {
         json!({
@@ -37,12 +40,6 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
             "p999_ns": latency.quantile(0.999),
             "max_ns": latency.max(),
         })
-    };
-    let with = |mut object: Value, extra: Value| {
-        if let (Some(object), Value::Object(extra)) = (object.as_object_mut(), extra) {
-            object.extend(extra);
-        }
-        object
     };
     let losses = &recording.losses;
     json!({
@@ -68,12 +65,10 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
                 "total": hotspot.total_share,
                 "threshold": analysis.hotspot_threshold,
             })).collect::<Vec<_>>(),
-            "hot_path": analysis.hot_path.iter().map(|step| json!({
-                "name": step.frame.name,
-                "kernel": step.frame.kernel,
+            "hot_path": analysis.hot_path.iter().map(|step| with(frame_fields(&step.frame), json!({
                 "total": step.share,
                 "hotspot": step.hotspot,
-            })).collect::<Vec<_>>(),
+            }))).collect::<Vec<_>>(),
         },
         "syscalls": recording.syscalls.iter().map(|syscall| with(json!({
             "name": syscall.name,
@@ -104,12 +99,13 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
         "offcpu": {
             "total_ns": recording.offcpu.profile.samples(),
             "min_us": recording.probes.offcpu_min.as_secs_f64() * 1e6,
-            "functions": recording.offcpu.functions.iter().map(|function| json!({
-                "name": function.frame.name,
-                "kernel": function.frame.kernel,
-                "total_ns": function.total_samples,
-                "self_ns": function.self_samples,
-            })).collect::<Vec<_>>(),
+            "functions": recording.offcpu.functions.iter().map(|function| with(
+                frame_fields(&function.frame),
+                json!({
+                    "total_ns": function.total_samples,
+                    "self_ns": function.self_samples,
+                }),
+            )).collect::<Vec<_>>(),
             "threads": recording.offcpu.threads.iter().map(|&((pid, tid), ns)| {
                 json!({"pid": pid, "tid": tid, "total_ns": ns})
             }).collect::<Vec<_>>(),
@@ -133,6 +129,7 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
             })).collect::<Vec<_>>(),
         },
         "stacks": stacks(&recording.stack_quality),
+        "python": python(&recording.python),
         "lost": {
             "cpu_samples": losses.cpu(),
             "syscalls": losses.syscalls(),
@@ -151,6 +148,59 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
             "profiler_cpu_s": recording.cost.process_cpu.as_secs_f64(),
             "stop_to_svg_ms": stop_to_svg.as_secs_f64() * 1e3,
         },
+    })
+}
+
+/// Adds the fields of `extra` to `object`.
+fn with(mut object: Value, extra: Value) -> Value {
+    if let (Some(object), Value::Object(extra)) = (object.as_object_mut(), extra) {
+        object.extend(extra);
+    }
+    object
+}
+
+/// What names a function: its name, where it runs, and for Python functions their
+/// file, definition line and module.
+fn frame_fields(frame: &Frame) -> Value {
+    let language = match (&frame.python, frame.kernel) {
+        (Some(_), _) => "python",
+        (None, true) => "kernel",
+        (None, false) => "native",
+    };
+    let mut fields = json!({
+        "name": frame.name,
+        "kernel": frame.kernel,
+        "language": language,
+    });
+    if let Some(python) = &frame.python {
+        fields = with(
+            fields,
+            json!({
+                "function": python.qualname,
+                "file": python.file,
+                "line": python.line,
+                "module": python.module,
+            }),
+        );
+    }
+    fields
+}
+
+/// The interpreters walked and how well, and those that could not be.
+fn python(report: &PythonReport) -> Value {
+    json!({
+        "interpreters": report.interpreters.iter().map(|found| json!({
+            "pid": found.pid,
+            "version": found.version.to_string(),
+        })).collect::<Vec<_>>(),
+        "notices": report.notices,
+        "cpu_stack_ends": report.ends.iter()
+            .map(|(reason, count)| ((*reason).to_owned(), json!(count)))
+            .collect::<serde_json::Map<_, _>>(),
+        "unresolved_code_objects": report.unresolved.iter()
+            .map(|(reason, count)| ((*reason).to_owned(), json!(count)))
+            .collect::<serde_json::Map<_, _>>(),
+        "functions": report.functions,
     })
 }
 

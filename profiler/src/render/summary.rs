@@ -4,6 +4,7 @@ use std::{io::Write as _, path::PathBuf};
 
 use crate::{
     analyze::{Check, FunctionShare, RuleOutcome, is_process_root},
+    python::PythonReport,
     record::{Recording, StackQuality, StopReason},
     render::svg::FlameGraphLabels,
 };
@@ -158,6 +159,41 @@ Allocations: {} calls, {} frees{sampling}; {} in {} blocks still live, {} lost.
     out
 }
 
+/// The Python interpreters walked, how their CPU samples' Python stacks ended, and the
+/// interpreters that could not be walked.
+fn python_text(python: &PythonReport) -> String {
+    let mut out = String::new();
+    if !python.interpreters.is_empty() {
+        let found: Vec<String> = python
+            .interpreters
+            .iter()
+            .map(|found| format!("CPython {} (pid {})", found.version, found.pid))
+            .collect();
+        let total: u64 = python.ends.values().sum();
+        let root = python.ends.get("root").copied().unwrap_or(0);
+        out += &format!("Python frames: {}", found.join(", "));
+        if total > 0 {
+            out += &format!(
+                "; {} of samples' Python stacks reached their first frame",
+                percent(root as f64 / total as f64).trim()
+            );
+        }
+        let unresolved: u64 = python.unresolved.values().sum();
+        if unresolved > 0 {
+            out += &format!("; {unresolved} code objects freed before they were named");
+        }
+        out += ".
+";
+    }
+    for notice in &python.notices {
+        out += &format!(
+            "Python: {notice}.
+"
+        );
+    }
+    out
+}
+
 /// How many CPU samples' user stacks reached the process's root, why the others
 /// stopped short, and what the unwind tables cost.
 fn stack_quality_text(quality: &StackQuality) -> String {
@@ -214,6 +250,7 @@ fn cpu_text(recording: &Recording, top: usize) -> String {
         );
     }
     out += &stack_quality_text(&recording.stack_quality);
+    out += &python_text(&recording.python);
     if analysis.samples == 0 {
         out += "No on-CPU samples: the target did not run on a CPU while it was recorded.\n";
     } else {

@@ -29,8 +29,7 @@ use object::ReadCache;
 use profiler_common::{
     ExecutableMapping, MAX_MAPPINGS, ProcessMappings, UNWIND_ROWS_HEADROOM, UnwindRow,
 };
-pub use table::{FileTable, TableError};
-use table::{Segment, bias};
+pub use table::{FileTable, Segment, TableError, bias};
 
 use crate::memory_map::{FileId, Mapping};
 

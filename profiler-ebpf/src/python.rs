@@ -1,0 +1,262 @@
+//! Python frames: the functions a CPython thread is running, read from the
+//! interpreter's own frame chain.
+//!
+//! The thread state is the sampled thread's own, found through the interpreter's
+//! thread-specific key (`_PyRuntime.autoTSSkey`) in glibc's thread control block, never
+//! the thread holding the GIL: a thread that released the GIL inside `predict` (numpy,
+//! hashlib, a socket read) is still running `predict`. Only code object addresses are
+//! recorded; userspace names them.
+
+use core::{ffi::c_void, mem::size_of};
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        bpf_probe_read_user, bpf_probe_read_user_buf,
+        generated::{bpf_get_current_task, bpf_loop},
+    },
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use profiler_common::{
+    MAX_PYTHON_DEPTH, MAX_TARGETS, PTHREAD_KEY_FIRST_BLOCK, PTHREAD_SPECIFIC_OFFSET,
+    PYTHON_CALL_END_WORDS, PYTHON_NO_FIELD, PYTHON_OWNER_CSTACK, PythonEnd, PythonFrame,
+    PythonLayout, PythonProcess, PythonStack,
+};
+
+use crate::stacks::{UNWINDERS, Unwinder};
+
+#[map]
+static PYTHON_PROCESSES: HashMap<u32, PythonProcess> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Set by userspace from the kernel's BTF; 0 leaves every Python stack empty.
+#[unsafe(no_mangle)]
+static TASK_FSBASE_OFFSET: u64 = 0;
+
+/// Bytes of a `_PyInterpreterFrame` read at once: every field the walk needs lies in
+/// its first 72 bytes in 3.11 to 3.13.
+const FRAME_BYTES: usize = 80;
+
+/// Field offsets are masked with this before indexing the copy, so that the verifier
+/// sees every read inside it.
+const FIELD_MASK: u32 = 127;
+
+/// A Python stack being walked.
+#[repr(C)]
+struct PythonWalk {
+    /// The next frame to record, 0 at the end.
+    frame: u64,
+    layout: PythonLayout,
+    /// The current frame's first bytes, then room for a field read at the masked offset.
+    frame_bytes: [u8; FIELD_MASK as usize + 1 + 8],
+    stack: PythonStack,
+}
+
+#[map]
+static PYTHON_WALKS: PerCpuArray<PythonWalk> = PerCpuArray::with_max_entries(UNWINDERS, 0);
+
+/// Forgets how to walk a process that replaced its program: userspace looks for an
+/// interpreter in the new one.
+#[inline(always)]
+pub fn forget(tgid: u32) {
+    let _ = PYTHON_PROCESSES.remove(&tgid);
+}
+
+/// Walks the running thread's Python frames into `out`; a process that is not a walked
+/// Python interpreter gets an empty stack marked [`PythonEnd::NotPython`].
+///
+/// SAFETY: `out` must be writable.
+#[inline(always)]
+pub unsafe fn capture(out: *mut PythonStack, unwinder: Unwinder, tgid: u32) {
+    // SAFETY: as the caller promised.
+    unsafe { copy(walk(unwinder, tgid), out) }
+}
+
+/// Copies a stack [`walk`] returned into `out`.
+///
+/// SAFETY: `out` must be writable.
+#[inline(always)]
+pub unsafe fn copy(walked: Option<*const PythonStack>, out: *mut PythonStack) {
+    // SAFETY: `out` is writable; the walked stack is a per-CPU value of the same type,
+    // copied whole.
+    unsafe {
+        match walked {
+            Some(walked) => {
+                let bytes =
+                    core::slice::from_raw_parts_mut(out.cast::<u8>(), size_of::<PythonStack>());
+                if bpf_probe_read_kernel_buf(walked.cast::<u8>(), bytes).is_err() {
+                    (*out).depth = 0;
+                    (*out).end = PythonEnd::UnreadableMemory as u32;
+                }
+            }
+            None => {
+                (*out).depth = 0;
+                (*out).end = PythonEnd::NotPython as u32;
+            }
+        }
+    }
+}
+
+/// Walks the running thread's Python frames, if its process is a Python target.
+#[inline(always)]
+pub fn walk(unwinder: Unwinder, tgid: u32) -> Option<*const PythonStack> {
+    // SAFETY: map values live while the program runs; userspace writes a process's
+    // entry once, before its stacks matter.
+    let process = unsafe { PYTHON_PROCESSES.get(&tgid) }?;
+    let slot = unwinder as u32;
+    let state = PYTHON_WALKS.get_ptr_mut(slot)?;
+    // SAFETY: a per-CPU value owned by this program kind on this CPU.
+    unsafe {
+        (*state).stack.depth = 0;
+        (*state).stack.call_ends = [0; PYTHON_CALL_END_WORDS];
+        (*state).layout = process.layout;
+        match current_frame(process) {
+            Ok(frame) => {
+                (*state).frame = frame;
+                (*state).stack.end = PythonEnd::DepthLimit as u32;
+                let mut callback_slot = slot;
+                bpf_loop(
+                    (MAX_PYTHON_DEPTH + MAX_PYTHON_DEPTH / 4) as u32,
+                    step_callback as *mut c_void,
+                    (&raw mut callback_slot).cast::<c_void>(),
+                    0,
+                );
+            }
+            Err(end) => (*state).stack.end = end as u32,
+        }
+        Some(&raw const (*state).stack)
+    }
+}
+
+/// The innermost frame of the running thread's own thread state.
+#[inline(always)]
+fn current_frame(process: &PythonProcess) -> Result<u64, PythonEnd> {
+    // SAFETY: reading globals userspace set before loading, and kernel memory through
+    // the checking helper.
+    let fsbase = unsafe {
+        let offset = core::ptr::read_volatile(&raw const TASK_FSBASE_OFFSET);
+        if offset == 0 {
+            return Err(PythonEnd::NotPython);
+        }
+        let task = bpf_get_current_task() as *const u8;
+        bpf_probe_read_kernel(task.add(offset as usize).cast::<u64>())
+            .map_err(|_| PythonEnd::UnreadableMemory)?
+    };
+    // `Py_tss_t` is `{ int _is_initialized; pthread_key_t _key; }`.
+    let key = read_user::<[u32; 2]>(process.thread_state_key)?;
+    if key[0] == 0 || key[1] >= PTHREAD_KEY_FIRST_BLOCK {
+        return Err(PythonEnd::NoThreadState);
+    }
+    let slot_data = fsbase + PTHREAD_SPECIFIC_OFFSET + u64::from(key[1]) * 16 + 8;
+    let thread_state = read_user::<u64>(slot_data)?;
+    if thread_state == 0 {
+        return Err(PythonEnd::NoThreadState);
+    }
+    let layout = &process.layout;
+    let native_id = read_user::<u64>(thread_state + u64::from(layout.thread_native_id))?;
+    if native_id != bpf_get_current_pid_tgid() & 0xffff_ffff {
+        return Err(PythonEnd::OtherThread);
+    }
+    let holder = if layout.thread_frame_holder == PYTHON_NO_FIELD {
+        thread_state
+    } else {
+        read_user::<u64>(thread_state + u64::from(layout.thread_frame_holder))?
+    };
+    if holder == 0 {
+        return Err(PythonEnd::NoThreadState);
+    }
+    read_user::<u64>(holder + u64::from(layout.holder_current_frame))
+}
+
+/// One `bpf_loop` iteration: 0 goes on, 1 stops. Private and not `#[no_mangle]`, so that
+/// the linker gives it the static linkage the verifier wants of a callback.
+extern "C" fn step_callback(_index: u64, slot: *mut c_void) -> i64 {
+    // SAFETY: `slot` points at the u32 `walk` passed.
+    let slot = unsafe { *slot.cast::<u32>() };
+    let Some(state) = PYTHON_WALKS.get_ptr_mut(slot) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU value `walk` initialised.
+    match step(unsafe { &mut *state }) {
+        Ok(()) => 0,
+        Err(end) => {
+            // SAFETY: as above.
+            unsafe { (*state).stack.end = end as u32 };
+            1
+        }
+    }
+}
+
+/// Records the current frame, unless it only marks a C call's entry, and moves to the
+/// previous one.
+#[inline(always)]
+fn step(state: &mut PythonWalk) -> Result<(), PythonEnd> {
+    if state.frame == 0 {
+        return Err(PythonEnd::Root);
+    }
+    // SAFETY: the helper checks the user address; the copy has room for FRAME_BYTES.
+    unsafe {
+        bpf_probe_read_user_buf(
+            state.frame as *const u8,
+            &mut state.frame_bytes[..FRAME_BYTES],
+        )
+    }
+    .map_err(|_| PythonEnd::UnreadableMemory)?;
+    let layout = state.layout;
+    let owner = field::<u8>(state, layout.frame_owner);
+    let previous = field::<u64>(state, layout.frame_previous);
+    let depth = state.stack.depth as usize;
+    if owner == PYTHON_OWNER_CSTACK {
+        // The frames since the last such marker ran in the C call it marks.
+        if depth > 0 {
+            mark_call_end(&mut state.stack, depth - 1);
+        }
+        state.frame = previous;
+        return Ok(());
+    }
+    if depth >= MAX_PYTHON_DEPTH {
+        return Err(PythonEnd::DepthLimit);
+    }
+    let code = field::<u64>(state, layout.frame_code);
+    let first_line = read_user::<u32>(code + u64::from(layout.code_first_line))?;
+    let qualname = read_user::<u64>(code + u64::from(layout.code_qualname))?;
+    if let Some(frame) = state.stack.frames.get_mut(depth) {
+        *frame = PythonFrame {
+            code,
+            first_line,
+            name_stamp: qualname as u32,
+        };
+    }
+    if layout.frame_is_entry != PYTHON_NO_FIELD && field::<u8>(state, layout.frame_is_entry) != 0 {
+        mark_call_end(&mut state.stack, depth);
+    }
+    state.stack.depth += 1;
+    state.frame = previous;
+    Ok(())
+}
+
+#[inline(always)]
+fn mark_call_end(stack: &mut PythonStack, index: usize) {
+    stack.call_ends[(index / 64) & (PYTHON_CALL_END_WORDS - 1)] |= 1 << (index % 64);
+}
+
+/// A field of the current frame's copy.
+#[inline(always)]
+fn field<T: Copy>(state: &PythonWalk, offset: u32) -> T {
+    let offset = (offset & FIELD_MASK) as usize;
+    // SAFETY: the masked offset plus at most 8 bytes stays inside `frame_bytes`.
+    unsafe {
+        state
+            .frame_bytes
+            .as_ptr()
+            .add(offset)
+            .cast::<T>()
+            .read_unaligned()
+    }
+}
+
+#[inline(always)]
+fn read_user<T>(address: u64) -> Result<T, PythonEnd> {
+    // SAFETY: the helper checks the user address.
+    unsafe { bpf_probe_read_user(address as *const T) }.map_err(|_| PythonEnd::UnreadableMemory)
+}

@@ -1,0 +1,180 @@
+//! Field offsets of kernel structures, from the kernel's own type information
+//! (`/sys/kernel/btf/vmlinux`), for the one kernel field the BPF programs read by offset:
+//! a thread's TLS base, which CPython's thread states are found through.
+
+use std::{collections::HashMap, fs};
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
+
+/// One member of a struct or union: its name, type and offset in bits.
+struct Member {
+    name: u32,
+    type_id: u32,
+    bit_offset: u32,
+}
+
+/// A type, as far as finding member offsets needs.
+enum Type {
+    /// A struct or union.
+    Aggregate {
+        name: u32,
+        members: Vec<Member>,
+    },
+    /// A typedef or qualifier of another type.
+    Alias(u32),
+    Other,
+}
+
+/// The parsed types of a BTF blob.
+struct Btf {
+    types: Vec<Type>,
+    strings: Vec<u8>,
+}
+
+/// The byte offset of `path` (`["thread", "fsbase"]`) inside the kernel's struct
+/// `name`, or `None` if the kernel has no BTF or no such member.
+pub fn member_offset(name: &str, path: &[&str]) -> Option<u64> {
+    let btf = Btf::parse(&fs::read("/sys/kernel/btf/vmlinux").ok()?)?;
+    btf.member_offset(name, path)
+}
+
+impl Btf {
+    fn parse(data: &[u8]) -> Option<Btf> {
+        let u32_at = |offset: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(
+                data.get(offset..offset + 4)?.try_into().ok()?,
+            ))
+        };
+        if u16::from_le_bytes(data.get(0..2)?.try_into().ok()?) != BTF_MAGIC {
+            return None;
+        }
+        let header_len = u32_at(4)? as usize;
+        let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
+        let (str_off, str_len) = (u32_at(16)? as usize, u32_at(20)? as usize);
+        let types_start = header_len + type_off;
+        let strings_start = header_len + str_off;
+        let strings = data.get(strings_start..strings_start + str_len)?.to_vec();
+        // Type ids start at 1; id 0 is void.
+        let mut types = vec![Type::Other];
+        let mut at = types_start;
+        while at < types_start + type_len {
+            let name = u32_at(at)?;
+            let info = u32_at(at + 4)?;
+            let size_or_type = u32_at(at + 8)?;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let bitfields = info >> 31 == 1;
+            at += 12;
+            let (parsed, extra) = match kind {
+                KIND_STRUCT | KIND_UNION => {
+                    let members = (0..vlen)
+                        .map(|index| {
+                            let member = at + index * 12;
+                            let offset = u32_at(member + 8)?;
+                            Some(Member {
+                                name: u32_at(member)?,
+                                type_id: u32_at(member + 4)?,
+                                bit_offset: if bitfields {
+                                    offset & 0xff_ffff
+                                } else {
+                                    offset
+                                },
+                            })
+                        })
+                        .collect::<Option<Vec<_>>>()?;
+                    (Type::Aggregate { name, members }, vlen * 12)
+                }
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    (Type::Alias(size_or_type), 0)
+                }
+                _ => (Type::Other, extra_bytes(kind, vlen)?),
+            };
+            types.push(parsed);
+            at += extra;
+        }
+        Some(Btf { types, strings })
+    }
+
+    fn string(&self, offset: u32) -> &[u8] {
+        let rest = self.strings.get(offset as usize..).unwrap_or_default();
+        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+    }
+
+    fn member_offset(&self, name: &str, path: &[&str]) -> Option<u64> {
+        let mut by_name: HashMap<&[u8], usize> = HashMap::new();
+        for (id, ty) in self.types.iter().enumerate() {
+            if let Type::Aggregate { name, members } = ty
+                && !members.is_empty()
+            {
+                by_name.entry(self.string(*name)).or_insert(id);
+            }
+        }
+        let mut type_id = *by_name.get(name.as_bytes())?;
+        let mut bits = 0u64;
+        for part in path {
+            let Type::Aggregate { members, .. } = self.resolve(type_id)? else {
+                return None;
+            };
+            let member = members
+                .iter()
+                .find(|member| self.string(member.name) == part.as_bytes())?;
+            bits += u64::from(member.bit_offset);
+            type_id = member.type_id as usize;
+        }
+        (bits % 8 == 0).then_some(bits / 8)
+    }
+
+    /// The struct or union a type id stands for, through typedefs and qualifiers.
+    fn resolve(&self, mut id: usize) -> Option<&Type> {
+        for _ in 0..16 {
+            match self.types.get(id)? {
+                Type::Alias(target) => id = *target as usize,
+                other => return Some(other),
+            }
+        }
+        None
+    }
+}
+
+/// Bytes that follow the common header for the kinds skipped over.
+fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        // int, var, decl_tag
+        1 | 14 | 17 => 4,
+        // ptr, fwd, func, float
+        2 | 7 | 12 | 16 => 0,
+        // array
+        3 => 12,
+        // enum
+        6 => vlen * 8,
+        // func_proto
+        13 => vlen * 8,
+        // datasec, enum64
+        15 | 19 => vlen * 12,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tls_base_lies_inside_the_task_struct() {
+        // Every kernel this profiler runs on has BTF: aya needs it for the programs.
+        let offset = member_offset("task_struct", &["thread", "fsbase"]).unwrap();
+        let thread = member_offset("task_struct", &["thread"]).unwrap();
+        assert!(
+            offset > thread && offset < thread + 256,
+            "{offset} {thread}"
+        );
+        assert_eq!(member_offset("task_struct", &["no_such_field"]), None);
+    }
+}

@@ -1,0 +1,226 @@
+//! Putting Python frames where they ran: each native `_PyEval_EvalFrameDefault` frame
+//! gives way to the Python frames it was running, and the interpreter's call plumbing
+//! between them is left out.
+
+use super::{PythonFrameRef, PythonFunction};
+use crate::symbolize::Frame;
+
+/// The interpreter's C function that runs Python frames.
+const EVAL_FUNCTION: &str = "_PyEval_EvalFrameDefault";
+
+/// Native functions that only pass a call on between Python frames, or from a builtin to
+/// Python code; they tell the reader nothing the Python frames around them do not.
+const PLUMBING_PREFIXES: [&str; 12] = [
+    "_PyEval_",
+    "PyEval_EvalCode",
+    "_PyFunction_Vectorcall",
+    "PyObject_Vectorcall",
+    "_PyObject_Vectorcall",
+    "PyObject_Call",
+    "_PyObject_Call",
+    "_PyObject_MakeTpCall",
+    "_PyObject_FastCall",
+    "_PyVectorcall_Call",
+    "method_vectorcall",
+    "cfunction_",
+];
+
+fn is_plumbing(name: &str) -> bool {
+    PLUMBING_PREFIXES
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+}
+
+/// The frames of a user stack with its Python frames in place, root first.
+///
+/// `native` holds each user address's frames, root first (an address with inlined
+/// functions has several); `python` is innermost first, as the kernel walked it. The
+/// k-th interpreter call from the root runs the k-th group of Python frames from the
+/// root. When the native stack did not reach its root, the groups are paired from the
+/// innermost instead, and groups with no native frame left are put at the root.
+pub fn interleave(
+    native: Vec<Vec<Frame>>,
+    python: &[PythonFrameRef],
+    functions: &[PythonFunction],
+    native_complete: bool,
+) -> Vec<Frame> {
+    if python.is_empty() {
+        return native.into_iter().flatten().collect();
+    }
+    let groups = root_first_groups(python);
+    let evals: Vec<usize> = native
+        .iter()
+        .enumerate()
+        .filter(|(_, frames)| {
+            frames
+                .first()
+                .is_some_and(|frame| frame.name == EVAL_FUNCTION)
+        })
+        .map(|(index, _)| index)
+        .collect();
+    // For each native address, the groups that replace it.
+    let mut replacing: Vec<Vec<&[PythonFrameRef]>> = vec![Vec::new(); native.len()];
+    let mut at_root: Vec<&[PythonFrameRef]> = Vec::new();
+    let paired = groups.len().min(evals.len());
+    if evals.is_empty() {
+        at_root = groups;
+    } else if native_complete {
+        for (group, &eval) in groups.iter().zip(&evals) {
+            replacing[eval].push(group);
+        }
+        // Entered Python, not its eval function yet: the innermost call takes them.
+        replacing[evals[paired - 1]].extend(&groups[paired..]);
+    } else {
+        let skipped_groups = groups.len() - paired;
+        let skipped_evals = evals.len() - paired;
+        at_root.extend(&groups[..skipped_groups]);
+        for (group, &eval) in groups[skipped_groups..].iter().zip(&evals[skipped_evals..]) {
+            replacing[eval].push(group);
+        }
+    }
+    let python_frame = |frame: &PythonFrameRef| {
+        let function = &functions[frame.function as usize];
+        Frame {
+            name: function.label(),
+            kernel: false,
+            python: Some(function.clone()),
+        }
+    };
+    let root_first =
+        |group: &&[PythonFrameRef]| group.iter().rev().map(python_frame).collect::<Vec<_>>();
+    let mut merged: Vec<Frame> = at_root.iter().flat_map(root_first).collect();
+    for (index, frames) in native.into_iter().enumerate() {
+        if evals.contains(&index) {
+            merged.extend(replacing[index].iter().flat_map(root_first));
+        } else {
+            merged.extend(frames.into_iter().filter(|frame| !is_plumbing(&frame.name)));
+        }
+    }
+    merged
+}
+
+/// The Python frames split into the runs of each interpreter call, root first; each run
+/// stays innermost first.
+fn root_first_groups(python: &[PythonFrameRef]) -> Vec<&[PythonFrameRef]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for (index, frame) in python.iter().enumerate() {
+        if frame.ends_call {
+            groups.push(&python[start..=index]);
+            start = index + 1;
+        }
+    }
+    if start < python.len() {
+        groups.push(&python[start..]);
+    }
+    groups.reverse();
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn native(names: &[&str]) -> Vec<Vec<Frame>> {
+        names
+            .iter()
+            .map(|name| {
+                vec![Frame {
+                    name: (*name).to_owned(),
+                    kernel: false,
+                    python: None,
+                }]
+            })
+            .collect()
+    }
+
+    fn functions(names: &[&str]) -> Vec<PythonFunction> {
+        names
+            .iter()
+            .map(|name| PythonFunction {
+                qualname: (*name).to_owned(),
+                file: "/app/main.py".to_owned(),
+                line: 1,
+                module: None,
+            })
+            .collect()
+    }
+
+    /// Innermost first: (function index, ends a call).
+    fn python(frames: &[(u32, bool)]) -> Vec<PythonFrameRef> {
+        frames
+            .iter()
+            .map(|&(function, ends_call)| PythonFrameRef {
+                function,
+                ends_call,
+            })
+            .collect()
+    }
+
+    fn names(frames: &[Frame]) -> Vec<String> {
+        frames.iter().map(|frame| frame.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_callback_keeps_native_python_native_python_order() {
+        let native = native(&[
+            "main",
+            "PyEval_EvalCode",
+            EVAL_FUNCTION,
+            "cfunction_vectorcall_FASTCALL_KEYWORDS",
+            "builtin_sorted",
+            "list_sort_impl",
+            "_PyObject_Vectorcall",
+            "_PyEval_Vector",
+            EVAL_FUNCTION,
+            "PyNumber_Multiply",
+        ]);
+        let functions = functions(&["<module>", "rank", "key"]);
+        // key | rank, <module>
+        let stack = python(&[(2, true), (1, false), (0, true)]);
+        let merged = names(&interleave(native, &stack, &functions, true));
+        assert_eq!(
+            merged,
+            vec![
+                "main",
+                "<module> (main.py:1)",
+                "rank (main.py:1)",
+                "builtin_sorted",
+                "list_sort_impl",
+                "key (main.py:1)",
+                "PyNumber_Multiply",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_python_call_not_yet_in_its_eval_function_joins_the_innermost_one() {
+        let native = native(&["main", EVAL_FUNCTION, "_PyFunction_Vectorcall"]);
+        let functions = functions(&["outer", "inner"]);
+        let stack = python(&[(1, true), (0, true)]);
+        assert_eq!(
+            names(&interleave(native, &stack, &functions, true)),
+            vec!["main", "outer (main.py:1)", "inner (main.py:1)"]
+        );
+    }
+
+    #[test]
+    fn a_truncated_native_stack_pairs_from_the_innermost_call() {
+        let native = native(&[EVAL_FUNCTION, "hash_update"]);
+        let functions = functions(&["<module>", "predict"]);
+        let stack = python(&[(1, true), (0, true)]);
+        assert_eq!(
+            names(&interleave(native, &stack, &functions, false)),
+            vec!["<module> (main.py:1)", "predict (main.py:1)", "hash_update"]
+        );
+    }
+
+    #[test]
+    fn stacks_without_python_frames_keep_every_native_frame() {
+        let native = native(&["main", "PyObject_Call", "work"]);
+        assert_eq!(
+            names(&interleave(native, &[], &[], true)),
+            vec!["main", "PyObject_Call", "work"]
+        );
+    }
+}

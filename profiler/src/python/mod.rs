@@ -1,0 +1,254 @@
+//! Python frames: finding CPython interpreters in the targets, telling the kernel how
+//! to walk their frames, and naming the code objects it reports.
+//!
+//! The kernel records each Python frame as the address of its code object with two of
+//! the object's fields. Code objects can be freed once their function is gone, so they
+//! are named here while recording, as soon as a stack brings a new one, from the live
+//! process, and remembered by (process, address, fields): a new code object at a freed
+//! one's address has other fields, and is read again.
+
+mod code;
+mod interpreter;
+mod merge;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+pub use code::{PythonFunction, Unresolved, module_path};
+pub use interpreter::{Interpreter, Version};
+pub use merge::interleave;
+use profiler_common::{PythonEnd, PythonFrame, PythonProcess, PythonStack};
+
+use crate::memory_map::{FileId, Mapping};
+
+/// A Python frame of an aggregated stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PythonFrameRef {
+    /// Index into [`PythonFrames::functions`].
+    pub function: u32,
+    /// Whether the frame is the outermost of one run of the interpreter's C eval
+    /// function, so that the next frame out was called from native code.
+    pub ends_call: bool,
+}
+
+/// A process's interpreter, as found.
+struct ProcessState {
+    /// The files that were looked at, to look again only when they change.
+    candidates: Vec<FileId>,
+    interpreter: Option<Interpreter>,
+    memory: Option<fs::File>,
+    /// The process's view of the file system, for module paths.
+    root: PathBuf,
+}
+
+/// An interpreter found in a target, for the report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundInterpreter {
+    /// The process.
+    pub pid: u32,
+    /// Its CPython version.
+    pub version: Version,
+}
+
+/// What the Python walk found, for the report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PythonReport {
+    /// The interpreters walked.
+    pub interpreters: Vec<FoundInterpreter>,
+    /// One line per interpreter found but not walked, and why.
+    pub notices: Vec<String>,
+    /// How the Python stacks of CPU samples ended, by reason; processes that are not
+    /// walked interpreters are left out.
+    pub ends: BTreeMap<&'static str, u64>,
+    /// Distinct code objects that could not be named, by reason.
+    pub unresolved: BTreeMap<&'static str, u64>,
+    /// Distinct functions named.
+    pub functions: usize,
+}
+
+/// The Python side of a recording.
+#[derive(Default)]
+pub struct PythonFrames {
+    kernel: Option<BpfHashMap<MapData, u32, PythonProcess>>,
+    processes: HashMap<u32, ProcessState>,
+    functions: Vec<PythonFunction>,
+    function_ids: HashMap<PythonFunction, u32>,
+    /// Named code objects by process and what the kernel read of them.
+    code_objects: HashMap<(u32, PythonFrame), u32>,
+    modules: HashMap<PathBuf, Option<String>>,
+    report: PythonReport,
+}
+
+impl PythonFrames {
+    /// Hands over the kernel's table of walked processes, and fills in those found so
+    /// far.
+    pub fn connect(&mut self, mut kernel: BpfHashMap<MapData, u32, PythonProcess>) {
+        for (&tgid, state) in &self.processes {
+            if let Some(interpreter) = &state.interpreter {
+                // A full table leaves the process unwalked; its stacks say so.
+                let _ = kernel.insert(tgid, interpreter.kernel, 0);
+            }
+        }
+        self.kernel = Some(kernel);
+    }
+
+    /// Looks for an interpreter in process `tgid`'s mappings, unless the files it
+    /// could be in are the ones already looked at.
+    pub fn observe(&mut self, tgid: u32, mappings: &[Mapping]) {
+        let mut candidates: Vec<FileId> = mappings
+            .iter()
+            .filter_map(|mapping| mapping.file.clone())
+            .collect();
+        candidates.sort_by(|a, b| (&a.device, a.inode).cmp(&(&b.device, b.inode)));
+        candidates.dedup();
+        if self
+            .processes
+            .get(&tgid)
+            .is_some_and(|state| state.candidates == candidates)
+        {
+            return;
+        }
+        let interpreter = match interpreter::detect(tgid, mappings) {
+            Ok(found) => found,
+            Err(reason) => {
+                self.notice(&format!(
+                    "pid {tgid}: {reason}; its Python frames are not shown"
+                ));
+                None
+            }
+        };
+        if let Some(kernel) = &mut self.kernel {
+            let _ = match &interpreter {
+                Some(interpreter) => kernel.insert(tgid, interpreter.kernel, 0),
+                None => kernel.remove(&tgid),
+            };
+        }
+        if let Some(interpreter) = &interpreter {
+            let found = FoundInterpreter {
+                pid: tgid,
+                version: interpreter.version,
+            };
+            if !self.report.interpreters.contains(&found) {
+                self.report.interpreters.push(found);
+            }
+        }
+        self.processes.insert(
+            tgid,
+            ProcessState {
+                candidates,
+                memory: interpreter
+                    .as_ref()
+                    .and_then(|_| fs::File::open(format!("/proc/{tgid}/mem")).ok()),
+                interpreter,
+                root: PathBuf::from(format!("/proc/{tgid}/root")),
+            },
+        );
+    }
+
+    /// Prints a one-line notice, once, and keeps it for the report.
+    pub fn notice(&mut self, notice: &str) {
+        if !self.report.notices.iter().any(|kept| kept == notice) {
+            eprintln!("profiler: {notice}");
+            self.report.notices.push(notice.to_owned());
+        }
+    }
+
+    /// The named frames of a stack the kernel walked, innermost first, and counts how
+    /// it ended.
+    pub fn resolve(
+        &mut self,
+        tgid: u32,
+        stack: &PythonStack,
+        counted: bool,
+    ) -> Box<[PythonFrameRef]> {
+        let end = PythonEnd::from_raw(stack.end);
+        if counted && end != PythonEnd::NotPython {
+            *self.report.ends.entry(end_name(end)).or_default() += 1;
+        }
+        stack
+            .frames()
+            .iter()
+            .enumerate()
+            .map(|(index, frame)| PythonFrameRef {
+                function: self.function_of(tgid, frame),
+                ends_call: stack.ends_call(index),
+            })
+            .collect()
+    }
+
+    fn function_of(&mut self, tgid: u32, frame: &PythonFrame) -> u32 {
+        if let Some(&id) = self.code_objects.get(&(tgid, *frame)) {
+            return id;
+        }
+        let read = match self.processes.get(&tgid) {
+            Some(ProcessState {
+                interpreter: Some(interpreter),
+                memory: Some(memory),
+                root,
+                ..
+            }) => code::read_function(memory, interpreter, frame).map(|function| (function, root)),
+            _ => Err(Unresolved::ProcessGone),
+        };
+        let function = match read {
+            Ok((mut function, root)) => {
+                let root = root.clone();
+                function.module = self
+                    .modules
+                    .entry(PathBuf::from(&function.file))
+                    .or_insert_with(|| module_path(Path::new(&function.file), &root))
+                    .clone();
+                function
+            }
+            Err(reason) => {
+                *self.report.unresolved.entry(reason.name()).or_default() += 1;
+                PythonFunction {
+                    qualname: UNKNOWN_FUNCTION.to_owned(),
+                    file: String::new(),
+                    line: 0,
+                    module: None,
+                }
+            }
+        };
+        let next = self.functions.len() as u32;
+        let id = *self
+            .function_ids
+            .entry(function.clone())
+            .or_insert_with(|| {
+                self.functions.push(function);
+                next
+            });
+        self.code_objects.insert((tgid, *frame), id);
+        id
+    }
+
+    /// Every function named so far; [`PythonFrameRef::function`] indexes it.
+    pub fn functions(&self) -> &[PythonFunction] {
+        &self.functions
+    }
+
+    /// What the walk found.
+    pub fn report(&self) -> PythonReport {
+        PythonReport {
+            functions: self.functions.len(),
+            ..self.report.clone()
+        }
+    }
+}
+
+/// The name of a code object that could not be read.
+pub const UNKNOWN_FUNCTION: &str = "[unknown Python function]";
+
+fn end_name(end: PythonEnd) -> &'static str {
+    match end {
+        PythonEnd::NotPython => "not_python",
+        PythonEnd::Root => "root",
+        PythonEnd::NoThreadState => "no_thread_state",
+        PythonEnd::OtherThread => "other_thread",
+        PythonEnd::DepthLimit => "depth_limit",
+        PythonEnd::UnreadableMemory => "unreadable_memory",
+    }
+}

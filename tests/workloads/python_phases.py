@@ -1,0 +1,213 @@
+"""Python workloads that measure themselves, for the profiler's end-to-end tests.
+
+usage: python_phases.py MODE SECONDS TRUTH_JSON
+
+Each mode runs for SECONDS, then writes to TRUTH_JSON what it measured of itself: the
+thread CPU time (time.thread_time_ns) of each phase summed over all threads, the
+process's CPU time, and what the mode adds (blocked time, leaked bytes, depth).
+Standard library only.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+
+TRUTH = {}
+TRUTH_LOCK = threading.Lock()
+
+
+def add(key, value):
+    with TRUTH_LOCK:
+        TRUTH[key] = TRUTH.get(key, 0) + value
+
+
+def timed(phase, function, *args):
+    """Runs function(*args) and adds the thread CPU time it took to `phase`."""
+    start = time.thread_time_ns()
+    result = function(*args)
+    add(phase, time.thread_time_ns() - start)
+    return result
+
+
+class Model:
+    def __init__(self, size):
+        self.weights = [[(i * j) % 7 - 3 for j in range(size)] for i in range(size)]
+
+    def predict(self, features):
+        return [sum(w * x for w, x in zip(row, features)) for row in self.weights]
+
+
+def parse(payload):
+    return [int(token) % 13 for token in payload.split(",")]
+
+
+def respond(scores):
+    return ",".join(str(score) for score in scores[:8])
+
+
+def request_loop(deadline):
+    """A request handler: predict holds about two thirds of the CPU."""
+    model = Model(48)
+    payload = ",".join(str(i) for i in range(48))
+    while time.monotonic() < deadline:
+        features = timed("parse", parse, payload * 6)[:48]
+        scores = timed("predict", model.predict, features)
+        timed("respond", respond, scores * 40)
+
+
+def digest(data):
+    """Hashes with the GIL released: sha256 of large buffers drops it."""
+    return hashlib.sha256(data).digest()
+
+
+def predict_digest(data):
+    for _ in range(4):
+        digest(data)
+
+
+def prepare(count):
+    return sum(i % 7 for i in range(count))
+
+
+def released_worker(deadline):
+    data = os.urandom(1 << 21)
+    while time.monotonic() < deadline:
+        timed("predict", predict_digest, data)
+        timed("prepare", prepare, 20000)
+
+
+def released(deadline):
+    """Three threads whose predict spends its time in C with the GIL released."""
+    threads = [threading.Thread(target=released_worker, args=(deadline,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def handle_request(model, payload):
+    features = timed("parse", parse, payload)[:32]
+    timed("predict", model.predict, features)
+
+
+def thread_per_request(deadline):
+    """A new thread per request, each living a few milliseconds."""
+    model = Model(32)
+    payload = ",".join(str(i) for i in range(200))
+    started = 0
+    while time.monotonic() < deadline:
+        thread = threading.Thread(target=handle_request, args=(model, payload))
+        thread.start()
+        thread.join()
+        started += 1
+    TRUTH["threads_started"] = started
+
+
+def wait_for_tick(deadline):
+    while time.monotonic() < deadline:
+        start = time.monotonic_ns()
+        time.sleep(0.05)
+        add("wait_for_tick_ns", time.monotonic_ns() - start)
+
+
+def read_request(reader, deadline):
+    while time.monotonic() < deadline:
+        start = time.monotonic_ns()
+        if not os.read(reader, 64):
+            break
+        add("read_request_ns", time.monotonic_ns() - start)
+
+
+def blocked(deadline):
+    """One thread sleeping, one reading a pipe written every 100 ms."""
+    reader, writer = os.pipe()
+    threads = [
+        threading.Thread(target=wait_for_tick, args=(deadline,)),
+        threading.Thread(target=read_request, args=(reader, deadline + 0.2)),
+    ]
+    for thread in threads:
+        thread.start()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        os.write(writer, b"request")
+    os.write(writer, b"last")
+    os.close(writer)
+    for thread in threads:
+        thread.join()
+
+
+MODEL_PARTS = []
+
+
+def load_model():
+    """Keeps every part it loads: the leak."""
+    MODEL_PARTS.append(bytearray(1 << 20))
+    add("leaked_bytes", 1 << 20)
+
+
+def score():
+    """Allocates as much, and frees it."""
+    scratch = bytearray(1 << 20)
+    return len(scratch)
+
+
+def leak(deadline):
+    while time.monotonic() < deadline:
+        load_model()
+        score()
+        time.sleep(0.05)
+
+
+def key_score(item):
+    return sum((item * k) % 11 for k in range(60))
+
+
+def rank(items):
+    return sorted(items, key=key_score)
+
+
+def callback(deadline):
+    """A builtin (sorted) calling back into Python (the key function)."""
+    items = list(range(400))
+    while time.monotonic() < deadline:
+        timed("rank", rank, items)
+
+
+def recurse(depth, deadline):
+    if depth > 0:
+        return recurse(depth - 1, deadline)
+    while time.monotonic() < deadline:
+        timed("leaf", prepare, 5000)
+    return 0
+
+
+def deep(deadline):
+    """Python frames 150 deep."""
+    TRUTH["depth"] = 150
+    recurse(150, deadline)
+
+
+MODES = {
+    "loop": request_loop,
+    "released": released,
+    "threads": thread_per_request,
+    "blocked": blocked,
+    "leak": leak,
+    "callback": callback,
+    "deep": deep,
+}
+
+
+def main():
+    mode, seconds, truth_path = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+    sys.setrecursionlimit(1000)
+    MODES[mode](time.monotonic() + seconds)
+    TRUTH["process_ns"] = time.process_time_ns()
+    with open(truth_path, "w") as out:
+        json.dump(TRUTH, out)
+
+
+main()
