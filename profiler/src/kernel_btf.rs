@@ -128,7 +128,7 @@ impl Btf {
             bits += u64::from(member.bit_offset);
             type_id = member.type_id as usize;
         }
-        (bits % 8 == 0).then_some(bits / 8)
+        bits.is_multiple_of(8).then_some(bits / 8)
     }
 
     /// The struct or union a type id stands for, through typedefs and qualifiers.

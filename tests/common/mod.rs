@@ -76,7 +76,7 @@ pub fn compile_rust(name: &str) -> PathBuf {
     binary
 }
 
-fn workload_source(file: &str) -> PathBuf {
+pub fn workload_source(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/workloads")
         .join(file)

@@ -1,0 +1,309 @@
+//! End-to-end tests of Python frames: real BPF programs profile the machine's own
+//! CPython 3.11, 3.12 and 3.13 (pyenv's shared-library builds) running
+//! `tests/workloads/python_phases.py`, which measures its own phases.
+
+use std::{fs, path::PathBuf, process::Command, thread::sleep, time::Duration};
+
+use serde_json::Value;
+
+mod common;
+use common::{RULE_FIRED, read_json, record, run, scratch, workload_source};
+
+/// How far a function's share may be from its measured share, in points.
+const TOLERANCE: f64 = 0.05;
+
+/// The interpreters every test runs on.
+const VERSIONS: [&str; 3] = ["3.11", "3.12", "3.13"];
+
+/// The newest installed pyenv interpreter of `version` (`3.12`).
+fn python(version: &str) -> PathBuf {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    let mut installed: Vec<PathBuf> = fs::read_dir(root.join("versions"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .and_then(|name| name.strip_prefix(version))
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+        .map(|path| path.join(format!("bin/python{version}")))
+        .filter(|binary| binary.exists())
+        .collect();
+    installed.sort();
+    installed
+        .pop()
+        .unwrap_or_else(|| panic!("no pyenv CPython {version}: `cargo xtask setup` installs it"))
+}
+
+/// A recording of `mode` on `version` for `seconds`, with `args`: its report, the
+/// workload's own measurements and the collapsed stacks.
+struct Run {
+    report: Value,
+    truth: Value,
+    folded: Vec<(String, u64)>,
+    exit_code: Option<i32>,
+}
+
+fn profile(version: &str, mode: &str, seconds: &str, args: &[&str]) -> Run {
+    let dir = scratch(&format!("python-{mode}-{version}"));
+    let truth_path = dir.join("truth.json");
+    let output = run(record(&dir, args)
+        .arg("--")
+        .arg(python(version))
+        .arg(workload_source("python_phases.py"))
+        .args([mode, seconds])
+        .arg(&truth_path));
+    let folded = fs::read_to_string(dir.join("stacks.folded"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let (stack, count) = line.rsplit_once(' ').unwrap();
+            (stack.to_owned(), count.parse().unwrap())
+        })
+        .collect();
+    Run {
+        report: read_json(&dir.join("report.json")),
+        truth: read_json(&truth_path),
+        folded,
+        exit_code: output.status.code(),
+    }
+}
+
+/// The Python function whose qualified name is `qualname`, in a list of functions.
+fn python_function<'r>(functions: &'r Value, qualname: &str) -> Option<&'r Value> {
+    functions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|function| function["language"] == "python" && function["function"] == qualname)
+}
+
+/// Asserts that the Python function `qualname` holds `phase`'s measured share of the
+/// process's CPU time.
+fn assert_share(run: &Run, version: &str, qualname: &str, phase: &str) {
+    let measured = run.truth[phase].as_f64().unwrap() / run.truth["process_ns"].as_f64().unwrap();
+    let profiled = python_function(&run.report["cpu"]["functions"], qualname)
+        .map_or(0.0, |function| function["total"].as_f64().unwrap());
+    assert!(
+        (profiled - measured).abs() <= TOLERANCE,
+        "{version}: {qualname} holds {:.1}% in the profile, the workload measured {:.1}%",
+        profiled * 100.0,
+        measured * 100.0
+    );
+}
+
+/// Asserts that nearly every CPU sample's Python stack was walked to its first frame.
+fn assert_walked(run: &Run, version: &str) {
+    let python = &run.report["python"];
+    assert_eq!(
+        python["interpreters"][0]["version"].as_str().unwrap()[..4],
+        *version,
+        "{python}"
+    );
+    let ends = python["cpu_stack_ends"].as_object().unwrap();
+    let total: u64 = ends.values().map(|count| count.as_u64().unwrap()).sum();
+    let root = ends.get("root").and_then(Value::as_u64).unwrap_or(0);
+    assert!(
+        root as f64 >= 0.99 * total as f64,
+        "{version}: {root} of {total} Python stacks walked: {python}"
+    );
+}
+
+#[test]
+fn predict_holds_its_measured_share_and_the_gate_fires() {
+    for version in VERSIONS {
+        let run = profile(
+            version,
+            "loop",
+            "3",
+            &["-F", "499", "--fail-on", "predict>40%"],
+        );
+        assert_walked(&run, version);
+        assert_share(&run, version, "Model.predict", "predict");
+        assert_eq!(
+            run.exit_code,
+            Some(RULE_FIRED),
+            "{version}: the gate did not fire"
+        );
+        let function = python_function(&run.report["cpu"]["functions"], "Model.predict").unwrap();
+        assert!(
+            function["file"]
+                .as_str()
+                .unwrap()
+                .ends_with("python_phases.py")
+        );
+        assert_eq!(function["line"], 39, "{function}");
+        assert_eq!(function["name"], "Model.predict (python_phases.py:39)");
+        assert_eq!(function["module"], "python_phases", "{function}");
+        // The interpreter's own plumbing gives way to the Python frames, but where a
+        // sample caught the walk at a frame being pushed.
+        let weight = |matches: &dyn Fn(&str) -> bool| -> u64 {
+            run.folded
+                .iter()
+                .filter(|(stack, _)| matches(stack))
+                .map(|(_, count)| count)
+                .sum()
+        };
+        let plumbing = weight(&|stack| stack.contains("_PyEval_EvalFrameDefault"));
+        assert!(
+            plumbing as f64 <= 0.01 * weight(&|_| true) as f64,
+            "{version}: {plumbing} samples show the eval loop"
+        );
+    }
+}
+
+#[test]
+fn predict_keeps_its_share_while_it_runs_c_code_that_released_the_gil() {
+    for version in VERSIONS {
+        let run = profile(version, "released", "3", &["-F", "499"]);
+        assert_walked(&run, version);
+        assert_share(&run, version, "predict_digest", "predict");
+        assert_share(&run, version, "prepare", "prepare");
+    }
+}
+
+#[test]
+fn short_lived_threads_of_a_thread_per_request_server_keep_their_frames() {
+    for version in VERSIONS {
+        let run = profile(version, "threads", "3", &["-F", "999"]);
+        assert!(run.truth["threads_started"].as_u64().unwrap() >= 50);
+        assert_walked(&run, version);
+        assert_share(&run, version, "Model.predict", "predict");
+        assert_share(&run, version, "parse", "parse");
+    }
+}
+
+#[test]
+fn a_blocked_thread_shows_the_python_function_that_waits() {
+    for version in VERSIONS {
+        let run = profile(version, "blocked", "2", &["--events", "cpu,offcpu"]);
+        let functions = &run.report["offcpu"]["functions"];
+        for (qualname, phase) in [
+            ("wait_for_tick", "wait_for_tick_ns"),
+            ("read_request", "read_request_ns"),
+        ] {
+            let blocked =
+                python_function(functions, qualname)
+                    .unwrap_or_else(|| panic!("{version}: {qualname} not in the off-CPU profile"))
+                    ["total_ns"]
+                    .as_f64()
+                    .unwrap();
+            let measured = run.truth[phase].as_f64().unwrap();
+            assert!(
+                (blocked / measured - 1.0).abs() <= 0.1,
+                "{version}: {qualname} blocked {blocked} ns, the workload measured {measured} ns"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_python_function_that_keeps_allocating_is_the_leak_candidate() {
+    for version in VERSIONS {
+        // Attached to the running service, as on call; the workload leaks 1 MiB every
+        // 50 ms or so, and measures its own rate.
+        let dir = scratch(&format!("python-leak-{version}"));
+        let truth_path = dir.join("truth.json");
+        let mut service = Command::new(python(version))
+            .arg(workload_source("python_phases.py"))
+            .args(["leak", "7"])
+            .arg(&truth_path)
+            .spawn()
+            .unwrap();
+        sleep(Duration::from_millis(700));
+        let pid = service.id().to_string();
+        let output = run(&mut record(
+            &dir,
+            &[
+                "--pid",
+                &pid,
+                "--duration",
+                "2",
+                "--events",
+                "cpu,alloc",
+                "--leak-min-age",
+                "0.5",
+            ],
+        ));
+        assert!(output.status.success());
+        assert!(service.wait().unwrap().success());
+        let report = read_json(&dir.join("report.json"));
+        let truth = read_json(&truth_path);
+        let rate = truth["leaked_bytes"].as_f64().unwrap() / truth["seconds"].as_f64().unwrap();
+        let recorded = report["duration_s"].as_f64().unwrap();
+        let candidates = report["leaks"]["candidates"].as_array().unwrap();
+        let load_model: f64 = candidates
+            .iter()
+            .filter(|candidate| {
+                candidate["function"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("load_model (")
+            })
+            .map(|candidate| candidate["bytes"].as_f64().unwrap())
+            .sum();
+        // Blocks younger than the minimum age at the end are no candidates yet; the
+        // probes stay attached a little past the duration while they are taken out.
+        let (least, most) = (rate * (2.0 - 0.5) * 0.85, rate * recorded);
+        assert!(
+            least <= load_model && load_model <= most,
+            "{version}: load_model holds {load_model} bytes; at the workload's rate, \
+             {least} to {most} were expected"
+        );
+        for candidate in candidates {
+            let function = candidate["function"].as_str().unwrap();
+            assert!(!function.starts_with("score ("), "{version}: {function}");
+        }
+    }
+}
+
+#[test]
+fn a_builtin_calling_back_into_python_keeps_the_order_of_its_frames() {
+    for version in VERSIONS {
+        let run = profile(version, "callback", "2", &["-F", "499"]);
+        assert_walked(&run, version);
+        assert_share(&run, version, "rank", "rank");
+        let mixed: u64 = run
+            .folded
+            .iter()
+            .filter(|(stack, _)| {
+                let rank = stack.find(";rank (").unwrap_or(usize::MAX);
+                let sorted = stack.find(";builtin_sorted;").unwrap_or(usize::MAX);
+                let key = stack.find(";key_score (").unwrap_or(usize::MAX);
+                rank < sorted && sorted < key && key != usize::MAX
+            })
+            .map(|(_, count)| count)
+            .sum();
+        let in_key: u64 = run
+            .folded
+            .iter()
+            .filter(|(stack, _)| stack.contains(";key_score ("))
+            .map(|(_, count)| count)
+            .sum();
+        assert!(
+            in_key > 100 && mixed as f64 >= 0.95 * in_key as f64,
+            "{version}: {mixed} of {in_key} key_score samples under rank;builtin_sorted"
+        );
+    }
+}
+
+#[test]
+fn a_python_stack_150_frames_deep_is_walked_to_its_first_frame() {
+    for version in VERSIONS {
+        let run = profile(version, "deep", "2", &["-F", "499"]);
+        assert_walked(&run, version);
+        let deepest = run
+            .folded
+            .iter()
+            .filter(|(stack, _)| stack.contains(";<module> ("))
+            .map(|(stack, _)| stack.matches(";recurse (").count())
+            .max()
+            .unwrap();
+        assert!(deepest > 150, "{version}: recurse reached {deepest} frames");
+    }
+}
