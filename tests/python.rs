@@ -49,6 +49,17 @@ struct Run {
     exit_code: Option<i32>,
 }
 
+impl Run {
+    /// Samples whose collapsed stack `matches`.
+    fn weight(&self, matches: impl Fn(&str) -> bool) -> u64 {
+        self.folded
+            .iter()
+            .filter(|(stack, _)| matches(stack))
+            .map(|(_, count)| count)
+            .sum()
+    }
+}
+
 fn profile(version: &str, mode: &str, seconds: &str, args: &[&str]) -> Run {
     let dir = scratch(&format!("python-{mode}-{version}"));
     let truth_path = dir.join("truth.json");
@@ -144,16 +155,9 @@ fn predict_holds_its_measured_share_and_the_gate_fires() {
         assert_eq!(function["module"], "python_phases", "{function}");
         // The interpreter's own plumbing gives way to the Python frames, but where a
         // sample caught the walk at a frame being pushed.
-        let weight = |matches: &dyn Fn(&str) -> bool| -> u64 {
-            run.folded
-                .iter()
-                .filter(|(stack, _)| matches(stack))
-                .map(|(_, count)| count)
-                .sum()
-        };
-        let plumbing = weight(&|stack| stack.contains("_PyEval_EvalFrameDefault"));
+        let plumbing = run.weight(|stack| stack.contains("_PyEval_EvalFrameDefault"));
         assert!(
-            plumbing as f64 <= 0.01 * weight(&|_| true) as f64,
+            plumbing as f64 <= 0.01 * run.weight(|_| true) as f64,
             "{version}: {plumbing} samples show the eval loop"
         );
     }
@@ -270,23 +274,13 @@ fn a_builtin_calling_back_into_python_keeps_the_order_of_its_frames() {
         let run = profile(version, "callback", "2", &["-F", "499"]);
         assert_walked(&run, version);
         assert_share(&run, version, "rank", "rank");
-        let mixed: u64 = run
-            .folded
-            .iter()
-            .filter(|(stack, _)| {
-                let rank = stack.find(";rank (").unwrap_or(usize::MAX);
-                let sorted = stack.find(";builtin_sorted;").unwrap_or(usize::MAX);
-                let key = stack.find(";key_score (").unwrap_or(usize::MAX);
-                rank < sorted && sorted < key && key != usize::MAX
-            })
-            .map(|(_, count)| count)
-            .sum();
-        let in_key: u64 = run
-            .folded
-            .iter()
-            .filter(|(stack, _)| stack.contains(";key_score ("))
-            .map(|(_, count)| count)
-            .sum();
+        let mixed = run.weight(|stack| {
+            let rank = stack.find(";rank (").unwrap_or(usize::MAX);
+            let sorted = stack.find(";builtin_sorted;").unwrap_or(usize::MAX);
+            let key = stack.find(";key_score (").unwrap_or(usize::MAX);
+            rank < sorted && sorted < key && key != usize::MAX
+        });
+        let in_key = run.weight(|stack| stack.contains(";key_score ("));
         assert!(
             in_key > 100 && mixed as f64 >= 0.95 * in_key as f64,
             "{version}: {mixed} of {in_key} key_score samples under rank;builtin_sorted"

@@ -673,12 +673,12 @@ fn weigh(
     maps: &mut MemoryMaps,
     counts: &mut StackCounts,
     header: &EventHeader,
-    stack: StackKey,
+    stacks: &Stacks,
+    key: StackKey,
     weight: u64,
 ) {
-    let tgid = header.tgid;
-    if counts.add(header.tid, stack.clone(), weight) {
-        maps.observe(tgid, &stack.user);
+    if counts.add(header.tid, key, weight) {
+        maps.observe(header.tgid, stacks.user_frames());
     }
 }
 
@@ -699,17 +699,25 @@ impl Collector {
         match event {
             Event::Cpu(sample) => {
                 self.note_end(sample.header.tgid, sample.stacks.user_end, |q| &mut q.cpu);
-                let stack = self.stack_key(&sample.header, &sample.stacks, true);
-                weigh(&mut self.maps, &mut self.cpu, &sample.header, stack, 1);
+                let key = self.stack_key(&sample.header, &sample.stacks, true);
+                weigh(
+                    &mut self.maps,
+                    &mut self.cpu,
+                    &sample.header,
+                    &sample.stacks,
+                    key,
+                    1,
+                );
             }
             Event::OffCpu(span) => {
                 self.note_end(span.header.tgid, span.stacks.user_end, |q| &mut q.offcpu);
-                let stack = self.stack_key(&span.header, &span.stacks, false);
+                let key = self.stack_key(&span.header, &span.stacks, false);
                 weigh(
                     &mut self.maps,
                     &mut self.offcpu,
                     &span.header,
-                    stack,
+                    &span.stacks,
+                    key,
                     span.duration_ns,
                 );
             }

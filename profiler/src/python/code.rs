@@ -94,8 +94,9 @@ pub fn read_function(
     if object_type != interpreter.code_type {
         return Err(Unresolved::NotCode);
     }
-    let qualname = read_u64(frame.code + layout.code_qualname)?;
-    let first_line = read_u64(frame.code + layout.code_first_line)? as u32;
+    let fields = &interpreter.kernel.layout;
+    let qualname = read_u64(frame.code + u64::from(fields.code_qualname))?;
+    let first_line = read_u64(frame.code + u64::from(fields.code_first_line))? as u32;
     if qualname as u32 != frame.name_stamp || first_line != frame.first_line {
         return Err(Unresolved::Replaced);
     }

@@ -33,15 +33,12 @@ impl std::fmt::Display for Version {
     }
 }
 
-/// Where the fields userspace reads from Python objects sit.
+/// Where the fields userspace reads from Python objects sit, besides those the kernel
+/// reads too ([`PythonLayout::code_qualname`], [`PythonLayout::code_first_line`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjectLayout {
     /// Offset in `PyCodeObject` of `co_filename`.
     pub code_filename: u64,
-    /// Offset of `co_qualname`.
-    pub code_qualname: u64,
-    /// Offset of `co_firstlineno`.
-    pub code_first_line: u64,
     /// `sizeof(PyASCIIObject)`: where a compact ASCII string's characters start.
     pub ascii_data: u64,
     /// `sizeof(PyCompactUnicodeObject)`: where other compact strings' characters start.
@@ -72,6 +69,13 @@ struct KnownLayout {
     objects: ObjectLayout,
 }
 
+/// 3.12 dropped `wstr` from strings; 3.13 kept the 3.12 objects.
+const OBJECTS_SINCE_3_12: ObjectLayout = ObjectLayout {
+    code_filename: 112,
+    ascii_data: 40,
+    compact_data: 56,
+};
+
 /// Read from the headers of CPython 3.11.7, 3.12.1 and 3.13.0 (`offsetof` on
 /// `Py_BUILD_CORE` builds).
 const KNOWN_LAYOUTS: [KnownLayout; 3] = [
@@ -92,8 +96,6 @@ const KNOWN_LAYOUTS: [KnownLayout; 3] = [
         },
         objects: ObjectLayout {
             code_filename: 112,
-            code_qualname: 128,
-            code_first_line: 72,
             ascii_data: 48,
             compact_data: 72,
         },
@@ -113,13 +115,7 @@ const KNOWN_LAYOUTS: [KnownLayout; 3] = [
             code_qualname: 128,
             _padding: 0,
         },
-        objects: ObjectLayout {
-            code_filename: 112,
-            code_qualname: 128,
-            code_first_line: 68,
-            ascii_data: 40,
-            compact_data: 56,
-        },
+        objects: OBJECTS_SINCE_3_12,
     },
     KnownLayout {
         minor: 13,
@@ -136,13 +132,7 @@ const KNOWN_LAYOUTS: [KnownLayout; 3] = [
             code_qualname: 128,
             _padding: 0,
         },
-        objects: ObjectLayout {
-            code_filename: 112,
-            code_qualname: 128,
-            code_first_line: 68,
-            ascii_data: 40,
-            compact_data: 56,
-        },
+        objects: OBJECTS_SINCE_3_12,
     },
 ];
 
@@ -397,11 +387,6 @@ mod tests {
                 assert!(offset + 8 <= 72, "3.{}", layout.minor);
             }
             assert!(kernel.frame_owner < 72);
-            assert_eq!(kernel.code_qualname as u64, layout.objects.code_qualname);
-            assert_eq!(
-                kernel.code_first_line as u64,
-                layout.objects.code_first_line
-            );
         }
     }
 }

@@ -97,7 +97,7 @@ impl PythonFrames {
     }
 
     /// Looks for an interpreter in process `tgid`'s mappings, unless the files it
-    /// could be in are the ones already looked at.
+    /// could be in are the ones already looked at, or the one found is still mapped.
     pub fn observe(&mut self, tgid: u32, mappings: &[Mapping]) {
         let mut candidates: Vec<FileId> = mappings
             .iter()
@@ -105,12 +105,17 @@ impl PythonFrames {
             .collect();
         candidates.sort_by(|a, b| (&a.device, a.inode).cmp(&(&b.device, b.inode)));
         candidates.dedup();
-        if self
-            .processes
-            .get(&tgid)
-            .is_some_and(|state| state.candidates == candidates)
-        {
-            return;
+        if let Some(state) = self.processes.get_mut(&tgid) {
+            // A library loaded next to a found interpreter changes nothing: the
+            // interpreter's file is parsed once per process, not at every import.
+            let still_mapped = state
+                .interpreter
+                .as_ref()
+                .is_some_and(|interpreter| candidates.contains(&interpreter.file));
+            if still_mapped || state.candidates == candidates {
+                state.candidates = candidates;
+                return;
+            }
         }
         let interpreter = match interpreter::detect(tgid, mappings) {
             Ok(found) => found,
