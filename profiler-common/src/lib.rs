@@ -601,6 +601,15 @@ impl PythonEnd {
 /// Offsets in a `_PyInterpreterFrame` or a structure around it meaning "absent".
 pub const PYTHON_NO_FIELD: u32 = u32::MAX;
 
+/// Bytes of a `_PyInterpreterFrame` the walker copies at once: every frame field of
+/// [`PythonLayout`] must lie inside them.
+pub const PYTHON_FRAME_BYTES: u32 = 80;
+
+/// Bytes of a `PyCodeObject` the walker copies at once, from `co_firstlineno` on:
+/// `co_qualname` must end inside them. One copy instead of two saves a helper call per
+/// frame.
+pub const PYTHON_CODE_BYTES: u32 = 72;
+
 /// Where the fields a Python frame walker reads sit, for one CPython version.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -20,8 +20,8 @@ use aya_ebpf::{
 };
 use profiler_common::{
     MAX_PYTHON_DEPTH, MAX_TARGETS, PTHREAD_KEY_FIRST_BLOCK, PTHREAD_SPECIFIC_OFFSET,
-    PYTHON_CALL_END_WORDS, PYTHON_NO_FIELD, PYTHON_OWNER_CSTACK, PythonEnd, PythonFrame,
-    PythonLayout, PythonProcess, PythonStack,
+    PYTHON_CALL_END_WORDS, PYTHON_CODE_BYTES, PYTHON_FRAME_BYTES, PYTHON_NO_FIELD,
+    PYTHON_OWNER_CSTACK, PythonEnd, PythonFrame, PythonLayout, PythonProcess, PythonStack,
 };
 
 use crate::stacks::{UNWINDERS, Unwinder};
@@ -33,13 +33,12 @@ static PYTHON_PROCESSES: HashMap<u32, PythonProcess> = HashMap::with_max_entries
 #[unsafe(no_mangle)]
 static TASK_FSBASE_OFFSET: u64 = 0;
 
-/// Bytes of a `_PyInterpreterFrame` read at once: every field the walk needs lies in
-/// its first 72 bytes in 3.11 to 3.13.
-const FRAME_BYTES: usize = 80;
-
-/// Field offsets are masked with this before indexing the copy, so that the verifier
+/// Field offsets are masked with this before indexing a copy, so that the verifier
 /// sees every read inside it.
 const FIELD_MASK: u32 = 127;
+
+/// A copy of an object's first bytes, with room for a field read at a masked offset.
+type ObjectBytes = [u8; FIELD_MASK as usize + 1 + 8];
 
 /// A Python stack being walked.
 #[repr(C)]
@@ -47,8 +46,10 @@ struct PythonWalk {
     /// The next frame to record, 0 at the end.
     frame: u64,
     layout: PythonLayout,
-    /// The current frame's first bytes, then room for a field read at the masked offset.
-    frame_bytes: [u8; FIELD_MASK as usize + 1 + 8],
+    /// The current frame's first [`PYTHON_FRAME_BYTES`].
+    frame_bytes: ObjectBytes,
+    /// Its code object's [`PYTHON_CODE_BYTES`] from `co_firstlineno` on.
+    code_bytes: ObjectBytes,
     stack: PythonStack,
 }
 
@@ -194,17 +195,14 @@ fn step(state: &mut PythonWalk) -> Result<(), PythonEnd> {
     if state.frame == 0 {
         return Err(PythonEnd::Root);
     }
-    // SAFETY: the helper checks the user address; the copy has room for FRAME_BYTES.
-    unsafe {
-        bpf_probe_read_user_buf(
-            state.frame as *const u8,
-            &mut state.frame_bytes[..FRAME_BYTES],
-        )
-    }
-    .map_err(|_| PythonEnd::UnreadableMemory)?;
+    copy_user(
+        state.frame,
+        &mut state.frame_bytes,
+        PYTHON_FRAME_BYTES as usize,
+    )?;
     let layout = state.layout;
-    let owner = field::<u8>(state, layout.frame_owner);
-    let previous = field::<u64>(state, layout.frame_previous);
+    let owner = field::<u8>(&state.frame_bytes, layout.frame_owner);
+    let previous = field::<u64>(&state.frame_bytes, layout.frame_previous);
     let depth = state.stack.depth as usize;
     if owner == PYTHON_OWNER_CSTACK {
         // The frames since the last such marker ran in the C call it marks.
@@ -217,9 +215,17 @@ fn step(state: &mut PythonWalk) -> Result<(), PythonEnd> {
     if depth >= MAX_PYTHON_DEPTH {
         return Err(PythonEnd::DepthLimit);
     }
-    let code = field::<u64>(state, layout.frame_code);
-    let first_line = read_user::<u32>(code + u64::from(layout.code_first_line))?;
-    let qualname = read_user::<u64>(code + u64::from(layout.code_qualname))?;
+    let code = field::<u64>(&state.frame_bytes, layout.frame_code);
+    copy_user(
+        code + u64::from(layout.code_first_line),
+        &mut state.code_bytes,
+        PYTHON_CODE_BYTES as usize,
+    )?;
+    let first_line = field::<u32>(&state.code_bytes, 0);
+    let qualname = field::<u64>(
+        &state.code_bytes,
+        layout.code_qualname.wrapping_sub(layout.code_first_line),
+    );
     if let Some(frame) = state.stack.frames.get_mut(depth) {
         *frame = PythonFrame {
             code,
@@ -227,7 +233,9 @@ fn step(state: &mut PythonWalk) -> Result<(), PythonEnd> {
             name_stamp: qualname as u32,
         };
     }
-    if layout.frame_is_entry != PYTHON_NO_FIELD && field::<u8>(state, layout.frame_is_entry) != 0 {
+    if layout.frame_is_entry != PYTHON_NO_FIELD
+        && field::<u8>(&state.frame_bytes, layout.frame_is_entry) != 0
+    {
         mark_call_end(&mut state.stack, depth);
     }
     state.stack.depth += 1;
@@ -240,19 +248,21 @@ fn mark_call_end(stack: &mut PythonStack, index: usize) {
     stack.call_ends[(index / 64) & (PYTHON_CALL_END_WORDS - 1)] |= 1 << (index % 64);
 }
 
-/// A field of the current frame's copy.
+/// Copies `length` bytes of user memory at `address` into `copy`.
 #[inline(always)]
-fn field<T: Copy>(state: &PythonWalk, offset: u32) -> T {
+fn copy_user(address: u64, copy: &mut ObjectBytes, length: usize) -> Result<(), PythonEnd> {
+    let length = length & FIELD_MASK as usize;
+    // SAFETY: the helper checks the user address; the masked length fits the copy.
+    unsafe { bpf_probe_read_user_buf(address as *const u8, &mut copy[..length]) }
+        .map_err(|_| PythonEnd::UnreadableMemory)
+}
+
+/// A field of an object's copy.
+#[inline(always)]
+fn field<T: Copy>(copy: &ObjectBytes, offset: u32) -> T {
     let offset = (offset & FIELD_MASK) as usize;
-    // SAFETY: the masked offset plus at most 8 bytes stays inside `frame_bytes`.
-    unsafe {
-        state
-            .frame_bytes
-            .as_ptr()
-            .add(offset)
-            .cast::<T>()
-            .read_unaligned()
-    }
+    // SAFETY: the masked offset plus at most 8 bytes stays inside the copy.
+    unsafe { copy.as_ptr().add(offset).cast::<T>().read_unaligned() }
 }
 
 #[inline(always)]

@@ -365,6 +365,8 @@ fn checked_against_debug_offsets(
 
 #[cfg(test)]
 mod tests {
+    use profiler_common::{PYTHON_CODE_BYTES, PYTHON_FRAME_BYTES};
+
     use super::*;
 
     #[test]
@@ -380,13 +382,19 @@ mod tests {
     }
 
     #[test]
-    fn every_known_layout_reads_fields_the_kernel_copy_holds() {
+    fn every_known_layout_reads_fields_the_kernel_copies_hold() {
         for layout in &KNOWN_LAYOUTS {
             let kernel = layout.kernel;
             for offset in [kernel.frame_code, kernel.frame_previous] {
-                assert!(offset + 8 <= 72, "3.{}", layout.minor);
+                assert!(offset + 8 <= PYTHON_FRAME_BYTES, "3.{}", layout.minor);
             }
-            assert!(kernel.frame_owner < 72);
+            assert!(kernel.frame_owner < PYTHON_FRAME_BYTES);
+            assert!(kernel.code_qualname > kernel.code_first_line);
+            assert!(
+                kernel.code_qualname - kernel.code_first_line + 8 <= PYTHON_CODE_BYTES,
+                "3.{}",
+                layout.minor
+            );
         }
     }
 }
