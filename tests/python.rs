@@ -85,6 +85,16 @@ fn profile(version: &str, mode: &str, seconds: &str, args: &[&str]) -> Run {
     }
 }
 
+/// The line of the workload that starts with `definition`, once indented or not.
+fn definition_line(definition: &str) -> usize {
+    let source = fs::read_to_string(workload_source("python_phases.py")).unwrap();
+    source
+        .lines()
+        .position(|line| line.trim_start().starts_with(definition))
+        .unwrap_or_else(|| panic!("python_phases.py has no `{definition}`"))
+        + 1
+}
+
 /// The Python function whose qualified name is `qualname`, in a list of functions.
 fn python_function<'r>(functions: &'r Value, qualname: &str) -> Option<&'r Value> {
     functions
@@ -150,8 +160,12 @@ fn predict_holds_its_measured_share_and_the_gate_fires() {
                 .unwrap()
                 .ends_with("python_phases.py")
         );
-        assert_eq!(function["line"], 39, "{function}");
-        assert_eq!(function["name"], "Model.predict (python_phases.py:39)");
+        let line = definition_line("def predict(");
+        assert_eq!(function["line"], line, "{function}");
+        assert_eq!(
+            function["name"],
+            format!("Model.predict (python_phases.py:{line})")
+        );
         assert_eq!(function["module"], "python_phases", "{function}");
         // The interpreter's own plumbing gives way to the Python frames, but where a
         // sample caught the walk at a frame being pushed.

@@ -1,6 +1,7 @@
-"""Python workloads that measure themselves, for the profiler's end-to-end tests.
+"""Python workloads that measure themselves, for the profiler's end-to-end tests and
+benchmarks.
 
-usage: python_phases.py MODE SECONDS TRUTH_JSON
+usage: python_phases.py MODE SECONDS TRUTH_JSON [DEPTH]
 
 Each mode runs for SECONDS, then writes to TRUTH_JSON what it measured of itself: the
 thread CPU time (time.thread_time_ns) of each phase summed over all threads, the
@@ -186,9 +187,10 @@ def recurse(depth, deadline):
 
 
 def deep(deadline):
-    """Python frames 150 deep."""
-    TRUTH["depth"] = 150
-    recurse(150, deadline)
+    """Python frames DEPTH deep (150 unless told), above a few frames of its own."""
+    depth = int(sys.argv[4]) if len(sys.argv) > 4 else 150
+    TRUTH["depth"] = depth
+    recurse(depth, deadline)
 
 
 MODES = {

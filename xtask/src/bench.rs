@@ -3,7 +3,8 @@
 //! service in the same run; then its cost per traced syscall, side by side with
 //! libbpf-tools `syscount` ([`crate::bench_syscalls`]); then its cost per malloc+free
 //! pair next to bpftrace and heaptrack ([`crate::bench_alloc`]); then how complete and
-//! how costly its unwinding is, next to perf's DWARF mode ([`crate::bench_unwind`]).
+//! how costly its unwinding is, next to perf's DWARF mode ([`crate::bench_unwind`]); last,
+//! its Python frames next to py-spy's ([`crate::bench_python`]).
 //!
 //! The service is the demo's model-server with one worker per CPU, so that any CPU the
 //! profiler takes shows up as lost throughput. Each configuration runs `--runs` times,
@@ -34,7 +35,22 @@ enum CallGraph {
     Dwarf,
 }
 
-pub fn run(duration: u32, runs: u32) -> anyhow::Result<()> {
+/// A part of the benchmark, to run alone.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// CPU sampling against perf.
+    Cpu,
+    /// Syscall tracing against syscount.
+    Syscalls,
+    /// Allocation tracking against bpftrace and heaptrack.
+    Alloc,
+    /// Unwinding completeness and cost against perf --call-graph dwarf.
+    Unwind,
+    /// Python frames against py-spy.
+    Python,
+}
+
+pub fn run(duration: u32, runs: u32, only: Option<Part>) -> anyhow::Result<()> {
     require_root("the profiler and perf attach to the kernel")?;
     if output(Command::new("perf").arg("--version")).is_none()
         || !Path::new("/usr/bin/time").exists()
@@ -52,67 +68,27 @@ pub fn run(duration: u32, runs: u32) -> anyhow::Result<()> {
         workers,
         duration: Duration::from_secs(duration.into()),
     };
-
-    let mut baseline = Vec::new();
-    let mut ours: Vec<Vec<Measurement>> = vec![Vec::new(); FREQUENCIES.len()];
-    let mut perf: Vec<Vec<Measurement>> = vec![Vec::new(); FREQUENCIES.len()];
-    let mut perf_dwarf = Vec::new();
-    for run in 1..=runs {
-        println!("bench: run {run} of {runs}: unprofiled");
-        baseline.push(bench.unprofiled()?);
-        for (index, &hz) in FREQUENCIES.iter().enumerate() {
-            println!("bench: run {run} of {runs}: profiler at {hz} Hz");
-            ours[index].push(bench.with_profiler(hz)?);
-            println!("bench: run {run} of {runs}: perf record -g at {hz} Hz");
-            perf[index].push(bench.with_perf(hz, CallGraph::FramePointers)?);
-        }
-        println!("bench: run {run} of {runs}: perf record --call-graph dwarf at 999 Hz");
-        perf_dwarf.push(bench.with_perf(999, CallGraph::Dwarf)?);
-    }
-
-    let spread = |values: &[f64]| {
-        let low = values.iter().copied().fold(f64::INFINITY, f64::min);
-        let high = values.iter().copied().fold(0.0, f64::max);
-        (high - low) / median(values.to_vec()) * 100.0
-    };
-    let baseline_spread = spread(&baseline);
-    let runs_json = json!({
-        "baseline_requests_per_s": baseline,
-        "profiler_requests_per_s": ours.iter().map(|runs| runs.iter().map(|m| m.throughput).collect::<Vec<_>>()).collect::<Vec<_>>(),
-        "perf_requests_per_s": perf.iter().map(|runs| runs.iter().map(|m| m.throughput).collect::<Vec<_>>()).collect::<Vec<_>>(),
-    });
-    let baseline = median(baseline);
-    let perf_dwarf = Measurement::median(&perf_dwarf);
-    let mut rows = Vec::new();
-    for (index, &hz) in FREQUENCIES.iter().enumerate() {
-        let ours = Measurement::median(&ours[index]);
-        let perf = Measurement::median(&perf[index]);
-        let mut row = json!({
-            "frequency_hz": hz,
-            "profiler": ours.summary(baseline, bench.duration),
-            "perf": perf.summary(baseline, bench.duration),
-            "ratio_slowdown": ratio(ours.slowdown(baseline), perf.slowdown(baseline)),
-            "ratio_cpu": ratio(ours.cpu_seconds(), perf.cpu_seconds()),
-            "ratio_cost_per_sample": ratio(ours.cost_per_sample_ns(), perf.cost_per_sample_ns()),
-        });
-        if hz == 999 {
-            row["perf_dwarf"] = perf_dwarf.summary(baseline, bench.duration);
-            row["ratio_slowdown_to_perf_dwarf"] =
-                ratio(ours.slowdown(baseline), perf_dwarf.slowdown(baseline));
-        }
-        rows.push(row);
-    }
-    let results = json!({
+    let selected = |part: Part| only.is_none_or(|only| only == part);
+    // The parts that record a process for a while cap it at 10 s.
+    let short = bench.duration.min(Duration::from_secs(10));
+    let mut results = json!({
         "command": format!("cargo xtask bench --duration {duration} --runs {runs}"),
-        "workload": format!("demo/model_server.c, {workers} workers on {workers} CPUs, {duration} s per run, medians of {runs} runs"),
-        "baseline_requests_per_s": baseline,
-        "baseline_spread_percent": baseline_spread,
-        "rows": rows,
-        "runs": runs_json,
-        "syscalls": crate::bench_syscalls::run(&bench.dir, runs)?,
-        "alloc": crate::bench_alloc::run(&bench.dir, runs)?,
-        "unwind": crate::bench_unwind::run(&bench.dir, &bench.server, bench.duration.min(Duration::from_secs(10)), runs)?,
     });
+    if selected(Part::Cpu) {
+        results["cpu"] = bench.cpu_sampling(runs)?;
+    }
+    if selected(Part::Syscalls) {
+        results["syscalls"] = crate::bench_syscalls::run(&bench.dir, runs)?;
+    }
+    if selected(Part::Alloc) {
+        results["alloc"] = crate::bench_alloc::run(&bench.dir, runs)?;
+    }
+    if selected(Part::Unwind) {
+        results["unwind"] = crate::bench_unwind::run(&bench.dir, &bench.server, short, runs)?;
+    }
+    if selected(Part::Python) {
+        results["python"] = crate::bench_python::run(&bench.dir, short, runs)?;
+    }
     let path = bench.dir.join("results.json");
     fs::write(&path, serde_json::to_string_pretty(&results)?)?;
     println!("{}", serde_json::to_string_pretty(&results)?);
@@ -186,6 +162,67 @@ impl Measurement {
 }
 
 impl Bench {
+    /// The service's throughput and each tool's cost, unprofiled, under the profiler
+    /// and under perf, at each of [`FREQUENCIES`].
+    fn cpu_sampling(&self, runs: u32) -> anyhow::Result<Value> {
+        let mut baseline = Vec::new();
+        let mut ours: Vec<Vec<Measurement>> = vec![Vec::new(); FREQUENCIES.len()];
+        let mut perf: Vec<Vec<Measurement>> = vec![Vec::new(); FREQUENCIES.len()];
+        let mut perf_dwarf = Vec::new();
+        for run in 1..=runs {
+            println!("bench: run {run} of {runs}: unprofiled");
+            baseline.push(self.unprofiled()?);
+            for (index, &hz) in FREQUENCIES.iter().enumerate() {
+                println!("bench: run {run} of {runs}: profiler at {hz} Hz");
+                ours[index].push(self.with_profiler(hz)?);
+                println!("bench: run {run} of {runs}: perf record -g at {hz} Hz");
+                perf[index].push(self.with_perf(hz, CallGraph::FramePointers)?);
+            }
+            println!("bench: run {run} of {runs}: perf record --call-graph dwarf at 999 Hz");
+            perf_dwarf.push(self.with_perf(999, CallGraph::Dwarf)?);
+        }
+
+        let spread = |values: &[f64]| {
+            let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = values.iter().copied().fold(0.0, f64::max);
+            (high - low) / median(values.to_vec()) * 100.0
+        };
+        let baseline_spread = spread(&baseline);
+        let runs_json = json!({
+            "baseline_requests_per_s": baseline,
+            "profiler_requests_per_s": ours.iter().map(|runs| runs.iter().map(|m| m.throughput).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "perf_requests_per_s": perf.iter().map(|runs| runs.iter().map(|m| m.throughput).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        });
+        let baseline = median(baseline);
+        let perf_dwarf = Measurement::median(&perf_dwarf);
+        let mut rows = Vec::new();
+        for (index, &hz) in FREQUENCIES.iter().enumerate() {
+            let ours = Measurement::median(&ours[index]);
+            let perf = Measurement::median(&perf[index]);
+            let mut row = json!({
+                "frequency_hz": hz,
+                "profiler": ours.summary(baseline, self.duration),
+                "perf": perf.summary(baseline, self.duration),
+                "ratio_slowdown": ratio(ours.slowdown(baseline), perf.slowdown(baseline)),
+                "ratio_cpu": ratio(ours.cpu_seconds(), perf.cpu_seconds()),
+                "ratio_cost_per_sample": ratio(ours.cost_per_sample_ns(), perf.cost_per_sample_ns()),
+            });
+            if hz == 999 {
+                row["perf_dwarf"] = perf_dwarf.summary(baseline, self.duration);
+                row["ratio_slowdown_to_perf_dwarf"] =
+                    ratio(ours.slowdown(baseline), perf_dwarf.slowdown(baseline));
+            }
+            rows.push(row);
+        }
+        Ok(json!({
+            "workload": format!("demo/model_server.c, {workers} workers on {workers} CPUs, {seconds} s per run, medians of {runs} runs", workers = self.workers, seconds = self.duration.as_secs()),
+            "baseline_requests_per_s": baseline,
+            "baseline_spread_percent": baseline_spread,
+            "rows": rows,
+            "runs": runs_json,
+        }))
+    }
+
     fn start_server(&self) -> anyhow::Result<(Child, Instant)> {
         let child = Command::new(&self.server)
             .arg(self.workers.to_string())
@@ -291,7 +328,7 @@ impl Bench {
 
 /// Runs a command under GNU time, its stderr going to `stderr`, and returns its user +
 /// system CPU seconds.
-fn timed(command: &Command, stderr: Stdio) -> anyhow::Result<f64> {
+pub fn timed(command: &Command, stderr: Stdio) -> anyhow::Result<f64> {
     let times = root().join("target/bench/time.txt");
     let mut timed = Command::new("/usr/bin/time");
     timed

@@ -254,22 +254,14 @@ fn cost_per_sample(
     for run in 1..=runs {
         for (index, (label, server, method)) in configurations.iter().enumerate() {
             println!("bench: unwinding cost, run {run} of {runs}: {label}");
-            let mut service = start_service(server)?;
-            let report = record(
+            let report = record_child(
                 dir,
-                service.id(),
+                start_service(server)?,
                 duration,
                 &["-F", "999", "--unwind", method],
-            );
-            let _ = service.kill();
-            let _ = service.wait();
-            let report = report?;
-            let samples = report["cpu"]["samples"].as_f64().unwrap_or(0.0).max(1.0);
-            let bpf_ns = report["overhead"]["bpf_run_time_ns"]
-                .as_f64()
-                .unwrap_or(0.0);
+            )?;
             let complete = report["stacks"]["cpu"]["complete"].as_f64().unwrap_or(0.0);
-            measured[index].push((bpf_ns / samples, complete));
+            measured[index].push((bpf_ns_per_sample(&report), complete));
         }
     }
     let per_sample: Vec<f64> = measured
@@ -297,14 +289,15 @@ fn cost_per_sample(
 
 /// The unwind tables built for the demo service, redis-server and a Python process.
 fn tables(dir: &Path, server: &Path) -> anyhow::Result<Value> {
+    let second = Duration::from_secs(1);
     let mut rows = Vec::new();
     for target in ["demo service", "redis-server", "python3"] {
         println!("bench: unwind tables of the {target}");
         let report = match target {
-            "demo service" => record_child(dir, start_service(server)?),
+            "demo service" => record_child(dir, start_service(server)?, second, &[]),
             "redis-server" => {
                 let redis = LoadedRedis::start()?;
-                record(dir, redis.server.id(), Duration::from_secs(1), &[])
+                record(dir, redis.server.id(), second, &[])
             }
             _ => record_child(
                 dir,
@@ -314,6 +307,8 @@ fn tables(dir: &Path, server: &Path) -> anyhow::Result<Value> {
                         "import hashlib\nwhile True: hashlib.sha256(b'x' * 4096).digest()",
                     ])
                     .spawn()?,
+                second,
+                &[],
             ),
         }?;
         rows.push(json!({ "target": target, "tables": report["stacks"]["unwind_tables"] }));
@@ -321,16 +316,30 @@ fn tables(dir: &Path, server: &Path) -> anyhow::Result<Value> {
     Ok(json!(rows))
 }
 
-/// Records a child for a second, then ends it.
-fn record_child(dir: &Path, mut child: Child) -> anyhow::Result<Value> {
+/// Records a child for `duration` with `args` once it has started, then ends it.
+pub fn record_child(
+    dir: &Path,
+    mut child: Child,
+    duration: Duration,
+    args: &[&str],
+) -> anyhow::Result<Value> {
     sleep(Duration::from_millis(500));
-    let report = record(dir, child.id(), Duration::from_secs(1), &[]);
+    let report = record(dir, child.id(), duration, args);
     let _ = child.kill();
     let _ = child.wait();
     report
 }
 
-fn which_python() -> PathBuf {
+/// The BPF run time per CPU sample of a report, in nanoseconds.
+pub fn bpf_ns_per_sample(report: &Value) -> f64 {
+    let samples = report["cpu"]["samples"].as_f64().unwrap_or(0.0).max(1.0);
+    report["overhead"]["bpf_run_time_ns"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / samples
+}
+
+pub fn which_python() -> PathBuf {
     output(Command::new("sh").args(["-c", "command -v python3"]))
         .map(|path| PathBuf::from(path.trim()))
         .unwrap_or_else(|| PathBuf::from("python3"))

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_alloc;
+mod bench_python;
 mod bench_syscalls;
 mod bench_unwind;
 mod demo;
@@ -43,8 +44,8 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         duration: u32,
     },
-    /// Set up, build, and measure the profiler against perf and syscount; writes
-    /// target/bench/results.json.
+    /// Set up, build, and measure the profiler against perf, syscount, bpftrace,
+    /// heaptrack and py-spy; writes target/bench/results.json.
     Bench {
         /// Seconds per measured run.
         #[arg(long, default_value_t = 30)]
@@ -52,6 +53,9 @@ enum Task {
         /// Runs of each configuration; medians are reported.
         #[arg(long, default_value_t = 3)]
         runs: u32,
+        /// Run only this part.
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
     },
 }
 
@@ -72,10 +76,14 @@ fn main() -> anyhow::Result<()> {
             build()?;
             demo::run(duration)
         }
-        Task::Bench { duration, runs } => {
+        Task::Bench {
+            duration,
+            runs,
+            only,
+        } => {
             setup::run()?;
             build()?;
-            bench::run(duration, runs)
+            bench::run(duration, runs, only)
         }
     }
 }
