@@ -118,10 +118,9 @@ fn assert_share(run: &Run, version: &str, qualname: &str, phase: &str) {
     );
 }
 
-/// Asserts that nearly every CPU sample's Python stack was walked to its first frame.
-/// A thread between its start and the binding of its Python thread state has none
-/// (`no_thread_state`): a thread-per-request server has about 1 % of such samples.
-fn assert_walked(run: &Run, version: &str) {
+/// Asserts that at least `share` of the CPU samples' Python stacks were walked to their
+/// first frame.
+fn assert_walked(run: &Run, version: &str, share: f64) {
     let python = &run.report["python"];
     assert_eq!(
         python["interpreters"][0]["version"].as_str().unwrap()[..4],
@@ -132,7 +131,7 @@ fn assert_walked(run: &Run, version: &str) {
     let total: u64 = ends.values().map(|count| count.as_u64().unwrap()).sum();
     let root = ends.get("root").and_then(Value::as_u64).unwrap_or(0);
     assert!(
-        root as f64 >= 0.98 * total as f64,
+        root as f64 >= share * total as f64,
         "{version}: {root} of {total} Python stacks walked: {python}"
     );
 }
@@ -146,7 +145,7 @@ fn predict_holds_its_measured_share_and_the_gate_fires() {
             "3",
             &["-F", "499", "--fail-on", "predict>40%"],
         );
-        assert_walked(&run, version);
+        assert_walked(&run, version, 0.98);
         assert_share(&run, version, "Model.predict", "predict");
         assert_eq!(
             run.exit_code,
@@ -181,18 +180,28 @@ fn predict_holds_its_measured_share_and_the_gate_fires() {
 fn predict_keeps_its_share_while_it_runs_c_code_that_released_the_gil() {
     for version in VERSIONS {
         let run = profile(version, "released", "3", &["-F", "499"]);
-        assert_walked(&run, version);
+        assert_walked(&run, version, 0.98);
         assert_share(&run, version, "predict_digest", "predict");
         assert_share(&run, version, "prepare", "prepare");
     }
 }
 
+/// Threads of about 1 ms of CPU each, a fifth of the sampling period at 199 Hz: the
+/// samples still add up to the process's CPU time, and each phase holds its share.
 #[test]
 fn short_lived_threads_of_a_thread_per_request_server_keep_their_frames() {
     for version in VERSIONS {
-        let run = profile(version, "threads", "3", &["-F", "999"]);
-        assert!(run.truth["threads_started"].as_u64().unwrap() >= 50);
-        assert_walked(&run, version);
+        let run = profile(version, "threads", "6", &["-F", "199"]);
+        assert!(run.truth["threads_started"].as_u64().unwrap() >= 500);
+        let sampled_s = run.report["cpu"]["samples"].as_f64().unwrap() / 199.0;
+        let process_s = run.truth["process_ns"].as_f64().unwrap() / 1e9;
+        assert!(
+            (sampled_s - process_s).abs() <= 0.1 * process_s,
+            "{version}: samples account for {sampled_s:.2} s of CPU, the process used {process_s:.2} s"
+        );
+        // A thread of 1 ms spends about 5 % of it starting, before its Python thread
+        // state is bound (`no_thread_state`), and ending, while it is torn down.
+        assert_walked(&run, version, 0.9);
         assert_share(&run, version, "Model.predict", "predict");
         assert_share(&run, version, "parse", "parse");
     }
@@ -286,7 +295,7 @@ fn the_python_function_that_keeps_allocating_is_the_leak_candidate() {
 fn a_builtin_calling_back_into_python_keeps_the_order_of_its_frames() {
     for version in VERSIONS {
         let run = profile(version, "callback", "2", &["-F", "499"]);
-        assert_walked(&run, version);
+        assert_walked(&run, version, 0.98);
         assert_share(&run, version, "rank", "rank");
         let mixed = run.weight(|stack| {
             let rank = stack.find(";rank (").unwrap_or(usize::MAX);
@@ -306,7 +315,7 @@ fn a_builtin_calling_back_into_python_keeps_the_order_of_its_frames() {
 fn a_python_stack_150_frames_deep_is_walked_to_its_first_frame() {
     for version in VERSIONS {
         let run = profile(version, "deep", "2", &["-F", "499"]);
-        assert_walked(&run, version);
+        assert_walked(&run, version, 0.98);
         let deepest = run
             .folded
             .iter()

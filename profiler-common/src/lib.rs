@@ -96,6 +96,8 @@ pub mod map_names {
     pub const TARGET_TGIDS: &str = "TARGET_TGIDS";
     /// `RingBuf` of records, each starting with an [`crate::EventHeader`].
     pub const EVENTS: &str = "EVENTS";
+    /// `LruHashMap<u32, u32>`: how often each thread's own CPU timer fired.
+    pub const THREAD_TIMER_FIRINGS: &str = "THREAD_TIMER_FIRINGS";
     /// `PerCpuArray<u64>` indexed by [`crate::LossCounter`].
     pub const LOSS_COUNTERS: &str = "LOSS_COUNTERS";
     /// `PerCpuArray<SyscallStats>` indexed by syscall number.
@@ -120,8 +122,11 @@ pub mod map_names {
 
 /// Names of the BPF programs in the object.
 pub mod program_names {
-    /// perf_event: samples on-CPU stacks.
+    /// perf_event on each target thread's own `cpu-clock`: samples on-CPU stacks.
     pub const SAMPLE_CPU: &str = "sample_cpu";
+    /// perf_event on each CPU's `cpu-clock`: samples the threads too young for
+    /// [`SAMPLE_CPU`].
+    pub const SAMPLE_CPU_FILL: &str = "sample_cpu_fill";
     /// raw tracepoint `sys_enter`: notes when a target's syscall starts.
     pub const SYSCALL_ENTER: &str = "syscall_enter";
     /// raw tracepoint `sys_exit`: counts the call and streams it if slow.

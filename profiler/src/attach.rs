@@ -17,6 +17,7 @@ use aya::{
         uprobe::{UProbeLinkId, UProbeScope},
     },
     sys::{Stats, SyscallError},
+    util::online_cpus,
 };
 use profiler_common::{
     AllocCounter, LiveAllocation, LiveAllocationKey, LossCounter, MAX_SYSCALLS, MAX_TARGETS,
@@ -159,6 +160,8 @@ pub enum UnwindMethod {
 pub struct ProbeSettings {
     /// The kinds of event to trace.
     pub events: EventSet,
+    /// CPU samples per second of each thread's CPU time.
+    pub frequency_hz: u32,
     /// Syscalls at least this slow are streamed with their stacks.
     pub slow_syscall: Duration,
     /// Off-CPU spans shorter than this are dropped in the kernel.
@@ -185,12 +188,21 @@ impl Default for ProbeSettings {
     fn default() -> Self {
         ProbeSettings {
             events: EventSet::CPU,
+            frequency_hz: 99,
             slow_syscall: Duration::from_millis(10),
             offcpu_min: Duration::from_millis(1),
             alloc_sample_bytes: 0,
             unwind: UnwindMethod::Dwarf,
         }
     }
+}
+
+/// `kernel.perf_event_max_sample_rate`, which the kernel lowers when sampling
+/// interrupts take too long.
+fn max_sample_rate() -> Option<u32> {
+    fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .ok()
+        .and_then(|rate| rate.trim().parse().ok())
 }
 
 /// Whether a kind of event is in a set.
@@ -300,12 +312,12 @@ impl Probes {
             })
     }
 
-    /// Attaches the programs of every kind of event the settings name; CPU samples at
-    /// `frequency_hz` of each thread of the processes `targets`.
-    pub fn attach(&mut self, frequency_hz: u32, targets: &[u32]) -> Result<(), Failure> {
+    /// Attaches the programs of every kind of event the settings name; CPU samples of
+    /// each thread of the processes `targets`.
+    pub fn attach(&mut self, targets: &[u32]) -> Result<(), Failure> {
         let events = self.settings.events;
         if events.cpu {
-            self.attach_cpu_sampler(frequency_hz, targets)?;
+            self.attach_cpu_sampler(targets)?;
         }
         if events.syscalls {
             // Exit first: a call whose entry was not seen is ignored, never miscounted.
@@ -441,24 +453,41 @@ impl Probes {
             .map_err(program_failure)
     }
 
-    /// Attaches the CPU sampler to every thread of the `targets` at `frequency_hz`, as
-    /// `perf record -p` does: one perf event per thread that exists now, inherited by
-    /// every thread it creates later.
+    /// Attaches the CPU samplers (see the BPF side's `cpu` module): one perf event per
+    /// thread of the `targets` that exists now, inherited by every thread it creates
+    /// later, as `perf record -p` does, and one per CPU for the threads too young for
+    /// their own.
     ///
     /// A per-thread event samples that thread's own CPU time. Events per CPU for all
     /// processes also see every thread, but on a VM whose idle CPUs take no timer ticks
     /// they miss ticks around each idle period (several points of a share on a service
-    /// that keeps waking up, such as redis), and more next to another sampler.
-    fn attach_cpu_sampler(&mut self, frequency_hz: u32, targets: &[u32]) -> Result<(), Failure> {
-        let max_rate = fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
-            .ok()
-            .and_then(|rate| rate.trim().parse::<u32>().ok());
-        if let Some(max_rate) = max_rate.filter(|&max_rate| frequency_hz > max_rate) {
+    /// that keeps waking up, such as redis), and more next to another sampler; they only
+    /// sample each thread's first periods.
+    fn attach_cpu_sampler(&mut self, targets: &[u32]) -> Result<(), Failure> {
+        let frequency_hz = self.settings.frequency_hz;
+        if let Some(max_rate) = max_sample_rate().filter(|&max_rate| frequency_hz > max_rate) {
             return Err(Failure::KernelFeature(format!(
                 "{frequency_hz} Hz is above the kernel's limit, kernel.perf_event_max_sample_rate = {max_rate}"
             )));
         }
         raise_open_file_limit();
+        let timer = |scope| {
+            (
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                scope,
+                SamplePolicy::Frequency(u64::from(frequency_hz)),
+            )
+        };
+        let fill: &mut PerfEvent = self.program(program_names::SAMPLE_CPU_FILL)?;
+        fill.load().map_err(program_failure)?;
+        let cpus = online_cpus().map_err(|(_, error)| {
+            Failure::KernelFeature(format!("the online CPUs are unknown: {error}"))
+        })?;
+        for cpu in cpus {
+            let (config, scope, policy) = timer(PerfEventScope::AllProcessesOneCpu { cpu });
+            fill.attach(config, scope, policy, false)
+                .map_err(|error| perf_attach_failure(error, &format!("CPU {cpu}")))?;
+        }
         let program: &mut PerfEvent = self.program(program_names::SAMPLE_CPU)?;
         program.load().map_err(program_failure)?;
         for &pid in targets {
@@ -475,21 +504,18 @@ impl Probes {
                 }
                 for tid in threads {
                     sampled.insert(tid);
-                    let attached = program.attach(
-                        PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                        PerfEventScope::OneProcess {
-                            pid: tid,
-                            cpu: None,
-                        },
-                        SamplePolicy::Frequency(u64::from(frequency_hz)),
-                        true,
-                    );
-                    match attached {
+                    let (config, scope, policy) = timer(PerfEventScope::OneProcess {
+                        pid: tid,
+                        cpu: None,
+                    });
+                    match program.attach(config, scope, policy, true) {
                         Ok(_) => {}
                         // The thread exited meanwhile: nothing to sample.
                         Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
                             if io_error.raw_os_error() == Some(libc::ESRCH) => {}
-                        Err(error) => return Err(perf_attach_failure(error, tid)),
+                        Err(error) => {
+                            return Err(perf_attach_failure(error, &format!("thread {tid}")));
+                        }
                     }
                 }
             }
@@ -769,7 +795,8 @@ fn tracepoint_failure(error: ProgramError, what: &str) -> Failure {
     }
 }
 
-fn perf_attach_failure(error: ProgramError, tid: u32) -> Failure {
+/// Why a CPU timer could not be opened on `target` ("thread 12", "CPU 1").
+fn perf_attach_failure(error: ProgramError, target: &str) -> Failure {
     let os_error = match &error {
         ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error.raw_os_error(),
         _ => None,
@@ -779,13 +806,13 @@ fn perf_attach_failure(error: ProgramError, tid: u32) -> Failure {
             "the kernel has no software cpu-clock perf event: {error}"
         )),
         Some(libc::EPERM | libc::EACCES) => Failure::Privileges(format!(
-            "perf_event_open was refused for thread {tid}: missing CAP_PERFMON, or kernel.perf_event_paranoid forbids it"
+            "perf_event_open was refused for {target}: missing CAP_PERFMON, or kernel.perf_event_paranoid forbids it"
         )),
         Some(libc::EMFILE) => Failure::Other(anyhow::anyhow!(
-            "too many threads to sample: no file descriptor left for thread {tid} (raise `ulimit -n`)"
+            "too many threads to sample: no file descriptor left for {target} (raise `ulimit -n`)"
         )),
         _ => Failure::Other(
-            anyhow::Error::new(error).context(format!("attaching the CPU sampler to thread {tid}")),
+            anyhow::Error::new(error).context(format!("attaching the CPU sampler to {target}")),
         ),
     }
 }
@@ -832,19 +859,19 @@ mod tests {
 
     #[test]
     fn a_missing_perf_event_is_a_missing_kernel_feature() {
-        let failure = perf_attach_failure(syscall_error(libc::ENOENT), 0);
+        let failure = perf_attach_failure(syscall_error(libc::ENOENT), "thread 1");
         assert!(
             matches!(failure, Failure::KernelFeature(ref reason) if reason.contains("cpu-clock"))
         );
         assert!(matches!(
-            perf_attach_failure(syscall_error(libc::EMFILE), 7),
+            perf_attach_failure(syscall_error(libc::EMFILE), "thread 7"),
             Failure::Other(ref reason) if reason.to_string().contains("ulimit -n")
         ));
     }
 
     #[test]
     fn a_refused_perf_event_names_the_capability() {
-        let failure = perf_attach_failure(syscall_error(libc::EACCES), 1);
+        let failure = perf_attach_failure(syscall_error(libc::EACCES), "CPU 1");
         assert!(
             matches!(failure, Failure::Privileges(ref reason) if reason.contains("CAP_PERFMON"))
         );

@@ -102,7 +102,8 @@ struct RecordArgs {
     #[arg(long, value_name = "METHOD", value_enum, default_value_t = UnwindMethod::Dwarf)]
     unwind: UnwindMethod,
 
-    /// Samples per second on each CPU.
+    /// CPU samples per second of each thread's CPU time: a thread that runs for 2 s
+    /// takes about 2 × HZ samples.
     #[arg(short = 'F', long, value_name = "HZ", default_value_t = 99,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     frequency: u32,
@@ -149,9 +150,9 @@ impl RecordArgs {
         };
         RecordOptions {
             duration: self.duration,
-            frequency_hz: self.frequency,
             probes: ProbeSettings {
                 events: self.events,
+                frequency_hz: self.frequency,
                 slow_syscall: Duration::from_secs_f64(self.slow_ms / 1e3),
                 offcpu_min: Duration::from_secs_f64(self.offcpu_min_us / 1e6),
                 alloc_sample_bytes: self.alloc_sample_bytes,
@@ -260,7 +261,7 @@ mod tests {
         let options = args.into_options();
         assert!(matches!(options.target, TargetSpec::Command(ref argv) if argv.len() == 2));
         assert_eq!(options.analysis.rules[0].text, "predict>60%");
-        assert_eq!(options.frequency_hz, 99);
+        assert_eq!(options.probes.frequency_hz, 99);
         assert_eq!(options.probes.events, EventSet::CPU);
     }
 

@@ -58,9 +58,7 @@ pub struct RecordOptions {
     pub target: TargetSpec,
     /// How long to record; `None` records until Ctrl-C or until the targets exit.
     pub duration: Option<Duration>,
-    /// CPU sampling rate per CPU, in Hz.
-    pub frequency_hz: u32,
-    /// What the probes trace, and their thresholds.
+    /// What the probes trace, how often they sample, and their thresholds.
     pub probes: ProbeSettings,
     /// Live blocks at least this old when the recording ends are leak candidates.
     pub leak_min_age: Duration,
@@ -78,7 +76,6 @@ impl RecordOptions {
         RecordOptions {
             target,
             duration: None,
-            frequency_hz: 99,
             probes: ProbeSettings::default(),
             leak_min_age: Duration::from_secs(5),
             outputs: OutputPaths::default(),
@@ -291,9 +288,7 @@ pub struct Recording {
     pub command: Option<Vec<String>>,
     /// How long the probes were attached.
     pub duration: Duration,
-    /// The sampling rate.
-    pub frequency_hz: u32,
-    /// What was traced, and the thresholds.
+    /// What was traced, the sampling rate, and the thresholds.
     pub probes: ProbeSettings,
     /// Samples per (pid, tid).
     pub threads: Vec<((u32, u32), u64)>,
@@ -429,7 +424,7 @@ pub async fn record(options: RecordOptions) -> Result<Recording, Failure> {
     let losses = probes.take_loss_counters()?;
     let syscall_tables = probes.take_syscall_tables()?;
     let alloc_tables = probes.take_alloc_tables()?;
-    probes.attach(options.frequency_hz, &pids)?;
+    probes.attach(&pids)?;
     if options.probes.events.alloc {
         for &pid in &pids {
             let program = command.as_ref().map(HeldCommand::program);
@@ -936,7 +931,6 @@ impl Collector {
                 TargetSpec::Pids(_) => None,
             },
             duration: finished.duration,
-            frequency_hz: options.frequency_hz,
             probes: options.probes,
             threads: self.cpu.threads().collect(),
             losses: finished.losses,

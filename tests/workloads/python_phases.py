@@ -12,6 +12,7 @@ Standard library only.
 import hashlib
 import json
 import os
+import random
 import sys
 import threading
 import time
@@ -89,19 +90,24 @@ def released(deadline):
         thread.join()
 
 
-def handle_request(model, payload):
+def handle_request(model, payload, predictions):
     features = timed("parse", parse, payload)[:64]
-    for _ in range(40):
+    for _ in range(predictions):
         timed("predict", model.predict, features)
 
 
 def thread_per_request(deadline):
-    """A new thread per request, each living about 30 ms."""
+    """A new thread per request, each running for about 1 ms of CPU: less than a
+    sampling period. Requests vary in size, as real ones do, so that they do
+    not keep step with the sampling timers."""
     model = Model(64)
-    payload = ",".join(str(i) for i in range(20000))
+    tokens = [str(i) for i in range(1000)]
+    sizes = random.Random(7)
     started = 0
     while time.monotonic() < deadline:
-        thread = threading.Thread(target=handle_request, args=(model, payload))
+        payload = ",".join(tokens[: sizes.randint(500, len(tokens))])
+        request = (model, payload, sizes.randint(1, 3))
+        thread = threading.Thread(target=handle_request, args=request)
         thread.start()
         thread.join()
         started += 1

@@ -55,7 +55,7 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
         "cpu": {
             "samples": analysis.samples,
             "lost": losses.cpu(),
-            "frequency_hz": recording.frequency_hz,
+            "frequency_hz": recording.probes.frequency_hz,
             "threads": recording.threads.iter().map(|&((pid, tid), samples)| {
                 json!({"pid": pid, "tid": tid, "samples": samples})
             }).collect::<Vec<_>>(),

@@ -238,7 +238,7 @@ fn cpu_text(recording: &Recording, top: usize) -> String {
     let lost = recording.losses.cpu();
     let mut out = format!(
         "\nOn-CPU at {} Hz: {} samples from {} thread{}, {} lost.\n",
-        recording.frequency_hz,
+        recording.probes.frequency_hz,
         analysis.samples,
         threads,
         if threads == 1 { "" } else { "s" },
@@ -493,7 +493,7 @@ pub fn flame_graph_labels(recording: &Recording) -> FlameGraphLabels {
         subtitle: format!(
             "{} samples at {} Hz over {:.1} s; kernel frames are orange and end in _[k]",
             recording.analysis.samples,
-            recording.frequency_hz,
+            recording.probes.frequency_hz,
             recording.duration.as_secs_f64()
         ),
         count_name: "samples".to_owned(),
