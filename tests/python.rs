@@ -2,7 +2,13 @@
 //! CPython 3.11, 3.12 and 3.13 (pyenv's shared-library builds) running
 //! `tests/workloads/python_phases.py`, which measures its own phases.
 
-use std::{fs, path::PathBuf, process::Command, thread::sleep, time::Duration};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    thread::sleep,
+    time::Duration,
+};
 
 use serde_json::Value;
 
@@ -69,6 +75,11 @@ fn profile(version: &str, mode: &str, seconds: &str, args: &[&str]) -> Run {
         .arg(workload_source("python_phases.py"))
         .args([mode, seconds])
         .arg(&truth_path));
+    read_run(&dir, &truth_path, output.status.code())
+}
+
+/// The outputs `record` left in `dir`, and the workload's measurements.
+fn read_run(dir: &Path, truth_path: &Path, exit_code: Option<i32>) -> Run {
     let folded = fs::read_to_string(dir.join("stacks.folded"))
         .unwrap_or_default()
         .lines()
@@ -79,9 +90,9 @@ fn profile(version: &str, mode: &str, seconds: &str, args: &[&str]) -> Run {
         .collect();
     Run {
         report: read_json(&dir.join("report.json")),
-        truth: read_json(&truth_path),
+        truth: read_json(truth_path),
         folded,
-        exit_code: output.status.code(),
+        exit_code,
     }
 }
 
@@ -184,6 +195,55 @@ fn predict_keeps_its_share_while_it_runs_c_code_that_released_the_gil() {
         assert_share(&run, version, "predict_digest", "predict");
         assert_share(&run, version, "prepare", "prepare");
     }
+}
+
+/// A Python service in its own pid namespace, as in a container, where CPython knows
+/// its threads by the namespace's ids: each thread's own thread state is still found.
+#[test]
+fn a_python_service_in_its_own_pid_namespace_is_walked() {
+    for version in VERSIONS {
+        let dir = scratch(&format!("python-pid-namespace-{version}"));
+        let truth_path = dir.join("truth.json");
+        let mut namespace = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child"])
+            .arg(python(version))
+            .arg(workload_source("python_phases.py"))
+            .args(["loop", "4"])
+            .arg(&truth_path)
+            .spawn()
+            .unwrap();
+        let service = forked_child(namespace.id());
+        sleep(Duration::from_millis(300));
+        let output = run(&mut record(
+            &dir,
+            &[
+                "--pid",
+                &service.to_string(),
+                "--duration",
+                "2",
+                "-F",
+                "499",
+            ],
+        ));
+        assert!(namespace.wait().unwrap().success());
+        let run = read_run(&dir, &truth_path, output.status.code());
+        assert_eq!(run.exit_code, Some(0), "{version}");
+        assert_walked(&run, version, 0.98);
+        assert_share(&run, version, "Model.predict", "predict");
+    }
+}
+
+/// The process `parent` forked, once it has.
+fn forked_child(parent: u32) -> u32 {
+    for _ in 0..100 {
+        let children = fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        if let Some(child) = children.split_whitespace().next() {
+            return child.parse().unwrap();
+        }
+        sleep(Duration::from_millis(20));
+    }
+    panic!("process {parent} forked no child");
 }
 
 /// Threads of about 1 ms of CPU each, a fifth of the sampling period at 199 Hz: the

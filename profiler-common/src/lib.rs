@@ -654,6 +654,12 @@ pub struct PythonProcess {
     /// Address of the interpreter's `Py_tss_t` whose thread-specific value is each
     /// thread's own `PyThreadState` (`_PyRuntime.autoTSSkey`).
     pub thread_state_key: u64,
+    /// The process's pid namespace, as the kernel's `dev_t` of the namespace file
+    /// system and the namespace's inode: CPython stores each thread's id as that
+    /// namespace numbers it. 0 and 0 when unknown; the host's numbering is used then.
+    pub pid_namespace_dev: u64,
+    /// See [`PythonProcess::pid_namespace_dev`].
+    pub pid_namespace_ino: u64,
     /// The version's layout.
     pub layout: PythonLayout,
 }

@@ -33,6 +33,16 @@ impl std::fmt::Display for Version {
     }
 }
 
+/// Process `tgid`'s pid namespace: the kernel's `dev_t` of the namespace file system
+/// (`MKDEV(major, minor)`, not the encoding `stat` returns) and the namespace's inode.
+fn pid_namespace(tgid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let namespace = fs::metadata(format!("/proc/{tgid}/ns/pid")).ok()?;
+    let device = namespace.dev();
+    let kernel_device = (u64::from(libc::major(device)) << 20) | u64::from(libc::minor(device));
+    Some((kernel_device, namespace.ino()))
+}
+
 /// Where the fields userspace reads from Python objects sit, besides those the kernel
 /// reads too ([`PythonLayout::code_qualname`], [`PythonLayout::code_first_line`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,6 +208,7 @@ pub fn detect(tgid: u32, mappings: &[Mapping]) -> Result<Option<Interpreter>, St
                 .map_err(|reason| format!("{}: CPython {version}: {reason}", path.display()))?,
             _ => layout.kernel,
         };
+        let (pid_namespace_dev, pid_namespace_ino) = pid_namespace(tgid).unwrap_or_default();
         let code_type = symbols
             .code_type
             .ok_or_else(|| format!("{}: no PyCode_Type symbol", path.display()))?
@@ -207,6 +218,8 @@ pub fn detect(tgid: u32, mappings: &[Mapping]) -> Result<Option<Interpreter>, St
             file: id.clone(),
             kernel: PythonProcess {
                 thread_state_key: runtime + layout.thread_state_key,
+                pid_namespace_dev,
+                pid_namespace_ino,
                 layout: kernel,
             },
             code_type,
