@@ -91,15 +91,21 @@ impl MemoryMaps {
     }
 
     /// Reads the process's map now. Returns false if the process is gone, in which case
-    /// the last copy stays in use.
+    /// the last copy stays in use. A process that exited but was not yet waited for (a
+    /// zombie) has an empty map: that counts as gone, or a stack streamed before its
+    /// exit would take every name of the process with it.
     pub fn read(&mut self, tgid: u32) -> bool {
         let Ok(maps) = fs::read_to_string(format!("/proc/{tgid}/maps")) else {
             return false;
         };
+        let mappings = parse(&maps);
+        if mappings.is_empty() && self.processes.contains_key(&tgid) {
+            return false;
+        }
         self.processes.insert(
             tgid,
             ProcessMap {
-                mappings: parse(&maps),
+                mappings,
                 read_at: Instant::now(),
             },
         );
