@@ -27,12 +27,13 @@ const TOLERANCE: f64 = 0.03;
 const COMPLETE_SHARE: f64 = 0.99;
 
 /// The phases of `tests/workloads/frameless.c`, each a function of its own.
-const FRAMELESS_PHASES: [&str; 5] = [
+const FRAMELESS_PHASES: [&str; 6] = [
     "predict_phase",
     "sort_phase",
     "format_phase",
     "interrupted_phase",
     "library_phase",
+    "loader_phase",
 ];
 
 /// The `frameless` workload and its library, compiled once without frame pointers.

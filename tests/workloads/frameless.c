@@ -7,7 +7,9 @@
 // - interrupted_phase: a frameless loop that SIGALRM interrupts every 10 ms, whose
 //   handler spins in in_handler() for about 4 ms on the signal frame;
 // - library_phase: a function of a library loaded with dlopen() after START_DELAY_MS
-//   (so after the profiler attached), calling back into library_callback().
+//   (so after the profiler attached), calling back into library_callback();
+// - loader_phase: symbol lookups with dlsym(), which run in the dynamic loader, the
+//   highest executable mapping below the kernel's [vsyscall] page.
 //
 // Usage: frameless SECONDS START_DELAY_MS LIBRARY TRUTH_FILE
 //
@@ -128,6 +130,10 @@ __attribute__((noinline)) uint64_t library_callback(uint64_t seed) {
 
 static uint64_t (*library_work)(uint64_t (*)(uint64_t), uint64_t);
 
+__attribute__((noinline)) void loader_phase(void) {
+    for (int i = 0; i < 80000; i++) sink += (uintptr_t)dlsym(RTLD_DEFAULT, "library_phase");
+}
+
 __attribute__((noinline)) void library_phase(void) {
     for (int i = 0; i < 10; i++) sink += library_work(library_callback, sink);
 }
@@ -151,10 +157,10 @@ int main(int argc, char **argv) {
     struct itimerval every_10ms = {{0, 10000}, {0, 10000}};
     setitimer(ITIMER_REAL, &every_10ms, NULL);
 
-    void (*phases[])(void) = {predict_phase, sort_phase, format_phase, interrupted_phase,
-                              library_phase};
-    const char *names[] = {"predict_phase", "sort_phase", "format_phase",
-                           "interrupted_phase", "library_phase"};
+    void (*phases[])(void) = {predict_phase,     sort_phase,    format_phase,
+                              interrupted_phase, library_phase, loader_phase};
+    const char *names[] = {"predict_phase",     "sort_phase",    "format_phase",
+                           "interrupted_phase", "library_phase", "loader_phase"};
     enum { PHASES = sizeof phases / sizeof phases[0] };
     uint64_t phase_ns[PHASES] = {0};
     uint64_t start = clock_ns(CLOCK_MONOTONIC);

@@ -233,7 +233,13 @@ impl UnwindTables {
             _padding: 0,
             mappings: [ExecutableMapping::default(); MAX_MAPPINGS],
         };
-        for (mapping, key) in keyed.iter().take(MAX_MAPPINGS) {
+        // The kernel's search compares addresses below 2^63 only: the `[vsyscall]` page
+        // above would be taken for the end of the highest mapping, the dynamic loader's,
+        // and it has no unwind information anyway.
+        let user_space = keyed
+            .iter()
+            .filter(|(mapping, _)| mapping.range.start < 1 << 63);
+        for (mapping, key) in user_space.take(MAX_MAPPINGS) {
             let mut entry = ExecutableMapping {
                 start: mapping.range.start,
                 end: mapping.range.end,
