@@ -1,5 +1,5 @@
 //! End-to-end tests of Python frames: real BPF programs profile the machine's own
-//! CPython 3.11, 3.12 and 3.13 (pyenv's shared-library builds) running
+//! CPython 3.10, 3.11, 3.12 and 3.13 (pyenv's shared-library builds) running
 //! `tests/workloads/python_phases.py`, which measures its own phases.
 
 use std::{
@@ -19,7 +19,7 @@ use common::{RULE_FIRED, read_json, record, run, scratch, workload_source};
 const TOLERANCE: f64 = 0.05;
 
 /// The interpreters every test runs on.
-const VERSIONS: [&str; 3] = ["3.11", "3.12", "3.13"];
+const VERSIONS: [&str; 4] = ["3.10", "3.11", "3.12", "3.13"];
 
 /// The newest installed pyenv interpreter of `version` (`3.12`).
 fn python(version: &str) -> PathBuf {
@@ -107,19 +107,29 @@ fn definition_line(definition: &str) -> usize {
 }
 
 /// The Python function whose qualified name is `qualname`, in a list of functions.
-fn python_function<'r>(functions: &'r Value, qualname: &str) -> Option<&'r Value> {
+fn python_function<'r>(functions: &'r Value, version: &str, qualname: &str) -> Option<&'r Value> {
+    let name = name_on(version, qualname);
     functions
         .as_array()
         .unwrap()
         .iter()
-        .find(|function| function["language"] == "python" && function["function"] == qualname)
+        .find(|function| function["language"] == "python" && function["function"] == name)
+}
+
+/// What `version` calls the function whose qualified name is `qualname`: 3.10's code
+/// objects carry no qualified name, only the last part.
+fn name_on<'q>(version: &str, qualname: &'q str) -> &'q str {
+    match version {
+        "3.10" => qualname.rsplit('.').next().unwrap(),
+        _ => qualname,
+    }
 }
 
 /// Asserts that the Python function `qualname` holds `phase`'s measured share of the
 /// process's CPU time.
 fn assert_share(run: &Run, version: &str, qualname: &str, phase: &str) {
     let measured = run.truth[phase].as_f64().unwrap() / run.truth["process_ns"].as_f64().unwrap();
-    let profiled = python_function(&run.report["cpu"]["functions"], qualname)
+    let profiled = python_function(&run.report["cpu"]["functions"], version, qualname)
         .map_or(0.0, |function| function["total"].as_f64().unwrap());
     assert!(
         (profiled - measured).abs() <= TOLERANCE,
@@ -163,7 +173,8 @@ fn predict_holds_its_measured_share_and_the_gate_fires() {
             Some(RULE_FIRED),
             "{version}: the gate did not fire"
         );
-        let function = python_function(&run.report["cpu"]["functions"], "Model.predict").unwrap();
+        let function =
+            python_function(&run.report["cpu"]["functions"], version, "Model.predict").unwrap();
         assert!(
             function["file"]
                 .as_str()
@@ -174,7 +185,10 @@ fn predict_holds_its_measured_share_and_the_gate_fires() {
         assert_eq!(function["line"], line, "{function}");
         assert_eq!(
             function["name"],
-            format!("Model.predict (python_phases.py:{line})")
+            format!(
+                "{} (python_phases.py:{line})",
+                name_on(version, "Model.predict")
+            )
         );
         assert_eq!(function["module"], "python_phases", "{function}");
         // The interpreter's own plumbing gives way to the Python frames, but where a
@@ -277,7 +291,7 @@ fn a_blocked_thread_shows_the_python_function_that_waits() {
             ("read_request", "read_request_ns"),
         ] {
             let blocked =
-                python_function(functions, qualname)
+                python_function(functions, version, qualname)
                     .unwrap_or_else(|| panic!("{version}: {qualname} not in the off-CPU profile"))
                     ["total_ns"]
                     .as_f64()
@@ -379,7 +393,9 @@ fn a_python_stack_150_frames_deep_is_walked_to_its_first_frame() {
         let deepest = run
             .folded
             .iter()
-            .filter(|(stack, _)| stack.contains(";<module> ("))
+            // On 3.10 every Python call recurses in C too: the native stack is cut at
+            // its depth limit, and `<module>` is the root that is left.
+            .filter(|(stack, _)| stack.contains("<module> ("))
             .map(|(stack, _)| stack.matches(";recurse (").count())
             .max()
             .unwrap();

@@ -606,14 +606,27 @@ impl PythonEnd {
 /// Offsets in a `_PyInterpreterFrame` or a structure around it meaning "absent".
 pub const PYTHON_NO_FIELD: u32 = u32::MAX;
 
-/// Bytes of a `_PyInterpreterFrame` the walker copies at once: every frame field of
-/// [`PythonLayout`] must lie inside them.
+/// [`PythonLayout::frame_is_entry`] of a version in which every frame is an
+/// interpreter call of its own: before 3.11, each Python call recursed through the C
+/// eval loop.
+pub const PYTHON_EVERY_FRAME: u32 = u32::MAX - 1;
+
+/// [`PythonLayout::thread_id_kind`]: the thread state's id is the thread's kernel id,
+/// as its process's pid namespace numbers it (`native_thread_id`, 3.11 on).
+pub const PYTHON_THREAD_ID_KERNEL: u32 = 0;
+
+/// [`PythonLayout::thread_id_kind`]: the thread state's id is `pthread_self()`, which
+/// glibc makes the thread's TLS base (`thread_id`; 3.10 has no other).
+pub const PYTHON_THREAD_ID_PTHREAD: u32 = 1;
+
+/// Bytes of a frame (`_PyInterpreterFrame`, `PyFrameObject` before 3.11) the walker
+/// copies at once: every frame field of [`PythonLayout`] must lie inside them.
 pub const PYTHON_FRAME_BYTES: u32 = 80;
 
-/// Bytes of a `PyCodeObject` the walker copies at once, from `co_firstlineno` on:
-/// `co_qualname` must end inside them. One copy instead of two saves a helper call per
+/// Bytes of a `PyCodeObject` the walker copies at once, from `co_firstlineno` on: the
+/// name it stamps must end inside them. One copy instead of two saves a helper call per
 /// frame.
-pub const PYTHON_CODE_BYTES: u32 = 72;
+pub const PYTHON_CODE_BYTES: u32 = 80;
 
 /// Where the fields a Python frame walker reads sit, for one CPython version.
 #[repr(C)]
@@ -625,22 +638,23 @@ pub struct PythonLayout {
     pub thread_frame_holder: u32,
     /// Offset of the current frame pointer in that holder.
     pub holder_current_frame: u32,
-    /// Offset in `PyThreadState` of `native_thread_id`, the thread's kernel tid.
-    pub thread_native_id: u32,
-    /// Offset in `_PyInterpreterFrame` of its code object (`f_code`, `f_executable`).
+    /// Offset in `PyThreadState` of the thread's id, of [`PythonLayout::thread_id_kind`].
+    pub thread_id: u32,
+    /// Offset in the frame of its code object (`f_code`, `f_executable`).
     pub frame_code: u32,
-    /// Offset of `previous`, the calling frame.
+    /// Offset of the calling frame (`previous`, `f_back`).
     pub frame_previous: u32,
-    /// Offset of the `owner` byte.
+    /// Offset of the `owner` byte (3.12 on), or [`PYTHON_NO_FIELD`].
     pub frame_owner: u32,
-    /// Offset of the `is_entry` byte (3.11), or [`PYTHON_NO_FIELD`].
+    /// Offset of the `is_entry` byte (3.11), [`PYTHON_EVERY_FRAME`] (3.10), or
+    /// [`PYTHON_NO_FIELD`].
     pub frame_is_entry: u32,
     /// Offset in `PyCodeObject` of `co_firstlineno`.
     pub code_first_line: u32,
-    /// Offset of `co_qualname`.
+    /// Offset of `co_qualname` (`co_name` before 3.11, which had no qualified name).
     pub code_qualname: u32,
-    /// Keeps the size a multiple of 8 on both sides.
-    pub _padding: u32,
+    /// [`PYTHON_THREAD_ID_KERNEL`] or [`PYTHON_THREAD_ID_PTHREAD`].
+    pub thread_id_kind: u32,
 }
 
 /// `owner` of a frame that only marks where a C call entered the interpreter

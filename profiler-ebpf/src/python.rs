@@ -21,8 +21,9 @@ use aya_ebpf::{
 };
 use profiler_common::{
     MAX_PYTHON_DEPTH, MAX_TARGETS, PTHREAD_KEY_FIRST_BLOCK, PTHREAD_SPECIFIC_OFFSET,
-    PYTHON_CALL_END_WORDS, PYTHON_CODE_BYTES, PYTHON_FRAME_BYTES, PYTHON_NO_FIELD,
-    PYTHON_OWNER_CSTACK, PythonEnd, PythonFrame, PythonLayout, PythonProcess, PythonStack,
+    PYTHON_CALL_END_WORDS, PYTHON_CODE_BYTES, PYTHON_EVERY_FRAME, PYTHON_FRAME_BYTES,
+    PYTHON_NO_FIELD, PYTHON_OWNER_CSTACK, PYTHON_THREAD_ID_PTHREAD, PythonEnd, PythonFrame,
+    PythonLayout, PythonProcess, PythonStack,
 };
 
 use crate::stacks::{UNWINDERS, Unwinder};
@@ -155,8 +156,13 @@ fn current_frame(process: &PythonProcess) -> Result<u64, PythonEnd> {
         return Err(PythonEnd::NoThreadState);
     }
     let layout = &process.layout;
-    let native_id = read_user::<u64>(thread_state + u64::from(layout.thread_native_id))?;
-    if native_id != thread_id_in_namespace(process) {
+    let thread_id = read_user::<u64>(thread_state + u64::from(layout.thread_id))?;
+    let expected = if layout.thread_id_kind == PYTHON_THREAD_ID_PTHREAD {
+        fsbase
+    } else {
+        thread_id_in_namespace(process)
+    };
+    if thread_id != expected {
         return Err(PythonEnd::OtherThread);
     }
     let holder = if layout.thread_frame_holder == PYTHON_NO_FIELD {
@@ -224,10 +230,11 @@ fn step(state: &mut PythonWalk) -> Result<(), PythonEnd> {
         PYTHON_FRAME_BYTES as usize,
     )?;
     let layout = state.layout;
-    let owner = field::<u8>(&state.frame_bytes, layout.frame_owner);
     let previous = field::<u64>(&state.frame_bytes, layout.frame_previous);
     let depth = state.stack.depth as usize;
-    if owner == PYTHON_OWNER_CSTACK {
+    if layout.frame_owner != PYTHON_NO_FIELD
+        && field::<u8>(&state.frame_bytes, layout.frame_owner) == PYTHON_OWNER_CSTACK
+    {
         // The frames since the last such marker ran in the C call it marks.
         if depth > 0 {
             mark_call_end(&mut state.stack, depth - 1);
@@ -256,9 +263,12 @@ fn step(state: &mut PythonWalk) -> Result<(), PythonEnd> {
             name_stamp: qualname as u32,
         };
     }
-    if layout.frame_is_entry != PYTHON_NO_FIELD
-        && field::<u8>(&state.frame_bytes, layout.frame_is_entry) != 0
-    {
+    let is_entry = match layout.frame_is_entry {
+        PYTHON_NO_FIELD => false,
+        PYTHON_EVERY_FRAME => true,
+        offset => field::<u8>(&state.frame_bytes, offset) != 0,
+    };
+    if is_entry {
         mark_call_end(&mut state.stack, depth);
     }
     state.stack.depth += 1;

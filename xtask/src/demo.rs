@@ -34,7 +34,7 @@ fn python_demo(duration: u32) -> anyhow::Result<()> {
     let mut service = Command::new("python3");
     service.arg(root().join("demo/model_service.py"));
     let profiled = profile_service(
-        "the Python model service (python3, CPython 3.11 to 3.13)",
+        "the Python model service (python3, CPython 3.10 to 3.13)",
         &mut service,
         duration,
         "predict>60%",

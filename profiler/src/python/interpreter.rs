@@ -9,7 +9,10 @@
 use std::{fs, os::unix::fs::FileExt as _, path::Path};
 
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, ReadCache, SegmentFlags};
-use profiler_common::{PYTHON_NO_FIELD, PythonLayout, PythonProcess};
+use profiler_common::{
+    PYTHON_EVERY_FRAME, PYTHON_NO_FIELD, PYTHON_THREAD_ID_KERNEL, PYTHON_THREAD_ID_PTHREAD,
+    PythonLayout, PythonProcess,
+};
 
 use crate::{
     memory_map::{FileId, Mapping},
@@ -23,13 +26,17 @@ pub struct Version {
     pub major: u8,
     /// 11 for 3.11.
     pub minor: u8,
-    /// The patch release.
-    pub micro: u8,
+    /// The patch release, when the interpreter says it (`Py_Version`, 3.11 on).
+    pub micro: Option<u8>,
 }
 
 impl std::fmt::Display for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.micro)
+        write!(f, "{}.{}", self.major, self.minor)?;
+        match self.micro {
+            Some(micro) => write!(f, ".{micro}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -86,23 +93,47 @@ const OBJECTS_SINCE_3_12: ObjectLayout = ObjectLayout {
     compact_data: 56,
 };
 
-/// Read from the headers of CPython 3.11.7, 3.12.1 and 3.13.0 (`offsetof` on
+/// Read from the headers of CPython 3.10.13, 3.11.7, 3.12.1 and 3.13.0 (`offsetof` on
 /// `Py_BUILD_CORE` builds).
-const KNOWN_LAYOUTS: [KnownLayout; 3] = [
+const KNOWN_LAYOUTS: [KnownLayout; 4] = [
+    // The thread state points at the current frame object, each frame at its caller,
+    // and every Python call runs a C eval loop of its own. No qualified names yet:
+    // `co_name` stands in for `co_qualname`.
+    KnownLayout {
+        minor: 10,
+        thread_state_key: 584,
+        kernel: PythonLayout {
+            thread_frame_holder: PYTHON_NO_FIELD,
+            holder_current_frame: 24,
+            thread_id: 176,
+            frame_code: 32,
+            frame_previous: 24,
+            frame_owner: PYTHON_NO_FIELD,
+            frame_is_entry: PYTHON_EVERY_FRAME,
+            code_first_line: 40,
+            code_qualname: 112,
+            thread_id_kind: PYTHON_THREAD_ID_PTHREAD,
+        },
+        objects: ObjectLayout {
+            code_filename: 104,
+            ascii_data: 48,
+            compact_data: 72,
+        },
+    },
     KnownLayout {
         minor: 11,
         thread_state_key: 592,
         kernel: PythonLayout {
             thread_frame_holder: 56,
             holder_current_frame: 8,
-            thread_native_id: 160,
+            thread_id: 160,
             frame_code: 32,
             frame_previous: 48,
             frame_owner: 69,
             frame_is_entry: 68,
             code_first_line: 72,
             code_qualname: 128,
-            _padding: 0,
+            thread_id_kind: PYTHON_THREAD_ID_KERNEL,
         },
         objects: ObjectLayout {
             code_filename: 112,
@@ -116,14 +147,14 @@ const KNOWN_LAYOUTS: [KnownLayout; 3] = [
         kernel: PythonLayout {
             thread_frame_holder: 56,
             holder_current_frame: 0,
-            thread_native_id: 144,
+            thread_id: 144,
             frame_code: 0,
             frame_previous: 8,
             frame_owner: 70,
             frame_is_entry: PYTHON_NO_FIELD,
             code_first_line: 68,
             code_qualname: 128,
-            _padding: 0,
+            thread_id_kind: PYTHON_THREAD_ID_KERNEL,
         },
         objects: OBJECTS_SINCE_3_12,
     },
@@ -133,14 +164,14 @@ const KNOWN_LAYOUTS: [KnownLayout; 3] = [
         kernel: PythonLayout {
             thread_frame_holder: PYTHON_NO_FIELD,
             holder_current_frame: 72,
-            thread_native_id: 160,
+            thread_id: 160,
             frame_code: 0,
             frame_previous: 8,
             frame_owner: 70,
             frame_is_entry: PYTHON_NO_FIELD,
             code_first_line: 68,
             code_qualname: 128,
-            _padding: 0,
+            thread_id_kind: PYTHON_THREAD_ID_KERNEL,
         },
         objects: OBJECTS_SINCE_3_12,
     },
@@ -198,7 +229,7 @@ pub fn detect(tgid: u32, mappings: &[Mapping]) -> Result<Option<Interpreter>, St
             .find(|layout| version.major == 3 && layout.minor == version.minor)
             .ok_or_else(|| {
                 format!(
-                    "{}: CPython {version} is not walked (3.11 to 3.13 are)",
+                    "{}: CPython {version} is not walked (3.10 to 3.13 are)",
                     path.display()
                 )
             })?;
@@ -280,7 +311,7 @@ fn read_version(memory: &fs::File, address: u64) -> Option<Version> {
     Some(Version {
         major: (hex >> 24) as u8,
         minor: (hex >> 16) as u8,
-        micro: (hex >> 8) as u8,
+        micro: Some((hex >> 8) as u8),
     })
 }
 
@@ -299,7 +330,7 @@ fn version_from_name(path: &Path) -> Option<Version> {
     Some(Version {
         major,
         minor: minor.parse().ok()?,
-        micro: 0,
+        micro: None,
     })
 }
 
@@ -360,7 +391,7 @@ fn checked_against_debug_offsets(
             debug_offsets::THREAD_CURRENT_FRAME,
             kernel.holder_current_frame,
         ),
-        (debug_offsets::THREAD_NATIVE_ID, kernel.thread_native_id),
+        (debug_offsets::THREAD_NATIVE_ID, kernel.thread_id),
         (debug_offsets::FRAME_PREVIOUS, kernel.frame_previous),
         (debug_offsets::FRAME_EXECUTABLE, kernel.frame_code),
         (debug_offsets::FRAME_OWNER, kernel.frame_owner),
@@ -401,7 +432,13 @@ mod tests {
             for offset in [kernel.frame_code, kernel.frame_previous] {
                 assert!(offset + 8 <= PYTHON_FRAME_BYTES, "3.{}", layout.minor);
             }
-            assert!(kernel.frame_owner < PYTHON_FRAME_BYTES);
+            for byte in [kernel.frame_owner, kernel.frame_is_entry] {
+                assert!(
+                    !(PYTHON_FRAME_BYTES..PYTHON_EVERY_FRAME).contains(&byte),
+                    "3.{}",
+                    layout.minor
+                );
+            }
             assert!(kernel.code_qualname > kernel.code_first_line);
             assert!(
                 kernel.code_qualname - kernel.code_first_line + 8 <= PYTHON_CODE_BYTES,
