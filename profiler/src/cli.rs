@@ -9,7 +9,7 @@ use crate::{
     attach::{EventSet, ProbeSettings, UnwindMethod},
     exit::{Failure, code},
     record::{RecordOptions, TargetSpec, record},
-    render::OutputPaths,
+    render::{OutputPaths, summary},
 };
 
 const EXIT_CODES: &str = "\
@@ -219,11 +219,11 @@ pub fn run() -> u8 {
         }
     };
     match runtime.block_on(record(args.into_options())) {
-        Ok(recording) => {
-            if let Some(reason) = recording.exit_reason() {
+        Ok(report) => {
+            if let Some(reason) = summary::exit_reason(&report) {
                 eprintln!("profiler: {reason}");
             }
-            recording.exit_code()
+            report.exit_code()
         }
         Err(failure) => {
             eprintln!("profiler: error: {failure}");

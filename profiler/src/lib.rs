@@ -14,10 +14,12 @@
 //!    [`python`] names the Python frames the kernel walked and puts them in place (it
 //!    finds each thread's state through [`kernel_btf`]);
 //! 7. [`analyze`]: shares, hotspots and `--fail-on` rules;
-//! 8. [`render`]: flame graphs, collapsed stacks, JSON report and terminal summary.
+//! 8. [`render`]: flame graphs, collapsed stacks, JSON report and terminal summary, from
+//!    the finished [`report`].
 //!
-//! [`record`] drives them in that order; [`cli`] is the command line over it, and
-//! [`exit`] documents how a run ends.
+//! [`record`] drives them in that order: its session attaches and streams, its
+//! collector aggregates. [`cli`] is the command line over it, and [`exit`] documents
+//! how a run ends.
 
 pub mod aggregate;
 pub mod allocators;
@@ -31,6 +33,7 @@ pub mod memory_map;
 pub mod python;
 pub mod record;
 pub mod render;
+pub mod report;
 pub mod stream;
 pub mod symbolize;
 pub mod syscall_names;

@@ -13,14 +13,15 @@ use crate::{
     aggregate::{Completeness, Latency},
     analyze::{Check, FunctionShare, RuleOutcome},
     python::PythonReport,
-    record::{Recording, StackQuality, StopReason},
     render::folded::frame_label,
+    report::{Report, StackQuality, StopReason},
     symbolize::Frame,
 };
 
-/// The report of a recording; `stop_to_svg` is the time from the stop to a written SVG.
-pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
-    let analysis = &recording.analysis;
+/// The JSON document of a report; `stop_to_svg` is the time from the stop to a written
+/// SVG.
+pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
+    let analysis = &report.analysis;
     let function = |share: &FunctionShare| {
         with(
             frame_fields(&share.frame),
@@ -41,22 +42,22 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
             "max_ns": latency.max(),
         })
     };
-    let losses = &recording.losses;
+    let losses = &report.losses;
     json!({
-        "duration_s": recording.duration.as_secs_f64(),
-        "events": recording.probes.events.names().collect::<Vec<_>>(),
-        "stop_reason": stop_reason(recording.stop),
+        "duration_s": report.duration.as_secs_f64(),
+        "events": report.probes.events.names().collect::<Vec<_>>(),
+        "stop_reason": stop_reason(report.stop),
         "target": {
-            "pids": recording.targets.iter().map(|t| t.pid).collect::<Vec<_>>(),
-            "names": recording.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
-            "command": recording.command,
-            "exited": matches!(recording.stop, StopReason::TargetsExited(_)),
+            "pids": report.targets.iter().map(|t| t.pid).collect::<Vec<_>>(),
+            "names": report.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            "command": report.command,
+            "exited": matches!(report.stop, StopReason::TargetsExited(_)),
         },
         "cpu": {
             "samples": analysis.samples,
             "lost": losses.cpu(),
-            "frequency_hz": recording.probes.frequency_hz,
-            "threads": recording.threads.iter().map(|&((pid, tid), samples)| {
+            "frequency_hz": report.probes.frequency_hz,
+            "threads": report.threads.iter().map(|&((pid, tid), samples)| {
                 json!({"pid": pid, "tid": tid, "samples": samples})
             }).collect::<Vec<_>>(),
             "functions": analysis.functions.iter().map(function).collect::<Vec<_>>(),
@@ -70,7 +71,7 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
                 "hotspot": step.hotspot,
             }))).collect::<Vec<_>>(),
         },
-        "syscalls": recording.syscalls.iter().map(|syscall| with(json!({
+        "syscalls": report.syscalls.iter().map(|syscall| with(json!({
             "name": syscall.name,
             "nr": syscall.nr,
             "count": syscall.count,
@@ -79,7 +80,7 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
                 .collect::<serde_json::Map<_, _>>(),
             "total_ns": syscall.total_ns,
         }), percentiles(&syscall.latency))).collect::<Vec<_>>(),
-        "slow_calls": recording.slow_calls.iter().map(|call| json!({
+        "slow_calls": report.slow_calls.iter().map(|call| json!({
             "name": call.name,
             "duration_ns": call.duration_ns,
             "pid": call.pid,
@@ -87,9 +88,9 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
             "ret": call.ret,
             "stack": call.stack.iter().map(frame_label).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "slow_calls_total": recording.slow_call_count,
-        "slow_ms": recording.probes.slow_syscall.as_secs_f64() * 1e3,
-        "io": recording.io.iter().map(|row| with(json!({
+        "slow_calls_total": report.slow_call_count,
+        "slow_ms": report.probes.slow_syscall.as_secs_f64() * 1e3,
+        "io": report.io.iter().map(|row| with(json!({
             "device": row.device,
             "op": row.op.to_string(),
             "count": row.stats.count,
@@ -97,28 +98,28 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
             "errors": row.stats.errors,
         }), percentiles(&row.stats.latency))).collect::<Vec<_>>(),
         "offcpu": {
-            "total_ns": recording.offcpu.profile.samples(),
-            "min_us": recording.probes.offcpu_min.as_secs_f64() * 1e6,
-            "functions": recording.offcpu.functions.iter().map(|function| with(
+            "total_ns": report.offcpu.profile.samples(),
+            "min_us": report.probes.offcpu_min.as_secs_f64() * 1e6,
+            "functions": report.offcpu.functions.iter().map(|function| with(
                 frame_fields(&function.frame),
                 json!({
                     "total_ns": function.total_samples,
                     "self_ns": function.self_samples,
                 }),
             )).collect::<Vec<_>>(),
-            "threads": recording.offcpu.threads.iter().map(|&((pid, tid), ns)| {
+            "threads": report.offcpu.threads.iter().map(|&((pid, tid), ns)| {
                 json!({"pid": pid, "tid": tid, "total_ns": ns})
             }).collect::<Vec<_>>(),
         },
         "leaks": {
-            "min_age_s": recording.leaks.min_age.as_secs_f64(),
-            "sample_bytes": recording.probes.alloc_sample_bytes,
-            "alloc_calls": recording.leaks.alloc_calls,
-            "free_calls": recording.leaks.free_calls,
+            "min_age_s": report.leaks.min_age.as_secs_f64(),
+            "sample_bytes": report.probes.alloc_sample_bytes,
+            "alloc_calls": report.leaks.alloc_calls,
+            "free_calls": report.leaks.free_calls,
             "lost": losses.alloc(),
-            "outstanding_bytes": recording.leaks.outstanding_bytes,
-            "outstanding_count": recording.leaks.outstanding_count,
-            "candidates": recording.leaks.candidates.iter().map(|candidate| json!({
+            "outstanding_bytes": report.leaks.outstanding_bytes,
+            "outstanding_count": report.leaks.outstanding_count,
+            "candidates": report.leaks.candidates.iter().map(|candidate| json!({
                 "function": candidate.function,
                 "pid": candidate.pid,
                 "stack": candidate.stack.iter().map(frame_label).collect::<Vec<_>>(),
@@ -128,8 +129,8 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
                 "growth_bytes_per_s": candidate.growth_per_s,
             })).collect::<Vec<_>>(),
         },
-        "stacks": stacks(&recording.stack_quality),
-        "python": python(&recording.python),
+        "stacks": stacks(&report.stack_quality),
+        "python": python(&report.python),
         "lost": {
             "cpu_samples": losses.cpu(),
             "syscalls": losses.syscalls(),
@@ -143,9 +144,9 @@ pub fn report(recording: &Recording, stop_to_svg: Duration) -> Value {
         },
         "rules": analysis.rules.iter().map(rule).collect::<Vec<_>>(),
         "overhead": {
-            "bpf_run_time_ns": recording.cost.bpf.map(|bpf| bpf.run_time.as_nanos() as u64),
-            "bpf_run_count": recording.cost.bpf.map(|bpf| bpf.run_count),
-            "profiler_cpu_s": recording.cost.process_cpu.as_secs_f64(),
+            "bpf_run_time_ns": report.cost.bpf.map(|bpf| bpf.run_time.as_nanos() as u64),
+            "bpf_run_count": report.cost.bpf.map(|bpf| bpf.run_count),
+            "profiler_cpu_s": report.cost.process_cpu.as_secs_f64(),
             "stop_to_svg_ms": stop_to_svg.as_secs_f64() * 1e3,
         },
     })

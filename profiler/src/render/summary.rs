@@ -1,49 +1,71 @@
-//! The terminal summary, printed when a recording ends, and the flame graph's labels.
+//! The terminal summary, printed when a report ends, and the flame graph's labels.
 
 use std::{io::Write as _, path::PathBuf};
 
 use crate::{
     analyze::{Check, FunctionShare, RuleOutcome, is_process_root},
     python::PythonReport,
-    record::{Recording, StackQuality, StopReason},
     render::svg::FlameGraphLabels,
+    report::{Report, StackQuality, StopReason},
 };
 
-/// Prints the summary of a recording to stdout.
-pub fn print(recording: &Recording, written: &[PathBuf], top: usize) {
-    // A closed stdout (`| head`) must not fail the recording: the files are written.
-    let _ = std::io::stdout().write_all(text(recording, written, top).as_bytes());
+/// Prints the summary of a report to stdout.
+pub fn print(report: &Report, written: &[PathBuf], top: usize) {
+    // A closed stdout (`| head`) must not fail the report: the files are written.
+    let _ = std::io::stdout().write_all(text(report, written, top).as_bytes());
+}
+
+/// The one-line reason for the report's non-zero exit code, if there is one.
+pub fn exit_reason(report: &Report) -> Option<String> {
+    let fired: Vec<String> = report
+        .analysis
+        .rules
+        .iter()
+        .filter(|outcome| outcome.fired)
+        .map(|outcome| format!("{} ({})", outcome.rule, observed(outcome)))
+        .collect();
+    if !fired.is_empty() {
+        return Some(format!("rule fired: {}", fired.join(", ")));
+    }
+    match report.stop {
+        StopReason::Interrupted => Some("interrupted by SIGINT; outputs written".to_owned()),
+        StopReason::Terminated => Some("stopped by SIGTERM; outputs written".to_owned()),
+        StopReason::TargetsExited(None) => {
+            Some("the target exited before the recording's end; outputs written".to_owned())
+        }
+        StopReason::TargetsExited(Some(_)) | StopReason::Duration => None,
+    }
 }
 
 /// The summary as text: what was recorded; for each kind of event its tables; the rules,
 /// what was lost, the profiler's own cost and the files written.
-pub fn text(recording: &Recording, written: &[PathBuf], top: usize) -> String {
-    let events = recording.probes.events;
+pub fn text(report: &Report, written: &[PathBuf], top: usize) -> String {
+    let events = report.probes.events;
     let mut out = format!(
         "Recorded {} for {:.1} s ({}).\nStopped: {}.\n",
-        target_label(recording),
-        recording.duration.as_secs_f64(),
+        target_label(report),
+        report.duration.as_secs_f64(),
         events,
-        stop_label(recording.stop)
+        stop_label(report.stop)
     );
     if events.cpu {
-        out += &cpu_text(recording, top);
+        out += &cpu_text(report, top);
     }
     if events.syscalls {
-        out += &syscalls_text(recording, top);
+        out += &syscalls_text(report, top);
     }
     if events.io {
-        out += &io_text(recording);
+        out += &io_text(report);
     }
     if events.offcpu {
-        out += &offcpu_text(recording, top);
+        out += &offcpu_text(report, top);
     }
     if events.alloc {
-        out += &leaks_text(recording, top);
+        out += &leaks_text(report, top);
     }
-    out += &rules_text(recording);
-    out += &losses_text(recording);
-    out += &cost_text(recording);
+    out += &rules_text(report);
+    out += &losses_text(report);
+    out += &cost_text(report);
     let files: Vec<String> = written
         .iter()
         .map(|path| path.display().to_string())
@@ -52,9 +74,9 @@ pub fn text(recording: &Recording, written: &[PathBuf], top: usize) -> String {
     out
 }
 
-fn cost_text(recording: &Recording) -> String {
-    let cost = &recording.cost;
-    let seconds = recording.duration.as_secs_f64().max(1e-9);
+fn cost_text(report: &Report) -> String {
+    let cost = &report.cost;
+    let seconds = report.duration.as_secs_f64().max(1e-9);
     let own = cost.process_cpu.as_secs_f64();
     match cost.bpf {
         Some(bpf) => format!(
@@ -112,9 +134,9 @@ pub fn bytes(count: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-fn leaks_text(recording: &Recording, top: usize) -> String {
-    let leaks = &recording.leaks;
-    let sampling = match recording.probes.alloc_sample_bytes {
+fn leaks_text(report: &Report, top: usize) -> String {
+    let leaks = &report.leaks;
+    let sampling = match report.probes.alloc_sample_bytes {
         0 => String::new(),
         mean => format!(", sampled every {} on average", bytes(mean)),
     };
@@ -126,11 +148,11 @@ Allocations: {} calls, {} frees{sampling}; {} in {} blocks still live, {} lost.
         leaks.free_calls,
         bytes(leaks.outstanding_bytes),
         leaks.outstanding_count,
-        recording.losses.alloc(),
+        report.losses.alloc(),
     );
     if leaks.candidates.is_empty() {
         out += &format!(
-            "No leak candidates: nothing allocated during the recording is still live after {:.1} s.
+            "No leak candidates: nothing allocated during the report is still live after {:.1} s.
 ",
             leaks.min_age.as_secs_f64()
         );
@@ -232,13 +254,13 @@ fn stack_quality_text(quality: &StackQuality) -> String {
     out + ".\n"
 }
 
-fn cpu_text(recording: &Recording, top: usize) -> String {
-    let analysis = &recording.analysis;
-    let threads = recording.threads.len();
-    let lost = recording.losses.cpu();
+fn cpu_text(report: &Report, top: usize) -> String {
+    let analysis = &report.analysis;
+    let threads = report.threads.len();
+    let lost = report.losses.cpu();
     let mut out = format!(
         "\nOn-CPU at {} Hz: {} samples from {} thread{}, {} lost.\n",
-        recording.probes.frequency_hz,
+        report.probes.frequency_hz,
         analysis.samples,
         threads,
         if threads == 1 { "" } else { "s" },
@@ -249,8 +271,8 @@ fn cpu_text(recording: &Recording, top: usize) -> String {
             "Warning: {lost} samples were lost because the ring buffer was full; shares are computed from the samples kept.\n",
         );
     }
-    out += &stack_quality_text(&recording.stack_quality);
-    out += &python_text(&recording.python);
+    out += &stack_quality_text(&report.stack_quality);
+    out += &python_text(&report.python);
     if analysis.samples == 0 {
         out += "No on-CPU samples: the target did not run on a CPU while it was recorded.\n";
     } else {
@@ -324,22 +346,22 @@ fn cpu_text(recording: &Recording, top: usize) -> String {
     out
 }
 
-fn syscalls_text(recording: &Recording, top: usize) -> String {
-    let calls: u64 = recording.syscalls.iter().map(|syscall| syscall.count).sum();
+fn syscalls_text(report: &Report, top: usize) -> String {
+    let calls: u64 = report.syscalls.iter().map(|syscall| syscall.count).sum();
     let mut out = format!(
         "\nSyscalls: {calls} calls to {} syscalls; {} took {} or longer.\n",
-        recording.syscalls.len(),
-        recording.slow_call_count,
-        duration(recording.probes.slow_syscall.as_nanos() as u64),
+        report.syscalls.len(),
+        report.slow_call_count,
+        duration(report.probes.slow_syscall.as_nanos() as u64),
     );
-    if recording.syscalls.is_empty() {
+    if report.syscalls.is_empty() {
         return out;
     }
     out += &format!(
         "  {:<18} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
         "syscall", "count", "errors", "total", "p50", "p90", "p99", "max"
     );
-    for syscall in recording.syscalls.iter().take(top) {
+    for syscall in report.syscalls.iter().take(top) {
         let latency = &syscall.latency;
         out += &format!(
             "  {:<18} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
@@ -353,9 +375,9 @@ fn syscalls_text(recording: &Recording, top: usize) -> String {
             duration(latency.max()),
         );
     }
-    if !recording.slow_calls.is_empty() {
+    if !report.slow_calls.is_empty() {
         out += "Slowest calls (innermost user functions first):\n";
-        for call in recording.slow_calls.iter().take(top.min(5)) {
+        for call in report.slow_calls.iter().take(top.min(5)) {
             let callers: Vec<&str> = call
                 .stack
                 .iter()
@@ -376,19 +398,19 @@ fn syscalls_text(recording: &Recording, top: usize) -> String {
     out
 }
 
-fn io_text(recording: &Recording) -> String {
+fn io_text(report: &Report) -> String {
     let mut out = format!(
         "\nBlock IO issued by the target: {} requests.\n",
-        recording.io.iter().map(|row| row.stats.count).sum::<u64>()
+        report.io.iter().map(|row| row.stats.count).sum::<u64>()
     );
-    if recording.io.is_empty() {
+    if report.io.is_empty() {
         return out;
     }
     out += &format!(
         "  {:<10} {:<8} {:>8} {:>12} {:>10} {:>10} {:>10}\n",
         "device", "op", "count", "bytes", "p50", "p99", "max"
     );
-    for row in &recording.io {
+    for row in &report.io {
         let latency = &row.stats.latency;
         out += &format!(
             "  {:<10} {:<8} {:>8} {:>12} {:>10} {:>10} {:>10}\n",
@@ -404,15 +426,15 @@ fn io_text(recording: &Recording) -> String {
     out
 }
 
-fn offcpu_text(recording: &Recording, top: usize) -> String {
-    let offcpu = &recording.offcpu;
+fn offcpu_text(report: &Report, top: usize) -> String {
+    let offcpu = &report.offcpu;
     let total = offcpu.profile.samples();
     let mut out = format!(
         "\nOff-CPU: {} in {} thread{}, counting waits of {} or longer.\n",
         duration(total),
         offcpu.threads.len(),
         if offcpu.threads.len() == 1 { "" } else { "s" },
-        duration(recording.probes.offcpu_min.as_nanos() as u64),
+        duration(report.probes.offcpu_min.as_nanos() as u64),
     );
     let waits: Vec<&FunctionShare> = offcpu
         .functions
@@ -434,8 +456,8 @@ fn offcpu_text(recording: &Recording, top: usize) -> String {
     out
 }
 
-fn rules_text(recording: &Recording) -> String {
-    let rules = &recording.analysis.rules;
+fn rules_text(report: &Report) -> String {
+    let rules = &report.analysis.rules;
     if rules.is_empty() {
         return String::new();
     }
@@ -468,69 +490,69 @@ fn rules_text(recording: &Recording) -> String {
     out
 }
 
-fn losses_text(recording: &Recording) -> String {
-    let lost: Vec<String> = recording
+fn losses_text(report: &Report) -> String {
+    let lost: Vec<String> = report
         .losses
         .counters
         .iter()
         .filter(|(_, count)| *count > 0)
         .map(|(counter, count)| format!("{counter:?} {count}"))
         .collect();
-    if lost.is_empty() && recording.losses.malformed == 0 {
+    if lost.is_empty() && report.losses.malformed == 0 {
         return String::new();
     }
     format!(
         "\nWarning: records were lost ({}, malformed {}); the counts above leave them out.\n",
         lost.join(", "),
-        recording.losses.malformed
+        report.losses.malformed
     )
 }
 
 /// Title and subtitle of the flame graph.
-pub fn flame_graph_labels(recording: &Recording) -> FlameGraphLabels {
+pub fn flame_graph_labels(report: &Report) -> FlameGraphLabels {
     FlameGraphLabels {
-        title: format!("On-CPU flame graph: {}", target_label(recording)),
+        title: format!("On-CPU flame graph: {}", target_label(report)),
         subtitle: format!(
             "{} samples at {} Hz over {:.1} s; kernel frames are orange and end in _[k]",
-            recording.analysis.samples,
-            recording.probes.frequency_hz,
-            recording.duration.as_secs_f64()
+            report.analysis.samples,
+            report.probes.frequency_hz,
+            report.duration.as_secs_f64()
         ),
         count_name: "samples".to_owned(),
     }
 }
 
 /// Title and subtitle of the off-CPU flame graph.
-pub fn offcpu_flame_graph_labels(recording: &Recording) -> FlameGraphLabels {
+pub fn offcpu_flame_graph_labels(report: &Report) -> FlameGraphLabels {
     FlameGraphLabels {
-        title: format!("Off-CPU flame graph: {}", target_label(recording)),
+        title: format!("Off-CPU flame graph: {}", target_label(report)),
         subtitle: format!(
             "{} blocked over {:.1} s, waits of {} or longer; stacks at switch-out, kernel frames end in _[k]",
-            duration(recording.offcpu.profile.samples()),
-            recording.duration.as_secs_f64(),
-            duration(recording.probes.offcpu_min.as_nanos() as u64),
+            duration(report.offcpu.profile.samples()),
+            report.duration.as_secs_f64(),
+            duration(report.probes.offcpu_min.as_nanos() as u64),
         ),
         count_name: "us".to_owned(),
     }
 }
 
 /// Title and subtitle of the leaked-bytes flame graph.
-pub fn leaks_flame_graph_labels(recording: &Recording) -> FlameGraphLabels {
-    let leaks = &recording.leaks;
+pub fn leaks_flame_graph_labels(report: &Report) -> FlameGraphLabels {
+    let leaks = &report.leaks;
     FlameGraphLabels {
-        title: format!("Leak candidates: {}", target_label(recording)),
+        title: format!("Leak candidates: {}", target_label(report)),
         subtitle: format!(
             "{} live for {:.1} s or more at the end of {:.1} s, by allocating stack",
             bytes(leaks.candidate_bytes()),
             leaks.min_age.as_secs_f64(),
-            recording.duration.as_secs_f64(),
+            report.duration.as_secs_f64(),
         ),
         count_name: "bytes".to_owned(),
     }
 }
 
-fn target_label(recording: &Recording) -> String {
-    match recording.targets.as_slice() {
+fn target_label(report: &Report) -> String {
+    match report.targets.as_slice() {
         [one] => format!("{} (pid {})", one.name, one.pid),
         many => format!(
             "{} processes (pids {})",
@@ -554,8 +576,7 @@ fn stop_label(stop: StopReason) -> String {
         }
         StopReason::TargetsExited(Some(status)) => format!("the command exited ({status})"),
         StopReason::TargetsExited(None) => {
-            "the target exited before the recording's end; everything gathered was written"
-                .to_owned()
+            "the target exited before the report's end; everything gathered was written".to_owned()
         }
     }
 }

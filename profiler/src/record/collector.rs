@@ -1,0 +1,363 @@
+//! The collector: takes each streamed record through unwinding, Python frames and
+//! aggregation while the targets run, then symbolizes and analyzes what it gathered
+//! into the finished [`Report`].
+
+use std::{collections::HashMap, time::Duration};
+
+use profiler_common::{EventHeader, StackEnd, Stacks};
+
+use super::{RecordOptions, TargetSpec};
+use crate::{
+    aggregate::{
+        Completeness, IoTable, LiveSummary, SlowCall, StackCounts, StackKey, SyscallLatencies,
+        SyscallSummary, growth_per_second,
+    },
+    allocators,
+    analyze::{AnalysisOptions, Observations, analyze},
+    memory_map::MemoryMaps,
+    python::PythonFrames,
+    report::{
+        LeakCandidate, Leaks, Losses, NamedSlowCall, OffCpu, Report, SLOW_CALLS_KEPT, SelfCost,
+        StackQuality, StopReason, TargetProcess,
+    },
+    stream::Event,
+    symbolize::{Capture, Frame, Names, ProfileBuilder, Symbolizer},
+    syscall_names::syscall_name,
+    unwind::UnwindTables,
+};
+
+/// What the allocation probes left in the kernel when they were detached.
+pub(super) struct Allocations {
+    pub(super) live: LiveSummary,
+    pub(super) alloc_calls: u64,
+    pub(super) free_calls: u64,
+}
+
+/// Takes each streamed record through unwinding and aggregation, and keeps the memory
+/// maps that both those and symbolization need current while the targets run.
+#[derive(Default)]
+pub(super) struct Collector {
+    maps: MemoryMaps,
+    /// `None` when no stack is unwound from tables (`--unwind fp`, block IO alone).
+    pub(super) unwind_tables: Option<UnwindTables>,
+    symbolizer: Symbolizer,
+    pub(super) python: PythonFrames,
+    stack_quality: StackQuality,
+    cpu: StackCounts,
+    offcpu: StackCounts,
+    slow_calls: Vec<SlowCall>,
+    slow_call_count: u64,
+    pub(super) slow_latencies: SyscallLatencies,
+    io: IoTable,
+    /// Allocating stacks by id.
+    alloc_stacks: HashMap<u64, StackKey>,
+}
+
+/// Adds a record's stack to `counts` with `weight`; a stack not seen before may hold
+/// addresses outside the known mappings, so those are checked then, and only then.
+fn weigh(
+    maps: &mut MemoryMaps,
+    counts: &mut StackCounts,
+    header: &EventHeader,
+    stacks: &Stacks,
+    key: StackKey,
+    weight: u64,
+) {
+    if counts.add(header.tid, key, weight) {
+        maps.observe(header.tgid, stacks.user_frames());
+    }
+}
+
+/// What the recording adds to the collector's aggregates at the end.
+pub(super) struct Finished<'o> {
+    pub(super) options: &'o RecordOptions,
+    pub(super) targets: Vec<TargetProcess>,
+    pub(super) duration: Duration,
+    pub(super) losses: Losses,
+    pub(super) syscalls: Vec<SyscallSummary>,
+    pub(super) allocations: Option<Allocations>,
+    pub(super) stop: StopReason,
+    pub(super) cost: SelfCost,
+}
+
+impl Collector {
+    /// A collector that unwinds user stacks from tables if `uses_unwind_tables`.
+    pub(super) fn new(uses_unwind_tables: bool) -> Self {
+        Collector {
+            unwind_tables: uses_unwind_tables.then(UnwindTables::default),
+            ..Collector::default()
+        }
+    }
+
+    /// Takes one streamed record in.
+    pub(super) fn add(&mut self, event: Event) {
+        match event {
+            Event::Cpu(sample) => {
+                self.note_end(sample.header.tgid, sample.stacks.user_end, |q| &mut q.cpu);
+                let key = self.stack_key(&sample.header, &sample.stacks, true);
+                weigh(
+                    &mut self.maps,
+                    &mut self.cpu,
+                    &sample.header,
+                    &sample.stacks,
+                    key,
+                    1,
+                );
+            }
+            Event::OffCpu(span) => {
+                self.note_end(span.header.tgid, span.stacks.user_end, |q| &mut q.offcpu);
+                let key = self.stack_key(&span.header, &span.stacks, false);
+                weigh(
+                    &mut self.maps,
+                    &mut self.offcpu,
+                    &span.header,
+                    &span.stacks,
+                    key,
+                    span.duration_ns,
+                );
+            }
+            Event::SlowSyscall(call) => {
+                self.note_end(call.header.tgid, call.stacks.user_end, |q| {
+                    &mut q.slow_calls
+                });
+                self.slow_latencies.record(call.nr, call.duration_ns);
+                self.slow_call_count += 1;
+                let stack = self.stack_key(&call.header, &call.stacks, false);
+                self.maps.observe(call.header.tgid, &stack.user);
+                self.keep_slow_call(SlowCall {
+                    tid: call.header.tid,
+                    nr: call.nr,
+                    ret: call.ret,
+                    duration_ns: call.duration_ns,
+                    stack,
+                });
+            }
+            Event::BlockIo(io) => self.io.add(&io),
+            Event::AllocStack(stack) => {
+                let tgid = stack.header.tgid;
+                self.note_end(tgid, stack.end, |q| &mut q.alloc);
+                self.maps.observe(tgid, stack.frames());
+                let python = self.python.resolve(tgid, &stack.python, false);
+                let complete = StackEnd::from_raw(stack.end) == StackEnd::Root;
+                self.alloc_stacks.insert(
+                    stack.id,
+                    StackKey::new(tgid, stack.frames(), &[]).with_python(python, complete),
+                );
+            }
+        }
+        self.follow_maps();
+    }
+
+    /// The aggregation key of a record's stacks, with its Python frames named; `counted`
+    /// counts how the Python stack ended (once per CPU sample).
+    fn stack_key(&mut self, header: &EventHeader, stacks: &Stacks, counted: bool) -> StackKey {
+        let python = self.python.resolve(header.tgid, &stacks.python, counted);
+        let complete = StackEnd::from_raw(stacks.user_end) == StackEnd::Root;
+        StackKey::new(header.tgid, stacks.user_frames(), stacks.kernel_frames())
+            .with_python(python, complete)
+    }
+
+    /// Reads the process's memory map now, and has everything that follows it follow.
+    pub(super) fn read_map(&mut self, tgid: u32) {
+        self.maps.read(tgid);
+        self.follow_maps();
+    }
+
+    /// Hands each memory map read since the last call to the symbolizer, which opens
+    /// the mapped files while the process lives, and to the unwind tables.
+    fn follow_maps(&mut self) {
+        for tgid in self.maps.take_updated() {
+            let mappings = self.maps.mappings(tgid);
+            self.symbolizer.keep_files(tgid, mappings);
+            self.python.observe(tgid, mappings);
+            if let Some(tables) = &mut self.unwind_tables {
+                tables.load_mappings(tgid, mappings);
+            }
+        }
+    }
+
+    /// Counts how a stack ended; one that reached an address the kernel has no mapping
+    /// for makes the process's map read again, and so its new tables load.
+    fn note_end(
+        &mut self,
+        tgid: u32,
+        end: u32,
+        kind: impl FnOnce(&mut StackQuality) -> &mut Completeness,
+    ) {
+        let end = StackEnd::from_raw(end);
+        kind(&mut self.stack_quality).add(end);
+        if end == StackEnd::UnknownMapping {
+            self.maps.refresh(tgid);
+        }
+    }
+
+    /// Names each leak candidate's stack and the function that allocated.
+    fn name_leaks(
+        &self,
+        allocations: Allocations,
+        names: &Names,
+        min_age: Duration,
+        recorded: Duration,
+    ) -> Leaks {
+        let mut profile = ProfileBuilder::default();
+        let candidates: Vec<LeakCandidate> = allocations
+            .live
+            .candidates
+            .iter()
+            .map(|group| {
+                let stack = match self.alloc_stacks.get(&group.stack_id) {
+                    Some(key) => names.frames(key),
+                    None => vec![Frame::native("[stack not recorded]", false)],
+                };
+                // Python code allocates through the interpreter: its innermost Python
+                // frame is what allocated.
+                let function = stack
+                    .iter()
+                    .rev()
+                    .find(|frame| frame.python.is_some())
+                    .or_else(|| {
+                        stack
+                            .iter()
+                            .rev()
+                            .find(|frame| !allocators::is_allocator_frame(&frame.name))
+                    })
+                    .map_or_else(|| "[unknown]".to_owned(), |frame| frame.name.clone());
+                let bytes = group.bytes.round() as u64;
+                profile.push(stack.iter().cloned(), bytes);
+                LeakCandidate {
+                    pid: group.tgid,
+                    function,
+                    stack,
+                    bytes,
+                    count: group.count.round() as u64,
+                    oldest_age: group.oldest_age,
+                    growth_per_s: growth_per_second(group.bytes, recorded, min_age),
+                }
+            })
+            .collect();
+        Leaks {
+            min_age,
+            alloc_calls: allocations.alloc_calls,
+            free_calls: allocations.free_calls,
+            outstanding_bytes: allocations.live.outstanding_bytes.round() as u64,
+            outstanding_count: allocations.live.outstanding_count.round() as u64,
+            candidates,
+            profile: profile.build(),
+        }
+    }
+
+    /// Keeps the slowest [`SLOW_CALLS_KEPT`] calls, trimming in batches.
+    fn keep_slow_call(&mut self, call: SlowCall) {
+        self.slow_calls.push(call);
+        if self.slow_calls.len() >= 2 * SLOW_CALLS_KEPT {
+            self.trim_slow_calls();
+        }
+    }
+
+    fn trim_slow_calls(&mut self) {
+        self.slow_calls
+            .sort_by_key(|call| std::cmp::Reverse(call.duration_ns));
+        self.slow_calls.truncate(SLOW_CALLS_KEPT);
+    }
+
+    /// Names every stack at once and builds the recording.
+    pub(super) fn finish(mut self, finished: Finished<'_>) -> Report {
+        self.trim_slow_calls();
+        let options = finished.options;
+        let candidate_stacks: Vec<&StackKey> = finished
+            .allocations
+            .iter()
+            .flat_map(|allocations| &allocations.live.candidates)
+            .filter_map(|group| self.alloc_stacks.get(&group.stack_id))
+            .collect();
+        let names: Names = self
+            .symbolizer
+            .resolve(
+                &self.maps,
+                self.cpu
+                    .stacks()
+                    .chain(self.offcpu.stacks())
+                    .map(|(key, _)| key)
+                    .chain(self.slow_calls.iter().map(|call| &call.stack))
+                    .chain(candidate_stacks),
+            )
+            .with_python(self.python.functions().to_vec());
+        let leaks = finished.allocations.map_or_else(
+            || Leaks {
+                min_age: options.leak_min_age,
+                ..Leaks::default()
+            },
+            |allocations| {
+                self.name_leaks(allocations, &names, options.leak_min_age, finished.duration)
+            },
+        );
+        let profile = names.profile(&self.cpu, Capture::Sampled);
+        let observations = Observations {
+            syscalls: &finished.syscalls,
+            leaked_bytes: leaks.candidate_bytes(),
+        };
+        let analysis = analyze(&profile, &observations, &options.analysis);
+        let offcpu_profile = names.profile(&self.offcpu, Capture::AtTracepoint);
+        let offcpu = OffCpu {
+            functions: analyze(
+                &offcpu_profile,
+                &Observations::default(),
+                &AnalysisOptions::default(),
+            )
+            .functions,
+            profile: offcpu_profile,
+            threads: self.offcpu.threads().collect(),
+        };
+        let slow_calls = self
+            .slow_calls
+            .iter()
+            .map(|call| NamedSlowCall {
+                name: syscall_name(call.nr),
+                duration_ns: call.duration_ns,
+                pid: call.stack.tgid,
+                tid: call.tid,
+                ret: call.ret,
+                stack: names.frames_below_tracepoint(&call.stack),
+            })
+            .collect();
+        Report {
+            targets: finished.targets,
+            command: match &options.target {
+                TargetSpec::Command(argv) => Some(
+                    argv.iter()
+                        .map(|arg| arg.to_string_lossy().into_owned())
+                        .collect(),
+                ),
+                TargetSpec::Pids(_) => None,
+            },
+            duration: finished.duration,
+            probes: options.probes,
+            threads: self.cpu.threads().collect(),
+            losses: finished.losses,
+            stack_quality: StackQuality {
+                tables: self
+                    .unwind_tables
+                    .as_ref()
+                    .map(UnwindTables::stats)
+                    .unwrap_or_default(),
+                unnamed: names
+                    .unnamed
+                    .iter()
+                    .map(|(reason, count)| (reason.name(), *count))
+                    .collect(),
+                ..self.stack_quality
+            },
+            profile,
+            analysis,
+            syscalls: finished.syscalls,
+            slow_calls,
+            slow_call_count: self.slow_call_count,
+            io: self.io.rows(),
+            offcpu,
+            leaks,
+            stop: finished.stop,
+            cost: finished.cost,
+            python: self.python.report(),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! `profiler record`: checks, attaches, streams and aggregates until the recording ends,
+//! then reads the in-kernel tables, symbolizes, analyzes and writes every output.
+//!
+//! Every way a recording can end — its duration, Ctrl-C, SIGTERM, the targets exiting —
+//! goes through the same finish, so whatever was gathered is always written out.
+
+mod collector;
+mod session;
+
+use std::{ffi::OsString, time::Duration};
+
+use crate::{analyze::AnalysisOptions, attach::ProbeSettings, render::OutputPaths};
+
+pub use session::record;
+
+/// What to profile.
+#[derive(Clone, Debug)]
+pub enum TargetSpec {
+    /// Processes that already run.
+    Pids(Vec<u32>),
+    /// A command to start and profile until it exits.
+    Command(Vec<OsString>),
+}
+
+/// Everything `profiler record` needs to know.
+#[derive(Clone, Debug)]
+pub struct RecordOptions {
+    /// What to profile.
+    pub target: TargetSpec,
+    /// How long to record; `None` records until Ctrl-C or until the targets exit.
+    pub duration: Option<Duration>,
+    /// What the probes trace, how often they sample, and their thresholds.
+    pub probes: ProbeSettings,
+    /// Live blocks at least this old when the recording ends are leak candidates.
+    pub leak_min_age: Duration,
+    /// Where to write the outputs.
+    pub outputs: OutputPaths,
+    /// Hotspot threshold and gates.
+    pub analysis: AnalysisOptions,
+    /// Rows in each table of the terminal summary.
+    pub top: usize,
+}
+
+impl RecordOptions {
+    /// Options with the defaults of the command line, for `target`.
+    pub fn new(target: TargetSpec) -> Self {
+        RecordOptions {
+            target,
+            duration: None,
+            probes: ProbeSettings::default(),
+            leak_min_age: Duration::from_secs(5),
+            outputs: OutputPaths::default(),
+            analysis: AnalysisOptions::default(),
+            top: 10,
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The session: checks, starts or finds the targets, attaches the probes, streams
+//! their records into the [`Collector`] until the recording ends, detaches, and writes
+//! the outputs of the finished [`Report`].
+
+use std::{
+    io::Write as _,
+    time::{Duration, Instant},
+};
+
+use profiler_common::{AllocCounter, DRAIN_INTERVAL_MS};
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    time::{MissedTickBehavior, interval, sleep},
+};
+
+use super::{
+    RecordOptions, TargetSpec,
+    collector::{Allocations, Collector, Finished},
+};
+use crate::{
+    aggregate::{LeakOptions, summarize_live, summarize_syscalls},
+    allocators,
+    analyze::Check,
+    attach::{AllocTables, Probes, check_privileges},
+    exit::Failure,
+    render::{OutputFiles, folded, json, summary, svg},
+    report::{Losses, Report, SelfCost, StopReason, TargetProcess},
+    stream::EventStream,
+    syscall_names::syscall_number,
+    target::{self, HeldCommand},
+    unwind::UnwindTables,
+};
+
+/// Records, writes every output, and returns the report.
+pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
+    // From here on Ctrl-C and SIGTERM end the recording instead of the process, so that
+    // whatever was gathered is written out.
+    let mut signals = Signals::new().map_err(|error| Failure::Other(error.into()))?;
+    // Everything that can be checked is checked before anything is loaded or started.
+    check_rules(&options)?;
+    if let TargetSpec::Pids(pids) = &options.target {
+        pids.iter()
+            .try_for_each(|&pid| target::ensure_exists(pid))?;
+    }
+    check_privileges()?;
+    let mut command = match &options.target {
+        TargetSpec::Command(argv) => Some(HeldCommand::spawn(argv)?),
+        TargetSpec::Pids(_) => None,
+    };
+    let outputs = OutputFiles::create(&options.outputs, options.probes.events)?;
+    let pids: Vec<u32> = match &options.target {
+        TargetSpec::Pids(pids) => dedup(pids),
+        TargetSpec::Command(_) => command.iter().map(HeldCommand::pid).collect(),
+    };
+
+    // The targets' tables are compiled before the BPF object is loaded, to size the
+    // kernel's row array. A started command has not exec'd its program yet: its tables
+    // are loaded when it reaches its entry point.
+    let mut collector = Collector::new(options.probes.uses_unwind_tables());
+    if let TargetSpec::Pids(_) = &options.target {
+        for &pid in &pids {
+            collector.read_map(pid);
+        }
+    }
+    let unwind_rows = collector
+        .unwind_tables
+        .as_ref()
+        .map_or(1, UnwindTables::capacity);
+    let mut probes = Probes::load(&options.probes, unwind_rows)?;
+    for &pid in &pids {
+        probes.add_target(pid)?;
+    }
+    match probes.take_python_processes()? {
+        Some(processes) => collector.python.connect(processes),
+        None => collector.python.notice(
+            "the kernel's BTF does not say where a thread's TLS base is; Python frames are not shown",
+        ),
+    }
+    if let Some(tables) = &mut collector.unwind_tables {
+        let (rows, processes) = probes.take_unwind_maps()?;
+        tables
+            .connect(rows, unwind_rows, processes)
+            .map_err(|error| {
+                Failure::Other(anyhow::anyhow!("mapping the unwind tables: {error}"))
+            })?;
+    }
+    let mut stream = EventStream::new(probes.take_events()?)
+        .map_err(|error| Failure::Other(anyhow::anyhow!("watching the ring buffer: {error}")))?;
+    let losses = probes.take_loss_counters()?;
+    let syscall_tables = probes.take_syscall_tables()?;
+    let alloc_tables = probes.take_alloc_tables()?;
+    probes.attach(&pids)?;
+    if options.probes.events.alloc {
+        for &pid in &pids {
+            let program = command.as_ref().map(HeldCommand::program);
+            probes.attach_allocator(pid, &allocators::probe_points(pid, program)?)?;
+        }
+    }
+    let started = Instant::now();
+    if let Some(command) = &mut command {
+        start_command(command, &mut probes, &mut collector)?;
+    }
+
+    let targets: Vec<TargetProcess> = pids
+        .iter()
+        .map(|&pid| {
+            let name = match &options.target {
+                // The child may not have exec'd yet, so its comm is still ours.
+                TargetSpec::Command(argv) => std::path::Path::new(&argv[0])
+                    .file_name()
+                    .map_or_else(|| argv[0].to_string_lossy(), |name| name.to_string_lossy())
+                    .into_owned(),
+                TargetSpec::Pids(_) => target::process_name(pid),
+            };
+            TargetProcess { pid, name }
+        })
+        .collect();
+    let stop = watch(
+        &options,
+        &mut signals,
+        &pids,
+        command.as_mut(),
+        &mut stream,
+        &mut collector,
+    )
+    .await;
+    let stopped = Instant::now();
+    // Blocks are aged as of the stop, not of whenever the table is read: ending a
+    // started command alone can take seconds.
+    let stopped_ns = monotonic_now_ns();
+
+    let bpf = probes.detach();
+    let duration = started.elapsed();
+    // Records submitted before the detach are still in the ring.
+    stream.drain(|event| collector.add(event));
+    let losses = Losses::read(&losses, stream.malformed());
+    if let Some(command) = &mut command {
+        command.terminate();
+    }
+    let stop = match stop {
+        StopReason::TargetsExited(_) => {
+            StopReason::TargetsExited(command.as_mut().and_then(HeldCommand::poll_exit))
+        }
+        other => other,
+    };
+
+    let allocations = options
+        .probes
+        .events
+        .alloc
+        .then(|| read_allocations(&alloc_tables, &options, stopped_ns));
+    let syscalls = summarize_syscalls(
+        syscall_tables.stats(),
+        syscall_tables.errnos(),
+        std::mem::take(&mut collector.slow_latencies),
+    );
+    let report = collector.finish(Finished {
+        options: &options,
+        targets,
+        duration,
+        losses,
+        syscalls,
+        allocations,
+        stop,
+        cost: SelfCost {
+            bpf,
+            process_cpu: own_cpu_time(),
+        },
+    });
+    write_outputs(&report, outputs, stopped, options.top)?;
+    Ok(report)
+}
+
+/// How long a started command may take from `exec` to its entry point before it is let
+/// go without its tables loaded up front.
+const ENTRY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Lets a held command `exec`, and stops it again at its program's entry point until the
+/// tables of every library the dynamic loader mapped are loaded, so that its first
+/// stacks (its first allocations above all) unwind whole.
+fn start_command(
+    command: &mut HeldCommand,
+    probes: &mut Probes,
+    collector: &mut Collector,
+) -> Result<(), Failure> {
+    let hold = match collector.unwind_tables {
+        Some(_) => probes.hold_at_entry(command.pid(), command.program())?,
+        None => None,
+    };
+    command.release();
+    if let Some(hold) = hold {
+        let stopped = command.wait_for_stop(ENTRY_TIMEOUT);
+        probes.release_hold(hold)?;
+        if stopped {
+            collector.read_map(command.pid());
+        }
+        // Also after a time-out: the probe may have fired just before it went.
+        if command.poll_exit().is_none() {
+            command.resume();
+        }
+    }
+    Ok(())
+}
+
+/// Reads the allocation tables, with blocks aged as of `stopped_ns` (CLOCK_MONOTONIC).
+fn read_allocations(tables: &AllocTables, options: &RecordOptions, stopped_ns: u64) -> Allocations {
+    let leak_options = LeakOptions {
+        min_age: options.leak_min_age,
+        sample_bytes: options.probes.alloc_sample_bytes,
+    };
+    Allocations {
+        live: summarize_live(&tables.live(), stopped_ns, leak_options),
+        alloc_calls: tables.total(AllocCounter::Allocations),
+        free_calls: tables.total(AllocCounter::Frees),
+    }
+}
+
+/// CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads.
+fn monotonic_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Latency rules need syscall tracing and a syscall that exists; leak rules need
+/// allocation tracking.
+fn check_rules(options: &RecordOptions) -> Result<(), Failure> {
+    for rule in &options.analysis.rules {
+        if matches!(rule.check, Check::Leak { .. }) && !options.probes.events.alloc {
+            return Err(Failure::Usage(format!(
+                "rule `{rule}` needs allocation tracking: add --events alloc"
+            )));
+        }
+        if let Check::Latency { syscall, .. } = &rule.check {
+            if !options.probes.events.syscalls {
+                return Err(Failure::Usage(format!(
+                    "rule `{rule}` needs syscall tracing: add --events syscalls"
+                )));
+            }
+            if syscall_number(syscall).is_none() {
+                return Err(Failure::Usage(format!(
+                    "rule `{rule}`: there is no syscall named `{syscall}`"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Streams samples until the recording should stop, and says why it stopped.
+async fn watch(
+    options: &RecordOptions,
+    signals: &mut Signals,
+    pids: &[u32],
+    mut command: Option<&mut HeldCommand>,
+    stream: &mut EventStream,
+    collector: &mut Collector,
+) -> StopReason {
+    let mut tick = interval(Duration::from_millis(DRAIN_INTERVAL_MS));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let deadline = sleep(options.duration.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(deadline);
+    loop {
+        let stop = tokio::select! {
+            () = stream.wakeup() => None,
+            _ = tick.tick() => {
+                let exited = match command.as_deref_mut() {
+                    Some(command) => command.poll_exit().is_some(),
+                    None => !pids.iter().any(|&pid| target::is_alive(pid)),
+                };
+                exited.then_some(StopReason::TargetsExited(None))
+            }
+            () = &mut deadline, if options.duration.is_some() => Some(StopReason::Duration),
+            _ = signals.interrupt.recv() => Some(StopReason::Interrupted),
+            _ = signals.terminate.recv() => Some(StopReason::Terminated),
+        };
+        stream.drain(|event| collector.add(event));
+        if let Some(stop) = stop {
+            return stop;
+        }
+    }
+}
+
+/// The signals that end a report.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
+/// Writes the flame graphs, the collapsed stacks, the JSON report and the summary, in
+/// that order, so the report can say how long it took from the stop to a written SVG.
+fn write_outputs(
+    report: &Report,
+    outputs: OutputFiles,
+    stopped: Instant,
+    top: usize,
+) -> Result<(), Failure> {
+    let mut written = Vec::new();
+    let folded_lines = folded::lines(&report.profile, 1);
+    if let Some(file) = outputs.svg {
+        let labels = summary::flame_graph_labels(report);
+        written.push(file.write_with(|writer| svg::write(&folded_lines, &labels, writer))?);
+    }
+    if let Some(file) = outputs.offcpu_svg {
+        // Blocked time is drawn in microseconds: nanoseconds would make every width a
+        // ten-digit number.
+        let lines = folded::lines(&report.offcpu.profile, 1000);
+        let labels = summary::offcpu_flame_graph_labels(report);
+        written.push(file.write_with(|writer| svg::write(&lines, &labels, writer))?);
+    }
+    if let Some(file) = outputs.leaks_svg {
+        let lines = folded::lines(&report.leaks.profile, 1);
+        let labels = summary::leaks_flame_graph_labels(report);
+        written.push(file.write_with(|writer| svg::write(&lines, &labels, writer))?);
+    }
+    let stop_to_svg = stopped.elapsed();
+    if let Some(file) = outputs.folded {
+        written.push(file.write_with(|writer| folded::write(&folded_lines, writer))?);
+    }
+    if let Some(file) = outputs.json {
+        let document = json::document(report, stop_to_svg);
+        written.push(file.write_with(|writer| {
+            serde_json::to_writer_pretty(&mut *writer, &document)?;
+            writeln!(writer)
+        })?);
+    }
+    summary::print(report, &written, top);
+    Ok(())
+}
+
+fn dedup(pids: &[u32]) -> Vec<u32> {
+    let mut unique = pids.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    unique
+}
+
+fn own_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let time = |tv: libc::timeval| Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}

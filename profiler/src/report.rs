@@ -1,0 +1,272 @@
+//! What a finished recording found: the report that the analysis fills in and every
+//! renderer reads. [`crate::record`] makes it; nothing here knows how.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use profiler_common::LossCounter;
+
+use crate::{
+    aggregate::{Completeness, IoRow, SyscallSummary},
+    analyze::{Analysis, FunctionShare},
+    attach::{BpfCost, LossCounters, ProbeSettings},
+    exit::code,
+    python::PythonReport,
+    symbolize::{Frame, Profile},
+    target::ExitStatus,
+    unwind::TableStats,
+};
+
+/// Slow calls kept with their stacks: the slowest this many. Every slow call's duration
+/// counts in its syscall's distribution regardless.
+pub const SLOW_CALLS_KEPT: usize = 1000;
+
+/// Why the recording stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// `--duration` elapsed.
+    Duration,
+    /// Every target exited; for a started command, how it ended.
+    TargetsExited(Option<ExitStatus>),
+    /// SIGINT (Ctrl-C).
+    Interrupted,
+    /// SIGTERM.
+    Terminated,
+}
+
+/// A process that was profiled.
+#[derive(Clone, Debug)]
+pub struct TargetProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command name, read when the recording started.
+    pub name: String,
+}
+
+/// What the profiler itself cost.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SelfCost {
+    /// Time in the BPF programs, as the kernel counts it; not measured while syscalls
+    /// are traced.
+    pub bpf: Option<BpfCost>,
+    /// The profiler process's user plus system CPU time.
+    pub process_cpu: Duration,
+}
+
+/// A syscall slower than `--slow-ms`, named and with its stack symbolized.
+#[derive(Clone, Debug)]
+pub struct NamedSlowCall {
+    /// The syscall's name.
+    pub name: String,
+    /// From entry to return.
+    pub duration_ns: u64,
+    /// The calling process.
+    pub pid: u32,
+    /// The calling thread.
+    pub tid: u32,
+    /// What the call returned.
+    pub ret: i64,
+    /// The caller's stack, root first.
+    pub stack: Vec<Frame>,
+}
+
+/// Where the target threads waited off the CPU.
+#[derive(Clone, Debug, Default)]
+pub struct OffCpu {
+    /// Stacks at switch-out, weighted by nanoseconds off the CPU.
+    pub profile: Profile,
+    /// Every function by inclusive off-CPU time, largest first (`*_samples` are ns).
+    pub functions: Vec<FunctionShare>,
+    /// Nanoseconds off the CPU per (pid, tid).
+    pub threads: Vec<((u32, u32), u64)>,
+}
+
+/// Everything the BPF side had to drop, and records userspace could not read.
+#[derive(Clone, Debug, Default)]
+pub struct Losses {
+    /// Per loss counter.
+    pub counters: Vec<(LossCounter, u64)>,
+    /// Records of an unknown kind or size.
+    pub malformed: u64,
+}
+
+impl Losses {
+    pub(crate) fn read(counters: &LossCounters, malformed: u64) -> Self {
+        Losses {
+            counters: LossCounter::ALL
+                .into_iter()
+                .map(|counter| (counter, counters.total(counter)))
+                .collect(),
+            malformed,
+        }
+    }
+
+    fn sum(&self, which: &[LossCounter]) -> u64 {
+        self.counters
+            .iter()
+            .filter(|(counter, _)| which.contains(counter))
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// CPU samples lost, malformed records included.
+    pub fn cpu(&self) -> u64 {
+        self.sum(&[LossCounter::CpuSampleRingFull]) + self.malformed
+    }
+
+    /// Syscalls not counted, slow calls whose stacks were dropped, and failed calls
+    /// whose errno was not recorded.
+    pub fn syscalls(&self) -> u64 {
+        self.sum(&[
+            LossCounter::SyscallSlotTaken,
+            LossCounter::SyscallNumberOutOfRange,
+            LossCounter::SlowSyscallRingFull,
+            LossCounter::SyscallErrnoTableFull,
+        ])
+    }
+
+    /// Block requests not reported.
+    pub fn io(&self) -> u64 {
+        self.sum(&[LossCounter::BlockIoRingFull, LossCounter::BlockIoTableFull])
+    }
+
+    /// Off-CPU spans not reported.
+    pub fn offcpu(&self) -> u64 {
+        self.sum(&[
+            LossCounter::OffCpuRingFull,
+            LossCounter::OffCpuThreadTableFull,
+        ])
+    }
+
+    /// Allocations not tracked, and allocating stacks not recorded.
+    pub fn alloc(&self) -> u64 {
+        self.sum(&[
+            LossCounter::AllocSlotTaken,
+            LossCounter::AllocTableFull,
+            LossCounter::AllocStackTableFull,
+            LossCounter::AllocStackRingFull,
+        ])
+    }
+}
+
+/// Blocks of one allocating stack still live at the end and older than the minimum age.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeakCandidate {
+    /// The allocating process.
+    pub pid: u32,
+    /// The first function on the stack outside the allocator.
+    pub function: String,
+    /// The allocating stack, root first.
+    pub stack: Vec<Frame>,
+    /// Bytes held (estimated when sampling).
+    pub bytes: u64,
+    /// Blocks held (estimated when sampling).
+    pub count: u64,
+    /// Age of the oldest block.
+    pub oldest_age: Duration,
+    /// How fast the held bytes grew, if the recording outlasted the minimum age.
+    pub growth_per_s: Option<f64>,
+}
+
+/// What allocation tracking found.
+#[derive(Clone, Debug, Default)]
+pub struct Leaks {
+    /// The minimum age of a candidate.
+    pub min_age: Duration,
+    /// Calls to allocating functions the probes saw.
+    pub alloc_calls: u64,
+    /// Calls to `free` and `munmap` the probes saw.
+    pub free_calls: u64,
+    /// Bytes of every block still live (estimated when sampling).
+    pub outstanding_bytes: u64,
+    /// Blocks still live (estimated when sampling).
+    pub outstanding_count: u64,
+    /// The candidates, most bytes first.
+    pub candidates: Vec<LeakCandidate>,
+    /// The candidates' stacks weighted by bytes, for the flame graph.
+    pub profile: Profile,
+}
+
+impl Leaks {
+    /// Bytes held by all candidates.
+    pub fn candidate_bytes(&self) -> u64 {
+        self.candidates
+            .iter()
+            .map(|candidate| candidate.bytes)
+            .sum()
+    }
+}
+
+/// How complete the user stacks of each kind of record were, and what the unwind
+/// tables cost.
+#[derive(Clone, Debug, Default)]
+pub struct StackQuality {
+    /// CPU samples.
+    pub cpu: Completeness,
+    /// Off-CPU spans.
+    pub offcpu: Completeness,
+    /// Slow syscalls.
+    pub slow_calls: Completeness,
+    /// Distinct allocating stacks.
+    pub alloc: Completeness,
+    /// The unwind tables.
+    pub tables: TableStats,
+    /// Distinct user addresses that got no name, by reason.
+    pub unnamed: BTreeMap<&'static str, u64>,
+}
+
+/// A finished recording: everything the outputs are made of.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The processes profiled.
+    pub targets: Vec<TargetProcess>,
+    /// The command, when the profiler started it.
+    pub command: Option<Vec<String>>,
+    /// How long the probes were attached.
+    pub duration: Duration,
+    /// What was traced, the sampling rate, and the thresholds.
+    pub probes: ProbeSettings,
+    /// Samples per (pid, tid).
+    pub threads: Vec<((u32, u32), u64)>,
+    /// Everything lost.
+    pub losses: Losses,
+    /// How complete the stacks were.
+    pub stack_quality: StackQuality,
+    /// The symbolized on-CPU stacks.
+    pub profile: Profile,
+    /// Shares, hotspots and rules.
+    pub analysis: Analysis,
+    /// Every syscall the targets made, largest total time first.
+    pub syscalls: Vec<SyscallSummary>,
+    /// The slowest calls above `--slow-ms`, slowest first, at most [`SLOW_CALLS_KEPT`].
+    pub slow_calls: Vec<NamedSlowCall>,
+    /// How many calls were above `--slow-ms` in all.
+    pub slow_call_count: u64,
+    /// Block requests per device and operation.
+    pub io: Vec<IoRow>,
+    /// Off-CPU time.
+    pub offcpu: OffCpu,
+    /// Allocations still live, and leak candidates.
+    pub leaks: Leaks,
+    /// Why the recording stopped.
+    pub stop: StopReason,
+    /// The profiler's own cost.
+    pub cost: SelfCost,
+    /// The Python interpreters walked, and how well.
+    pub python: PythonReport,
+}
+
+impl Report {
+    /// The exit code the recording ends with: a fired rule first, since gates depend on
+    /// it, then an interruption, then a `--pid` target that went away early.
+    pub fn exit_code(&self) -> u8 {
+        if self.analysis.any_rule_fired() {
+            return code::RULE_FIRED;
+        }
+        match self.stop {
+            StopReason::Interrupted => code::INTERRUPTED,
+            StopReason::Terminated => code::TERMINATED,
+            StopReason::TargetsExited(None) => code::TARGET_EXITED,
+            StopReason::TargetsExited(Some(_)) | StopReason::Duration => code::SUCCESS,
+        }
+    }
+}
