@@ -611,14 +611,6 @@ pub const PYTHON_NO_FIELD: u32 = u32::MAX;
 /// eval loop.
 pub const PYTHON_EVERY_FRAME: u32 = u32::MAX - 1;
 
-/// [`PythonLayout::thread_id_kind`]: the thread state's id is the thread's kernel id,
-/// as its process's pid namespace numbers it (`native_thread_id`, 3.11 on).
-pub const PYTHON_THREAD_ID_KERNEL: u32 = 0;
-
-/// [`PythonLayout::thread_id_kind`]: the thread state's id is `pthread_self()`, which
-/// glibc makes the thread's TLS base (`thread_id`; 3.10 has no other).
-pub const PYTHON_THREAD_ID_PTHREAD: u32 = 1;
-
 /// Bytes of a frame (`_PyInterpreterFrame`, `PyFrameObject` before 3.11) the walker
 /// copies at once: every frame field of [`PythonLayout`] must lie inside them.
 pub const PYTHON_FRAME_BYTES: u32 = 80;
@@ -638,7 +630,9 @@ pub struct PythonLayout {
     pub thread_frame_holder: u32,
     /// Offset of the current frame pointer in that holder.
     pub holder_current_frame: u32,
-    /// Offset in `PyThreadState` of the thread's id, of [`PythonLayout::thread_id_kind`].
+    /// Offset in `PyThreadState` of `thread_id`, the thread's `pthread_self()`, which
+    /// glibc makes its TLS base. Unlike `native_thread_id`, a pid namespace (a
+    /// container) does not renumber it.
     pub thread_id: u32,
     /// Offset in the frame of its code object (`f_code`, `f_executable`).
     pub frame_code: u32,
@@ -653,8 +647,8 @@ pub struct PythonLayout {
     pub code_first_line: u32,
     /// Offset of `co_qualname` (`co_name` before 3.11, which had no qualified name).
     pub code_qualname: u32,
-    /// [`PYTHON_THREAD_ID_KERNEL`] or [`PYTHON_THREAD_ID_PTHREAD`].
-    pub thread_id_kind: u32,
+    /// Keeps the size a multiple of 8 on both sides.
+    pub _padding: u32,
 }
 
 /// `owner` of a frame that only marks where a C call entered the interpreter
@@ -668,12 +662,6 @@ pub struct PythonProcess {
     /// Address of the interpreter's `Py_tss_t` whose thread-specific value is each
     /// thread's own `PyThreadState` (`_PyRuntime.autoTSSkey`).
     pub thread_state_key: u64,
-    /// The process's pid namespace, as the kernel's `dev_t` of the namespace file
-    /// system and the namespace's inode: CPython stores each thread's id as that
-    /// namespace numbers it. 0 and 0 when unknown; the host's numbering is used then.
-    pub pid_namespace_dev: u64,
-    /// See [`PythonProcess::pid_namespace_dev`].
-    pub pid_namespace_ino: u64,
     /// The version's layout.
     pub layout: PythonLayout,
 }

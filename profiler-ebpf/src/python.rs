@@ -10,11 +10,10 @@
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
-    bindings::bpf_pidns_info,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
         bpf_probe_read_user, bpf_probe_read_user_buf,
-        generated::{bpf_get_current_task, bpf_get_ns_current_pid_tgid, bpf_loop},
+        generated::{bpf_get_current_task, bpf_loop},
     },
     macros::map,
     maps::{HashMap, PerCpuArray},
@@ -22,8 +21,8 @@ use aya_ebpf::{
 use profiler_common::{
     MAX_PYTHON_DEPTH, MAX_TARGETS, PTHREAD_KEY_FIRST_BLOCK, PTHREAD_SPECIFIC_OFFSET,
     PYTHON_CALL_END_WORDS, PYTHON_CODE_BYTES, PYTHON_EVERY_FRAME, PYTHON_FRAME_BYTES,
-    PYTHON_NO_FIELD, PYTHON_OWNER_CSTACK, PYTHON_THREAD_ID_PTHREAD, PythonEnd, PythonFrame,
-    PythonLayout, PythonProcess, PythonStack,
+    PYTHON_NO_FIELD, PYTHON_OWNER_CSTACK, PythonEnd, PythonFrame, PythonLayout, PythonProcess,
+    PythonStack,
 };
 
 use crate::stacks::{UNWINDERS, Unwinder};
@@ -156,13 +155,8 @@ fn current_frame(process: &PythonProcess) -> Result<u64, PythonEnd> {
         return Err(PythonEnd::NoThreadState);
     }
     let layout = &process.layout;
-    let thread_id = read_user::<u64>(thread_state + u64::from(layout.thread_id))?;
-    let expected = if layout.thread_id_kind == PYTHON_THREAD_ID_PTHREAD {
-        fsbase
-    } else {
-        thread_id_in_namespace(process)
-    };
-    if thread_id != expected {
+    // glibc's pthread_self() is the thread's TLS base.
+    if read_user::<u64>(thread_state + u64::from(layout.thread_id))? != fsbase {
         return Err(PythonEnd::OtherThread);
     }
     let holder = if layout.thread_frame_holder == PYTHON_NO_FIELD {
@@ -174,28 +168,6 @@ fn current_frame(process: &PythonProcess) -> Result<u64, PythonEnd> {
         return Err(PythonEnd::NoThreadState);
     }
     read_user::<u64>(holder + u64::from(layout.holder_current_frame))
-}
-
-/// The running thread's id as the process's own pid namespace numbers it, as CPython
-/// stores it: in a container, not the host's.
-#[inline(always)]
-fn thread_id_in_namespace(process: &PythonProcess) -> u64 {
-    if process.pid_namespace_ino != 0 {
-        let mut ids = bpf_pidns_info { pid: 0, tgid: 0 };
-        // SAFETY: `ids` is writable and of the size passed.
-        let found = unsafe {
-            bpf_get_ns_current_pid_tgid(
-                process.pid_namespace_dev,
-                process.pid_namespace_ino,
-                &raw mut ids,
-                size_of::<bpf_pidns_info>() as u32,
-            )
-        };
-        if found == 0 {
-            return u64::from(ids.pid);
-        }
-    }
-    bpf_get_current_pid_tgid() & 0xffff_ffff
 }
 
 /// One `bpf_loop` iteration: 0 goes on, 1 stops. Private and not `#[no_mangle]`, so that

@@ -9,10 +9,7 @@
 use std::{fs, os::unix::fs::FileExt as _, path::Path};
 
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, ReadCache, SegmentFlags};
-use profiler_common::{
-    PYTHON_EVERY_FRAME, PYTHON_NO_FIELD, PYTHON_THREAD_ID_KERNEL, PYTHON_THREAD_ID_PTHREAD,
-    PythonLayout, PythonProcess,
-};
+use profiler_common::{PYTHON_EVERY_FRAME, PYTHON_NO_FIELD, PythonLayout, PythonProcess};
 
 use crate::{
     memory_map::{FileId, Mapping},
@@ -38,16 +35,6 @@ impl std::fmt::Display for Version {
             None => Ok(()),
         }
     }
-}
-
-/// Process `tgid`'s pid namespace: the kernel's `dev_t` of the namespace file system
-/// (`MKDEV(major, minor)`, not the encoding `stat` returns) and the namespace's inode.
-fn pid_namespace(tgid: u32) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt as _;
-    let namespace = fs::metadata(format!("/proc/{tgid}/ns/pid")).ok()?;
-    let device = namespace.dev();
-    let kernel_device = (u64::from(libc::major(device)) << 20) | u64::from(libc::minor(device));
-    Some((kernel_device, namespace.ino()))
 }
 
 /// Where the fields userspace reads from Python objects sit, besides those the kernel
@@ -112,7 +99,7 @@ const KNOWN_LAYOUTS: [KnownLayout; 4] = [
             frame_is_entry: PYTHON_EVERY_FRAME,
             code_first_line: 40,
             code_qualname: 112,
-            thread_id_kind: PYTHON_THREAD_ID_PTHREAD,
+            _padding: 0,
         },
         objects: ObjectLayout {
             code_filename: 104,
@@ -126,14 +113,14 @@ const KNOWN_LAYOUTS: [KnownLayout; 4] = [
         kernel: PythonLayout {
             thread_frame_holder: 56,
             holder_current_frame: 8,
-            thread_id: 160,
+            thread_id: 152,
             frame_code: 32,
             frame_previous: 48,
             frame_owner: 69,
             frame_is_entry: 68,
             code_first_line: 72,
             code_qualname: 128,
-            thread_id_kind: PYTHON_THREAD_ID_KERNEL,
+            _padding: 0,
         },
         objects: ObjectLayout {
             code_filename: 112,
@@ -147,14 +134,14 @@ const KNOWN_LAYOUTS: [KnownLayout; 4] = [
         kernel: PythonLayout {
             thread_frame_holder: 56,
             holder_current_frame: 0,
-            thread_id: 144,
+            thread_id: 136,
             frame_code: 0,
             frame_previous: 8,
             frame_owner: 70,
             frame_is_entry: PYTHON_NO_FIELD,
             code_first_line: 68,
             code_qualname: 128,
-            thread_id_kind: PYTHON_THREAD_ID_KERNEL,
+            _padding: 0,
         },
         objects: OBJECTS_SINCE_3_12,
     },
@@ -164,14 +151,14 @@ const KNOWN_LAYOUTS: [KnownLayout; 4] = [
         kernel: PythonLayout {
             thread_frame_holder: PYTHON_NO_FIELD,
             holder_current_frame: 72,
-            thread_id: 160,
+            thread_id: 152,
             frame_code: 0,
             frame_previous: 8,
             frame_owner: 70,
             frame_is_entry: PYTHON_NO_FIELD,
             code_first_line: 68,
             code_qualname: 128,
-            thread_id_kind: PYTHON_THREAD_ID_KERNEL,
+            _padding: 0,
         },
         objects: OBJECTS_SINCE_3_12,
     },
@@ -239,7 +226,6 @@ pub fn detect(tgid: u32, mappings: &[Mapping]) -> Result<Option<Interpreter>, St
                 .map_err(|reason| format!("{}: CPython {version}: {reason}", path.display()))?,
             _ => layout.kernel,
         };
-        let (pid_namespace_dev, pid_namespace_ino) = pid_namespace(tgid).unwrap_or_default();
         let code_type = symbols
             .code_type
             .ok_or_else(|| format!("{}: no PyCode_Type symbol", path.display()))?
@@ -249,8 +235,6 @@ pub fn detect(tgid: u32, mappings: &[Mapping]) -> Result<Option<Interpreter>, St
             file: id.clone(),
             kernel: PythonProcess {
                 thread_state_key: runtime + layout.thread_state_key,
-                pid_namespace_dev,
-                pid_namespace_ino,
                 layout: kernel,
             },
             code_type,
@@ -353,7 +337,7 @@ fn is_free_threaded(path: &Path) -> bool {
 mod debug_offsets {
     pub const FREE_THREADED: usize = 2;
     pub const THREAD_CURRENT_FRAME: usize = 23;
-    pub const THREAD_NATIVE_ID: usize = 25;
+    pub const THREAD_ID: usize = 24;
     pub const FRAME_PREVIOUS: usize = 29;
     pub const FRAME_EXECUTABLE: usize = 30;
     pub const FRAME_OWNER: usize = 33;
@@ -391,7 +375,7 @@ fn checked_against_debug_offsets(
             debug_offsets::THREAD_CURRENT_FRAME,
             kernel.holder_current_frame,
         ),
-        (debug_offsets::THREAD_NATIVE_ID, kernel.thread_id),
+        (debug_offsets::THREAD_ID, kernel.thread_id),
         (debug_offsets::FRAME_PREVIOUS, kernel.frame_previous),
         (debug_offsets::FRAME_EXECUTABLE, kernel.frame_code),
         (debug_offsets::FRAME_OWNER, kernel.frame_owner),
