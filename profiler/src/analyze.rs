@@ -279,7 +279,8 @@ pub struct FunctionShare {
 pub struct PathStep {
     /// The frame.
     pub frame: Frame,
-    /// Share of all samples that pass through this step.
+    /// Share of all samples whose stacks pass through the function, whatever their root:
+    /// its inclusive share, as the rules count it.
     pub share: f64,
     /// Whether the function is a hotspot.
     pub hotspot: bool,
@@ -434,37 +435,63 @@ pub fn analyze(
     }
 }
 
-/// Follows the heaviest child from the root, and keeps the path down to its deepest
-/// hotspot; empty when there is no hotspot on it.
+/// Follows the heaviest callee from the heaviest root, and keeps the path down to its
+/// deepest hotspot; empty when there is no hotspot on it.
+///
+/// Each step is taken on the view where a function's share is its share over all roots,
+/// as the rules and the hotspots count it: after a step, the stacks followed are every
+/// stack through that function (from its deepest occurrence, so that recursion does not
+/// repeat it), not only those under the steps before it. With a main thread and worker
+/// threads running the same `handle_request`, the path reaches it from the heavier root
+/// and shows it at its whole share.
 fn hot_path(
     profile: &Profile,
     hotspots: &[FunctionShare],
     share: &dyn Fn(u64) -> f64,
 ) -> Vec<PathStep> {
-    let mut path = Vec::new();
-    // The stacks that pass through the path so far, and how deep the path is.
-    let mut stacks: Vec<usize> = (0..profile.stacks.len()).collect();
+    let mut path: Vec<PathStep> = Vec::new();
+    let mut on_path: Vec<usize> = Vec::new();
+    // Each stack followed, with the index of its next frame.
+    let mut followed: Vec<(usize, usize)> =
+        (0..profile.stacks.len()).map(|stack| (stack, 0)).collect();
+    // Each step adds a function not on the path yet, so the walk ends.
     loop {
-        let depth = path.len();
-        let mut children: HashMap<usize, u64> = HashMap::new();
-        for &stack in &stacks {
-            if let Some(&frame) = profile.stacks[stack].frames.get(depth) {
-                *children.entry(frame).or_default() += profile.stacks[stack].count;
+        let mut callees: HashMap<usize, u64> = HashMap::new();
+        for &(stack, next) in &followed {
+            let stack = &profile.stacks[stack];
+            if let Some(&frame) = stack.frames.get(next)
+                && !on_path.contains(&frame)
+            {
+                *callees.entry(frame).or_default() += stack.count;
             }
         }
-        let Some((frame, count)) = children
+        let Some(next) = callees
             .into_iter()
             .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            .map(|(frame, _)| frame)
         else {
             break;
         };
-        stacks.retain(|&stack| profile.stacks[stack].frames.get(depth) == Some(&frame));
-        let frame = &profile.frames[frame];
+        followed = profile
+            .stacks
+            .iter()
+            .enumerate()
+            .filter_map(|(index, stack)| {
+                let deepest = stack.frames.iter().rposition(|&frame| frame == next)?;
+                Some((index, deepest + 1))
+            })
+            .collect();
+        let count = followed
+            .iter()
+            .map(|&(stack, _)| profile.stacks[stack].count)
+            .sum();
+        let frame = &profile.frames[next];
         path.push(PathStep {
             frame: frame.clone(),
             share: share(count),
             hotspot: hotspots.iter().any(|hotspot| hotspot.frame == *frame),
         });
+        on_path.push(next);
     }
     let deepest_hotspot = path.iter().rposition(|step| step.hotspot);
     path.truncate(deepest_hotspot.map_or(0, |last| last + 1));
@@ -555,6 +582,67 @@ mod tests {
                 ("matmul", true)
             ]
         );
+    }
+
+    #[test]
+    fn the_hot_path_gives_each_function_its_share_over_all_roots() {
+        // A main thread and two workers run the same request handler.
+        let profile = profile(&[
+            ("_start;main;serve;handle_request;predict;matmul", 30),
+            ("_start;main;serve;handle_request;parse", 19),
+            (
+                "clone3;start_thread;worker;handle_request;predict;matmul",
+                40,
+            ),
+            ("clone3;start_thread;worker;handle_request;parse", 11),
+        ]);
+        let analysis = analyze(
+            &profile,
+            &Observations::default(),
+            &AnalysisOptions::default(),
+        );
+        let path: Vec<(&str, f64, bool)> = analysis
+            .hot_path
+            .iter()
+            .map(|step| (step.frame.name.as_str(), step.share, step.hotspot))
+            .collect();
+        assert_eq!(
+            path,
+            vec![
+                ("clone3", 0.51, false),
+                ("start_thread", 0.51, false),
+                ("worker", 0.51, false),
+                ("handle_request", 1.0, true),
+                ("predict", 0.7, true),
+                ("matmul", 0.7, true),
+            ]
+        );
+        // Every share the path shows is the one the functions' table and the rules use.
+        for step in &analysis.hot_path {
+            assert_eq!(
+                step.share,
+                function(&analysis, &step.frame.name).total_share
+            );
+        }
+    }
+
+    #[test]
+    fn recursion_is_one_step_of_the_hot_path() {
+        let profile = profile(&[
+            ("main;predict;predict;predict;matmul", 70),
+            ("main;predict;io", 30),
+        ]);
+        let analysis = analyze(
+            &profile,
+            &Observations::default(),
+            &AnalysisOptions::default(),
+        );
+        let names: Vec<&str> = analysis
+            .hot_path
+            .iter()
+            .map(|step| step.frame.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["main", "predict", "matmul"]);
     }
 
     #[test]
