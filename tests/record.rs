@@ -370,6 +370,29 @@ fn command_mode_profiles_the_command_until_it_exits() {
     );
 }
 
+/// `-- sh -c '...'`: the shell starts the service in a process of its own, which the
+/// recording follows from its fork.
+#[test]
+fn a_service_that_a_shell_starts_is_followed() {
+    let dir = scratch("follow");
+    let truth_path = dir.join("truth.json");
+    // `; true` keeps the shell from exec'ing the service in its own process.
+    let script = format!(
+        "{} 2 3 0 {}; true",
+        phases_binary().display(),
+        truth_path.display()
+    );
+    let output = run(&mut record(&dir, &["-F", "199", "--", "sh", "-c", &script]));
+    assert_eq!(output.status.code(), Some(0));
+    let truth = Truth::read(&truth_path);
+    let measured = total_share(&report(&dir), "hot_phase");
+    assert!(
+        (measured - truth.hot_share()).abs() <= 0.05,
+        "hot_phase: the profile says {measured:.3}, the workload measured {:.3}",
+        truth.hot_share()
+    );
+}
+
 #[test]
 fn ctrl_c_writes_everything_and_detaches_every_probe() {
     let dir = scratch("ctrl-c");
@@ -396,6 +419,7 @@ fn ctrl_c_writes_everything_and_detaches_every_probe() {
     // The kernel keeps the first 15 bytes of a program's name.
     let ours: Vec<&str> = [
         program_names::SAMPLE_CPU,
+        program_names::SAMPLE_CPU_FILL,
         program_names::SYSCALL_ENTER,
         program_names::SYSCALL_EXIT,
         program_names::BLOCK_RQ_INSERT,
@@ -412,6 +436,8 @@ fn ctrl_c_writes_everything_and_detaches_every_probe() {
         program_names::ALLOC_RETURN,
         program_names::FREE_ENTER,
         program_names::PROCESS_EXEC,
+        program_names::PROCESS_FORK,
+        program_names::PROCESS_EXIT,
         program_names::HOLD_AT_ENTRY,
     ]
     .iter()

@@ -15,6 +15,13 @@ pub const MAX_STACK_DEPTH: usize = 127;
 /// How many processes one recording can target at once.
 pub const MAX_TARGETS: u32 = 1024;
 
+/// `TARGET_TGIDS` value of a process the user named (`--pid`, or the command).
+pub const TARGET_NAMED: u8 = 1;
+
+/// `TARGET_TGIDS` value of a process a target started, followed since its fork; its
+/// entry goes when it exits.
+pub const TARGET_FOLLOWED: u8 = 2;
+
 /// Size of the ring buffer that carries every streamed record, in bytes.
 ///
 /// A record with stacks is about 5 KiB (native and Python frames), so this holds about
@@ -159,6 +166,10 @@ pub mod program_names {
     pub const FREE_ENTER: &str = "free_enter";
     /// raw tracepoint `sched_process_exec`: a target's mappings are gone.
     pub const PROCESS_EXEC: &str = "process_exec";
+    /// raw tracepoint `sched_process_fork`: a target's new process becomes a target.
+    pub const PROCESS_FORK: &str = "process_fork";
+    /// raw tracepoint `sched_process_exit`: a followed process leaves the targets.
+    pub const PROCESS_EXIT: &str = "process_exit";
     /// uprobe on a started command's entry point: stops it until its tables are loaded.
     pub const HOLD_AT_ENTRY: &str = "hold_at_entry";
 }
@@ -179,6 +190,9 @@ pub mod global_names {
     /// `u64`: offset in the kernel's `task_struct` of `thread.fsbase`, a thread's TLS
     /// base, from the kernel's BTF; 0 when unknown, which turns the Python walk off.
     pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";
+    /// `u64`: offset in the kernel's `task_struct` of `tgid`, from the kernel's BTF; 0
+    /// when unknown, which leaves a command's new processes unfollowed.
+    pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
 }
 
 /// Tracepoint fields the BPF programs read. Their offsets differ between kernels, so

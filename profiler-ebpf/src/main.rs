@@ -6,6 +6,7 @@
 mod alloc;
 mod block_io;
 mod cpu;
+mod follow;
 mod offcpu;
 mod python;
 mod stacks;

@@ -21,8 +21,8 @@ use aya::{
 };
 use profiler_common::{
     AllocCounter, LiveAllocation, LiveAllocationKey, LossCounter, MAX_SYSCALLS, MAX_TARGETS,
-    ProcessMappings, PythonProcess, SAMPLE_INTERVAL_DRAWS, SyscallStats, global_names, map_names,
-    program_names,
+    ProcessMappings, PythonProcess, SAMPLE_INTERVAL_DRAWS, SyscallStats, TARGET_NAMED,
+    global_names, map_names, program_names,
 };
 
 use crate::{allocators::ProbePoint, exit::Failure, kernel_btf, tracefs};
@@ -162,6 +162,8 @@ pub struct ProbeSettings {
     pub events: EventSet,
     /// CPU samples per second of each thread's CPU time.
     pub frequency_hz: u32,
+    /// Whether the processes the targets start become targets too (`-- CMD`).
+    pub follow_children: bool,
     /// Syscalls at least this slow are streamed with their stacks.
     pub slow_syscall: Duration,
     /// Off-CPU spans shorter than this are dropped in the kernel.
@@ -189,6 +191,7 @@ impl Default for ProbeSettings {
         ProbeSettings {
             events: EventSet::CPU,
             frequency_hz: 99,
+            follow_children: false,
             slow_syscall: Duration::from_millis(10),
             offcpu_min: Duration::from_millis(1),
             alloc_sample_bytes: 0,
@@ -254,6 +257,11 @@ impl Probes {
         // Without it the kernel finds no Python thread state, and Python frames are off.
         let task_fsbase_offset =
             kernel_btf::member_offset("task_struct", &["thread", "fsbase"]).unwrap_or(0);
+        let task_tgid_offset = if settings.follow_children {
+            kernel_btf::member_offset("task_struct", &["tgid"]).unwrap_or(0)
+        } else {
+            0
+        };
         let mut loader = EbpfLoader::new();
         // The programs use no CO-RE relocations, so parsing the kernel's BTF (tens of
         // milliseconds) would buy nothing.
@@ -272,7 +280,8 @@ impl Probes {
                 &walk_frame_pointers,
                 true,
             )
-            .override_global(global_names::TASK_FSBASE_OFFSET, &task_fsbase_offset, true);
+            .override_global(global_names::TASK_FSBASE_OFFSET, &task_fsbase_offset, true)
+            .override_global(global_names::TASK_TGID_OFFSET, &task_tgid_offset, true);
         loader.map_max_entries(map_names::UNWIND_ROWS, unwind_rows.max(1));
         for (map, used) in MAPS_BY_EVENT {
             if !used(events) {
@@ -299,7 +308,7 @@ impl Probes {
     /// Adds a process to the set that the programs record.
     pub fn add_target(&mut self, tgid: u32) -> Result<(), Failure> {
         self.targets
-            .insert(tgid, 1, 0)
+            .insert(tgid, TARGET_NAMED, 0)
             .map_err(|error| match error {
                 MapError::SyscallError(SyscallError { io_error, .. })
                     if io_error.raw_os_error() == Some(libc::E2BIG) =>
@@ -339,6 +348,11 @@ impl Probes {
         // An exec makes the process's unwind tables stale.
         if self.settings.uses_unwind_tables() {
             self.attach_raw_tracepoint(program_names::PROCESS_EXEC, "sched_process_exec")?;
+        }
+        // Exit first: a followed process is never left in the table for want of it.
+        if self.settings.follow_children {
+            self.attach_raw_tracepoint(program_names::PROCESS_EXIT, "sched_process_exit")?;
+            self.attach_raw_tracepoint(program_names::PROCESS_FORK, "sched_process_fork")?;
         }
         Ok(())
     }

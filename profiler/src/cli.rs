@@ -153,6 +153,7 @@ impl RecordArgs {
             probes: ProbeSettings {
                 events: self.events,
                 frequency_hz: self.frequency,
+                follow_children: matches!(target, TargetSpec::Command(_)),
                 slow_syscall: Duration::from_secs_f64(self.slow_ms / 1e3),
                 offcpu_min: Duration::from_secs_f64(self.offcpu_min_us / 1e6),
                 alloc_sample_bytes: self.alloc_sample_bytes,

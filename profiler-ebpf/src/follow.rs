@@ -1,0 +1,55 @@
+//! Following a started command's new processes: a target's fork makes a target, so that
+//! `profiler record -- sh -c './service'` profiles the service, not only the shell.
+
+use aya_ebpf::{
+    EbpfContext as _, helpers::bpf_probe_read_kernel, macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use profiler_common::TARGET_FOLLOWED;
+
+use crate::{TARGET_TGIDS, current_thread};
+
+/// Set by userspace from the kernel's BTF: the offset of `tgid` in `task_struct`.
+#[unsafe(no_mangle)]
+static TASK_TGID_OFFSET: u64 = 0;
+
+/// A target forked: a child that is a new process (not a thread) becomes a target too.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn process_fork(ctx: RawTracePointContext) -> u32 {
+    let (tgid, _) = current_thread();
+    // SAFETY: only tested for presence.
+    if unsafe { TARGET_TGIDS.get(&tgid) }.is_none() {
+        return 0;
+    }
+    // SAFETY: the tracepoint's arguments are (parent, child) task pointers; the child's
+    // tgid is read through the checking helper.
+    let child_tgid = unsafe {
+        let child = *ctx.as_ptr().cast::<u64>().add(1) as *const u8;
+        let offset = core::ptr::read_volatile(&raw const TASK_TGID_OFFSET);
+        if offset == 0 {
+            return 0;
+        }
+        match bpf_probe_read_kernel(child.add(offset as usize).cast::<u32>()) {
+            Ok(child_tgid) => child_tgid,
+            Err(_) => return 0,
+        }
+    };
+    if child_tgid != tgid {
+        let _ = TARGET_TGIDS.insert(&child_tgid, &TARGET_FOLLOWED, 0);
+    }
+    0
+}
+
+/// A followed process's last thread ended: its slot in the target table is free again,
+/// so that a script that starts thousands of short commands does not fill it.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn process_exit(_ctx: RawTracePointContext) -> u32 {
+    let (tgid, tid) = current_thread();
+    // The group leader's exit stands for the process's: a leader that ends before its
+    // other threads (pthread_exit in main) stops their sampling early.
+    // SAFETY: the value is a u8 of this map.
+    if tgid == tid && unsafe { TARGET_TGIDS.get(&tgid) }.copied() == Some(TARGET_FOLLOWED) {
+        let _ = TARGET_TGIDS.remove(&tgid);
+    }
+    0
+}
