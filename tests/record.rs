@@ -393,6 +393,42 @@ fn a_service_that_a_shell_starts_is_followed() {
     );
 }
 
+/// `--pid --children` on a shell whose child already runs the service: the child is
+/// profiled with it.
+#[test]
+fn a_running_process_tree_is_profiled_with_its_children() {
+    let dir = scratch("children");
+    let truth_path = dir.join("truth.json");
+    let script = format!(
+        "{} 2 4 0 {}; true",
+        phases_binary().display(),
+        truth_path.display()
+    );
+    let mut shell = Command::new("sh").args(["-c", &script]).spawn().unwrap();
+    sleep(Duration::from_millis(300));
+    let output = run(&mut record(
+        &dir,
+        &[
+            "--pid",
+            &shell.id().to_string(),
+            "--children",
+            "--duration",
+            "2",
+            "-F",
+            "199",
+        ],
+    ));
+    assert_eq!(output.status.code(), Some(0));
+    assert!(shell.wait().unwrap().success());
+    let truth = Truth::read(&truth_path);
+    let measured = total_share(&report(&dir), "hot_phase");
+    assert!(
+        (measured - truth.hot_share()).abs() <= 0.05,
+        "hot_phase: the profile says {measured:.3}, the workload measured {:.3}",
+        truth.hot_share()
+    );
+}
+
 #[test]
 fn ctrl_c_writes_everything_and_detaches_every_probe() {
     let dir = scratch("ctrl-c");

@@ -162,7 +162,8 @@ pub struct ProbeSettings {
     pub events: EventSet,
     /// CPU samples per second of each thread's CPU time.
     pub frequency_hz: u32,
-    /// Whether the processes the targets start become targets too (`-- CMD`).
+    /// Whether the processes the targets start become targets too (`-- CMD`,
+    /// `--pid --children`).
     pub follow_children: bool,
     /// Syscalls at least this slow are streamed with their stacks.
     pub slow_syscall: Duration,

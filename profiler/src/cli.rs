@@ -57,6 +57,11 @@ struct RecordArgs {
     #[arg(short, long = "pid", value_name = "PID")]
     pids: Vec<u32>,
 
+    /// With --pid: also profile the processes each PID started, theirs in turn, and
+    /// those they start while recording (a gunicorn master and its workers).
+    #[arg(long, requires = "pids", conflicts_with = "command")]
+    children: bool,
+
     /// Stop after this many seconds (default: when stopped or when the targets exit).
     #[arg(short, long, value_name = "SECS", value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -153,7 +158,7 @@ impl RecordArgs {
             probes: ProbeSettings {
                 events: self.events,
                 frequency_hz: self.frequency,
-                follow_children: matches!(target, TargetSpec::Command(_)),
+                follow_children: self.children || matches!(target, TargetSpec::Command(_)),
                 slow_syscall: Duration::from_secs_f64(self.slow_ms / 1e3),
                 offcpu_min: Duration::from_secs_f64(self.offcpu_min_us / 1e6),
                 alloc_sample_bytes: self.alloc_sample_bytes,

@@ -31,6 +31,32 @@ pub fn is_alive(pid: u32) -> bool {
     !matches!(state, None | Some("Z" | "X"))
 }
 
+/// `pid` and every process it started that still runs, their children included: the
+/// tree a `--pid --children` recording starts with.
+pub fn with_descendants(pid: u32) -> Vec<u32> {
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while let Some(&process) = tree.get(next) {
+        next += 1;
+        // Each thread lists the processes it forked.
+        let threads = fs::read_dir(format!("/proc/{process}/task"))
+            .into_iter()
+            .flatten();
+        for thread in threads.flatten() {
+            let children = fs::read_to_string(thread.path().join("children")).unwrap_or_default();
+            for child in children
+                .split_whitespace()
+                .filter_map(|child| child.parse().ok())
+            {
+                if !tree.contains(&child) {
+                    tree.push(child);
+                }
+            }
+        }
+    }
+    tree
+}
+
 /// The process's command name, or `?` once it is gone.
 pub fn process_name(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm"))

@@ -49,6 +49,12 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
     };
     let outputs = OutputFiles::create(&options.outputs, options.probes.events)?;
     let pids: Vec<u32> = match &options.target {
+        TargetSpec::Pids(pids) if options.probes.follow_children => dedup(
+            &pids
+                .iter()
+                .flat_map(|&pid| target::with_descendants(pid))
+                .collect::<Vec<_>>(),
+        ),
         TargetSpec::Pids(pids) => dedup(pids),
         TargetSpec::Command(_) => command.iter().map(HeldCommand::pid).collect(),
     };
