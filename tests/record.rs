@@ -393,6 +393,51 @@ fn a_service_that_a_shell_starts_is_followed() {
     );
 }
 
+/// Two services a shell starts: each is a process of its own in the report, and the
+/// root frame of its stacks, with its measured share of the CPU time.
+#[test]
+fn processes_a_shell_starts_are_told_apart() {
+    let dir = scratch("two-processes");
+    let truths = [dir.join("first.json"), dir.join("second.json")];
+    let script = format!(
+        "{binary} 1 2 0 {first} & {binary} 2 2 0 {second}; wait",
+        binary = phases_binary().display(),
+        first = truths[0].display(),
+        second = truths[1].display()
+    );
+    let output = run(&mut record(&dir, &["-F", "199", "--", "sh", "-c", &script]));
+    assert_eq!(output.status.code(), Some(0));
+    let process_ns: Vec<f64> = truths
+        .iter()
+        .map(|truth| Truth::read(truth).0["process_ns"].as_f64().unwrap())
+        .collect();
+    let report = report(&dir);
+    let processes = report["cpu"]["processes"].as_array().unwrap();
+    let phases: Vec<&Value> = processes
+        .iter()
+        .filter(|process| process["name"] == "phases")
+        .collect();
+    assert_eq!(phases.len(), 2, "{processes:?}");
+    // The second service runs two threads to the first's one.
+    let shares: Vec<f64> = phases
+        .iter()
+        .map(|process| process["share"].as_f64().unwrap())
+        .collect();
+    let measured_second = process_ns[1] / (process_ns[0] + process_ns[1]);
+    let profiled_second = shares[0].max(shares[1]);
+    assert!(
+        (profiled_second - measured_second).abs() <= 0.05,
+        "the busier service holds {profiled_second:.3} of the samples, it measured {measured_second:.3}"
+    );
+    let folded = fs::read_to_string(dir.join("stacks.folded")).unwrap();
+    assert!(
+        folded
+            .lines()
+            .all(|line| line.starts_with("phases [") || line.starts_with("sh [")),
+        "a stack without its process's root frame: {folded}"
+    );
+}
+
 /// `--pid --children` on a shell whose child already runs the service: the child is
 /// profiled with it.
 #[test]

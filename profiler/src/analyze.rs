@@ -209,7 +209,8 @@ pub fn function_matches(function: &str, frame: &Frame) -> bool {
     if let Some(python) = &frame.python {
         return python.is_named(function);
     }
-    name_matches(function, &frame.name)
+    // A process's root frame names a process, not a function.
+    frame.process.is_none() && name_matches(function, &frame.name)
 }
 
 /// [`function_matches`] on a native function's name.
@@ -373,6 +374,7 @@ pub fn analyze(
     let is_hotspot = |function: &FunctionShare| {
         samples > 0
             && function.total_share >= options.hotspot_threshold
+            && function.frame.process.is_none()
             && !is_process_root(&function.frame.name)
     };
     let hotspots: Vec<FunctionShare> = functions

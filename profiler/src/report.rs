@@ -20,6 +20,46 @@ use crate::{
 /// counts in its syscall's distribution regardless.
 pub const SLOW_CALLS_KEPT: usize = 1000;
 
+/// One process's part of the CPU samples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessShare {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command name.
+    pub name: String,
+    /// Its CPU samples.
+    pub samples: u64,
+    /// Its threads that were sampled.
+    pub threads: usize,
+}
+
+impl Report {
+    /// Each sampled process's part of the CPU samples, most samples first.
+    pub fn processes(&self) -> Vec<ProcessShare> {
+        let mut processes: Vec<ProcessShare> = Vec::new();
+        for &((pid, _), samples) in &self.threads {
+            match processes.iter_mut().find(|process| process.pid == pid) {
+                Some(process) => {
+                    process.samples += samples;
+                    process.threads += 1;
+                }
+                None => processes.push(ProcessShare {
+                    pid,
+                    name: self
+                        .process_names
+                        .get(&pid)
+                        .cloned()
+                        .unwrap_or_else(|| "?".to_owned()),
+                    samples,
+                    threads: 1,
+                }),
+            }
+        }
+        processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
+        processes
+    }
+}
+
 /// Why the recording stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -227,6 +267,8 @@ pub struct Report {
     pub probes: ProbeSettings,
     /// Samples per (pid, tid).
     pub threads: Vec<((u32, u32), u64)>,
+    /// Every process sampled, with its command name, by pid.
+    pub process_names: BTreeMap<u32, String>,
     /// Everything lost.
     pub losses: Losses,
     /// How complete the stacks were.

@@ -37,6 +37,8 @@ pub struct Frame {
     pub kernel: bool,
     /// The Python function, for a Python frame.
     pub python: Option<PythonFunction>,
+    /// The pid, for the root frame that names a process in a profile of several.
+    pub process: Option<u32>,
 }
 
 impl Frame {
@@ -46,6 +48,15 @@ impl Frame {
             name: name.into(),
             kernel,
             python: None,
+            process: None,
+        }
+    }
+
+    /// The root frame of process `pid` named `name`: `model-server [4242]`.
+    pub fn process(pid: u32, name: &str) -> Self {
+        Frame {
+            process: Some(pid),
+            ..Frame::native(format!("{name} [{pid}]"), false)
         }
     }
 }
@@ -188,14 +199,28 @@ impl Names {
 
     /// The named, weighted stacks of `counts`, as [`Names::frames`] or, for stacks
     /// captured by a tracepoint program, [`Names::frames_below_tracepoint`] names them.
-    pub fn profile(&self, counts: &StackCounts, captured: Capture) -> Profile {
+    /// When the stacks come from several processes, each starts at its process's root
+    /// frame, named from `process_names`, as `perf script` tells them apart.
+    pub fn profile(
+        &self,
+        counts: &StackCounts,
+        captured: Capture,
+        process_names: &HashMap<u32, String>,
+    ) -> Profile {
+        let mut processes = counts.stacks().map(|(key, _)| key.tgid);
+        let first = processes.next();
+        let several = processes.any(|tgid| Some(tgid) != first);
         let mut profile = ProfileBuilder::default();
         for (key, weight) in counts.stacks() {
             let frames = match captured {
                 Capture::Sampled => self.frames(key),
                 Capture::AtTracepoint => self.frames_below_tracepoint(key),
             };
-            profile.push(frames, weight);
+            let root = several.then(|| {
+                let name = process_names.get(&key.tgid).map_or("?", String::as_str);
+                Frame::process(key.tgid, name)
+            });
+            profile.push(root.into_iter().chain(frames), weight);
         }
         profile.build()
     }

@@ -81,9 +81,8 @@ pub fn interleave(
     let python_frame = |frame: &PythonFrameRef| {
         let function = &functions[frame.function as usize];
         Frame {
-            name: function.label(),
-            kernel: false,
             python: Some(function.clone()),
+            ..Frame::native(function.label(), false)
         }
     };
     let root_first =
@@ -124,13 +123,7 @@ mod tests {
     fn native(names: &[&str]) -> Vec<Vec<Frame>> {
         names
             .iter()
-            .map(|name| {
-                vec![Frame {
-                    name: (*name).to_owned(),
-                    kernel: false,
-                    python: None,
-                }]
-            })
+            .map(|name| vec![Frame::native(*name, false)])
             .collect()
     }
 

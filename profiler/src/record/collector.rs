@@ -23,6 +23,7 @@ use crate::{
     stream::Event,
     symbolize::{Capture, Frame, Names, ProfileBuilder, Symbolizer},
     syscall_names::syscall_name,
+    target,
     unwind::UnwindTables,
 };
 
@@ -51,6 +52,9 @@ pub(super) struct Collector {
     io: IoTable,
     /// Allocating stacks by id.
     alloc_stacks: HashMap<u64, StackKey>,
+    /// Each process's command name, read at its last map read while it ran: after an
+    /// `exec`, the new program's.
+    process_names: HashMap<u32, String>,
 }
 
 /// Adds a record's stack to `counts` with `weight`; a stack not seen before may hold
@@ -167,6 +171,9 @@ impl Collector {
     /// the mapped files while the process lives, and to the unwind tables.
     fn follow_maps(&mut self) {
         for tgid in self.maps.take_updated() {
+            if target::is_alive(tgid) {
+                self.process_names.insert(tgid, target::process_name(tgid));
+            }
             let mappings = self.maps.mappings(tgid);
             self.symbolizer.keep_files(tgid, mappings);
             self.python.observe(tgid, mappings);
@@ -291,13 +298,14 @@ impl Collector {
                 self.name_leaks(allocations, &names, options.leak_min_age, finished.duration)
             },
         );
-        let profile = names.profile(&self.cpu, Capture::Sampled);
+        let profile = names.profile(&self.cpu, Capture::Sampled, &self.process_names);
         let observations = Observations {
             syscalls: &finished.syscalls,
             leaked_bytes: leaks.candidate_bytes(),
         };
         let analysis = analyze(&profile, &observations, &options.analysis);
-        let offcpu_profile = names.profile(&self.offcpu, Capture::AtTracepoint);
+        let offcpu_profile =
+            names.profile(&self.offcpu, Capture::AtTracepoint, &self.process_names);
         let offcpu = OffCpu {
             functions: analyze(
                 &offcpu_profile,
@@ -333,6 +341,7 @@ impl Collector {
             duration: finished.duration,
             probes: options.probes,
             threads: self.cpu.threads().collect(),
+            process_names: self.process_names.into_iter().collect(),
             losses: finished.losses,
             stack_quality: StackQuality {
                 tables: self

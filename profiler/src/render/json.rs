@@ -60,6 +60,13 @@ pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
             "threads": report.threads.iter().map(|&((pid, tid), samples)| {
                 json!({"pid": pid, "tid": tid, "samples": samples})
             }).collect::<Vec<_>>(),
+            "processes": report.processes().iter().map(|process| json!({
+                "pid": process.pid,
+                "name": process.name,
+                "samples": process.samples,
+                "share": process.samples as f64 / analysis.samples.max(1) as f64,
+                "threads": process.threads,
+            })).collect::<Vec<_>>(),
             "functions": analysis.functions.iter().map(function).collect::<Vec<_>>(),
             "hotspots": analysis.hotspots.iter().map(|hotspot| json!({
                 "name": hotspot.frame.name,
@@ -163,16 +170,20 @@ fn with(mut object: Value, extra: Value) -> Value {
 /// What names a function: its name, where it runs, and for Python functions their
 /// file, definition line and module.
 fn frame_fields(frame: &Frame) -> Value {
-    let language = match (&frame.python, frame.kernel) {
-        (Some(_), _) => "python",
-        (None, true) => "kernel",
-        (None, false) => "native",
+    let language = match (&frame.python, frame.kernel, frame.process) {
+        (_, _, Some(_)) => "process",
+        (Some(_), _, _) => "python",
+        (None, true, _) => "kernel",
+        (None, false, _) => "native",
     };
     let mut fields = json!({
         "name": frame.name,
         "kernel": frame.kernel,
         "language": language,
     });
+    if let Some(pid) = frame.process {
+        fields["pid"] = json!(pid);
+    }
     if let Some(python) = &frame.python {
         fields = with(
             fields,

@@ -254,6 +254,29 @@ fn stack_quality_text(quality: &StackQuality) -> String {
     out + ".\n"
 }
 
+/// Each process's part of the samples, when there are several.
+fn processes_text(report: &Report, samples: u64) -> String {
+    let processes = report.processes();
+    if processes.len() < 2 {
+        return String::new();
+    }
+    let mut out = format!(
+        "Processes: {}\n   share  samples  threads  process\n",
+        processes.len()
+    );
+    for process in processes {
+        out += &format!(
+            "{:>8} {:>8} {:>8}  {} [{}]\n",
+            percent(process.samples as f64 / samples.max(1) as f64),
+            process.samples,
+            process.threads,
+            process.name,
+            process.pid
+        );
+    }
+    out
+}
+
 fn cpu_text(report: &Report, top: usize) -> String {
     let analysis = &report.analysis;
     let threads = report.threads.len();
@@ -271,6 +294,7 @@ fn cpu_text(report: &Report, top: usize) -> String {
             "Warning: {lost} samples were lost because the ring buffer was full; shares are computed from the samples kept.\n",
         );
     }
+    out += &processes_text(report, analysis.samples);
     out += &stack_quality_text(&report.stack_quality);
     out += &python_text(&report.python);
     if analysis.samples == 0 {
