@@ -247,6 +247,24 @@ fn a_python_service_in_its_own_pid_namespace_is_walked() {
     }
 }
 
+/// A worker forked from the service, as multiprocessing and gunicorn make them: its
+/// stacks unwind, and its Python frames are walked, from its first sample, before
+/// userspace has read its memory map.
+#[test]
+fn a_forked_worker_is_walked_from_its_first_sample() {
+    for version in VERSIONS {
+        let run = profile(version, "fork", "2", &["-F", "499"]);
+        let processes = run.report["cpu"]["processes"].as_array().unwrap();
+        assert_eq!(processes.len(), 2, "{version}: {processes:?}");
+        let stacks = &run.report["stacks"]["cpu"];
+        assert!(
+            stacks["complete"].as_f64().unwrap() >= 0.98,
+            "{version}: {stacks}"
+        );
+        assert_walked(&run, version, 0.98);
+    }
+}
+
 /// The process `parent` forked, once it has.
 fn forked_child(parent: u32) -> u32 {
     for _ in 0..100 {

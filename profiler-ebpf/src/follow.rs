@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use profiler_common::TARGET_FOLLOWED;
 
-use crate::{TARGET_TGIDS, current_thread};
+use crate::{TARGET_TGIDS, current_thread, stacks};
 
 /// Set by userspace from the kernel's BTF: the offset of `tgid` in `task_struct`.
 #[unsafe(no_mangle)]
@@ -36,12 +36,14 @@ pub fn process_fork(ctx: RawTracePointContext) -> u32 {
     };
     if child_tgid != tgid {
         let _ = TARGET_TGIDS.insert(&child_tgid, &TARGET_FOLLOWED, 0);
+        stacks::inherit(tgid, child_tgid);
     }
     0
 }
 
-/// A followed process's last thread ended: its slot in the target table is free again,
-/// so that a script that starts thousands of short commands does not fill it.
+/// A followed process's last thread ended: its slots in the target, mapping and Python
+/// tables are free again, so that a script that starts thousands of short commands
+/// does not fill them.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn process_exit(_ctx: RawTracePointContext) -> u32 {
     let (tgid, tid) = current_thread();
@@ -50,6 +52,7 @@ pub fn process_exit(_ctx: RawTracePointContext) -> u32 {
     // SAFETY: the value is a u8 of this map.
     if tgid == tid && unsafe { TARGET_TGIDS.get(&tgid) }.copied() == Some(TARGET_FOLLOWED) {
         let _ = TARGET_TGIDS.remove(&tgid);
+        stacks::forget(tgid);
     }
     0
 }

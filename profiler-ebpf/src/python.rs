@@ -57,11 +57,20 @@ struct PythonWalk {
 #[map]
 static PYTHON_WALKS: PerCpuArray<PythonWalk> = PerCpuArray::with_max_entries(UNWINDERS, 0);
 
-/// Forgets how to walk a process that replaced its program: userspace looks for an
-/// interpreter in the new one.
+/// Forgets how to walk a process that replaced its program (userspace looks for an
+/// interpreter in the new one) or exited.
 #[inline(always)]
 pub fn forget(tgid: u32) {
     let _ = PYTHON_PROCESSES.remove(&tgid);
+}
+
+/// Walks a forked process as its parent: the interpreter's memory is the same.
+#[inline(always)]
+pub fn inherit(parent: u32, child: u32) {
+    // SAFETY: map values live while the program runs; the copy is made by the helper.
+    if let Some(process) = unsafe { PYTHON_PROCESSES.get(&parent) } {
+        let _ = PYTHON_PROCESSES.insert(&child, process, 0);
+    }
 }
 
 /// Walks the running thread's Python frames into `out`; a process that is not a walked

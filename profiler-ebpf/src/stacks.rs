@@ -305,10 +305,28 @@ fn at_most(a: u64, b: u64) -> u64 {
 pub fn process_exec(_ctx: RawTracePointContext) -> u32 {
     let (tgid, _) = current_thread();
     if is_target(tgid) {
-        let _ = PROCESS_MAPPINGS.remove(&tgid);
-        python::forget(tgid);
+        forget(tgid);
     }
     0
+}
+
+/// Forgets a process's mappings and Python layout: it exec'd or exited.
+#[inline(always)]
+pub fn forget(tgid: u32) {
+    let _ = PROCESS_MAPPINGS.remove(&tgid);
+    python::forget(tgid);
+}
+
+/// Gives a forked process its parent's mappings and Python layout: until it execs it
+/// maps the same files at the same addresses, so its first stacks unwind whole before
+/// userspace has read its map.
+#[inline(always)]
+pub fn inherit(parent: u32, child: u32) {
+    // SAFETY: map values live while the program runs; the copy is made by the helper.
+    if let Some(mappings) = unsafe { PROCESS_MAPPINGS.get(&parent) } {
+        let _ = PROCESS_MAPPINGS.insert(&child, mappings, 0);
+    }
+    python::inherit(parent, child);
 }
 
 /// `SIGSTOP` from `asm-generic/signal.h`.

@@ -199,8 +199,20 @@ def deep(deadline):
     recurse(depth, deadline)
 
 
+def forked(deadline):
+    """A worker process forked from this one, as multiprocessing and gunicorn make
+    them: the child runs the request loop and writes the measurements."""
+    child = os.fork()
+    if child == 0:
+        request_loop(deadline)
+        return
+    os.waitpid(child, 0)
+    os._exit(0)
+
+
 MODES = {
     "loop": request_loop,
+    "fork": forked,
     "released": released,
     "threads": thread_per_request,
     "blocked": blocked,
