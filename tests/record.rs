@@ -64,6 +64,27 @@ fn start_phases(dir: &Path, threads: u32, seconds: f64, delay_ms: u32) -> Child 
         .unwrap()
 }
 
+/// Asserts that hot_phase holds the share of the CPU time the workload measured,
+/// within `tolerance`.
+fn assert_hot_share(report: &Value, truth: &Truth, tolerance: f64) {
+    let measured = total_share(report, "hot_phase");
+    let expected = truth.hot_share();
+    assert!(
+        (measured - expected).abs() <= tolerance,
+        "hot_phase: the profile says {measured:.3}, the workload measured {expected:.3}"
+    );
+}
+
+/// A `sh -c` script that runs `phases THREADS SECONDS 0 TRUTH` in a child process of
+/// the shell: `; true` keeps the shell from exec'ing it in its own.
+fn phases_in_shell(threads: u32, seconds: u32, truth: &Path) -> String {
+    format!(
+        "{} {threads} {seconds} 0 {}; true",
+        phases_binary().display(),
+        truth.display()
+    )
+}
+
 fn report(dir: &Path) -> Value {
     read_json(&dir.join("report.json"))
 }
@@ -90,12 +111,8 @@ fn dominant_function_share_matches_the_workloads_thread_cpu_time() {
 
     let truth = Truth::read(&dir.join("truth.json"));
     let report = report(&dir);
-    let measured = total_share(&report, "hot_phase");
+    assert_hot_share(&report, &truth, 0.05);
     let expected = truth.hot_share();
-    assert!(
-        (measured - expected).abs() <= 0.05,
-        "hot_phase: profiler says {measured:.3}, the workload measured {expected:.3}"
-    );
     let cold = total_share(&report, "cold_phase");
     assert!(
         (cold - (1.0 - expected)).abs() <= 0.05,
@@ -362,12 +379,7 @@ fn command_mode_profiles_the_command_until_it_exits() {
             .iter()
             .any(|thread| thread["tid"] == truth.tids()[0])
     );
-    let measured = total_share(&report, "hot_phase");
-    assert!(
-        (measured - truth.hot_share()).abs() <= 0.08,
-        "{measured} vs {}",
-        truth.hot_share()
-    );
+    assert_hot_share(&report, &truth, 0.08);
 }
 
 /// `-- sh -c '...'`: the shell starts the service in a process of its own, which the
@@ -376,21 +388,10 @@ fn command_mode_profiles_the_command_until_it_exits() {
 fn a_service_that_a_shell_starts_is_followed() {
     let dir = scratch("follow");
     let truth_path = dir.join("truth.json");
-    // `; true` keeps the shell from exec'ing the service in its own process.
-    let script = format!(
-        "{} 2 3 0 {}; true",
-        phases_binary().display(),
-        truth_path.display()
-    );
+    let script = phases_in_shell(2, 3, &truth_path);
     let output = run(&mut record(&dir, &["-F", "199", "--", "sh", "-c", &script]));
     assert_eq!(output.status.code(), Some(0));
-    let truth = Truth::read(&truth_path);
-    let measured = total_share(&report(&dir), "hot_phase");
-    assert!(
-        (measured - truth.hot_share()).abs() <= 0.05,
-        "hot_phase: the profile says {measured:.3}, the workload measured {:.3}",
-        truth.hot_share()
-    );
+    assert_hot_share(&report(&dir), &Truth::read(&truth_path), 0.05);
 }
 
 /// Two services a shell starts: each is a process of its own in the report, and the
@@ -444,11 +445,7 @@ fn processes_a_shell_starts_are_told_apart() {
 fn a_running_process_tree_is_profiled_with_its_children() {
     let dir = scratch("children");
     let truth_path = dir.join("truth.json");
-    let script = format!(
-        "{} 2 4 0 {}; true",
-        phases_binary().display(),
-        truth_path.display()
-    );
+    let script = phases_in_shell(2, 4, &truth_path);
     let mut shell = Command::new("sh").args(["-c", &script]).spawn().unwrap();
     sleep(Duration::from_millis(300));
     let output = run(&mut record(
@@ -465,13 +462,7 @@ fn a_running_process_tree_is_profiled_with_its_children() {
     ));
     assert_eq!(output.status.code(), Some(0));
     assert!(shell.wait().unwrap().success());
-    let truth = Truth::read(&truth_path);
-    let measured = total_share(&report(&dir), "hot_phase");
-    assert!(
-        (measured - truth.hot_share()).abs() <= 0.05,
-        "hot_phase: the profile says {measured:.3}, the workload measured {:.3}",
-        truth.hot_share()
-    );
+    assert_hot_share(&report(&dir), &Truth::read(&truth_path), 0.05);
 }
 
 #[test]
