@@ -18,7 +18,7 @@ use serde_json::Value;
 
 mod common;
 use common::{
-    INTERRUPTED, NO_TARGET, OUTPUT, PRIVILEGES, RULE_FIRED, TARGET_EXITED, compile_workload,
+    INPUT, INTERRUPTED, NO_TARGET, OUTPUT, PRIVILEGES, RULE_FIRED, TARGET_EXITED, compile_workload,
     entries_where, profiler, read_json, record, run, scratch, stderr_line,
 };
 
@@ -83,6 +83,21 @@ fn phases_in_shell(threads: u32, seconds: u32, truth: &Path) -> String {
         phases_binary().display(),
         truth.display()
     )
+}
+
+/// The `<title>` of each frame of a flame graph, checking that it is well-formed XML.
+fn svg_frame_titles(svg: &str) -> Vec<String> {
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true, // inferno declares the SVG 1.1 DTD
+        ..roxmltree::ParsingOptions::default()
+    };
+    let document =
+        roxmltree::Document::parse_with_options(svg, options).expect("the SVG is well-formed XML");
+    document
+        .descendants()
+        .filter(|node| node.has_tag_name("title"))
+        .filter_map(|node| node.text().map(str::to_owned))
+        .collect()
 }
 
 fn report(dir: &Path) -> Value {
@@ -165,17 +180,7 @@ fn outputs_are_a_valid_svg_collapsed_stacks_and_a_json_report() {
     assert_eq!(output.status.code(), Some(0));
 
     let svg = fs::read_to_string(dir.join("flame.svg")).unwrap();
-    let options = roxmltree::ParsingOptions {
-        allow_dtd: true, // inferno declares the SVG 1.1 DTD
-        ..roxmltree::ParsingOptions::default()
-    };
-    let document =
-        roxmltree::Document::parse_with_options(&svg, options).expect("the SVG is well-formed XML");
-    let titles: Vec<&str> = document
-        .descendants()
-        .filter(|node| node.has_tag_name("title"))
-        .filter_map(|node| node.text())
-        .collect();
+    let titles = svg_frame_titles(&svg);
     assert!(
         titles.iter().any(|title| title.starts_with("hot_phase ")),
         "no hot_phase frame"
@@ -240,6 +245,21 @@ fn check_report_schema(report: &Value) {
         assert!(hotspot["name"].is_string());
         assert!(hotspot["total"].as_f64() >= hotspot["threshold"].as_f64());
     }
+    let frames = cpu["frames"].as_array().unwrap().len() as u64;
+    let stacks = cpu["stacks"].as_array().unwrap();
+    let stacked: u64 = stacks
+        .iter()
+        .map(|stack| stack["samples"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        stacked,
+        cpu["samples"].as_u64().unwrap(),
+        "the stacks hold every sample"
+    );
+    assert!(stacks.iter().all(|stack| {
+        let indices = stack["frames"].as_array().unwrap();
+        indices.iter().all(|index| index.as_u64().unwrap() < frames)
+    }));
     assert!(report["rules"].is_array());
 }
 
@@ -463,6 +483,70 @@ fn a_running_process_tree_is_profiled_with_its_children() {
     assert_eq!(output.status.code(), Some(0));
     assert!(shell.wait().unwrap().success());
     assert_hot_share(&report(&dir), &Truth::read(&truth_path), 0.05);
+}
+
+/// Records `phases 2 SECONDS` with hot_phase `hot_weight` times cold_phase's work into
+/// `dir`, and returns what the workload measured.
+fn record_phases_weighted(dir: &Path, hot_weight: u32) -> Truth {
+    let truth_path = dir.join("truth.json");
+    let phases = phases_binary().to_str().unwrap().to_owned();
+    let output = run(record(
+        dir,
+        &["--", &phases, "2", "3", "0", truth_path.to_str().unwrap()],
+    )
+    .env("PHASES_HOT_WEIGHT", hot_weight.to_string()));
+    assert!(output.status.success());
+    Truth::read(&truth_path)
+}
+
+#[test]
+fn diff_measures_how_far_a_function_grew_and_gates_on_it() {
+    let dir = scratch("diff_gate");
+    let (base_dir, new_dir) = (dir.join("base"), dir.join("new"));
+    fs::create_dir_all(&base_dir).unwrap();
+    fs::create_dir_all(&new_dir).unwrap();
+    let base_truth = record_phases_weighted(&base_dir, 1);
+    let new_truth = record_phases_weighted(&new_dir, 6);
+    let (base_json, new_json) = (base_dir.join("report.json"), new_dir.join("report.json"));
+    let svg = dir.join("diff.svg");
+    let diff = |base: &Path, new: &Path, rule: &str| {
+        run(profiler()
+            .arg("diff")
+            .args([base, new])
+            .arg("-o")
+            .arg(&svg)
+            .args(["--fail-on", rule]))
+    };
+
+    let grew = diff(&base_json, &new_json, "hot_phase>+10pt");
+    assert_eq!(grew.status.code(), Some(RULE_FIRED));
+    let expected = (new_truth.hot_share() - base_truth.hot_share()) * 100.0;
+    let stdout = String::from_utf8_lossy(&grew.stdout);
+    let line = stdout
+        .lines()
+        .find(|line| line.ends_with(" hot_phase"))
+        .expect("hot_phase is in the table of moves");
+    let measured: f64 = line.split("pt").next().unwrap().trim().parse().unwrap();
+    assert!(
+        (measured - expected).abs() <= 5.0,
+        "hot_phase grew {measured:.1} points by the profiles, {expected:.1} by the workload"
+    );
+    assert!(stderr_line(&grew).contains("rule fired: hot_phase>+10pt"));
+    let titles = svg_frame_titles(&fs::read_to_string(&svg).unwrap());
+    assert!(titles.iter().any(|title| title.starts_with("hot_phase ")));
+
+    // The same report against itself moves nothing; a shrinking function does not fire.
+    assert_eq!(
+        diff(&new_json, &new_json, "hot_phase>+0pt").status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        diff(&new_json, &base_json, "hot_phase>+1pt").status.code(),
+        Some(0)
+    );
+    let missing = diff(&dir.join("missing.json"), &new_json, "hot_phase>+1pt");
+    assert_eq!(missing.status.code(), Some(INPUT));
+    assert!(stderr_line(&missing).contains("missing.json"));
 }
 
 #[test]

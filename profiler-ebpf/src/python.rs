@@ -11,8 +11,8 @@ use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-        bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
+        bpf_probe_read_user_buf,
         generated::{bpf_get_current_task, bpf_loop},
     },
     macros::map,

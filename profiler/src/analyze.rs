@@ -213,6 +213,27 @@ pub fn function_matches(function: &str, frame: &Frame) -> bool {
     frame.process.is_none() && name_matches(function, &frame.name)
 }
 
+/// The share (0 to 1) of `profile`'s samples whose stacks hold a function that
+/// `function` names ([`function_matches`]): its inclusive share, as rules judge it.
+pub fn matching_share(profile: &Profile, function: &str) -> f64 {
+    let samples = profile.samples();
+    if samples == 0 {
+        return 0.0;
+    }
+    let matching: u64 = profile
+        .stacks
+        .iter()
+        .filter(|stack| {
+            stack
+                .frames
+                .iter()
+                .any(|&frame| function_matches(function, &profile.frames[frame]))
+        })
+        .map(|stack| stack.count)
+        .sum();
+    matching as f64 / samples as f64
+}
+
 /// [`function_matches`] on a native function's name.
 fn name_matches(function: &str, frame_name: &str) -> bool {
     let name = strip_parameters(frame_name);
@@ -389,20 +410,7 @@ pub fn analyze(
         .iter()
         .map(|rule| {
             let (observed, limit) = match &rule.check {
-                Check::CpuShare { function, limit } => {
-                    let matching: u64 = profile
-                        .stacks
-                        .iter()
-                        .filter(|stack| {
-                            stack
-                                .frames
-                                .iter()
-                                .any(|&frame| function_matches(function, &profile.frames[frame]))
-                        })
-                        .map(|stack| stack.count)
-                        .sum();
-                    (share(matching), *limit)
-                }
+                Check::CpuShare { function, limit } => (matching_share(profile, function), *limit),
                 Check::Latency {
                     syscall,
                     quantile,

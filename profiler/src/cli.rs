@@ -7,6 +7,8 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 use crate::{
     analyze::{AnalysisOptions, Rule},
     attach::{EventSet, ProbeSettings, UnwindMethod},
+    compare::GrowthRule,
+    diff::{DiffOptions, diff},
     exit::{Failure, code},
     record::{RecordOptions, TargetSpec, record},
     render::{OutputPaths, summary},
@@ -23,6 +25,7 @@ Exit codes:
   6    the kernel lacks a needed feature
   7    an output file cannot be written (checked before recording)
   8    a --pid target exited before the end (every output was still written)
+  9    diff: a report to compare cannot be read
   130  interrupted by Ctrl-C (every output was still written)
   143  stopped by SIGTERM (every output was still written)";
 
@@ -49,6 +52,40 @@ enum Command {
         group(ArgGroup::new("target").required(true).args(["pids", "command"])),
     )]
     Record(RecordArgs),
+
+    /// Compare the on-CPU profiles of two recordings' JSON reports (`record --json`):
+    /// write a differential flame graph (widths from NEW, red where stacks grew, blue
+    /// where they shrank) and print the functions whose inclusive share moved most.
+    ///
+    /// A staging pipeline keeps the last good build's report and gates the next build
+    /// on it with --fail-on.
+    #[command(after_help = EXIT_CODES)]
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+struct DiffArgs {
+    /// The base recording's JSON report (the last good build).
+    #[arg(value_name = "BASE.json")]
+    base: PathBuf,
+
+    /// The new recording's JSON report.
+    #[arg(value_name = "NEW.json")]
+    new: PathBuf,
+
+    /// Write the differential flame graph SVG here.
+    #[arg(short, long, value_name = "FILE.svg", default_value = "diff.svg")]
+    output: PathBuf,
+
+    /// Exit with code 3 if NAME's inclusive on-CPU share grew by more than N percentage
+    /// points from BASE to NEW (NAME>+Npt, like predict>+5pt); repeatable. NAME matches
+    /// as in `record --fail-on`.
+    #[arg(long = "fail-on", value_name = "RULE")]
+    fail_on: Vec<GrowthRule>,
+
+    /// Rows in the table of moves.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    top: usize,
 }
 
 #[derive(Debug, Args)]
@@ -212,8 +249,43 @@ fn parse_percent(text: &str) -> Result<f64, String> {
 
 /// Runs the command line and returns the process's exit code.
 pub fn run() -> u8 {
-    let cli = Cli::parse();
-    let Command::Record(args) = cli.command;
+    match Cli::parse().command {
+        Command::Record(args) => run_record(args),
+        Command::Diff(args) => run_diff(args),
+    }
+}
+
+fn run_diff(args: DiffArgs) -> u8 {
+    let options = DiffOptions {
+        base: args.base,
+        new: args.new,
+        svg: args.output,
+        rules: args.fail_on,
+        top: args.top,
+    };
+    match diff(&options) {
+        Ok(comparison) => {
+            let fired: Vec<String> = comparison
+                .rules
+                .iter()
+                .filter(|outcome| outcome.fired)
+                .map(|outcome| outcome.rule.text.clone())
+                .collect();
+            if fired.is_empty() {
+                code::SUCCESS
+            } else {
+                eprintln!("profiler: rule fired: {}", fired.join(", "));
+                code::RULE_FIRED
+            }
+        }
+        Err(failure) => {
+            eprintln!("profiler: error: {failure}");
+            failure.exit_code()
+        }
+    }
+}
+
+fn run_record(args: RecordArgs) -> u8 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -263,7 +335,9 @@ mod tests {
             "1",
         ])
         .unwrap();
-        let Command::Record(args) = cli.command;
+        let Command::Record(args) = cli.command else {
+            panic!("not a record command")
+        };
         let options = args.into_options();
         assert!(matches!(options.target, TargetSpec::Command(ref argv) if argv.len() == 2));
         assert_eq!(options.analysis.rules[0].text, "predict>60%");
@@ -284,7 +358,9 @@ mod tests {
                 "--slow-ms",
                 "20",
             ])?;
-            let Command::Record(args) = cli.command;
+            let Command::Record(args) = cli.command else {
+                panic!("not a record command")
+            };
             Ok::<_, clap::Error>(args.into_options().probes)
         };
         let probes = parse("syscalls,offcpu").unwrap();

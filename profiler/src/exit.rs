@@ -25,6 +25,8 @@ pub mod code {
     pub const OUTPUT: u8 = 7;
     /// A `--pid` target exited before the recording's end. Every output was still written.
     pub const TARGET_EXITED: u8 = 8;
+    /// `profiler diff`: a report to compare cannot be read, or is not a JSON report.
+    pub const INPUT: u8 = 9;
     /// The recording was interrupted by SIGINT (Ctrl-C). Every output was still written.
     pub const INTERRUPTED: u8 = 130;
     /// The recording was stopped by SIGTERM. Every output was still written.
@@ -44,6 +46,8 @@ pub enum Failure {
     KernelFeature(String),
     /// An output file cannot be written.
     Output(String),
+    /// An input file cannot be read or parsed.
+    Input(String),
     /// Anything else.
     Other(anyhow::Error),
 }
@@ -57,6 +61,7 @@ impl Failure {
             Failure::Privileges(_) => code::PRIVILEGES,
             Failure::KernelFeature(_) => code::KERNEL_FEATURE,
             Failure::Output(_) => code::OUTPUT,
+            Failure::Input(_) => code::INPUT,
             Failure::Other(_) => code::ERROR,
         }
     }
@@ -69,7 +74,8 @@ impl fmt::Display for Failure {
             | Failure::NoTarget(reason)
             | Failure::Privileges(reason)
             | Failure::KernelFeature(reason)
-            | Failure::Output(reason) => f.write_str(reason),
+            | Failure::Output(reason)
+            | Failure::Input(reason) => f.write_str(reason),
             // One line: the outermost context, then its causes.
             Failure::Other(error) => write!(f, "{error:#}"),
         }

@@ -17,6 +17,9 @@
 //! 8. [`render`]: flame graphs, collapsed stacks, JSON report and terminal summary, from
 //!    the finished [`report`].
 //!
+//! [`compare`] sets two finished profiles side by side, and [`diff`] drives it from
+//! two JSON reports for `profiler diff`.
+//!
 //! [`record`] drives them in that order: its session attaches and streams, its
 //! collector aggregates. [`cli`] is the command line over it, and [`exit`] documents
 //! how a run ends.
@@ -26,6 +29,8 @@ pub mod allocators;
 pub mod analyze;
 pub mod attach;
 pub mod cli;
+pub mod compare;
+pub mod diff;
 pub mod elf;
 pub mod exit;
 pub mod kernel_btf;

@@ -19,6 +19,7 @@ pub const NO_TARGET: i32 = 4;
 pub const PRIVILEGES: i32 = 5;
 pub const OUTPUT: i32 = 7;
 pub const TARGET_EXITED: i32 = 8;
+pub const INPUT: i32 = 9;
 pub const INTERRUPTED: i32 = 130;
 
 /// A folder of its own for each test, under cargo's scratch space.

@@ -1,9 +1,10 @@
 // A CPU-bound workload that measures its own ground truth.
 //
-// Usage: phases THREADS SECONDS START_DELAY_MS TRUTH_FILE
+// Usage: [PHASES_HOT_WEIGHT=N] phases THREADS SECONDS START_DELAY_MS TRUTH_FILE
 //
 // After START_DELAY_MS, starts THREADS worker threads. Each alternates between
-// hot_phase() (about three quarters of its work) and cold_phase(), and measures the
+// hot_phase() (N times cold_phase's work, 3 unless PHASES_HOT_WEIGHT says otherwise:
+// about three quarters of its work) and cold_phase(), and measures the
 // thread CPU time spent in each with CLOCK_THREAD_CPUTIME_ID. After SECONDS it writes
 // to TRUTH_FILE, as JSON: the CPU time of each phase summed over threads, the whole
 // process's CPU time, and the worker thread ids.
@@ -42,7 +43,9 @@ __attribute__((noinline)) static uint64_t spin(uint64_t iterations, uint64_t see
     return x;
 }
 
-__attribute__((noinline)) void hot_phase(void) { sink += spin(3000000, sink); }
+static uint64_t hot_weight = 3;
+
+__attribute__((noinline)) void hot_phase(void) { sink += spin(hot_weight * 1000000, sink); }
 __attribute__((noinline)) void cold_phase(void) { sink += spin(1000000, sink); }
 
 static void *worker(void *arg) {
@@ -69,6 +72,8 @@ int main(int argc, char **argv) {
     seconds = atof(argv[2]);
     long delay_ms = atol(argv[3]);
     if (threads < 1 || threads > MAX_THREADS) return 2;
+    const char *weight = getenv("PHASES_HOT_WEIGHT");
+    if (weight && atoll(weight) > 0) hot_weight = (uint64_t)atoll(weight);
     usleep(delay_ms * 1000);
     pthread_t handles[MAX_THREADS];
     for (long i = 0; i < threads; i++) pthread_create(&handles[i], NULL, worker, (void *)i);

@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use crate::{
     aggregate::{Completeness, Latency},
     analyze::{Check, FunctionShare, RuleOutcome},
-    python::PythonReport,
+    python::{PythonFunction, PythonReport},
     render::folded::frame_label,
     report::{Report, StackQuality, StopReason},
-    symbolize::Frame,
+    symbolize::{Frame, Profile, ProfileBuilder},
 };
 
 /// The JSON document of a report; `stop_to_svg` is the time from the stop to a written
@@ -77,6 +77,11 @@ pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
                 "total": step.share,
                 "hotspot": step.hotspot,
             }))).collect::<Vec<_>>(),
+            "frames": report.profile.frames.iter().map(frame_fields).collect::<Vec<_>>(),
+            "stacks": report.profile.stacks.iter().map(|stack| json!({
+                "frames": stack.frames,
+                "samples": stack.count,
+            })).collect::<Vec<_>>(),
         },
         "syscalls": report.syscalls.iter().map(|syscall| with(json!({
             "name": syscall.name,
@@ -157,6 +162,53 @@ pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
             "stop_to_svg_ms": stop_to_svg.as_secs_f64() * 1e3,
         },
     })
+}
+
+/// The on-CPU profile of a JSON report, as [`document`] wrote it in `cpu.frames` and
+/// `cpu.stacks`: what `profiler diff` compares.
+pub fn cpu_profile(document: &Value) -> Result<Profile, String> {
+    let cpu = &document["cpu"];
+    let (Some(frames), Some(stacks)) = (cpu["frames"].as_array(), cpu["stacks"].as_array()) else {
+        return Err("it has no cpu.frames and cpu.stacks (is it a profiler JSON report?)".into());
+    };
+    let frames: Vec<Frame> = frames
+        .iter()
+        .map(frame_from_fields)
+        .collect::<Option<_>>()
+        .ok_or("a frame in cpu.frames is malformed")?;
+    let mut builder = ProfileBuilder::default();
+    for stack in stacks {
+        let indices = stack["frames"].as_array().zip(stack["samples"].as_u64());
+        let (indices, samples) = indices.ok_or("a stack in cpu.stacks is malformed")?;
+        let stack: Option<Vec<Frame>> = indices
+            .iter()
+            .map(|index| frames.get(usize::try_from(index.as_u64()?).ok()?).cloned())
+            .collect();
+        builder.push(
+            stack.ok_or("a stack refers to a frame that is not listed")?,
+            samples,
+        );
+    }
+    Ok(builder.build())
+}
+
+/// The frame [`frame_fields`] describes.
+fn frame_from_fields(fields: &Value) -> Option<Frame> {
+    let name = fields["name"].as_str()?;
+    let mut frame = Frame::native(name, fields["kernel"].as_bool()?);
+    match fields["language"].as_str()? {
+        "process" => frame.process = Some(u32::try_from(fields["pid"].as_u64()?).ok()?),
+        "python" => {
+            frame.python = Some(PythonFunction {
+                qualname: fields["function"].as_str()?.to_owned(),
+                file: fields["file"].as_str()?.to_owned(),
+                line: u32::try_from(fields["line"].as_u64()?).ok()?,
+                module: fields["module"].as_str().map(str::to_owned),
+            })
+        }
+        _ => {}
+    }
+    Some(frame)
 }
 
 /// Adds the fields of `extra` to `object`.

@@ -4,6 +4,7 @@
 //! Output files are opened before the recording starts ([`OutputFiles::create`]), so
 //! that a path that can't be written fails at once instead of after the recording.
 
+pub mod differential;
 pub mod folded;
 pub mod json;
 pub mod summary;
@@ -51,7 +52,8 @@ pub struct OutputFile {
 }
 
 impl OutputFile {
-    fn create(path: &Path) -> Result<Self, Failure> {
+    /// Opens `path` for writing, creating or truncating it.
+    pub fn create(path: &Path) -> Result<Self, Failure> {
         let file = File::create(path).map_err(|error| {
             Failure::Output(format!("cannot write {}: {error}", path.display()))
         })?;

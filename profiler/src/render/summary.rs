@@ -7,6 +7,7 @@ use crate::{
     python::PythonReport,
     render::svg::FlameGraphLabels,
     report::{Report, StackQuality, StopReason},
+    symbolize::Frame,
 };
 
 /// Prints the summary of a report to stdout.
@@ -316,7 +317,7 @@ fn cpu_text(report: &Report, top: usize) -> String {
                 "  {}  {}  {}\n",
                 percent(function.self_share),
                 percent(function.total_share),
-                display_name(function)
+                display_name(&function.frame)
             );
         }
         out += "\nTop functions by total time:\n   total    self  function\n";
@@ -325,7 +326,7 @@ fn cpu_text(report: &Report, top: usize) -> String {
                 "  {}  {}  {}\n",
                 percent(function.total_share),
                 percent(function.self_share),
-                display_name(function)
+                display_name(&function.frame)
             );
         }
     }
@@ -473,7 +474,7 @@ fn offcpu_text(report: &Report, top: usize) -> String {
                 "  {:>11}  {}  {}\n",
                 duration(function.total_samples),
                 percent(function.total_share),
-                display_name(function)
+                display_name(&function.frame)
             );
         }
     }
@@ -605,10 +606,11 @@ fn stop_label(stop: StopReason) -> String {
     }
 }
 
-fn display_name(function: &FunctionShare) -> String {
-    if function.frame.kernel {
-        format!("{} [kernel]", function.frame.name)
+/// A frame's name as tables print it, kernel functions marked.
+pub fn display_name(frame: &Frame) -> String {
+    if frame.kernel {
+        format!("{} [kernel]", frame.name)
     } else {
-        function.frame.name.clone()
+        frame.name.clone()
     }
 }
