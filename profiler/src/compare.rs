@@ -183,7 +183,7 @@ pub fn without_pids(profile: &Profile) -> Profile {
                 None => frame.clone(),
             }
         });
-        builder.push(frames, stack.count);
+        builder.push_from(stack.origin, frames, stack.count);
     }
     builder.build()
 }

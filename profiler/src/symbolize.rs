@@ -68,6 +68,17 @@ pub struct Stack {
     pub frames: Vec<usize>,
     /// Weight of exactly this stack.
     pub count: u64,
+    /// Where it was recorded.
+    pub origin: Origin,
+}
+
+/// The process and thread a stack was recorded in, where it is one thread's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// The process.
+    pub pid: Option<u32>,
+    /// The thread.
+    pub tid: Option<u32>,
 }
 
 /// Symbolized, counted stacks, with every distinct frame stored once.
@@ -94,8 +105,18 @@ pub struct ProfileBuilder {
 }
 
 impl ProfileBuilder {
-    /// Adds a stack given as frames, root first.
+    /// Adds a stack given as frames, root first, of no known origin.
     pub fn push(&mut self, frames: impl IntoIterator<Item = Frame>, count: u64) {
+        self.push_from(Origin::default(), frames, count);
+    }
+
+    /// Adds a stack given as frames, root first, recorded in `origin`.
+    pub fn push_from(
+        &mut self,
+        origin: Origin,
+        frames: impl IntoIterator<Item = Frame>,
+        count: u64,
+    ) {
         let frames = frames
             .into_iter()
             .map(|frame| {
@@ -106,7 +127,11 @@ impl ProfileBuilder {
                 })
             })
             .collect();
-        self.profile.stacks.push(Stack { frames, count });
+        self.profile.stacks.push(Stack {
+            frames,
+            count,
+            origin,
+        });
     }
 
     /// The finished profile.
@@ -220,7 +245,11 @@ impl Names {
                 let name = process_names.get(&key.tgid).map_or("?", String::as_str);
                 Frame::process(key.tgid, name)
             });
-            profile.push(root.into_iter().chain(frames), weight);
+            let origin = Origin {
+                pid: Some(key.tgid),
+                tid: (key.tid != 0).then_some(key.tid),
+            };
+            profile.push_from(origin, root.into_iter().chain(frames), weight);
         }
         profile.build()
     }
@@ -573,7 +602,7 @@ mod tests {
         );
         let mut extended = MemoryMaps::default();
         extended.insert(pid, vec![broken_mapping, own]);
-        let key = StackKey::new(pid, &[0x1800, address + 1], &[]);
+        let key = StackKey::new(pid, pid, &[0x1800, address + 1], &[]);
         let names = symbolizer.resolve(&extended, [&key]);
         fs::remove_file(&broken).unwrap();
         let frames: Vec<String> = names.frames(&key).into_iter().map(|f| f.name).collect();
@@ -598,7 +627,7 @@ mod tests {
                 (399, vec!["__schedule".to_owned()]),
             ]),
         };
-        let key = StackKey::new(1, &[10], &[100, 200, 300, 400]);
+        let key = StackKey::new(1, 1, &[10], &[100, 200, 300, 400]);
         let frames: Vec<String> = names
             .frames_below_tracepoint(&key)
             .into_iter()

@@ -1,4 +1,5 @@
-//! Stacks weighted by what they stand for: CPU samples, or nanoseconds off the CPU.
+//! Stacks weighted by what they stand for, per thread: CPU samples, or nanoseconds off
+//! the CPU.
 
 use std::collections::{BTreeMap, HashMap, hash_map::Entry};
 
@@ -9,6 +10,8 @@ use crate::python::PythonFrameRef;
 pub struct StackKey {
     /// The process the stack belongs to, which decides how user addresses symbolize.
     pub tgid: u32,
+    /// The thread that ran it; 0 where a stack stands for several threads.
+    pub tid: u32,
     /// User-space instruction pointers, innermost first.
     pub user: Box<[u64]>,
     /// Kernel instruction pointers, innermost first.
@@ -21,10 +24,11 @@ pub struct StackKey {
 }
 
 impl StackKey {
-    /// The key of a stack of process `tgid`.
-    pub fn new(tgid: u32, user: &[u64], kernel: &[u64]) -> Self {
+    /// The key of a stack of thread `tid` of process `tgid`.
+    pub fn new(tgid: u32, tid: u32, user: &[u64], kernel: &[u64]) -> Self {
         StackKey {
             tgid,
+            tid,
             user: user.into(),
             kernel: kernel.into(),
             python: Box::new([]),
@@ -52,12 +56,12 @@ pub struct StackCounts {
 }
 
 impl StackCounts {
-    /// Adds `weight` to thread (`tgid`, `tid`) and to `stack`. Returns true when the
-    /// stack was seen for the first time, so that the caller can look at addresses it
-    /// has not seen before.
-    pub fn add(&mut self, tid: u32, stack: StackKey, weight: u64) -> bool {
+    /// Adds `weight` to `stack` and to its thread. Returns true when the stack was seen
+    /// for the first time, so that the caller can look at addresses it has not seen
+    /// before.
+    pub fn add(&mut self, stack: StackKey, weight: u64) -> bool {
         self.total += weight;
-        *self.threads.entry((stack.tgid, tid)).or_default() += weight;
+        *self.threads.entry((stack.tgid, stack.tid)).or_default() += weight;
         match self.stacks.entry(stack) {
             Entry::Occupied(mut seen) => {
                 *seen.get_mut() += weight;
@@ -92,23 +96,30 @@ impl StackCounts {
 mod tests {
     use super::*;
 
-    fn stack(user: &[u64]) -> StackKey {
-        StackKey::new(7, user, &[])
+    fn stack(tid: u32, user: &[u64]) -> StackKey {
+        StackKey::new(7, tid, user, &[])
     }
 
     #[test]
     fn weighs_distinct_stacks_and_threads_and_flags_first_sightings() {
         let mut counts = StackCounts::default();
-        assert!(counts.add(7, stack(&[1, 2]), 1));
-        assert!(!counts.add(8, stack(&[1, 2]), 5));
-        assert!(counts.add(8, stack(&[3]), 1));
-        assert_eq!(counts.total(), 7);
-        let mut stacks: Vec<_> = counts.stacks().map(|(k, c)| (k.user.to_vec(), c)).collect();
+        assert!(counts.add(stack(7, &[1, 2]), 1));
+        assert!(!counts.add(stack(7, &[1, 2]), 5));
+        assert!(counts.add(stack(8, &[1, 2]), 1));
+        assert!(counts.add(stack(8, &[3]), 1));
+        assert_eq!(counts.total(), 8);
+        let mut stacks: Vec<_> = counts
+            .stacks()
+            .map(|(k, c)| (k.tid, k.user.to_vec(), c))
+            .collect();
         stacks.sort();
-        assert_eq!(stacks, vec![(vec![1, 2], 6), (vec![3], 1)]);
+        assert_eq!(
+            stacks,
+            vec![(7, vec![1, 2], 6), (8, vec![1, 2], 1), (8, vec![3], 1)]
+        );
         assert_eq!(
             counts.threads().collect::<Vec<_>>(),
-            vec![((7, 7), 1), ((7, 8), 6)]
+            vec![((7, 7), 6), ((7, 8), 2)]
         );
     }
 }

@@ -11,15 +11,13 @@ use crate::syscall_names::{errno_name, syscall_name};
 /// A syscall slower than the threshold, with the caller's stack.
 #[derive(Clone, Debug)]
 pub struct SlowCall {
-    /// The calling thread.
-    pub tid: u32,
     /// The syscall number.
     pub nr: u32,
     /// What it returned.
     pub ret: i64,
     /// From entry to return.
     pub duration_ns: u64,
-    /// The caller's stack (its process is `stack.tgid`).
+    /// The caller's stack (its process and thread are `stack.tgid` and `stack.tid`).
     pub stack: StackKey,
 }
 

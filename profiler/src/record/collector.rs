@@ -21,7 +21,7 @@ use crate::{
         StackQuality, StopReason, TargetProcess,
     },
     stream::Event,
-    symbolize::{Capture, Frame, Names, ProfileBuilder, Symbolizer},
+    symbolize::{Capture, Frame, Names, Origin, ProfileBuilder, Symbolizer},
     syscall_names::syscall_name,
     target,
     unwind::UnwindTables,
@@ -67,7 +67,7 @@ fn weigh(
     key: StackKey,
     weight: u64,
 ) {
-    if counts.add(header.tid, key, weight) {
+    if counts.add(key, weight) {
         maps.observe(header.tgid, stacks.user_frames());
     }
 }
@@ -129,7 +129,6 @@ impl Collector {
                 let stack = self.stack_key(&call.header, &call.stacks, false);
                 self.maps.observe(call.header.tgid, &stack.user);
                 self.keep_slow_call(SlowCall {
-                    tid: call.header.tid,
                     nr: call.nr,
                     ret: call.ret,
                     duration_ns: call.duration_ns,
@@ -143,9 +142,11 @@ impl Collector {
                 self.maps.observe(tgid, stack.frames());
                 let python = self.python.resolve(tgid, &stack.python, false);
                 let complete = StackEnd::from_raw(stack.end) == StackEnd::Root;
+                // Every thread allocating from this stack shares its id: it is no one
+                // thread's.
                 self.alloc_stacks.insert(
                     stack.id,
-                    StackKey::new(tgid, stack.frames(), &[]).with_python(python, complete),
+                    StackKey::new(tgid, 0, stack.frames(), &[]).with_python(python, complete),
                 );
             }
         }
@@ -157,8 +158,13 @@ impl Collector {
     fn stack_key(&mut self, header: &EventHeader, stacks: &Stacks, counted: bool) -> StackKey {
         let python = self.python.resolve(header.tgid, &stacks.python, counted);
         let complete = StackEnd::from_raw(stacks.user_end) == StackEnd::Root;
-        StackKey::new(header.tgid, stacks.user_frames(), stacks.kernel_frames())
-            .with_python(python, complete)
+        StackKey::new(
+            header.tgid,
+            header.tid,
+            stacks.user_frames(),
+            stacks.kernel_frames(),
+        )
+        .with_python(python, complete)
     }
 
     /// Reads the process's memory map now, and has everything that follows it follow.
@@ -230,7 +236,11 @@ impl Collector {
                     })
                     .map_or_else(|| "[unknown]".to_owned(), |frame| frame.name.clone());
                 let bytes = group.bytes.round() as u64;
-                profile.push(stack.iter().cloned(), bytes);
+                let origin = Origin {
+                    pid: Some(group.tgid),
+                    tid: None,
+                };
+                profile.push_from(origin, stack.iter().cloned(), bytes);
                 LeakCandidate {
                     pid: group.tgid,
                     function,
@@ -323,7 +333,7 @@ impl Collector {
                 name: syscall_name(call.nr),
                 duration_ns: call.duration_ns,
                 pid: call.stack.tgid,
-                tid: call.tid,
+                tid: call.stack.tid,
                 ret: call.ret,
                 stack: names.frames_below_tracepoint(&call.stack),
             })

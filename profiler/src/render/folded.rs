@@ -2,27 +2,34 @@
 //! `flamegraph.pl`, inferno and speedscope read. Kernel frames end in `_[k]`, as
 //! `stackcollapse-perf.pl --kernel` writes them.
 
-use std::io::{self, Write};
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+};
 
 use crate::symbolize::{Frame, Profile};
 
-/// The collapsed lines of a profile, with each stack's weight divided by `unit` (and
-/// rounded; stacks that round to 0 are left out), sorted so that equal profiles give
-/// equal files.
+/// The collapsed lines of a profile, one per distinct path whatever thread ran it, with
+/// its weight divided by `unit` (and rounded; paths that round to 0 are left out),
+/// sorted so that equal profiles give equal files.
 pub fn lines(profile: &Profile, unit: u64) -> Vec<String> {
     let names: Vec<String> = profile.frames.iter().map(frame_label).collect();
-    let mut lines: Vec<String> = profile
+    let mut paths: BTreeMap<String, u64> = BTreeMap::new();
+    for stack in profile
         .stacks
         .iter()
         .filter(|stack| !stack.frames.is_empty())
-        .filter_map(|stack| {
-            let count = (stack.count + unit / 2) / unit;
-            let path: Vec<&str> = stack.frames.iter().map(|&id| names[id].as_str()).collect();
-            (count > 0).then(|| format!("{} {count}", path.join(";")))
+    {
+        let path: Vec<&str> = stack.frames.iter().map(|&id| names[id].as_str()).collect();
+        *paths.entry(path.join(";")).or_default() += stack.count;
+    }
+    paths
+        .into_iter()
+        .filter_map(|(path, weight)| {
+            let count = (weight + unit / 2) / unit;
+            (count > 0).then(|| format!("{path} {count}"))
         })
-        .collect();
-    lines.sort_unstable();
-    lines
+        .collect()
 }
 
 /// Writes the collapsed lines.
@@ -48,7 +55,7 @@ pub fn frame_label(frame: &Frame) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbolize::ProfileBuilder;
+    use crate::symbolize::{Origin, ProfileBuilder};
 
     #[test]
     fn stacks_collapse_root_first_with_kernel_frames_marked() {
@@ -63,16 +70,25 @@ mod tests {
             2,
         );
         builder.push([frame("main", false), frame("odd;name", false)], 1);
+        // The same path run by another thread adds to the same line.
+        builder.push_from(
+            Origin {
+                pid: Some(1),
+                tid: Some(2),
+            },
+            [frame("main", false), frame("odd;name", false)],
+            2,
+        );
         let profile = builder.build();
         assert_eq!(
             lines(&profile, 1),
-            vec!["main;odd:name 1", "main;read;vfs_read_[k] 2"]
+            vec!["main;odd:name 3", "main;read;vfs_read_[k] 2"]
         );
-        // In units of 2, the lighter stack rounds up to 1, and in units of 4 it vanishes.
+        // In units of 4, the lighter path rounds up to 1, and in units of 5 it vanishes.
         assert_eq!(
-            lines(&profile, 2),
+            lines(&profile, 4),
             vec!["main;odd:name 1", "main;read;vfs_read_[k] 1"]
         );
-        assert_eq!(lines(&profile, 4), vec!["main;read;vfs_read_[k] 1"]);
+        assert_eq!(lines(&profile, 5), vec!["main;odd:name 1"]);
     }
 }

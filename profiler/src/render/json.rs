@@ -15,7 +15,7 @@ use crate::{
     python::{PythonFunction, PythonReport},
     render::folded::frame_label,
     report::{Report, StackQuality, StopReason},
-    symbolize::{Frame, Profile, ProfileBuilder},
+    symbolize::{Frame, Origin, Profile, ProfileBuilder},
 };
 
 /// The JSON document of a report; `stop_to_svg` is the time from the stop to a written
@@ -81,6 +81,8 @@ pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
             "stacks": report.profile.stacks.iter().map(|stack| json!({
                 "frames": stack.frames,
                 "samples": stack.count,
+                "pid": stack.origin.pid,
+                "tid": stack.origin.tid,
             })).collect::<Vec<_>>(),
         },
         "syscalls": report.syscalls.iter().map(|syscall| with(json!({
@@ -177,17 +179,26 @@ pub fn cpu_profile(document: &Value) -> Result<Profile, String> {
         .collect::<Option<_>>()
         .ok_or("a frame in cpu.frames is malformed")?;
     let mut builder = ProfileBuilder::default();
-    for stack in stacks {
-        let indices = stack["frames"].as_array().zip(stack["samples"].as_u64());
+    for stack_fields in stacks {
+        let indices = stack_fields["frames"]
+            .as_array()
+            .zip(stack_fields["samples"].as_u64());
         let (indices, samples) = indices.ok_or("a stack in cpu.stacks is malformed")?;
         let stack: Option<Vec<Frame>> = indices
             .iter()
             .map(|index| frames.get(usize::try_from(index.as_u64()?).ok()?).cloned())
             .collect();
-        builder.push(
-            stack.ok_or("a stack refers to a frame that is not listed")?,
-            samples,
-        );
+        let id = |field: &str| {
+            stack_fields[field]
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+        };
+        let origin = Origin {
+            pid: id("pid"),
+            tid: id("tid"),
+        };
+        let frames = stack.ok_or("a stack refers to a frame that is not listed")?;
+        builder.push_from(origin, frames, samples);
     }
     Ok(builder.build())
 }
