@@ -16,8 +16,8 @@ use serde_json::Value;
 
 mod common;
 use common::{
-    RULE_FIRED, TARGET_EXITED, USAGE, assert_close, compile_workload, profiler, read_json, record,
-    run, scratch, stderr_line,
+    RULE_FIRED, TARGET_EXITED, USAGE, assert_close, compile_workload, pprof_row, pprof_top,
+    profiler, read_json, record, run, scratch, stderr_line,
 };
 
 /// What the workload says it did.
@@ -136,6 +136,23 @@ fn the_leaking_function_holds_the_bytes_it_leaked() {
         0.02,
     );
     assert!(candidate["oldest_age_s"].as_f64().unwrap() >= 1.0);
+    // The leaks' pprof profile, as `go tool pprof` reads it, holds the same bytes and
+    // blocks.
+    let pprof = recorded().dir.join("cpu-leaks.pb.gz");
+    let candidates = report["leaks"]["candidates"].as_array().unwrap();
+    for (index, unit, field) in [
+        ("inuse_space", "B", "bytes"),
+        ("inuse_objects", "", "count"),
+    ] {
+        let (total, rows) = pprof_top(&pprof, index, unit);
+        let held: u64 = candidates.iter().map(|c| c[field].as_u64().unwrap()).sum();
+        assert_eq!(total, held as f64, "{index}");
+        assert_eq!(
+            pprof_row(&rows, "load_model").cum,
+            candidate[field].as_f64().unwrap(),
+            "{index}"
+        );
+    }
     // Candidates come sorted by bytes.
     let bytes: Vec<u64> = report["leaks"]["candidates"]
         .as_array()

@@ -19,7 +19,7 @@ use serde_json::Value;
 mod common;
 use common::{
     INPUT, INTERRUPTED, NO_TARGET, OUTPUT, PRIVILEGES, RULE_FIRED, TARGET_EXITED, compile_workload,
-    entries_where, profiler, read_json, record, run, scratch, stderr_line,
+    entries_where, pprof_row, pprof_top, profiler, read_json, record, run, scratch, stderr_line,
 };
 
 /// The `phases` workload, compiled once.
@@ -196,6 +196,20 @@ fn outputs_are_a_valid_svg_collapsed_stacks_and_a_json_report() {
 
     let report = report(&dir);
     check_report_schema(&report);
+    // The pprof profile, as the real `go tool pprof` reads it, holds the same samples.
+    let (total, rows) = pprof_top(&dir.join("cpu.pb.gz"), "samples", "");
+    assert_eq!(total, report["cpu"]["samples"].as_f64().unwrap());
+    let hot = entries_where(&report["cpu"]["functions"], "name", "hot_phase")[0];
+    assert_eq!(
+        pprof_row(&rows, "hot_phase").cum,
+        hot["total_samples"].as_f64().unwrap()
+    );
+    let (cpu_ns, _) = pprof_top(&dir.join("cpu.pb.gz"), "cpu", "ns");
+    let period_ns = 1e9 / 99.0;
+    assert!(
+        (cpu_ns / period_ns - total).abs() < 1.0,
+        "cpu time is samples times the period"
+    );
     let folded = fs::read_to_string(dir.join("stacks.folded")).unwrap();
     let folded_samples: u64 = folded
         .lines()

@@ -14,8 +14,8 @@ use serde_json::Value;
 
 mod common;
 use common::{
-    RULE_FIRED, USAGE, assert_close, compile_workload, entries_where, profiler, read_json, record,
-    run, scratch, stderr_line,
+    RULE_FIRED, USAGE, assert_close, compile_workload, entries_where, pprof_row, pprof_top,
+    profiler, read_json, record, run, scratch, stderr_line,
 };
 
 /// One recording of the workload with every event kind, shared by the tests below: it
@@ -178,6 +178,13 @@ fn a_thread_blocked_on_a_lock_shows_off_cpu_with_its_stack() {
     assert!(svg.contains("wait_for_lock"));
     // Blocked time is drawn in microseconds, and the flame graph says so.
     assert!(svg.contains(" us, "), "the count name is us");
+    // The off-CPU pprof profile holds the same time, as `go tool pprof` reads it.
+    let (total_ns, rows) = pprof_top(&recorded.dir.join("cpu-offcpu.pb.gz"), "offcpu", "ns");
+    assert_eq!(total_ns, offcpu["total_ns"].as_f64().unwrap());
+    assert_eq!(
+        pprof_row(&rows, "wait_for_lock").cum,
+        wait["total_ns"].as_f64().unwrap()
+    );
 }
 
 #[test]

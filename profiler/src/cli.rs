@@ -162,6 +162,13 @@ struct RecordArgs {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 
+    /// Also write gzipped pprof profiles (`go tool pprof`, Pyroscope, Parca): the
+    /// on-CPU one (samples and CPU time) here, and with --events offcpu or alloc,
+    /// off-CPU time and leak candidates' bytes and blocks to FILE-offcpu and
+    /// FILE-leaks (`-offcpu` and `-leaks` go after the file's stem).
+    #[arg(long, value_name = "FILE")]
+    pprof: Option<PathBuf>,
+
     /// Flag every function holding at least PCT % of on-CPU time (process roots excepted).
     #[arg(long, value_name = "PCT", default_value_t = 60.0, value_parser = parse_percent)]
     hotspot_threshold: f64,
@@ -208,6 +215,7 @@ impl RecordArgs {
                 leaks_svg: self.leaks_output,
                 folded: self.folded,
                 json: self.json,
+                pprof: self.pprof,
             },
             analysis: AnalysisOptions {
                 hotspot_threshold: self.hotspot_threshold / 100.0,

@@ -108,6 +108,8 @@ pub fn record(dir: &Path, args: &[&str]) -> Command {
         .arg(dir.join("offcpu.svg"))
         .arg("--leaks-output")
         .arg(dir.join("leaks.svg"))
+        .arg("--pprof")
+        .arg(dir.join("cpu.pb.gz"))
         .args(args);
     command
 }
@@ -154,4 +156,68 @@ pub fn assert_close(what: &str, measured: u64, truth: u64, tolerance: f64) {
         "{what}: the profiler says {measured}, the workload measured {truth} ({:.1}% off)",
         error * 100.0
     );
+}
+
+/// A function's row in `go tool pprof -top`: its own and its cumulative value.
+#[derive(Debug)]
+pub struct PprofRow {
+    pub flat: f64,
+    pub cum: f64,
+}
+
+/// `go tool pprof -top` of a pprof profile, every node, the values of `sample_index` in
+/// `unit` (`ns`, `B`, or "" for counts), by function name; and the total it prints.
+pub fn pprof_top(profile: &Path, sample_index: &str, unit: &str) -> (f64, Vec<(String, PprofRow)>) {
+    let mut command = Command::new("go");
+    command.args([
+        "tool",
+        "pprof",
+        "-top",
+        "-nodecount=100000",
+        "-nodefraction=0",
+    ]);
+    command.arg(format!("-sample_index={sample_index}"));
+    if !unit.is_empty() {
+        command.arg(format!("-unit={unit}"));
+    }
+    let output = command
+        .arg(profile)
+        .output()
+        .expect("running go tool pprof");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "go tool pprof: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let value = |text: &str| -> f64 { text.trim_end_matches(unit).parse().unwrap() };
+    // "Showing nodes accounting for 393, 100% of 393 total"
+    let total = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("Showing nodes accounting for "))
+        .and_then(|line| line.split(" of ").nth(1))
+        .map(|total| value(total.trim_end_matches(" total")))
+        .expect("a total line");
+    let rows = stdout
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("flat"))
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let row = PprofRow {
+                flat: value(fields[0]),
+                cum: value(fields[3]),
+            };
+            (fields[5..].join(" "), row)
+        })
+        .collect();
+    (total, rows)
+}
+
+/// The row of `function` in `pprof_top`'s rows.
+pub fn pprof_row<'r>(rows: &'r [(String, PprofRow)], function: &str) -> &'r PprofRow {
+    rows.iter()
+        .find(|(name, _)| name == function)
+        .map(|(_, row)| row)
+        .unwrap_or_else(|| panic!("no {function} in go tool pprof -top: {rows:?}"))
 }

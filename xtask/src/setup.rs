@@ -14,7 +14,15 @@ use crate::{output, root, run_checked};
 const BPF_LINKER_VERSION: &str = "0.10.3";
 
 /// Debian packages the build and the tests need, by the command that shows each is there.
-const PACKAGES: &[(&str, &str)] = &[("cc", "gcc"), ("setpriv", "util-linux")];
+/// The tests check the profiler's outputs with the real consumers: `go tool pprof` reads
+/// its pprof profiles and a Prometheus server scrapes its metrics, both at the versions
+/// of Debian 12 pinned here.
+const PACKAGES: &[(&str, &str)] = &[
+    ("cc", "gcc"),
+    ("setpriv", "util-linux"),
+    ("go", "golang-go=2:1.19~1"),
+    ("prometheus", "prometheus=2.42.0+ds-5+deb12u1"),
+];
 
 /// Kernel filesystems the probes use, with where they go.
 const MOUNTS: &[(&str, &str)] = &[

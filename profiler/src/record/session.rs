@@ -23,7 +23,7 @@ use crate::{
     analyze::Check,
     attach::{AllocTables, Probes, check_privileges},
     exit::Failure,
-    render::{OutputFiles, folded, json, summary, svg},
+    render::{OutputFiles, folded, json, pprof, summary, svg},
     report::{Losses, Report, SelfCost, StopReason, TargetProcess},
     stream::EventStream,
     syscall_names::syscall_number,
@@ -342,6 +342,9 @@ fn write_outputs(
             serde_json::to_writer_pretty(&mut *writer, &document)?;
             writeln!(writer)
         })?);
+    }
+    for (kind, file) in outputs.pprof {
+        written.push(file.write_with(|writer| pprof::write(report, kind, writer))?);
     }
     summary::print(report, &written, top);
     Ok(())

@@ -1,5 +1,5 @@
-//! Writing a recording out: the flame graph, collapsed stacks, the JSON report and the
-//! terminal summary.
+//! Writing a recording out: the flame graph, collapsed stacks, the JSON report, pprof
+//! profiles and the terminal summary.
 //!
 //! Output files are opened before the recording starts ([`OutputFiles::create`]), so
 //! that a path that can't be written fails at once instead of after the recording.
@@ -7,6 +7,7 @@
 pub mod differential;
 pub mod folded;
 pub mod json;
+pub mod pprof;
 pub mod summary;
 pub mod svg;
 
@@ -16,7 +17,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{attach::EventSet, exit::Failure};
+use crate::{attach::EventSet, exit::Failure, render::pprof::PprofKind};
 
 /// Where to write each output; `None` leaves that output out.
 #[derive(Clone, Debug)]
@@ -31,6 +32,9 @@ pub struct OutputPaths {
     pub folded: Option<PathBuf>,
     /// The machine-readable report.
     pub json: Option<PathBuf>,
+    /// The pprof profiles: the on-CPU one here, the others next to it
+    /// ([`pprof::PprofKind::path`]).
+    pub pprof: Option<PathBuf>,
 }
 
 impl Default for OutputPaths {
@@ -41,6 +45,7 @@ impl Default for OutputPaths {
             leaks_svg: PathBuf::from("leaks.svg"),
             folded: None,
             json: None,
+            pprof: None,
         }
     }
 }
@@ -88,6 +93,8 @@ pub struct OutputFiles {
     pub folded: Option<OutputFile>,
     /// The JSON report.
     pub json: Option<OutputFile>,
+    /// The pprof profile of each recorded kind.
+    pub pprof: Vec<(PprofKind, OutputFile)>,
 }
 
 impl OutputFiles {
@@ -102,6 +109,12 @@ impl OutputFiles {
             leaks_svg: when(events.alloc, &paths.leaks_svg)?,
             folded: optional(&paths.folded)?,
             json: optional(&paths.json)?,
+            pprof: match &paths.pprof {
+                Some(path) => PprofKind::recorded(events)
+                    .map(|kind| Ok((kind, OutputFile::create(&kind.path(path))?)))
+                    .collect::<Result<_, Failure>>()?,
+                None => Vec::new(),
+            },
         })
     }
 }

@@ -1,0 +1,391 @@
+//! pprof profiles (`--pprof FILE`): gzipped `profile.proto`, the format `go tool pprof`,
+//! Pyroscope, Parca and the cloud profilers read. One profile per recorded kind: on-CPU
+//! samples and time, off-CPU time, and the bytes and blocks leak candidates hold.
+//!
+//! The messages are declared here with prost's derive, field numbers as in
+//! `profile.proto`; prost does the encoding.
+
+use std::{
+    collections::HashMap,
+    io::{self, Write},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use flate2::{Compression, write::GzEncoder};
+use prost::Message as _;
+
+use crate::{
+    attach::EventSet,
+    report::Report,
+    symbolize::{Frame, Origin},
+};
+
+/// Which profile of a recording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PprofKind {
+    /// On-CPU samples, and the CPU time they stand for.
+    Cpu,
+    /// Time off the CPU.
+    OffCpu,
+    /// Bytes and blocks held by leak candidates.
+    Leaks,
+}
+
+impl PprofKind {
+    /// The kinds `events` records, in the order they are written.
+    pub fn recorded(events: EventSet) -> impl Iterator<Item = PprofKind> {
+        [
+            (events.cpu, PprofKind::Cpu),
+            (events.offcpu, PprofKind::OffCpu),
+            (events.alloc, PprofKind::Leaks),
+        ]
+        .into_iter()
+        .filter_map(|(recorded, kind)| recorded.then_some(kind))
+    }
+
+    /// Where the `kind` profile goes when `--pprof` names `path`: the on-CPU profile
+    /// at `path`, the others with `-offcpu` or `-leaks` after the file's stem
+    /// (`cpu.pb.gz` → `cpu-offcpu.pb.gz`).
+    pub fn path(self, path: &Path) -> PathBuf {
+        let suffix = match self {
+            PprofKind::Cpu => return path.to_owned(),
+            PprofKind::OffCpu => "-offcpu",
+            PprofKind::Leaks => "-leaks",
+        };
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |name| name.to_string_lossy().into_owned());
+        let (stem, extensions) = match name.find('.') {
+            Some(dot) if dot > 0 => name.split_at(dot),
+            _ => (name.as_str(), ""),
+        };
+        path.with_file_name(format!("{stem}{suffix}{extensions}"))
+    }
+}
+
+/// Writes the `kind` profile of `report`, gzipped.
+pub fn write(report: &Report, kind: PprofKind, writer: &mut impl Write) -> io::Result<()> {
+    let mut encoder = GzEncoder::new(writer, Compression::default());
+    encoder.write_all(&profile(report, kind).encode_to_vec())?;
+    encoder.finish()?;
+    Ok(())
+}
+
+/// The `kind` profile of `report`.
+fn profile(report: &Report, kind: PprofKind) -> Profile {
+    let mut builder = Builder::default();
+    match kind {
+        PprofKind::Cpu => {
+            let period = 1_000_000_000 / i64::from(report.probes.frequency_hz.max(1));
+            builder.sample_types(&[("samples", "count"), ("cpu", "nanoseconds")]);
+            builder.profile.period_type = Some(builder.value_type("cpu", "nanoseconds"));
+            builder.profile.period = period;
+            for stack in &report.profile.stacks {
+                let samples = stack.count as i64;
+                let frames = stack.frames.iter().map(|&id| &report.profile.frames[id]);
+                builder.sample(
+                    report,
+                    frames,
+                    stack.origin,
+                    vec![samples, samples * period],
+                );
+            }
+        }
+        PprofKind::OffCpu => {
+            builder.sample_types(&[("offcpu", "nanoseconds")]);
+            let profile = &report.offcpu.profile;
+            for stack in &profile.stacks {
+                let frames = stack.frames.iter().map(|&id| &profile.frames[id]);
+                builder.sample(report, frames, stack.origin, vec![stack.count as i64]);
+            }
+        }
+        PprofKind::Leaks => {
+            // Go's heap profiles name these so; pprof's views know them.
+            builder.sample_types(&[("inuse_objects", "count"), ("inuse_space", "bytes")]);
+            for candidate in &report.leaks.candidates {
+                let origin = Origin {
+                    pid: Some(candidate.pid),
+                    tid: None,
+                };
+                let values = vec![candidate.count as i64, candidate.bytes as i64];
+                builder.sample(report, candidate.stack.iter(), origin, values);
+            }
+        }
+    }
+    let started = SystemTime::now()
+        .checked_sub(report.duration)
+        .and_then(|start| start.duration_since(UNIX_EPOCH).ok())
+        .unwrap_or(Duration::ZERO);
+    builder.profile.time_nanos = started.as_nanos() as i64;
+    builder.profile.duration_nanos = report.duration.as_nanos() as i64;
+    builder.profile.string_table = builder.strings.table;
+    builder.profile
+}
+
+/// Interns strings, functions and locations as a profile is filled.
+#[derive(Default)]
+struct Builder {
+    profile: Profile,
+    strings: Strings,
+    /// Location (and function) ids by frame: a frame is one location with one line.
+    locations: HashMap<Frame, u64>,
+}
+
+impl Builder {
+    fn value_type(&mut self, kind: &str, unit: &str) -> ValueType {
+        ValueType {
+            r#type: self.strings.id(kind),
+            unit: self.strings.id(unit),
+        }
+    }
+
+    fn sample_types(&mut self, types: &[(&str, &str)]) {
+        self.profile.sample_type = types
+            .iter()
+            .map(|(kind, unit)| self.value_type(kind, unit))
+            .collect();
+    }
+
+    /// Adds a sample of `frames`, root first, with its process and thread as labels.
+    fn sample<'f>(
+        &mut self,
+        report: &Report,
+        frames: impl DoubleEndedIterator<Item = &'f Frame>,
+        origin: Origin,
+        value: Vec<i64>,
+    ) {
+        // pprof lists a sample's locations leaf first; a process's root frame is a
+        // label instead.
+        let location_id = frames
+            .rev()
+            .filter(|frame| frame.process.is_none())
+            .map(|frame| self.location(frame))
+            .collect();
+        let mut label = Vec::new();
+        if let Some(pid) = origin.pid {
+            label.push(self.number_label("pid", pid));
+            if let Some(name) = report.process_names.get(&pid) {
+                label.push(Label {
+                    key: self.strings.id("process"),
+                    str: self.strings.id(name),
+                    ..Label::default()
+                });
+            }
+        }
+        if let Some(tid) = origin.tid {
+            label.push(self.number_label("tid", tid));
+        }
+        self.profile.sample.push(Sample {
+            location_id,
+            value,
+            label,
+        });
+    }
+
+    fn number_label(&mut self, key: &str, number: u32) -> Label {
+        Label {
+            key: self.strings.id(key),
+            num: i64::from(number),
+            ..Label::default()
+        }
+    }
+
+    /// The id of `frame`'s location, added with its function the first time.
+    fn location(&mut self, frame: &Frame) -> u64 {
+        if let Some(&id) = self.locations.get(frame) {
+            return id;
+        }
+        let id = self.locations.len() as u64 + 1;
+        let (name, file, line) = match &frame.python {
+            Some(python) => (python.qualname.as_str(), python.file.as_str(), python.line),
+            None if frame.kernel => (frame.name.as_str(), "[kernel]", 0),
+            None => (frame.name.as_str(), "", 0),
+        };
+        let name = self.strings.id(name);
+        self.profile.function.push(Function {
+            id,
+            name,
+            system_name: name,
+            filename: self.strings.id(file),
+            start_line: i64::from(line),
+        });
+        self.profile.location.push(Location {
+            id,
+            line: vec![Line {
+                function_id: id,
+                line: i64::from(line),
+                column: 0,
+            }],
+            ..Location::default()
+        });
+        self.locations.insert(frame.clone(), id);
+        id
+    }
+}
+
+/// The string table: index 0 is the empty string, as the format requires.
+struct Strings {
+    table: Vec<String>,
+    ids: HashMap<String, i64>,
+}
+
+impl Default for Strings {
+    fn default() -> Self {
+        Strings {
+            table: vec![String::new()],
+            ids: HashMap::from([(String::new(), 0)]),
+        }
+    }
+}
+
+impl Strings {
+    fn id(&mut self, text: &str) -> i64 {
+        if let Some(&id) = self.ids.get(text) {
+            return id;
+        }
+        let id = self.table.len() as i64;
+        self.table.push(text.to_owned());
+        self.ids.insert(text.to_owned(), id);
+        id
+    }
+}
+
+// profile.proto (github.com/google/pprof/proto/profile.proto), the fields written.
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Profile {
+    #[prost(message, repeated, tag = "1")]
+    sample_type: Vec<ValueType>,
+    #[prost(message, repeated, tag = "2")]
+    sample: Vec<Sample>,
+    #[prost(message, repeated, tag = "3")]
+    mapping: Vec<Mapping>,
+    #[prost(message, repeated, tag = "4")]
+    location: Vec<Location>,
+    #[prost(message, repeated, tag = "5")]
+    function: Vec<Function>,
+    #[prost(string, repeated, tag = "6")]
+    string_table: Vec<String>,
+    #[prost(int64, tag = "9")]
+    time_nanos: i64,
+    #[prost(int64, tag = "10")]
+    duration_nanos: i64,
+    #[prost(message, optional, tag = "11")]
+    period_type: Option<ValueType>,
+    #[prost(int64, tag = "12")]
+    period: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ValueType {
+    #[prost(int64, tag = "1")]
+    r#type: i64,
+    #[prost(int64, tag = "2")]
+    unit: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Sample {
+    #[prost(uint64, repeated, tag = "1")]
+    location_id: Vec<u64>,
+    #[prost(int64, repeated, tag = "2")]
+    value: Vec<i64>,
+    #[prost(message, repeated, tag = "3")]
+    label: Vec<Label>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Label {
+    #[prost(int64, tag = "1")]
+    key: i64,
+    #[prost(int64, tag = "2")]
+    str: i64,
+    #[prost(int64, tag = "3")]
+    num: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Mapping {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(uint64, tag = "2")]
+    memory_start: u64,
+    #[prost(uint64, tag = "3")]
+    memory_limit: u64,
+    #[prost(uint64, tag = "4")]
+    file_offset: u64,
+    #[prost(int64, tag = "5")]
+    filename: i64,
+    #[prost(int64, tag = "6")]
+    build_id: i64,
+    #[prost(bool, tag = "7")]
+    has_functions: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Location {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(uint64, tag = "2")]
+    mapping_id: u64,
+    #[prost(uint64, tag = "3")]
+    address: u64,
+    #[prost(message, repeated, tag = "4")]
+    line: Vec<Line>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Line {
+    #[prost(uint64, tag = "1")]
+    function_id: u64,
+    #[prost(int64, tag = "2")]
+    line: i64,
+    #[prost(int64, tag = "3")]
+    column: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Function {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(int64, tag = "2")]
+    name: i64,
+    #[prost(int64, tag = "3")]
+    system_name: i64,
+    #[prost(int64, tag = "4")]
+    filename: i64,
+    #[prost(int64, tag = "5")]
+    start_line: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_has_its_file_next_to_the_named_one() {
+        let path = Path::new("out/cpu.pb.gz");
+        assert_eq!(PprofKind::Cpu.path(path), path);
+        assert_eq!(
+            PprofKind::OffCpu.path(path),
+            Path::new("out/cpu-offcpu.pb.gz")
+        );
+        assert_eq!(
+            PprofKind::Leaks.path(Path::new("profile")),
+            Path::new("profile-leaks")
+        );
+        let kinds: Vec<PprofKind> = PprofKind::recorded(EventSet::ALL).collect();
+        assert_eq!(kinds, [PprofKind::Cpu, PprofKind::OffCpu, PprofKind::Leaks]);
+    }
+
+    #[test]
+    fn strings_start_empty_and_are_interned_once() {
+        let mut strings = Strings::default();
+        assert_eq!(strings.id(""), 0);
+        assert_eq!(strings.id("cpu"), 1);
+        assert_eq!(strings.id("samples"), 2);
+        assert_eq!(strings.id("cpu"), 1);
+        assert_eq!(strings.table, ["", "cpu", "samples"]);
+    }
+}
