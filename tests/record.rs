@@ -204,6 +204,19 @@ fn outputs_are_a_valid_svg_collapsed_stacks_and_a_json_report() {
         pprof_row(&rows, "hot_phase").cum,
         hot["total_samples"].as_f64().unwrap()
     );
+    // Its mappings name the binary with its build id, as `file` prints it.
+    let raw = Command::new("go")
+        .args(["tool", "pprof", "-raw"])
+        .arg(dir.join("cpu.pb.gz"))
+        .output()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    let binary_mapping = raw
+        .lines()
+        .find(|line| line.contains(&format!("{phases} ")))
+        .unwrap_or_else(|| panic!("no mapping of the binary: {raw}"));
+    let build_id = binary_mapping.split_whitespace().nth(3).unwrap();
+    assert!(build_id.len() == 40 && build_id.chars().all(|c| c.is_ascii_hexdigit()));
     let (cpu_ns, _) = pprof_top(&dir.join("cpu.pb.gz"), "cpu", "ns");
     let period_ns = 1e9 / 99.0;
     assert!(

@@ -87,7 +87,7 @@ impl Movement {
 /// Two profiles compared.
 #[derive(Clone, Debug)]
 pub struct Comparison {
-    /// The base profile, with process frames made comparable ([`without_pids`]).
+    /// The base profile, with process frames made comparable ([`comparable`]).
     pub base: Profile,
     /// The new profile, likewise.
     pub new: Profile,
@@ -106,7 +106,7 @@ impl Comparison {
 
 /// Compares `new` with `base` and judges `rules` on them.
 pub fn compare(base: &Profile, new: &Profile, rules: &[GrowthRule]) -> Comparison {
-    let (base, new) = (without_pids(base), without_pids(new));
+    let (base, new) = (comparable(base), comparable(new));
     let inclusive_shares = |profile: &Profile| -> HashMap<Frame, f64> {
         analyze(
             profile,
@@ -163,24 +163,27 @@ pub fn compare(base: &Profile, new: &Profile, rules: &[GrowthRule]) -> Compariso
     }
 }
 
-/// `profile` with each process's root frame named by its command alone: the pids of two
-/// recordings differ, and `model-server [4242]` must meet `model-server [5151]`.
-pub fn without_pids(profile: &Profile) -> Profile {
+/// `profile` with what differs between two runs of the same code left out of its
+/// frames: each process's root frame is named by its command alone (`model-server
+/// [4242]` must meet `model-server [5151]`), and native frames forget their file, whose
+/// build id changes with each build.
+pub fn comparable(profile: &Profile) -> Profile {
     let mut builder = ProfileBuilder::default();
     for stack in &profile.stacks {
         let frames = stack.frames.iter().map(|&index| {
             let frame = &profile.frames[index];
-            match frame.process {
+            let name = match frame.process {
                 Some(pid) => {
                     let suffix = format!(" [{pid}]");
-                    let name = frame.name.strip_suffix(&suffix).unwrap_or(&frame.name);
-                    Frame {
-                        name: name.to_owned(),
-                        process: Some(0),
-                        ..frame.clone()
-                    }
+                    frame.name.strip_suffix(&suffix).unwrap_or(&frame.name)
                 }
-                None => frame.clone(),
+                None => &frame.name,
+            };
+            Frame {
+                name: name.to_owned(),
+                process: frame.process.map(|_| 0),
+                object: None,
+                ..frame.clone()
             }
         });
         builder.push_from(stack.origin, frames, stack.count);

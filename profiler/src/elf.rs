@@ -1,5 +1,5 @@
 //! Where things of an ELF file lie in the file, for uprobes, which are placed by file
-//! offset.
+//! offset, and what identifies a build of it.
 
 use std::{fs, path::Path};
 
@@ -28,6 +28,14 @@ pub fn entry_file_offset(program: &Path) -> Option<u64> {
     file_offset(&elf, elf.entry()).map(|(offset, _)| offset)
 }
 
+/// The file's GNU build id, in hex, as `file` and debuginfod spell it.
+pub fn build_id(file: &fs::File) -> Option<String> {
+    let cache = ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    let id = elf.build_id().ok()??;
+    Some(id.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +46,7 @@ mod tests {
         let script = std::env::temp_dir().join(format!("profiler-script-{}", std::process::id()));
         fs::write(&script, "#!/bin/sh\n").unwrap();
         assert_eq!(entry_file_offset(&script), None);
+        assert_eq!(build_id(&fs::File::open(&script).unwrap()), None);
         fs::remove_file(script).unwrap();
     }
 }

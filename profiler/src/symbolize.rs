@@ -14,6 +14,7 @@ use std::{
     fs,
     os::{fd::AsRawFd as _, unix::fs::FileExt as _},
     path::Path,
+    sync::Arc,
 };
 
 use blazesym::symbolize::{
@@ -24,6 +25,7 @@ use object::{Object as _, ObjectSymbol as _};
 
 use crate::{
     aggregate::{StackCounts, StackKey},
+    elf,
     memory_map::{FileId, Mapping, MemoryMaps, read_mappings},
     python::{self, PythonFunction},
 };
@@ -39,6 +41,17 @@ pub struct Frame {
     pub python: Option<PythonFunction>,
     /// The pid, for the root frame that names a process in a profile of several.
     pub process: Option<u32>,
+    /// The file a native user frame's code was mapped from, where it was one.
+    pub object: Option<Arc<ObjectFile>>,
+}
+
+/// A file that code was mapped from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectFile {
+    /// Its path, as the process named it.
+    pub path: String,
+    /// Its GNU build id in hex, if it has one.
+    pub build_id: Option<String>,
 }
 
 impl Frame {
@@ -49,6 +62,7 @@ impl Frame {
             kernel,
             python: None,
             process: None,
+            object: None,
         }
     }
 
@@ -167,10 +181,26 @@ impl Unnamed {
     }
 }
 
+/// What a user address is named: its functions, outermost inlined first, and its file.
+#[derive(Debug)]
+struct UserNames {
+    functions: Vec<String>,
+    object: Option<Arc<ObjectFile>>,
+}
+
+impl UserNames {
+    fn unfiled(functions: Vec<String>) -> Self {
+        UserNames {
+            functions,
+            object: None,
+        }
+    }
+}
+
 /// The names of the addresses of a set of stacks, from [`Symbolizer::resolve`].
 #[derive(Debug, Default)]
 pub struct Names {
-    user: HashMap<(u32, u64), Vec<String>>,
+    user: HashMap<(u32, u64), UserNames>,
     kernel: HashMap<u64, Vec<String>>,
     /// The Python functions stacks refer to, by [`python::PythonFrameRef::function`].
     python: Vec<PythonFunction>,
@@ -197,7 +227,16 @@ impl Names {
     pub fn frames(&self, key: &StackKey) -> Vec<Frame> {
         let native: Vec<Vec<Frame>> = lookup_addresses(&key.user)
             .rev()
-            .map(|address| named_frames(self.user.get(&(key.tgid, address)), false))
+            .map(|address| match self.user.get(&(key.tgid, address)) {
+                Some(names) => named_frames(Some(&names.functions), false)
+                    .into_iter()
+                    .map(|frame| Frame {
+                        object: names.object.clone(),
+                        ..frame
+                    })
+                    .collect(),
+                None => named_frames(None, false),
+            })
             .collect();
         let mut frames = python::interleave(native, &key.python, &self.python, key.native_complete);
         frames.extend(
@@ -362,7 +401,9 @@ impl Symbolizer {
                         names.count_unnamed(Unnamed::NoSymbol);
                     }
                     let frame = name.unwrap_or_else(|| "[vdso]".to_owned());
-                    names.user.insert((tgid, address), vec![frame]);
+                    names
+                        .user
+                        .insert((tgid, address), UserNames::unfiled(vec![frame]));
                 }
                 Some(mapping) => match &mapping.file {
                     Some(id) => {
@@ -381,6 +422,12 @@ impl Symbolizer {
         }
         for (id, lookup) in by_file {
             let looked_up = self.file_names(id, &lookup.offsets);
+            let object = lookup.mapping.path.as_ref().map(|path| {
+                Arc::new(ObjectFile {
+                    path: path.to_string_lossy().into_owned(),
+                    build_id: self.files.get(id).and_then(elf::build_id),
+                })
+            });
             for (index, &(tgid, address)) in lookup.addresses.iter().enumerate() {
                 let found = match &looked_up {
                     Some(found) => found[index].clone().ok_or(Unnamed::NoSymbol),
@@ -390,7 +437,11 @@ impl Symbolizer {
                     names.count_unnamed(reason);
                     vec![file_label(lookup.mapping)]
                 });
-                names.user.insert((tgid, address), frames);
+                let names_of_address = UserNames {
+                    functions: frames,
+                    object: object.clone(),
+                };
+                names.user.insert((tgid, address), names_of_address);
             }
         }
         for (tgid, addresses) in anonymous {
@@ -400,7 +451,9 @@ impl Symbolizer {
                     names.count_unnamed(Unnamed::AnonymousMemory);
                     vec![UNKNOWN.to_owned()]
                 });
-                names.user.insert((tgid, *address), frames);
+                names
+                    .user
+                    .insert((tgid, *address), UserNames::unfiled(frames));
             }
         }
 
@@ -619,7 +672,7 @@ mod tests {
         let names = Names {
             unnamed: BTreeMap::new(),
             python: Vec::new(),
-            user: HashMap::from([((1, 10), vec!["main".to_owned()])]),
+            user: HashMap::from([((1, 10), UserNames::unfiled(vec!["main".to_owned()]))]),
             kernel: HashMap::from([
                 (100, vec!["bpf_prog_1234_sched_switch".to_owned()]),
                 (199, vec!["perf_trace_sched_switch".to_owned()]),

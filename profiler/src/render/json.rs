@@ -5,7 +5,7 @@
 //! first. Every section is present whatever `--events` says, empty when not recorded.
 //! The README documents every field.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
 
@@ -15,7 +15,7 @@ use crate::{
     python::{PythonFunction, PythonReport},
     render::folded::frame_label,
     report::{Report, StackQuality, StopReason},
-    symbolize::{Frame, Origin, Profile, ProfileBuilder},
+    symbolize::{Frame, ObjectFile, Origin, Profile, ProfileBuilder},
 };
 
 /// The JSON document of a report; `stop_to_svg` is the time from the stop to a written
@@ -207,6 +207,12 @@ pub fn cpu_profile(document: &Value) -> Result<Profile, String> {
 fn frame_from_fields(fields: &Value) -> Option<Frame> {
     let name = fields["name"].as_str()?;
     let mut frame = Frame::native(name, fields["kernel"].as_bool()?);
+    frame.object = fields["object"].as_str().map(|path| {
+        Arc::new(ObjectFile {
+            path: path.to_owned(),
+            build_id: fields["build_id"].as_str().map(str::to_owned),
+        })
+    });
     match fields["language"].as_str()? {
         "process" => frame.process = Some(u32::try_from(fields["pid"].as_u64()?).ok()?),
         "python" => {
@@ -246,6 +252,10 @@ fn frame_fields(frame: &Frame) -> Value {
     });
     if let Some(pid) = frame.process {
         fields["pid"] = json!(pid);
+    }
+    if let Some(object) = &frame.object {
+        fields["object"] = json!(object.path);
+        fields["build_id"] = json!(object.build_id);
     }
     if let Some(python) = &frame.python {
         fields = with(

@@ -9,6 +9,7 @@ use std::{
     collections::HashMap,
     io::{self, Write},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -18,7 +19,7 @@ use prost::Message as _;
 use crate::{
     attach::EventSet,
     report::Report,
-    symbolize::{Frame, Origin},
+    symbolize::{Frame, ObjectFile, Origin},
 };
 
 /// Which profile of a recording.
@@ -130,6 +131,8 @@ struct Builder {
     strings: Strings,
     /// Location (and function) ids by frame: a frame is one location with one line.
     locations: HashMap<Frame, u64>,
+    /// Mapping ids by file; the kernel is one mapping.
+    mappings: HashMap<Option<Arc<ObjectFile>>, u64>,
 }
 
 impl Builder {
@@ -199,9 +202,9 @@ impl Builder {
         let id = self.locations.len() as u64 + 1;
         let (name, file, line) = match &frame.python {
             Some(python) => (python.qualname.as_str(), python.file.as_str(), python.line),
-            None if frame.kernel => (frame.name.as_str(), "[kernel]", 0),
             None => (frame.name.as_str(), "", 0),
         };
+        let mapping_id = self.mapping(frame);
         let name = self.strings.id(name);
         self.profile.function.push(Function {
             id,
@@ -212,6 +215,7 @@ impl Builder {
         });
         self.profile.location.push(Location {
             id,
+            mapping_id,
             line: vec![Line {
                 function_id: id,
                 line: i64::from(line),
@@ -220,6 +224,36 @@ impl Builder {
             ..Location::default()
         });
         self.locations.insert(frame.clone(), id);
+        id
+    }
+
+    /// The id of the mapping `frame`'s code came from (its file's, or the kernel's),
+    /// added the first time; 0, no mapping, for Python frames and unknown files.
+    fn mapping(&mut self, frame: &Frame) -> u64 {
+        let object = if frame.kernel {
+            Some(Arc::new(ObjectFile {
+                path: "[kernel.kallsyms]".to_owned(),
+                build_id: None,
+            }))
+        } else {
+            frame.object.clone()
+        };
+        let Some(file) = &object else {
+            return 0;
+        };
+        if let Some(&id) = self.mappings.get(&object) {
+            return id;
+        }
+        let id = self.mappings.len() as u64 + 1;
+        let build_id = file.build_id.as_deref().map_or(0, |id| self.strings.id(id));
+        self.profile.mapping.push(Mapping {
+            id,
+            filename: self.strings.id(&file.path),
+            build_id,
+            has_functions: true,
+            ..Mapping::default()
+        });
+        self.mappings.insert(object, id);
         id
     }
 }
