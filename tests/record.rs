@@ -6,6 +6,7 @@
 
 use std::{
     fs,
+    io::{Read as _, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::OnceLock,
@@ -574,6 +575,192 @@ fn diff_measures_how_far_a_function_grew_and_gates_on_it() {
     let missing = diff(&dir.join("missing.json"), &new_json, "hot_phase>+1pt");
     assert_eq!(missing.status.code(), Some(INPUT));
     assert!(stderr_line(&missing).contains("missing.json"));
+}
+
+#[test]
+fn interval_snapshots_cover_the_recording_and_add_up_to_it() {
+    let dir = scratch("interval");
+    let truth = dir.join("truth.json");
+    let phases = phases_binary().to_str().unwrap().to_owned();
+    let output = run(&mut record(
+        &dir,
+        &[
+            "--interval",
+            "1",
+            "--",
+            &phases,
+            "2",
+            "3.5",
+            "0",
+            truth.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(output.status.code(), Some(0));
+    let whole = report(&dir);
+    let snapshots: Vec<Value> = (1..)
+        .map(|index| dir.join(format!("report.{index:03}.json")))
+        .take_while(|path| path.exists())
+        .map(|path| read_json(&path))
+        .collect();
+    // One snapshot per whole second, and the last one, which ends with the recording.
+    let duration = whole["duration_s"].as_f64().unwrap();
+    assert_eq!(
+        snapshots.len(),
+        duration.floor() as usize + 1,
+        "over {duration} s"
+    );
+    let samples = |report: &Value| report["cpu"]["samples"].as_u64().unwrap();
+    let snapshot_samples: u64 = snapshots.iter().map(samples).sum();
+    assert_eq!(snapshot_samples, samples(&whole));
+    let mut start = 0.0;
+    for (index, snapshot) in snapshots.iter().enumerate() {
+        let interval = &snapshot["interval"];
+        assert_eq!(interval["index"], index + 1);
+        assert_eq!(interval["start_s"].as_f64().unwrap(), start);
+        start = interval["end_s"].as_f64().unwrap();
+        assert_eq!(snapshot["stop_reason"], "interval");
+        let svg = fs::read_to_string(dir.join(format!("flame.{:03}.svg", index + 1))).unwrap();
+        assert!(svg.contains(&format!("(interval {}: ", index + 1)));
+        svg_frame_titles(&svg);
+    }
+    assert!(
+        (start - duration).abs() < 1e-6,
+        "the last interval ends with the recording"
+    );
+}
+
+/// A Prometheus server, Debian's, scraping one target every second, stopped on drop.
+struct Prometheus {
+    server: Child,
+    port: u16,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target_port: u16) -> Prometheus {
+        let port = free_port();
+        let config = dir.join("prometheus.yml");
+        fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: profiler\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+            ),
+        )
+        .unwrap();
+        let server = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus (cargo xtask setup installs it)");
+        let prometheus = Prometheus { server, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !prometheus.get("/-/ready").contains("Ready") {
+            assert!(Instant::now() < deadline, "prometheus did not become ready");
+            sleep(Duration::from_millis(200));
+        }
+        prometheus
+    }
+
+    /// The body of an HTTP GET of `path`; HTTP/1.0, so that it comes whole.
+    fn get(&self, path: &str) -> String {
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return String::new();
+        };
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        let mut response = String::new();
+        if stream.write_all(request.as_bytes()).is_err()
+            || stream.read_to_string(&mut response).is_err()
+        {
+            return String::new();
+        }
+        response
+            .split_once("\r\n\r\n")
+            .map_or_else(String::new, |(_, body)| body.to_owned())
+    }
+
+    /// The single value a PromQL query returns.
+    fn query(&self, promql: &str) -> f64 {
+        let encoded: String = promql
+            .bytes()
+            .map(|byte| match byte {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (byte as char).to_string(),
+                _ => format!("%{byte:02X}"),
+            })
+            .collect();
+        let body = self.get(&format!("/api/v1/query?query={encoded}"));
+        let response: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
+        let result = &response["data"]["result"];
+        assert_eq!(
+            result.as_array().map(Vec::len),
+            Some(1),
+            "{promql}: {response}"
+        );
+        result[0]["value"][1].as_str().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_prometheus_server_scrapes_the_shares_while_recording() {
+    let dir = scratch("metrics");
+    let metrics_port = free_port();
+    let prometheus = Prometheus::start(&dir, metrics_port);
+    let truth_path = dir.join("truth.json");
+    let phases = phases_binary().to_str().unwrap().to_owned();
+    let address = format!("127.0.0.1:{metrics_port}");
+    let output = run(&mut record(
+        &dir,
+        &[
+            "--metrics-addr",
+            &address,
+            "--events",
+            "cpu,syscalls",
+            "--fail-on",
+            "hot_phase>50%",
+            "--",
+            &phases,
+            "2",
+            "12",
+            "0",
+            truth_path.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(output.status.code(), Some(RULE_FIRED));
+    let truth = Truth::read(&truth_path);
+    // Every refresh's window, as Prometheus stored it.
+    let share = prometheus
+        .query("avg_over_time(profiler_function_inclusive_cpu_ratio{function=\"hot_phase\"}[5m])");
+    assert!(
+        (share - truth.hot_share()).abs() <= 0.05,
+        "hot_phase: {share:.3} in Prometheus, {:.3} by the workload",
+        truth.hot_share()
+    );
+    let fired = prometheus.query("max_over_time(profiler_rule_fired{rule=\"hot_phase>50%\"}[5m])");
+    assert_eq!(fired, 1.0);
+    let samples = prometheus.query("max_over_time(profiler_cpu_samples_total[5m])");
+    assert!(samples > 0.0 && samples <= report(&dir)["cpu"]["samples"].as_f64().unwrap());
+    let calls = prometheus.query(
+        "max_over_time(profiler_syscall_duration_seconds_count{syscall=\"clock_gettime\"}[5m])",
+    );
+    assert!(calls > 100.0, "clock_gettime calls: {calls}");
 }
 
 #[test]

@@ -4,13 +4,20 @@
 //! [`Probes::detach`], takes every probe out of the kernel again.
 
 use std::{
-    collections::HashSet, fmt, fs, num::NonZeroU32, os::fd::OwnedFd, path::Path, str::FromStr,
+    collections::HashSet,
+    fmt, fs,
+    num::NonZeroU32,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    path::Path,
+    str::FromStr,
     time::Duration,
 };
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{
+        Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
+    },
     programs::{
         PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -685,14 +692,87 @@ pub struct AllocTables {
 }
 
 impl AllocTables {
-    /// Every allocation not freed yet.
+    /// Every allocation not freed yet. The table is read in batches, a few syscalls for
+    /// the whole of it, so that it can be swept while recording; a kernel that refuses
+    /// batches has it read an entry at a time.
     pub fn live(&self) -> Vec<(LiveAllocationKey, LiveAllocation)> {
-        self.live.iter().filter_map(Result::ok).collect()
+        lookup_batch(self.live.map())
+            .unwrap_or_else(|_| self.live.iter().filter_map(Result::ok).collect())
     }
 
     /// The total of one counter.
     pub fn total(&self, counter: AllocCounter) -> u64 {
         sum_over_cpus(&self.counters, counter as u32)
+    }
+}
+
+/// Every entry of hash map `map`, read with `BPF_MAP_LOOKUP_BATCH`, which aya does not
+/// wrap.
+fn lookup_batch<K: aya::Pod, V: aya::Pod>(map: &MapData) -> std::io::Result<Vec<(K, V)>> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    /// The `batch` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    let mut chunk = 4096usize;
+    let mut entries = Vec::new();
+    // A hash map's batch token is a bucket index; u64 leaves room to spare.
+    let (mut token, mut next_token) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let mut keys: Vec<K> = Vec::with_capacity(chunk);
+        let mut values: Vec<V> = Vec::with_capacity(chunk);
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &raw const token as u64 },
+            out_batch: &raw mut next_token as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: the attribute points at buffers of `count` keys and values, and at
+        // the tokens, all alive for the call; the kernel writes at most `count` of each.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let error = (result < 0).then(std::io::Error::last_os_error);
+        let filled = (attr.count as usize).min(chunk);
+        // SAFETY: the kernel filled the first `filled` keys and values.
+        unsafe {
+            keys.set_len(filled);
+            values.set_len(filled);
+        }
+        match error.as_ref().and_then(std::io::Error::raw_os_error) {
+            // A bucket holds more entries than a batch: retry it with room for them.
+            Some(libc::ENOSPC) => {
+                chunk *= 2;
+                continue;
+            }
+            // The end of the table.
+            Some(libc::ENOENT) => {
+                entries.extend(keys.into_iter().zip(values));
+                return Ok(entries);
+            }
+            Some(_) => return Err(error.unwrap_or_else(std::io::Error::last_os_error)),
+            None => entries.extend(keys.into_iter().zip(values)),
+        }
+        token = next_token;
+        first = false;
     }
 }
 

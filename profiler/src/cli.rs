@@ -1,6 +1,6 @@
 //! The command line: `profiler record`, its options, and the exit codes.
 
-use std::{ffi::OsString, path::PathBuf, time::Duration};
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
@@ -51,7 +51,7 @@ enum Command {
         after_help = EXIT_CODES,
         group(ArgGroup::new("target").required(true).args(["pids", "command"])),
     )]
-    Record(RecordArgs),
+    Record(Box<RecordArgs>),
 
     /// Compare the on-CPU profiles of two recordings' JSON reports (`record --json`):
     /// write a differential flame graph (widths from NEW, red where stacks grew, blue
@@ -181,9 +181,23 @@ struct RecordArgs {
     #[arg(long = "fail-on", value_name = "RULE")]
     fail_on: Vec<Rule>,
 
-    /// Rows in each table of the terminal summary.
+    /// Rows in each table of the terminal summary, and functions with a series in the
+    /// metrics.
     #[arg(long, value_name = "N", default_value_t = 10)]
     top: usize,
+
+    /// Also write, every SECS, the on-CPU flame graph and (with --json) the JSON report
+    /// of that interval, numbered before the extension (flame.001.svg, report.001.json);
+    /// the last interval ends with the recording.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    interval: Option<Duration>,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics while recording: samples,
+    /// losses, the top functions' shares over the last 5 s, each --fail-on rule's state,
+    /// syscall latency histograms, off-CPU seconds, bytes held by leak candidates, and
+    /// the profiler's own CPU.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<SocketAddr>,
 
     /// Start this command and profile it until it exits.
     #[arg(last = true, value_name = "CMD")]
@@ -222,6 +236,8 @@ impl RecordArgs {
                 rules: self.fail_on,
             },
             top: self.top,
+            interval: self.interval,
+            metrics_addr: self.metrics_addr,
             ..RecordOptions::new(target)
         }
     }
@@ -258,7 +274,7 @@ fn parse_percent(text: &str) -> Result<f64, String> {
 /// Runs the command line and returns the process's exit code.
 pub fn run() -> u8 {
     match Cli::parse().command {
-        Command::Record(args) => run_record(args),
+        Command::Record(args) => run_record(*args),
         Command::Diff(args) => run_diff(args),
     }
 }

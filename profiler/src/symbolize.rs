@@ -213,6 +213,17 @@ impl Names {
         *self.unnamed.entry(reason).or_default() += 1;
     }
 
+    /// Adds the names of `other`, which were looked up later (its Python functions,
+    /// a longer list of the same, replace these).
+    pub fn merge(&mut self, other: Names) {
+        self.user.extend(other.user);
+        self.kernel.extend(other.kernel);
+        self.python = other.python;
+        for (reason, count) in other.unnamed {
+            *self.unnamed.entry(reason).or_default() += count;
+        }
+    }
+
     /// Names the Python frames of stacks with `functions`.
     pub fn with_python(self, functions: Vec<PythonFunction>) -> Self {
         Names {

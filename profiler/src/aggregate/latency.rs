@@ -59,6 +59,11 @@ impl Latency {
         self.histogram.len()
     }
 
+    /// Durations recorded at or below `ns`.
+    pub fn count_at_most(&self, ns: u64) -> u64 {
+        self.histogram.count_between(0, ns)
+    }
+
     /// The duration at `quantile` (0 to 1), never above the maximum.
     pub fn quantile(&self, quantile: f64) -> u64 {
         if self.histogram.is_empty() {

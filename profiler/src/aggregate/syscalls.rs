@@ -22,7 +22,7 @@ pub struct SlowCall {
 }
 
 /// Exact durations of streamed slow calls, per syscall number.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SyscallLatencies(HashMap<u32, Latency>);
 
 impl SyscallLatencies {

@@ -15,13 +15,13 @@ use crate::{
     allocators,
     analyze::{AnalysisOptions, Observations, analyze},
     memory_map::MemoryMaps,
-    python::PythonFrames,
+    python::{PythonFrames, PythonReport},
     report::{
         LeakCandidate, Leaks, Losses, NamedSlowCall, OffCpu, Report, SLOW_CALLS_KEPT, SelfCost,
         StackQuality, StopReason, TargetProcess,
     },
     stream::Event,
-    symbolize::{Capture, Frame, Names, Origin, ProfileBuilder, Symbolizer},
+    symbolize::{Capture, Frame, Names, Origin, Profile, ProfileBuilder, Symbolizer},
     syscall_names::syscall_name,
     target,
     unwind::UnwindTables,
@@ -55,6 +55,24 @@ pub(super) struct Collector {
     /// Each process's command name, read at its last map read while it ran: after an
     /// `exec`, the new program's.
     process_names: HashMap<u32, String>,
+    /// CPU stacks since the last view of each live window that was asked for.
+    windows: HashMap<LiveWindow, StackCounts>,
+    /// The names of every CPU stack the live views have shown, grown as stacks come.
+    live_names: Names,
+    /// CPU stacks seen for the first time since the live names were last grown.
+    unnamed_stacks: Vec<StackKey>,
+}
+
+/// Samples per (pid, tid).
+type ThreadSamples = Vec<((u32, u32), u64)>;
+
+/// A view of the recording while it runs, over CPU samples since its last look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum LiveWindow {
+    /// `--interval` snapshots.
+    Interval,
+    /// `--metrics-addr` refreshes.
+    Metrics,
 }
 
 /// Adds a record's stack to `counts` with `weight`; a stack not seen before may hold
@@ -66,10 +84,12 @@ fn weigh(
     stacks: &Stacks,
     key: StackKey,
     weight: u64,
-) {
-    if counts.add(key, weight) {
+) -> bool {
+    let new = counts.add(key, weight);
+    if new {
         maps.observe(header.tgid, stacks.user_frames());
     }
+    new
 }
 
 /// What the recording adds to the collector's aggregates at the end.
@@ -85,10 +105,15 @@ pub(super) struct Finished<'o> {
 }
 
 impl Collector {
-    /// A collector that unwinds user stacks from tables if `uses_unwind_tables`.
-    pub(super) fn new(uses_unwind_tables: bool) -> Self {
+    /// A collector that unwinds user stacks from tables if `uses_unwind_tables`, and
+    /// keeps the CPU samples of each of `windows` apart.
+    pub(super) fn new(uses_unwind_tables: bool, windows: &[LiveWindow]) -> Self {
         Collector {
             unwind_tables: uses_unwind_tables.then(UnwindTables::default),
+            windows: windows
+                .iter()
+                .map(|&window| (window, StackCounts::default()))
+                .collect(),
             ..Collector::default()
         }
     }
@@ -99,7 +124,11 @@ impl Collector {
             Event::Cpu(sample) => {
                 self.note_end(sample.header.tgid, sample.stacks.user_end, |q| &mut q.cpu);
                 let key = self.stack_key(&sample.header, &sample.stacks, true);
-                weigh(
+                for window in self.windows.values_mut() {
+                    window.add(key.clone(), 1);
+                }
+                let live = (!self.windows.is_empty()).then(|| key.clone());
+                let new = weigh(
                     &mut self.maps,
                     &mut self.cpu,
                     &sample.header,
@@ -107,6 +136,9 @@ impl Collector {
                     key,
                     1,
                 );
+                if new {
+                    self.unnamed_stacks.extend(live);
+                }
             }
             Event::OffCpu(span) => {
                 self.note_end(span.header.tgid, span.stacks.user_end, |q| &mut q.offcpu);
@@ -277,6 +309,80 @@ impl Collector {
         self.slow_calls.truncate(SLOW_CALLS_KEPT);
     }
 
+    /// The CPU samples of `window` since its last look, named, and the samples of each
+    /// thread among them; the window starts over.
+    pub(super) fn take_window(&mut self, window: LiveWindow) -> (Profile, ThreadSamples) {
+        let counts = self
+            .windows
+            .insert(window, StackCounts::default())
+            .unwrap_or_default();
+        self.name_new_stacks();
+        let profile = self
+            .live_names
+            .profile(&counts, Capture::Sampled, &self.process_names);
+        (profile, counts.threads().collect())
+    }
+
+    /// Every CPU sample so far, named.
+    pub(super) fn cpu_so_far(&mut self) -> Profile {
+        self.name_new_stacks();
+        self.live_names
+            .profile(&self.cpu, Capture::Sampled, &self.process_names)
+    }
+
+    /// Grows the live names by the stacks seen since they were last grown: each look
+    /// symbolizes only what is new.
+    fn name_new_stacks(&mut self) {
+        let stacks = std::mem::take(&mut self.unnamed_stacks);
+        let names = self
+            .symbolizer
+            .resolve(&self.maps, &stacks)
+            .with_python(self.python.functions().to_vec());
+        self.live_names.merge(names);
+    }
+
+    /// The report of the CPU samples since the last interval: its flame graph, shares,
+    /// hotspots and CPU rules. Nothing else is gathered per interval, so the other
+    /// sections are empty.
+    pub(super) fn interval_report(
+        &mut self,
+        options: &RecordOptions,
+        targets: &[TargetProcess],
+        duration: Duration,
+    ) -> Report {
+        let (profile, threads) = self.take_window(LiveWindow::Interval);
+        let analysis = analyze(&profile, &Observations::default(), &options.analysis);
+        Report {
+            targets: targets.to_vec(),
+            command: command_line(options),
+            duration,
+            probes: options.probes,
+            threads,
+            process_names: self.process_names.clone().into_iter().collect(),
+            losses: Losses::default(),
+            stack_quality: StackQuality::default(),
+            profile,
+            analysis,
+            syscalls: Vec::new(),
+            slow_calls: Vec::new(),
+            slow_call_count: 0,
+            io: Vec::new(),
+            offcpu: OffCpu::default(),
+            leaks: Leaks {
+                min_age: options.leak_min_age,
+                ..Leaks::default()
+            },
+            stop: StopReason::Duration,
+            cost: SelfCost::default(),
+            python: PythonReport::default(),
+        }
+    }
+
+    /// Off-CPU nanoseconds so far.
+    pub(super) fn offcpu_ns(&self) -> u64 {
+        self.offcpu.total()
+    }
+
     /// Names every stack at once and builds the recording.
     pub(super) fn finish(mut self, finished: Finished<'_>) -> Report {
         self.trim_slow_calls();
@@ -340,14 +446,7 @@ impl Collector {
             .collect();
         Report {
             targets: finished.targets,
-            command: match &options.target {
-                TargetSpec::Command(argv) => Some(
-                    argv.iter()
-                        .map(|arg| arg.to_string_lossy().into_owned())
-                        .collect(),
-                ),
-                TargetSpec::Pids(_) => None,
-            },
+            command: command_line(options),
             duration: finished.duration,
             probes: options.probes,
             threads: self.cpu.threads().collect(),
@@ -378,5 +477,17 @@ impl Collector {
             cost: finished.cost,
             python: self.python.report(),
         }
+    }
+}
+
+/// The started command's arguments, for the report.
+fn command_line(options: &RecordOptions) -> Option<Vec<String>> {
+    match &options.target {
+        TargetSpec::Command(argv) => Some(
+            argv.iter()
+                .map(|arg| arg.to_string_lossy().into_owned())
+                .collect(),
+        ),
+        TargetSpec::Pids(_) => None,
     }
 }

@@ -5,12 +5,14 @@
 //! goes through the same finish, so whatever was gathered is always written out.
 
 mod collector;
+mod live;
 mod session;
 
-use std::{ffi::OsString, time::Duration};
+use std::{ffi::OsString, net::SocketAddr, time::Duration};
 
 use crate::{analyze::AnalysisOptions, attach::ProbeSettings, render::OutputPaths};
 
+pub use live::METRICS_WINDOW;
 pub use session::record;
 
 /// What to profile.
@@ -37,8 +39,12 @@ pub struct RecordOptions {
     pub outputs: OutputPaths,
     /// Hotspot threshold and gates.
     pub analysis: AnalysisOptions,
-    /// Rows in each table of the terminal summary.
+    /// Rows in each table of the terminal summary, and functions in the metrics.
     pub top: usize,
+    /// Write a snapshot of the CPU samples of each such interval.
+    pub interval: Option<Duration>,
+    /// Serve Prometheus metrics here while recording.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl RecordOptions {
@@ -52,6 +58,8 @@ impl RecordOptions {
             outputs: OutputPaths::default(),
             analysis: AnalysisOptions::default(),
             top: 10,
+            interval: None,
+            metrics_addr: None,
         }
     }
 }

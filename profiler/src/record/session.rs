@@ -10,15 +10,16 @@ use std::{
 use profiler_common::{AllocCounter, DRAIN_INTERVAL_MS};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
-    time::{MissedTickBehavior, interval, sleep},
+    time::{MissedTickBehavior, interval, interval_at, sleep},
 };
 
 use super::{
     RecordOptions, TargetSpec,
     collector::{Allocations, Collector, Finished},
+    live::{Live, METRICS_WINDOW, MetricsEndpoint, Snapshots, Tables, leak_options},
 };
 use crate::{
-    aggregate::{LeakOptions, summarize_live, summarize_syscalls},
+    aggregate::{summarize_live, summarize_syscalls},
     allocators,
     analyze::Check,
     attach::{AllocTables, Probes, check_privileges},
@@ -48,6 +49,13 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         TargetSpec::Pids(_) => None,
     };
     let outputs = OutputFiles::create(&options.outputs, options.probes.events)?;
+    let mut live = Live {
+        snapshots: Snapshots::new(&options),
+        metrics: match options.metrics_addr {
+            Some(address) => Some(MetricsEndpoint::serve(address).await?),
+            None => None,
+        },
+    };
     let pids: Vec<u32> = match &options.target {
         TargetSpec::Pids(pids) if options.probes.follow_children => dedup(
             &pids
@@ -62,7 +70,10 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
     // The targets' tables are compiled before the BPF object is loaded, to size the
     // kernel's row array. A started command has not exec'd its program yet: its tables
     // are loaded when it reaches its entry point.
-    let mut collector = Collector::new(options.probes.uses_unwind_tables());
+    let mut collector = Collector::new(
+        options.probes.uses_unwind_tables(),
+        &Live::windows(&options),
+    );
     if let TargetSpec::Pids(_) = &options.target {
         for &pid in &pids {
             collector.read_map(pid);
@@ -121,13 +132,25 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
             TargetProcess { pid, name }
         })
         .collect();
+    let tables = Tables {
+        losses: &losses,
+        syscalls: &syscall_tables,
+        allocations: &alloc_tables,
+    };
+    let watched = Watched {
+        pids: &pids,
+        targets: &targets,
+        tables: &tables,
+        started,
+    };
     let stop = watch(
         &options,
         &mut signals,
-        &pids,
+        &watched,
         command.as_mut(),
         &mut stream,
         &mut collector,
+        &mut live,
     )
     .await;
     let stopped = Instant::now();
@@ -139,6 +162,11 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
     let duration = started.elapsed();
     // Records submitted before the detach are still in the ring.
     stream.drain(|event| collector.add(event));
+    // The last interval ends here, however short, so that the snapshots add up to
+    // the whole recording.
+    if let Some(snapshots) = &mut live.snapshots {
+        snapshots.write(&mut collector, &options, &targets, duration);
+    }
     let losses = Losses::read(&losses, stream.malformed());
     if let Some(command) = &mut command {
         command.terminate();
@@ -210,19 +238,15 @@ fn start_command(
 
 /// Reads the allocation tables, with blocks aged as of `stopped_ns` (CLOCK_MONOTONIC).
 fn read_allocations(tables: &AllocTables, options: &RecordOptions, stopped_ns: u64) -> Allocations {
-    let leak_options = LeakOptions {
-        min_age: options.leak_min_age,
-        sample_bytes: options.probes.alloc_sample_bytes,
-    };
     Allocations {
-        live: summarize_live(&tables.live(), stopped_ns, leak_options),
+        live: summarize_live(&tables.live(), stopped_ns, leak_options(options)),
         alloc_calls: tables.total(AllocCounter::Allocations),
         free_calls: tables.total(AllocCounter::Frees),
     }
 }
 
 /// CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads.
-fn monotonic_now_ns() -> u64 {
+pub(super) fn monotonic_now_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -257,17 +281,37 @@ fn check_rules(options: &RecordOptions) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Streams samples until the recording should stop, and says why it stopped.
+/// What the watch loop looks at besides the stream.
+struct Watched<'w> {
+    pids: &'w [u32],
+    targets: &'w [TargetProcess],
+    tables: &'w Tables<'w>,
+    started: Instant,
+}
+
+/// Streams samples until the recording should stop, keeps the live views current, and
+/// says why it stopped.
 async fn watch(
     options: &RecordOptions,
     signals: &mut Signals,
-    pids: &[u32],
+    watched: &Watched<'_>,
     mut command: Option<&mut HeldCommand>,
     stream: &mut EventStream,
     collector: &mut Collector,
+    live: &mut Live,
 ) -> StopReason {
+    let pids = watched.pids;
     let mut tick = interval(Duration::from_millis(DRAIN_INTERVAL_MS));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let every = |period: Option<Duration>| {
+        // A view not asked for gets a period that never comes.
+        let period = period.unwrap_or(Duration::from_secs(86_400 * 365));
+        let mut ticks = interval_at((watched.started + period).into(), period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticks
+    };
+    let mut snapshot_tick = every(options.interval);
+    let mut metrics_tick = every(options.metrics_addr.map(|_| METRICS_WINDOW));
     let deadline = sleep(options.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     loop {
@@ -279,6 +323,20 @@ async fn watch(
                     None => !pids.iter().any(|&pid| target::is_alive(pid)),
                 };
                 exited.then_some(StopReason::TargetsExited(None))
+            }
+            _ = snapshot_tick.tick(), if live.snapshots.is_some() => {
+                stream.drain(|event| collector.add(event));
+                if let Some(snapshots) = &mut live.snapshots {
+                    snapshots.write(collector, options, watched.targets, watched.started.elapsed());
+                }
+                None
+            }
+            _ = metrics_tick.tick(), if live.metrics.is_some() => {
+                stream.drain(|event| collector.add(event));
+                if let Some(metrics) = &live.metrics {
+                    metrics.refresh(collector, options, watched.tables, stream.malformed());
+                }
+                None
             }
             () = &mut deadline, if options.duration.is_some() => Some(StopReason::Duration),
             _ = signals.interrupt.recv() => Some(StopReason::Interrupted),
@@ -357,7 +415,8 @@ fn dedup(pids: &[u32]) -> Vec<u32> {
     unique
 }
 
-fn own_cpu_time() -> Duration {
+/// The profiler process's user plus system CPU time.
+pub(super) fn own_cpu_time() -> Duration {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage fills the struct it is given.
     let usage = unsafe {

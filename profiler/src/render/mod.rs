@@ -8,6 +8,7 @@ pub mod differential;
 pub mod folded;
 pub mod json;
 pub mod pprof;
+pub mod prometheus;
 pub mod summary;
 pub mod svg;
 
@@ -48,6 +49,19 @@ impl Default for OutputPaths {
             pprof: None,
         }
     }
+}
+
+/// `path` with `.N` (three digits at least) before its extension: the file of the Nth
+/// `--interval` snapshot (`flame.svg` → `flame.001.svg`).
+pub fn numbered(path: &Path, index: u32) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(String::new, |stem| stem.to_string_lossy().into_owned());
+    let name = match path.extension() {
+        Some(extension) => format!("{stem}.{index:03}.{}", extension.to_string_lossy()),
+        None => format!("{stem}.{index:03}"),
+    };
+    path.with_file_name(name)
 }
 
 /// An output file opened for writing.
@@ -116,5 +130,22 @@ impl OutputFiles {
                 None => Vec::new(),
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_are_numbered_before_the_extension() {
+        assert_eq!(
+            numbered(Path::new("out/flame.svg"), 7),
+            Path::new("out/flame.007.svg")
+        );
+        assert_eq!(
+            numbered(Path::new("report"), 1234),
+            Path::new("report.1234")
+        );
     }
 }

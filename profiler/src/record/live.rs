@@ -1,0 +1,216 @@
+//! Views of a recording while it runs: the `--interval` snapshots, and the
+//! `--metrics-addr` endpoint that a Prometheus server scrapes.
+
+use std::{io::Write as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use axum::{Router, http::header, routing::get};
+use serde_json::json;
+
+use super::{
+    RecordOptions,
+    collector::{Collector, LiveWindow},
+};
+use crate::{
+    aggregate::{LeakOptions, summarize_live, summarize_syscalls},
+    analyze::{Observations, analyze},
+    attach::{AllocTables, LossCounters, SyscallTables},
+    exit::Failure,
+    render::{
+        OutputFile, folded, json, numbered,
+        prometheus::{self, HeldBytes, LiveMetrics, MetricsState},
+        summary, svg,
+    },
+    report::{Losses, TargetProcess},
+};
+
+/// How often the metrics are refreshed: their function shares cover the samples of the
+/// last refresh period.
+pub const METRICS_WINDOW: Duration = Duration::from_secs(5);
+
+/// The live views a recording was asked for.
+#[derive(Default)]
+pub(super) struct Live {
+    pub(super) snapshots: Option<Snapshots>,
+    pub(super) metrics: Option<MetricsEndpoint>,
+}
+
+impl Live {
+    /// The windows of CPU samples the collector must keep for these views.
+    pub(super) fn windows(options: &RecordOptions) -> Vec<LiveWindow> {
+        let mut windows = Vec::new();
+        if options.interval.is_some() {
+            windows.push(LiveWindow::Interval);
+        }
+        if options.metrics_addr.is_some() {
+            windows.push(LiveWindow::Metrics);
+        }
+        windows
+    }
+}
+
+/// `--interval`: the flame graph and the JSON report of each interval, in numbered files
+/// next to the outputs.
+pub(super) struct Snapshots {
+    svg: PathBuf,
+    json: Option<PathBuf>,
+    written: u32,
+    /// When the current interval started, from the start of the recording.
+    since: Duration,
+}
+
+impl Snapshots {
+    pub(super) fn new(options: &RecordOptions) -> Option<Self> {
+        options.interval.map(|_| Snapshots {
+            svg: options.outputs.svg.clone(),
+            json: options.outputs.json.clone(),
+            written: 0,
+            since: Duration::ZERO,
+        })
+    }
+
+    /// Writes the snapshot of the interval that ends `elapsed` into the recording. A
+    /// file that can't be written is reported and the recording goes on.
+    pub(super) fn write(
+        &mut self,
+        collector: &mut Collector,
+        options: &RecordOptions,
+        targets: &[TargetProcess],
+        elapsed: Duration,
+    ) {
+        self.written += 1;
+        let index = self.written;
+        let span = elapsed.saturating_sub(self.since);
+        let report = collector.interval_report(options, targets, span);
+        let mut labels = summary::flame_graph_labels(&report);
+        labels.title += &format!(
+            " (interval {index}: {:.1} s to {:.1} s)",
+            self.since.as_secs_f64(),
+            elapsed.as_secs_f64()
+        );
+        let lines = folded::lines(&report.profile, 1);
+        let svg_written = OutputFile::create(&numbered(&self.svg, index))
+            .map_err(anyhow::Error::from)
+            .and_then(|file| file.write_with(|writer| svg::write(&lines, &labels, writer)));
+        let json_written = self.json.as_ref().map(|path| {
+            let mut document = json::document(&report, Duration::ZERO);
+            document["stop_reason"] = json!("interval");
+            document["interval"] = json!({
+                "index": index,
+                "start_s": self.since.as_secs_f64(),
+                "end_s": elapsed.as_secs_f64(),
+            });
+            OutputFile::create(&numbered(path, index))
+                .map_err(anyhow::Error::from)
+                .and_then(|file| {
+                    file.write_with(|writer| {
+                        serde_json::to_writer_pretty(&mut *writer, &document)?;
+                        writeln!(writer)
+                    })
+                })
+        });
+        for result in [Some(svg_written), json_written].into_iter().flatten() {
+            if let Err(error) = result {
+                eprintln!("profiler: warning: interval {index}: {error:#}");
+            }
+        }
+        self.since = elapsed;
+    }
+}
+
+/// `--metrics-addr`: the HTTP endpoint, and what it shows.
+pub(super) struct MetricsEndpoint {
+    metrics: Arc<LiveMetrics>,
+}
+
+/// The in-kernel tables the metrics read.
+pub(super) struct Tables<'t> {
+    pub(super) losses: &'t LossCounters,
+    pub(super) syscalls: &'t SyscallTables,
+    pub(super) allocations: &'t AllocTables,
+}
+
+impl MetricsEndpoint {
+    /// Listens on `address` and serves `/metrics` from then on; failing to listen
+    /// fails the recording before anything is loaded.
+    pub(super) async fn serve(address: SocketAddr) -> Result<Self, Failure> {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|error| Failure::Output(format!("cannot listen on {address}: {error}")))?;
+        let metrics = Arc::new(LiveMetrics::default());
+        let shown = metrics.clone();
+        let app = Router::new().route(
+            "/metrics",
+            get(move || {
+                let text = prometheus::text(&shown);
+                async move { ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text) }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                eprintln!("profiler: warning: the metrics endpoint stopped: {error}");
+            }
+        });
+        Ok(MetricsEndpoint { metrics })
+    }
+
+    /// Refreshes what the endpoint shows: the function shares of the samples since the
+    /// last refresh, and everything else as of now.
+    pub(super) fn refresh(
+        &self,
+        collector: &mut Collector,
+        options: &RecordOptions,
+        tables: &Tables<'_>,
+        malformed: u64,
+    ) {
+        let events = options.probes.events;
+        let (window, _) = collector.take_window(LiveWindow::Metrics);
+        let window_analysis = analyze(&window, &Observations::default(), &options.analysis);
+        let syscalls = if events.syscalls {
+            summarize_syscalls(
+                tables.syscalls.stats(),
+                tables.syscalls.errnos(),
+                collector.slow_latencies.clone(),
+            )
+        } else {
+            Vec::new()
+        };
+        let allocations = events.alloc.then(|| {
+            let live = summarize_live(
+                &tables.allocations.live(),
+                super::session::monotonic_now_ns(),
+                leak_options(options),
+            );
+            HeldBytes {
+                leak_candidates: live.candidates.iter().map(|group| group.bytes).sum::<f64>()
+                    as u64,
+                live: live.outstanding_bytes as u64,
+            }
+        });
+        let so_far = collector.cpu_so_far();
+        let observations = Observations {
+            syscalls: &syscalls,
+            leaked_bytes: allocations.map_or(0, |held| held.leak_candidates),
+        };
+        let analysis = analyze(&so_far, &observations, &options.analysis);
+        let state = MetricsState {
+            samples: analysis.samples,
+            losses: Losses::read(tables.losses, malformed).counters,
+            rules: analysis.rules,
+            offcpu_ns: events.offcpu.then(|| collector.offcpu_ns()),
+            allocations,
+            own_cpu: super::session::own_cpu_time(),
+            syscalls,
+            ..MetricsState::default()
+        };
+        self.metrics
+            .update(state.with_window(&window_analysis, METRICS_WINDOW, options.top));
+    }
+}
+
+/// How the live allocations are summed up into leak candidates.
+pub(super) fn leak_options(options: &RecordOptions) -> LeakOptions {
+    LeakOptions {
+        min_age: options.leak_min_age,
+        sample_bytes: options.probes.alloc_sample_bytes,
+    }
+}

@@ -1,0 +1,272 @@
+//! Live metrics in the Prometheus exposition format (`--metrics-addr`), for a load
+//! test's dashboards: what the recording has found so far, refreshed while it runs.
+//!
+//! Names follow Prometheus conventions: a `profiler_` prefix, the unit in the name,
+//! `_total` on counters. Only the top functions get a series, so that the `function`
+//! label's cardinality stays bounded.
+
+use std::{sync::Mutex, time::Duration};
+
+use profiler_common::LossCounter;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
+};
+
+use crate::{
+    aggregate::SyscallSummary,
+    analyze::{Analysis, FunctionShare, RuleOutcome, is_process_root},
+};
+
+/// Upper bounds of the syscall latency histograms' buckets, in seconds.
+const LATENCY_BUCKETS_S: [f64; 15] = [
+    1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0, 10.0,
+];
+
+/// What the metrics show, as of the last refresh.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsState {
+    /// CPU samples so far.
+    pub samples: u64,
+    /// Losses so far, by counter.
+    pub losses: Vec<(LossCounter, u64)>,
+    /// The span of the recent window the function shares cover.
+    pub window: Duration,
+    /// The top functions over the recent window, by inclusive share.
+    pub functions: Vec<FunctionShare>,
+    /// Each `--fail-on` rule, judged on everything recorded so far.
+    pub rules: Vec<RuleOutcome>,
+    /// Syscall latency so far, with `--events syscalls`.
+    pub syscalls: Vec<SyscallSummary>,
+    /// Nanoseconds off the CPU so far, with `--events offcpu`.
+    pub offcpu_ns: Option<u64>,
+    /// With `--events alloc`, as of the last sweep of the live allocations.
+    pub allocations: Option<HeldBytes>,
+    /// The profiler's own CPU time.
+    pub own_cpu: Duration,
+}
+
+/// What the live allocations held at a sweep.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeldBytes {
+    /// Bytes of the blocks old enough to be leak candidates.
+    pub leak_candidates: u64,
+    /// Bytes of every live block.
+    pub live: u64,
+}
+
+impl MetricsState {
+    /// The state with the `top` functions of `window_analysis` (process roots left out,
+    /// one series per name), covering `window`.
+    pub fn with_window(self, window_analysis: &Analysis, window: Duration, top: usize) -> Self {
+        let mut functions: Vec<FunctionShare> = Vec::new();
+        for function in &window_analysis.functions {
+            if functions.len() == top {
+                break;
+            }
+            let frame = &function.frame;
+            let named = |f: &FunctionShare| function_label(f) == function_label(function);
+            if frame.process.is_none()
+                && !is_process_root(&frame.name)
+                && !functions.iter().any(named)
+            {
+                functions.push(function.clone());
+            }
+        }
+        MetricsState {
+            functions,
+            window,
+            ..self
+        }
+    }
+}
+
+/// The live metrics, shared between the recording, which refreshes them, and the HTTP
+/// server, which encodes them on each scrape.
+#[derive(Debug, Default)]
+pub struct LiveMetrics(Mutex<MetricsState>);
+
+impl LiveMetrics {
+    /// Replaces what the metrics show.
+    pub fn update(&self, state: MetricsState) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
+    }
+
+    fn state(&self) -> MetricsState {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// The exposition text of `metrics`, in the OpenMetrics format that Prometheus asks for.
+pub fn text(metrics: &std::sync::Arc<LiveMetrics>) -> String {
+    let mut registry = Registry::with_prefix("profiler");
+    registry.register_collector(Box::new(metrics.clone()));
+    let mut text = String::new();
+    // Writing to a String does not fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
+}
+
+/// The content type of [`text`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The `function` label of a function: a Python function's qualified name, or the
+/// native name.
+fn function_label(function: &FunctionShare) -> &str {
+    match &function.frame.python {
+        Some(python) => &python.qualname,
+        None => &function.frame.name,
+    }
+}
+
+impl Collector for LiveMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = self.state();
+        let seconds = |duration: Duration| duration.as_secs_f64();
+        counter(
+            &mut encoder,
+            "cpu_samples",
+            "On-CPU samples recorded.",
+            state.samples,
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "lost_records",
+                "Records the BPF programs had to drop, by reason.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, count) in &state.losses {
+                let reason = format!("{reason:?}");
+                let labels = [("reason", reason.as_str())];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(count, None)?;
+            }
+        }
+        gauge(
+            &mut encoder,
+            "cpu_window_seconds",
+            "The recent window the function shares cover.",
+            seconds(state.window),
+        )?;
+        for (name, help, share) in [
+            (
+                "function_inclusive_cpu_ratio",
+                "Share of the recent window's on-CPU samples with the function on the stack.",
+                (|f: &FunctionShare| f.total_share) as fn(&FunctionShare) -> f64,
+            ),
+            (
+                "function_self_cpu_ratio",
+                "Share of the recent window's on-CPU samples in the function itself.",
+                |f: &FunctionShare| f.self_share,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for function in &state.functions {
+                let labels = [("function", function_label(function))];
+                family
+                    .encode_family(&labels)?
+                    .encode_gauge(&share(function))?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "rule_fired",
+                "1 if the --fail-on rule would fire on everything recorded so far.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for outcome in &state.rules {
+                let labels = [("rule", outcome.rule.text.as_str())];
+                family
+                    .encode_family(&labels)?
+                    .encode_gauge(&u64::from(outcome.fired))?;
+            }
+        }
+        if !state.syscalls.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "syscall_duration_seconds",
+                "Syscall latency, from entry to return.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for syscall in &state.syscalls {
+                // The encoder sums the buckets up itself: each holds the calls between
+                // the bound before it and its own.
+                let mut below = 0;
+                let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_S
+                    .iter()
+                    .map(|&bound| (bound, syscall.latency.count_at_most((bound * 1e9) as u64)))
+                    .chain([(f64::INFINITY, syscall.latency.count())])
+                    .map(|(bound, at_most)| {
+                        let in_bucket = at_most - below;
+                        below = at_most;
+                        (bound, in_bucket)
+                    })
+                    .collect();
+                let labels = [("syscall", syscall.name.as_str())];
+                family
+                    .encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(
+                        syscall.total_ns as f64 / 1e9,
+                        syscall.latency.count(),
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+        if let Some(ns) = state.offcpu_ns {
+            let help = "Time the target threads spent off the CPU, in waits above --offcpu-min-us.";
+            counter(&mut encoder, "offcpu_seconds", help, ns as f64 / 1e9)?;
+        }
+        if let Some(held) = state.allocations {
+            let help = "Bytes held by leak candidates: live blocks older than --leak-min-age.";
+            gauge(
+                &mut encoder,
+                "leak_candidate_bytes",
+                help,
+                held.leak_candidates,
+            )?;
+            let help = "Bytes of every live block the allocator probes track.";
+            gauge(&mut encoder, "live_allocation_bytes", help, held.live)?;
+        }
+        counter(
+            &mut encoder,
+            "own_cpu_seconds",
+            "The profiler's own CPU time, user and system.",
+            seconds(state.own_cpu),
+        )?;
+        Ok(())
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: impl prometheus_client::encoding::EncodeCounterValue,
+) -> Result<(), std::fmt::Error> {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: impl prometheus_client::encoding::EncodeGaugeValue,
+) -> Result<(), std::fmt::Error> {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&value)
+}
