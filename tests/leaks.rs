@@ -300,6 +300,35 @@ fn sampled_tracking_estimates_the_leak_without_seeing_every_block() {
 }
 
 #[test]
+fn a_process_a_shell_starts_has_its_leaks_tracked() {
+    let dir = scratch("leaks_followed");
+    // The workload pauses 500 ms before leaking: new processes get their probes within
+    // a drain interval or two of their fork.
+    let script = format!(
+        "{} {} {} 0 500; true",
+        leaks_binary().display(),
+        dir.join("truth.json").display(),
+        dir.join("output.txt").display()
+    );
+    let output = run(record(&dir, &["--events", "alloc", "--leak-min-age", "1"])
+        .args(["--", "sh", "-c", &script]));
+    assert_eq!(output.status.code(), Some(0));
+    let report = read_json(&dir.join("report.json"));
+    let truth = Truth::read(&dir.join("truth.json"));
+    let candidate = leaking_candidate(&report);
+    assert_ne!(
+        candidate["pid"], report["target"]["pids"][0],
+        "the leak is the shell's child's"
+    );
+    assert_close(
+        "leaked bytes",
+        candidate["bytes"].as_u64().unwrap(),
+        truth.leaked_bytes,
+        0.02,
+    );
+}
+
+#[test]
 fn a_leak_rule_without_allocation_tracking_is_refused() {
     let dir = scratch("leaks-rule");
     let output = run(profiler()

@@ -28,8 +28,8 @@ use aya::{
 };
 use profiler_common::{
     AllocCounter, LiveAllocation, LiveAllocationKey, LossCounter, MAX_SYSCALLS, MAX_TARGETS,
-    ProcessMappings, PythonProcess, SAMPLE_INTERVAL_DRAWS, SyscallStats, TARGET_NAMED,
-    global_names, map_names, program_names,
+    ProcessMappings, PythonProcess, SAMPLE_INTERVAL_DRAWS, SyscallStats, TARGET_FOLLOWED,
+    TARGET_NAMED, global_names, map_names, program_names,
 };
 
 use crate::{allocators::ProbePoint, exit::Failure, kernel_btf, tracefs};
@@ -370,18 +370,47 @@ impl Probes {
     ///
     /// Return probes go in first, so that no call is seen entering without being seen
     /// returning, which would leave its thread's slot busy.
-    pub fn attach_allocator(&mut self, pid: u32, points: &[ProbePoint]) -> Result<(), Failure> {
+    pub fn attach_allocator(
+        &mut self,
+        pid: u32,
+        points: &[ProbePoint],
+    ) -> Result<Vec<AllocatorLink>, Failure> {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or_else(|| Failure::NoTarget("pid 0".to_owned()))?,
         );
         let returning = points.iter().filter(|point| point.function.returns_block);
+        let mut links = Vec::new();
         for point in returning {
-            self.attach_uprobe(program_names::ALLOC_RETURN, point, scope)?;
+            let link = self.attach_uprobe(program_names::ALLOC_RETURN, point, scope)?;
+            links.push(AllocatorLink(program_names::ALLOC_RETURN, link));
         }
         for point in points {
-            self.attach_uprobe(point.function.entry_program, point, scope)?;
+            let program = point.function.entry_program;
+            links.push(AllocatorLink(
+                program,
+                self.attach_uprobe(program, point, scope)?,
+            ));
+        }
+        Ok(links)
+    }
+
+    /// Takes out allocation probes [`Probes::attach_allocator`] placed.
+    pub fn detach_allocator(&mut self, links: Vec<AllocatorLink>) -> Result<(), Failure> {
+        for AllocatorLink(program, link) in links {
+            let uprobe: &mut UProbe = self.program(program)?;
+            uprobe.detach(link).map_err(program_failure)?;
         }
         Ok(())
+    }
+
+    /// The processes the BPF side added to the targets when a target started them.
+    pub fn followed_targets(&self) -> Vec<u32> {
+        self.targets
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|&(_, kind)| kind == TARGET_FOLLOWED)
+            .map(|(tgid, _)| tgid)
+            .collect()
     }
 
     /// Places a probe that stops process `pid` when it reaches `program`'s entry point,
@@ -422,7 +451,7 @@ impl Probes {
         program: &str,
         point: &ProbePoint,
         scope: UProbeScope,
-    ) -> Result<(), Failure> {
+    ) -> Result<UProbeLinkId, Failure> {
         let uprobe: &mut UProbe = self.program(program)?;
         if uprobe.fd().is_err() {
             uprobe.load().map_err(program_failure)?;
@@ -438,8 +467,7 @@ impl Probes {
                         point.file.display()
                     ),
                 )
-            })?;
-        Ok(())
+            })
     }
 
     fn attach_raw_tracepoint(&mut self, program: &str, tracepoint: &str) -> Result<(), Failure> {
@@ -628,6 +656,9 @@ impl Probes {
         measured.then_some(cost)
     }
 }
+
+/// One allocation probe in one process, to take out when the process is gone.
+pub struct AllocatorLink(&'static str, UProbeLinkId);
 
 /// Records the BPF programs had to drop, summed over CPUs.
 pub struct LossCounters(PerCpuArray<MapData, u64>);

@@ -23,7 +23,8 @@ Exit codes:
   4    a target process does not exist, or the command could not be started
   5    a needed capability is missing (CAP_BPF, CAP_PERFMON)
   6    the kernel lacks a needed feature
-  7    an output file cannot be written (checked before recording)
+  7    an output file cannot be written, or --metrics-addr can't be listened on
+       (checked before recording)
   8    a --pid target exited before the end (every output was still written)
   9    diff: a report to compare cannot be read
   130  interrupted by Ctrl-C (every output was still written)

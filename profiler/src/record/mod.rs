@@ -5,6 +5,7 @@
 //! goes through the same finish, so whatever was gathered is always written out.
 
 mod collector;
+mod follow;
 mod live;
 mod session;
 

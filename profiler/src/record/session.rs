@@ -16,6 +16,7 @@ use tokio::{
 use super::{
     RecordOptions, TargetSpec,
     collector::{Allocations, Collector, Finished},
+    follow::FollowedAllocators,
     live::{Live, METRICS_WINDOW, MetricsEndpoint, Snapshots, Tables, leak_options},
 };
 use crate::{
@@ -110,6 +111,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
     if options.probes.events.alloc {
         for &pid in &pids {
             let program = command.as_ref().map(HeldCommand::program);
+            // These probes stay until the end: no need to keep their links.
             probes.attach_allocator(pid, &allocators::probe_points(pid, program)?)?;
         }
     }
@@ -143,6 +145,8 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         tables: &tables,
         started,
     };
+    let mut followed_allocators = (options.probes.events.alloc && options.probes.follow_children)
+        .then(FollowedAllocators::default);
     let stop = watch(
         &options,
         &mut signals,
@@ -151,8 +155,18 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         &mut stream,
         &mut collector,
         &mut live,
+        Following {
+            probes: &mut probes,
+            allocators: followed_allocators.as_mut(),
+        },
     )
     .await;
+    for failure in followed_allocators
+        .iter()
+        .flat_map(|followed| &followed.failures)
+    {
+        eprintln!("profiler: warning: no allocation probes in a followed process, {failure}");
+    }
     let stopped = Instant::now();
     // Blocks are aged as of the stop, not of whenever the table is read: ending a
     // started command alone can take seconds.
@@ -289,8 +303,16 @@ struct Watched<'w> {
     started: Instant,
 }
 
-/// Streams samples until the recording should stop, keeps the live views current, and
-/// says why it stopped.
+/// The probes that new processes need from userspace.
+struct Following<'p> {
+    probes: &'p mut Probes,
+    /// With `--events alloc`, when processes are followed.
+    allocators: Option<&'p mut FollowedAllocators>,
+}
+
+/// Streams samples until the recording should stop, keeps the live views current,
+/// probes the new processes, and says why it stopped.
+#[allow(clippy::too_many_arguments)]
 async fn watch(
     options: &RecordOptions,
     signals: &mut Signals,
@@ -299,7 +321,12 @@ async fn watch(
     stream: &mut EventStream,
     collector: &mut Collector,
     live: &mut Live,
+    following: Following<'_>,
 ) -> StopReason {
+    let Following {
+        probes,
+        allocators: mut followed_allocators,
+    } = following;
     let pids = watched.pids;
     let mut tick = interval(Duration::from_millis(DRAIN_INTERVAL_MS));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -318,6 +345,9 @@ async fn watch(
         let stop = tokio::select! {
             () = stream.wakeup() => None,
             _ = tick.tick() => {
+                if let Some(followed) = followed_allocators.as_deref_mut() {
+                    followed.update(probes);
+                }
                 let exited = match command.as_deref_mut() {
                     Some(command) => command.poll_exit().is_some(),
                     None => !pids.iter().any(|&pid| target::is_alive(pid)),
