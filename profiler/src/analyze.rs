@@ -13,6 +13,7 @@ use crate::{
 const PROCESS_ROOTS: &[&str] = &[
     "_start",
     "__libc_start_main",
+    "__libc_start_main_impl",
     "__libc_start_call_main",
     "main",
     "start_thread",
@@ -23,6 +24,26 @@ const PROCESS_ROOTS: &[&str] = &[
     "thread_start",
     "std::rt::lang_start",
     "std::rt::lang_start_internal",
+    // CPython's way from `main` to the script's first frame.
+    "Py_BytesMain",
+    "Py_Main",
+    "Py_RunMain",
+    "pymain_main",
+    "pymain_run_python",
+    "pymain_run_file",
+    "pymain_run_file_obj",
+    "pymain_run_module",
+    "pymain_run_command",
+    "_PyRun_AnyFileObject",
+    "_PyRun_SimpleFileObject",
+    "PyRun_AnyFileExFlags",
+    "PyRun_SimpleFileExFlags",
+    "pyrun_file",
+    "run_mod",
+    "run_eval_code_obj",
+    "PyEval_EvalCode",
+    "thread_run",
+    "pythread_wrapper",
 ];
 
 /// Whether `name` is a process or thread entry point rather than real work.

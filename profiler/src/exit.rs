@@ -21,7 +21,7 @@ pub mod code {
     pub const PRIVILEGES: u8 = 5;
     /// The kernel lacks a feature the profiler needs.
     pub const KERNEL_FEATURE: u8 = 6;
-    /// An output file cannot be written.
+    /// An output file cannot be written, or the metrics address cannot be listened on.
     pub const OUTPUT: u8 = 7;
     /// A `--pid` target exited before the recording's end. Every output was still written.
     pub const TARGET_EXITED: u8 = 8;
@@ -44,7 +44,7 @@ pub enum Failure {
     Privileges(String),
     /// The kernel lacks a needed feature.
     KernelFeature(String),
-    /// An output file cannot be written.
+    /// An output file cannot be written, or the metrics address cannot be listened on.
     Output(String),
     /// An input file cannot be read or parsed.
     Input(String),

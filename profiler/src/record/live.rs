@@ -202,8 +202,13 @@ impl MetricsEndpoint {
             syscalls,
             ..MetricsState::default()
         };
-        self.metrics
-            .update(state.with_window(&window_analysis, METRICS_WINDOW, options.top));
+        self.metrics.update(state.with_window(
+            &window,
+            &window_analysis,
+            &options.analysis.rules,
+            METRICS_WINDOW,
+            options.top,
+        ));
     }
 }
 

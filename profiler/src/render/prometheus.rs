@@ -17,7 +17,11 @@ use prometheus_client::{
 
 use crate::{
     aggregate::SyscallSummary,
-    analyze::{Analysis, FunctionShare, RuleOutcome, is_process_root},
+    analyze::{
+        Analysis, Check, FunctionShare, Rule, RuleOutcome, function_matches, is_process_root,
+        matching_share,
+    },
+    symbolize::Profile,
 };
 
 /// Upper bounds of the syscall latency histograms' buckets, in seconds.
@@ -34,8 +38,8 @@ pub struct MetricsState {
     pub losses: Vec<(LossCounter, u64)>,
     /// The span of the recent window the function shares cover.
     pub window: Duration,
-    /// The top functions over the recent window, by inclusive share.
-    pub functions: Vec<FunctionShare>,
+    /// The functions with a series, and their shares over the recent window.
+    pub functions: Vec<FunctionSeries>,
     /// Each `--fail-on` rule, judged on everything recorded so far.
     pub rules: Vec<RuleOutcome>,
     /// Syscall latency so far, with `--events syscalls`.
@@ -57,27 +61,65 @@ pub struct HeldBytes {
     pub live: u64,
 }
 
+/// One function's series: its shares of the recent window's samples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FunctionSeries {
+    /// The `function` label.
+    pub label: String,
+    /// Share (0 to 1) of the samples with it on the stack.
+    pub inclusive: f64,
+    /// Share of the samples in it.
+    pub self_share: f64,
+}
+
 impl MetricsState {
-    /// The state with the `top` functions of `window_analysis` (process roots left out,
-    /// one series per name), covering `window`.
-    pub fn with_window(self, window_analysis: &Analysis, window: Duration, top: usize) -> Self {
-        let mut functions: Vec<FunctionShare> = Vec::new();
-        for function in &window_analysis.functions {
-            if functions.len() == top {
-                break;
-            }
-            let frame = &function.frame;
-            let named = |f: &FunctionShare| function_label(f) == function_label(function);
-            if frame.process.is_none()
-                && !is_process_root(&frame.name)
-                && !functions.iter().any(named)
-            {
-                functions.push(function.clone());
+    /// The state with the function series of the recent `window`: every function a
+    /// CPU rule names (as the rule matches it), then the `top` functions by self share
+    /// and the `top` by inclusive share, process roots left out, one series per label.
+    pub fn with_window(
+        self,
+        window: &Profile,
+        window_analysis: &Analysis,
+        rules: &[Rule],
+        span: Duration,
+        top: usize,
+    ) -> Self {
+        let mut functions: Vec<FunctionSeries> = rules
+            .iter()
+            .filter_map(|rule| match &rule.check {
+                Check::CpuShare { function, .. } => Some(FunctionSeries {
+                    label: function.clone(),
+                    inclusive: matching_share(window, function),
+                    self_share: window_analysis
+                        .functions
+                        .iter()
+                        .filter(|share| function_matches(function, &share.frame))
+                        .map(|share| share.self_share)
+                        .sum(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let candidates = window_analysis
+            .functions
+            .iter()
+            .filter(|share| share.frame.process.is_none() && !is_process_root(&share.frame.name));
+        let mut by_self: Vec<&FunctionShare> = candidates.clone().collect();
+        by_self.sort_by(|a, b| b.self_share.total_cmp(&a.self_share));
+        let by_inclusive = candidates.take(top);
+        for share in by_self.into_iter().take(top).chain(by_inclusive) {
+            let label = function_label(share);
+            if !functions.iter().any(|series| series.label == label) {
+                functions.push(FunctionSeries {
+                    label: label.to_owned(),
+                    inclusive: share.total_share,
+                    self_share: share.self_share,
+                });
             }
         }
         MetricsState {
             functions,
-            window,
+            window: span,
             ..self
         }
     }
@@ -162,17 +204,17 @@ impl Collector for LiveMetrics {
             (
                 "function_inclusive_cpu_ratio",
                 "Share of the recent window's on-CPU samples with the function on the stack.",
-                (|f: &FunctionShare| f.total_share) as fn(&FunctionShare) -> f64,
+                (|f: &FunctionSeries| f.inclusive) as fn(&FunctionSeries) -> f64,
             ),
             (
                 "function_self_cpu_ratio",
                 "Share of the recent window's on-CPU samples in the function itself.",
-                |f: &FunctionShare| f.self_share,
+                |f: &FunctionSeries| f.self_share,
             ),
         ] {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for function in &state.functions {
-                let labels = [("function", function_label(function))];
+                let labels = [("function", function.label.as_str())];
                 family
                     .encode_family(&labels)?
                     .encode_gauge(&share(function))?;
@@ -269,4 +311,48 @@ fn gauge(
     encoder
         .encode_descriptor(name, help, None, MetricType::Gauge)?
         .encode_gauge(&value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        analyze::{AnalysisOptions, Observations, analyze},
+        symbolize::{Frame, ProfileBuilder},
+    };
+
+    #[test]
+    fn rule_functions_and_the_top_by_self_and_inclusive_share_get_series() {
+        let frame = |name: &str| Frame::native(name, false);
+        let mut builder = ProfileBuilder::default();
+        builder.push([frame("main"), frame("serve"), frame("model::predict")], 6);
+        builder.push([frame("main"), frame("serve"), frame("parse")], 3);
+        builder.push([frame("main"), frame("serve"), frame("log")], 1);
+        let window = builder.build();
+        let analysis = analyze(
+            &window,
+            &Observations::default(),
+            &AnalysisOptions::default(),
+        );
+        let rules = [
+            "predict>60%".parse().unwrap(),
+            "read.p99>1ms".parse().unwrap(),
+        ];
+        let state =
+            MetricsState::default().with_window(&window, &analysis, &rules, Duration::ZERO, 1);
+        let series: Vec<(&str, f64, f64)> = state
+            .functions
+            .iter()
+            .map(|f| (f.label.as_str(), f.inclusive, f.self_share))
+            .collect();
+        // `main` is a process root; `serve` is first by inclusive share.
+        assert_eq!(
+            series,
+            [
+                ("predict", 0.6, 0.6),
+                ("model::predict", 0.6, 0.6),
+                ("serve", 1.0, 0.0)
+            ]
+        );
+    }
 }
