@@ -487,6 +487,35 @@ fn processes_a_shell_starts_are_told_apart() {
     );
 }
 
+#[test]
+fn processes_that_end_before_they_are_looked_at_still_have_their_names() {
+    let dir = scratch("short-processes");
+    let truth = dir.join("truth.json");
+    // Each run lasts 80 ms, less than a drain interval or two.
+    let script = format!(
+        "for run in 1 2 3 4; do {} 1 0.08 0 {}; done",
+        phases_binary().display(),
+        truth.display()
+    );
+    let output = run(&mut record(&dir, &["-F", "499", "--", "sh", "-c", &script]));
+    assert_eq!(output.status.code(), Some(0));
+    let report = report(&dir);
+    let processes = report["cpu"]["processes"].as_array().unwrap();
+    let names: Vec<&str> = processes
+        .iter()
+        .map(|process| process["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|&&name| name == "phases").count(),
+        4,
+        "{names:?}"
+    );
+    assert!(
+        names.iter().all(|&name| name == "phases" || name == "sh"),
+        "{names:?}"
+    );
+}
+
 /// `--pid --children` on a shell whose child already runs the service: the child is
 /// profiled with it.
 #[test]

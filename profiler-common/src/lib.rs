@@ -259,11 +259,14 @@ pub enum LossCounter {
     /// A new allocating stack found the ring buffer full; allocations from it are
     /// tracked, the stack unknown until it is seen again.
     AllocStackRingFull,
+    /// A followed process's start found the ring buffer full; it is named when its map
+    /// is read, if it is still running then.
+    ProcessStartRingFull,
 }
 
 impl LossCounter {
     /// Number of counters, the size of the counter array.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// Every counter, in index order.
     pub const ALL: [LossCounter; Self::COUNT as usize] = [
@@ -280,6 +283,7 @@ impl LossCounter {
         LossCounter::AllocTableFull,
         LossCounter::AllocStackTableFull,
         LossCounter::AllocStackRingFull,
+        LossCounter::ProcessStartRingFull,
     ];
 }
 
@@ -297,6 +301,8 @@ pub enum EventKind {
     BlockIo = 4,
     /// An [`AllocStack`].
     AllocStack = 5,
+    /// A [`ProcessStart`].
+    ProcessStart = 6,
 }
 
 /// Indices into the per-CPU allocation call counters.
@@ -323,6 +329,7 @@ impl EventKind {
             3 => EventKind::OffCpuSpan,
             4 => EventKind::BlockIo,
             5 => EventKind::AllocStack,
+            6 => EventKind::ProcessStart,
             _ => return None,
         })
     }
@@ -445,6 +452,21 @@ pub struct BlockIo {
     pub rwbs: [u8; 8],
     /// Keeps the record's size a multiple of 8 on both sides.
     pub _padding: u32,
+}
+
+/// Bytes of a task's command name, `TASK_COMM_LEN`.
+pub const COMM_BYTES: usize = 16;
+
+/// A target process that started another program (`exec`), or a process a target
+/// forked: the header's tgid is the process, `comm` its command name as of then, so
+/// that processes that end before userspace looks at them still have a name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessStart {
+    /// Kind [`EventKind::ProcessStart`].
+    pub header: EventHeader,
+    /// The command name, NUL-padded.
+    pub comm: [u8; COMM_BYTES],
 }
 
 /// An allocating stack seen for the first time. Allocations refer to it by `id`.

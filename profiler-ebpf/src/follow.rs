@@ -2,12 +2,15 @@
 //! `profiler record -- sh -c './service'` profiles the service, not only the shell.
 
 use aya_ebpf::{
-    EbpfContext as _, helpers::bpf_probe_read_kernel, macros::raw_tracepoint,
+    EbpfContext as _,
+    bindings::BPF_RB_FORCE_WAKEUP,
+    helpers::{bpf_get_current_comm, bpf_probe_read_kernel},
+    macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use profiler_common::TARGET_FOLLOWED;
+use profiler_common::{EventKind, LossCounter, ProcessStart, TARGET_FOLLOWED};
 
-use crate::{TARGET_TGIDS, current_thread, stacks};
+use crate::{EVENTS, TARGET_TGIDS, count_loss, current_thread, header, now_ns, stacks};
 
 /// Set by userspace from the kernel's BTF: the offset of `tgid` in `task_struct`.
 #[unsafe(no_mangle)]
@@ -37,8 +40,28 @@ pub fn process_fork(ctx: RawTracePointContext) -> u32 {
     if child_tgid != tgid {
         let _ = TARGET_TGIDS.insert(&child_tgid, &TARGET_FOLLOWED, 0);
         stacks::inherit(tgid, child_tgid);
+        // The child has its parent's command name until it execs.
+        report_start(child_tgid);
     }
     0
+}
+
+/// Tells userspace that process `tgid` started, under the current task's command name,
+/// at once: it may end before the next drain, and an `exec`'d program's map is best
+/// read early.
+#[inline(always)]
+pub fn report_start(tgid: u32) {
+    let Some(mut record) = EVENTS.reserve::<ProcessStart>(0) else {
+        count_loss(LossCounter::ProcessStartRingFull);
+        return;
+    };
+    let start = record.as_mut_ptr();
+    // SAFETY: `start` points at a reserved, writable ProcessStart in the ring buffer.
+    unsafe {
+        (*start).header = header(EventKind::ProcessStart, tgid, tgid, now_ns());
+        (*start).comm = bpf_get_current_comm().unwrap_or_default();
+    }
+    record.submit(u64::from(BPF_RB_FORCE_WAKEUP));
 }
 
 /// A followed process's last thread ended: its slots in the target, mapping and Python

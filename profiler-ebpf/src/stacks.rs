@@ -299,13 +299,15 @@ fn at_most(a: u64, b: u64) -> u64 {
 }
 
 /// Forgets a target's mappings and Python layout when it execs: they are gone, and the
-/// new program's addresses must not be unwound with the old tables. The next stack then reports
-/// [`StackEnd::UnknownMapping`], and userspace loads the new mappings.
+/// new program's addresses must not be unwound with the old tables. Userspace hears of
+/// the exec at once and reads the new map; until then stacks report
+/// [`StackEnd::UnknownMapping`].
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn process_exec(_ctx: RawTracePointContext) -> u32 {
     let (tgid, _) = current_thread();
     if is_target(tgid) {
         forget(tgid);
+        crate::follow::report_start(tgid);
     }
     0
 }

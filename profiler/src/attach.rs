@@ -353,8 +353,8 @@ impl Probes {
         if events.offcpu {
             self.attach_tracepoint(program_names::SCHED_SWITCH, "sched", "sched_switch")?;
         }
-        // An exec makes the process's unwind tables stale.
-        if self.settings.uses_unwind_tables() {
+        // An exec makes the process's unwind tables stale, and renames it.
+        if self.settings.uses_unwind_tables() || self.settings.follow_children {
             self.attach_raw_tracepoint(program_names::PROCESS_EXEC, "sched_process_exec")?;
         }
         // Exit first: a followed process is never left in the table for want of it.

@@ -19,6 +19,13 @@ use std::{
 /// cover; keeps a stream of wild addresses from rereading it for every stack.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// A program younger than this (since its map was first read) may have its map read
+/// again after [`YOUNG_REFRESH_INTERVAL`] already: it is still mapping its libraries.
+const YOUNG_PROCESS: Duration = Duration::from_secs(1);
+
+/// How soon a young program's map may be read again.
+const YOUNG_REFRESH_INTERVAL: Duration = Duration::from_millis(20);
+
 /// A file as the kernel identifies it, whatever path or mount namespace names it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FileId {
@@ -53,6 +60,21 @@ impl Mapping {
 struct ProcessMap {
     mappings: Vec<Mapping>,
     read_at: Instant,
+    /// When the map of its current program was first read.
+    first_read_at: Instant,
+}
+
+impl ProcessMap {
+    /// Whether it may be read again: a program maps its libraries in its first moments,
+    /// so a young one's map goes stale fast, and its short life must not pass waiting.
+    fn may_read_again(&self) -> bool {
+        let interval = if self.first_read_at.elapsed() < YOUNG_PROCESS {
+            YOUNG_REFRESH_INTERVAL
+        } else {
+            REFRESH_INTERVAL
+        };
+        self.read_at.elapsed() >= interval
+    }
 }
 
 /// The executable mappings of every process seen so far.
@@ -65,12 +87,13 @@ pub struct MemoryMaps {
 
 impl MemoryMaps {
     /// Makes sure `addresses` of process `tgid` are covered, reading its map again if
-    /// they are not (at most every 250 ms). Returns true if it was read.
+    /// they are not (at most every 250 ms, every 20 ms in its first second). Returns
+    /// true if it was read.
     pub fn observe(&mut self, tgid: u32, addresses: &[u64]) -> bool {
         let stale = match self.processes.get(&tgid) {
             None => true,
             Some(known) => {
-                known.read_at.elapsed() >= REFRESH_INTERVAL
+                known.may_read_again()
                     && addresses
                         .iter()
                         .any(|&address| find(&known.mappings, address).is_none())
@@ -79,15 +102,23 @@ impl MemoryMaps {
         stale && self.read(tgid)
     }
 
-    /// Reads the process's map again, unless that was done less than 250 ms ago: for
+    /// Reads the process's map again, unless that was done less than 250 ms ago (20 ms
+    /// in its first second): for
     /// when something else than an address (the kernel's unwinder, after an `exec`)
     /// says the copy is stale. Returns true if it was read.
     pub fn refresh(&mut self, tgid: u32) -> bool {
         let recent = self
             .processes
             .get(&tgid)
-            .is_some_and(|known| known.read_at.elapsed() < REFRESH_INTERVAL);
+            .is_some_and(|known| !known.may_read_again());
         !recent && self.read(tgid)
+    }
+
+    /// Reads the map of a process that was just forked or has just `exec`ed: whatever
+    /// was known of it is another program's.
+    pub fn restart(&mut self, tgid: u32) -> bool {
+        self.processes.remove(&tgid);
+        self.read(tgid)
     }
 
     /// Reads the process's map now. Returns false if the process is gone, in which case
@@ -102,11 +133,17 @@ impl MemoryMaps {
         if mappings.is_empty() && self.processes.contains_key(&tgid) {
             return false;
         }
+        let now = Instant::now();
+        let first_read_at = self
+            .processes
+            .get(&tgid)
+            .map_or(now, |known| known.first_read_at);
         self.processes.insert(
             tgid,
             ProcessMap {
                 mappings,
-                read_at: Instant::now(),
+                read_at: now,
+                first_read_at,
             },
         );
         if !self.updated.contains(&tgid) {
@@ -136,6 +173,7 @@ impl MemoryMaps {
             ProcessMap {
                 mappings,
                 read_at: Instant::now(),
+                first_read_at: Instant::now(),
             },
         );
     }

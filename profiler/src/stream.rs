@@ -8,7 +8,7 @@ use std::{io, mem::size_of, ptr};
 
 use aya::maps::{MapData, RingBuf};
 use profiler_common::{
-    AllocStack, BlockIo, CpuSample, EventHeader, EventKind, OffCpuSpan, SlowSyscall,
+    AllocStack, BlockIo, CpuSample, EventHeader, EventKind, OffCpuSpan, ProcessStart, SlowSyscall,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -24,6 +24,8 @@ pub enum Event {
     BlockIo(BlockIo),
     /// An allocating stack seen for the first time.
     AllocStack(Box<AllocStack>),
+    /// A followed process started, or a target exec'd.
+    ProcessStart(ProcessStart),
 }
 
 /// The ring buffer, registered with the tokio reactor.
@@ -75,6 +77,7 @@ fn decode(record: &[u8]) -> Option<Event> {
         EventKind::OffCpuSpan => Event::OffCpu(Box::new(read(record)?)),
         EventKind::BlockIo => Event::BlockIo(read(record)?),
         EventKind::AllocStack => Event::AllocStack(Box::new(read(record)?)),
+        EventKind::ProcessStart => Event::ProcessStart(read(record)?),
     })
 }
 

@@ -168,6 +168,15 @@ impl Collector {
                 });
             }
             Event::BlockIo(io) => self.io.add(&io),
+            Event::ProcessStart(start) => {
+                let tgid = start.header.tgid;
+                let length = start.comm.iter().position(|&byte| byte == 0);
+                let comm = &start.comm[..length.unwrap_or(start.comm.len())];
+                self.process_names
+                    .insert(tgid, String::from_utf8_lossy(comm).into_owned());
+                // An exec'd program's first stacks wait for its map: read it now.
+                self.maps.restart(tgid);
+            }
             Event::AllocStack(stack) => {
                 let tgid = stack.header.tgid;
                 self.note_end(tgid, stack.end, |q| &mut q.alloc);
