@@ -27,6 +27,10 @@ use crate::{
 
 const FREQUENCIES: [u32; 2] = [99, 999];
 
+/// What a load test adds to a recording: metrics refreshed every 5 s, a snapshot every
+/// 5 s, and pprof profiles at the end.
+const LIVE_VIEWS: [&str; 4] = ["--metrics-addr", "127.0.0.1:0", "--interval", "5"];
+
 /// How perf records stacks: `-g` walks frame pointers, `dwarf` copies 8 KiB of stack
 /// per sample and unwinds it afterwards.
 #[derive(Clone, Copy)]
@@ -169,12 +173,15 @@ impl Bench {
         let mut ours: Vec<Vec<Measurement>> = vec![Vec::new(); FREQUENCIES.len()];
         let mut perf: Vec<Vec<Measurement>> = vec![Vec::new(); FREQUENCIES.len()];
         let mut perf_dwarf = Vec::new();
+        let mut live = Vec::new();
         for run in 1..=runs {
             println!("bench: run {run} of {runs}: unprofiled");
             baseline.push(self.unprofiled()?);
+            println!("bench: run {run} of {runs}: profiler at 99 Hz with live views and pprof");
+            live.push(self.with_profiler(99, &LIVE_VIEWS)?);
             for (index, &hz) in FREQUENCIES.iter().enumerate() {
                 println!("bench: run {run} of {runs}: profiler at {hz} Hz");
-                ours[index].push(self.with_profiler(hz)?);
+                ours[index].push(self.with_profiler(hz, &[])?);
                 println!("bench: run {run} of {runs}: perf record -g at {hz} Hz");
                 perf[index].push(self.with_perf(hz, CallGraph::FramePointers)?);
             }
@@ -214,11 +221,21 @@ impl Bench {
             }
             rows.push(row);
         }
+        let live = Measurement::median(&live);
+        let plain = Measurement::median(&ours[0]);
+        let perf = Measurement::median(&perf[0]);
         Ok(json!({
             "workload": format!("demo/model_server.c, {workers} workers on {workers} CPUs, {seconds} s per run, medians of {runs} runs", workers = self.workers, seconds = self.duration.as_secs()),
             "baseline_requests_per_s": baseline,
             "baseline_spread_percent": baseline_spread,
             "rows": rows,
+            "live_views_99_hz": {
+                "options": "--metrics-addr --interval 5 --pprof",
+                "profiler": live.summary(baseline, self.duration),
+                "added_cpu_s": live.cpu_seconds() - plain.cpu_seconds(),
+                "ratio_cpu_to_plain": ratio(live.cpu_seconds(), plain.cpu_seconds()),
+                "ratio_cpu_to_perf": ratio(live.cpu_seconds(), perf.cpu_seconds()),
+            },
             "runs": runs_json,
         }))
     }
@@ -253,9 +270,16 @@ impl Bench {
         self.stop_server(server, started)
     }
 
-    fn with_profiler(&self, hz: u32) -> anyhow::Result<Measurement> {
+    /// The service under the profiler at `hz`, with `extra` options (which, when given,
+    /// also write a pprof profile).
+    fn with_profiler(&self, hz: u32, extra: &[&str]) -> anyhow::Result<Measurement> {
         let (server, started) = self.start_server()?;
         let report = self.dir.join(format!("profiler-{hz}.json"));
+        let mut extra: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
+        if !extra.is_empty() {
+            extra.push("--pprof".to_owned());
+            extra.push(self.dir.join("profiler.pb.gz").display().to_string());
+        }
         let times = timed(
             Command::new(profiler_binary())
                 .args(["record", "--pid", &server.id().to_string()])
@@ -268,7 +292,8 @@ impl Bench {
                 .arg("-o")
                 .arg(self.dir.join(format!("profiler-{hz}.svg")))
                 .arg("--json")
-                .arg(&report),
+                .arg(&report)
+                .args(&extra),
             Stdio::inherit(),
         )?;
         let throughput = self.stop_server(server, started)?;
