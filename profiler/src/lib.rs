@@ -14,8 +14,9 @@
 //!    [`python`] names the Python frames the kernel walked and puts them in place (it
 //!    finds each thread's state through [`kernel_btf`]);
 //! 7. [`analyze`]: shares, hotspots and `--fail-on` rules;
-//! 8. [`render`]: flame graphs, collapsed stacks, JSON report and terminal summary, from
-//!    the finished [`report`].
+//! 8. [`render`]: flame graphs, collapsed stacks, JSON report, pprof profiles, Prometheus
+//!    metrics and terminal summary, from the finished [`report`] (or, for the live views,
+//!    from a snapshot of the recording so far).
 //!
 //! [`compare`] sets two finished profiles side by side, and [`diff`] drives it from
 //! two JSON reports for `profiler diff`.
