@@ -118,8 +118,8 @@ pub fn probe_points(pid: u32, executable: Option<&Path>) -> Result<Vec<ProbePoin
 }
 
 /// The probe points in one file, if it defines `malloc`; empty for anything unreadable
-/// or not ELF.
-fn file_probe_points(file: &Path, include_static_symbols: bool) -> Vec<ProbePoint> {
+/// or not ELF. `include_static_symbols` for a process's main program.
+pub fn file_probe_points(file: &Path, include_static_symbols: bool) -> Vec<ProbePoint> {
     // Read lazily, as the unwinder does: every mapped library is looked at, and one can
     // be a gigabyte, of which only the symbol tables and a few bytes of code are needed.
     let Ok(opened) = fs::File::open(file) else {

@@ -50,6 +50,22 @@ pub fn sample_weight(size: u64, sample_bytes: u64) -> f64 {
     1.0 / -(-(size as f64) / sample_bytes as f64).exp_m1()
 }
 
+/// `live` without the blocks of programs that are gone: a block its process allocated
+/// before its last `exec` (as `program_starts` gives them, by tgid, in the clock of the
+/// blocks' timestamps) went with the old program's memory.
+pub fn without_replaced_programs(
+    live: Vec<(LiveAllocationKey, LiveAllocation)>,
+    program_starts: &HashMap<u32, u64>,
+) -> Vec<(LiveAllocationKey, LiveAllocation)> {
+    live.into_iter()
+        .filter(|(key, block)| {
+            program_starts
+                .get(&key.tgid)
+                .is_none_or(|&started| block.allocated_ns >= started)
+        })
+        .collect()
+}
+
 /// Sums the live table as of `now_ns` (CLOCK_MONOTONIC, as the probes stamp blocks).
 pub fn summarize_live(
     live: &[(LiveAllocationKey, LiveAllocation)],
@@ -187,5 +203,35 @@ mod tests {
             growth_per_second(1000.0, Duration::from_secs(3), Duration::from_secs(5)),
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod replaced_program_tests {
+    use super::*;
+
+    #[test]
+    fn blocks_from_before_an_exec_are_left_out() {
+        let block = |tgid: u32, allocated_ns: u64| {
+            (
+                LiveAllocationKey {
+                    address: allocated_ns,
+                    tgid,
+                    _padding: 0,
+                },
+                LiveAllocation {
+                    size: 8,
+                    allocated_ns,
+                    stack_id: 1,
+                },
+            )
+        };
+        let live = vec![block(1, 10), block(1, 30), block(2, 10)];
+        let kept = without_replaced_programs(live, &HashMap::from([(1, 20)]));
+        let kept: Vec<(u32, u64)> = kept
+            .iter()
+            .map(|(key, b)| (key.tgid, b.allocated_ns))
+            .collect();
+        assert_eq!(kept, [(1, 30), (2, 10)]);
     }
 }

@@ -55,6 +55,11 @@ pub(super) struct Collector {
     /// Each process's command name, read at its last map read while it ran: after an
     /// `exec`, the new program's.
     process_names: HashMap<u32, String>,
+    /// When each process last started a program (fork or exec), by tgid, in the
+    /// probes' clock.
+    program_starts: HashMap<u32, u64>,
+    /// The processes forked or `exec`ed since [`Collector::take_processes_started`].
+    processes_started: Vec<u32>,
     /// CPU stacks since the last view of each live window that was asked for.
     windows: HashMap<LiveWindow, StackCounts>,
     /// The names of every CPU stack the live views have shown, grown as stacks come.
@@ -174,6 +179,8 @@ impl Collector {
                 let comm = &start.comm[..length.unwrap_or(start.comm.len())];
                 self.process_names
                     .insert(tgid, String::from_utf8_lossy(comm).into_owned());
+                self.program_starts.insert(tgid, start.header.timestamp_ns);
+                self.processes_started.push(tgid);
                 // An exec'd program's first stacks wait for its map: read it now.
                 self.maps.restart(tgid);
             }
@@ -385,6 +392,17 @@ impl Collector {
             cost: SelfCost::default(),
             python: PythonReport::default(),
         }
+    }
+
+    /// The processes forked or `exec`ed since the last call.
+    pub(super) fn take_processes_started(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.processes_started)
+    }
+
+    /// When each process last started a program, for
+    /// [`crate::aggregate::without_replaced_programs`].
+    pub(super) fn program_starts(&self) -> &HashMap<u32, u64> {
+        &self.program_starts
     }
 
     /// Off-CPU nanoseconds so far.

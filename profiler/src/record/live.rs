@@ -11,7 +11,7 @@ use super::{
     collector::{Collector, LiveWindow},
 };
 use crate::{
-    aggregate::{LeakOptions, summarize_live, summarize_syscalls},
+    aggregate::{LeakOptions, summarize_live, summarize_syscalls, without_replaced_programs},
     analyze::{Observations, analyze},
     attach::{AllocTables, LossCounters, SyscallTables},
     exit::Failure,
@@ -175,8 +175,10 @@ impl MetricsEndpoint {
             Vec::new()
         };
         let allocations = events.alloc.then(|| {
+            let live =
+                without_replaced_programs(tables.allocations.live(), collector.program_starts());
             let live = summarize_live(
-                &tables.allocations.live(),
+                &live,
                 super::session::monotonic_now_ns(),
                 leak_options(options),
             );

@@ -16,11 +16,11 @@ use tokio::{
 use super::{
     RecordOptions, TargetSpec,
     collector::{Allocations, Collector, Finished},
-    follow::FollowedAllocators,
+    follow::{FollowedProcesses, WAITING_LOOK_INTERVAL},
     live::{Live, METRICS_WINDOW, MetricsEndpoint, Snapshots, Tables, leak_options},
 };
 use crate::{
-    aggregate::{summarize_live, summarize_syscalls},
+    aggregate::{summarize_live, summarize_syscalls, without_replaced_programs},
     allocators,
     analyze::Check,
     attach::{AllocTables, Probes, check_privileges},
@@ -145,8 +145,10 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         tables: &tables,
         started,
     };
-    let mut followed_allocators = (options.probes.events.alloc && options.probes.follow_children)
-        .then(FollowedAllocators::default);
+    let mut followed_processes = options
+        .probes
+        .follow_children
+        .then(|| FollowedProcesses::new(options.probes.events.alloc));
     let stop = watch(
         &options,
         &mut signals,
@@ -157,11 +159,11 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         &mut live,
         Following {
             probes: &mut probes,
-            allocators: followed_allocators.as_mut(),
+            processes: followed_processes.as_mut(),
         },
     )
     .await;
-    for failure in followed_allocators
+    for failure in followed_processes
         .iter()
         .flat_map(|followed| &followed.failures)
     {
@@ -196,7 +198,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         .probes
         .events
         .alloc
-        .then(|| read_allocations(&alloc_tables, &options, stopped_ns));
+        .then(|| read_allocations(&alloc_tables, &collector, &options, stopped_ns));
     let syscalls = summarize_syscalls(
         syscall_tables.stats(),
         syscall_tables.errnos(),
@@ -251,9 +253,15 @@ fn start_command(
 }
 
 /// Reads the allocation tables, with blocks aged as of `stopped_ns` (CLOCK_MONOTONIC).
-fn read_allocations(tables: &AllocTables, options: &RecordOptions, stopped_ns: u64) -> Allocations {
+fn read_allocations(
+    tables: &AllocTables,
+    collector: &Collector,
+    options: &RecordOptions,
+    stopped_ns: u64,
+) -> Allocations {
+    let live = without_replaced_programs(tables.live(), collector.program_starts());
     Allocations {
-        live: summarize_live(&tables.live(), stopped_ns, leak_options(options)),
+        live: summarize_live(&live, stopped_ns, leak_options(options)),
         alloc_calls: tables.total(AllocCounter::Allocations),
         free_calls: tables.total(AllocCounter::Frees),
     }
@@ -306,8 +314,8 @@ struct Watched<'w> {
 /// The probes that new processes need from userspace.
 struct Following<'p> {
     probes: &'p mut Probes,
-    /// With `--events alloc`, when processes are followed.
-    allocators: Option<&'p mut FollowedAllocators>,
+    /// When processes are followed.
+    processes: Option<&'p mut FollowedProcesses>,
 }
 
 /// Streams samples until the recording should stop, keeps the live views current,
@@ -325,7 +333,7 @@ async fn watch(
 ) -> StopReason {
     let Following {
         probes,
-        allocators: mut followed_allocators,
+        processes: mut followed_processes,
     } = following;
     let pids = watched.pids;
     let mut tick = interval(Duration::from_millis(DRAIN_INTERVAL_MS));
@@ -344,10 +352,9 @@ async fn watch(
     loop {
         let stop = tokio::select! {
             () = stream.wakeup() => None,
+            () = sleep(WAITING_LOOK_INTERVAL),
+                if followed_processes.as_deref().is_some_and(FollowedProcesses::waiting) => None,
             _ = tick.tick() => {
-                if let Some(followed) = followed_allocators.as_deref_mut() {
-                    followed.update(probes);
-                }
                 let exited = match command.as_deref_mut() {
                     Some(command) => command.poll_exit().is_some(),
                     None => !pids.iter().any(|&pid| target::is_alive(pid)),
@@ -373,6 +380,21 @@ async fn watch(
             _ = signals.terminate.recv() => Some(StopReason::Terminated),
         };
         stream.drain(|event| collector.add(event));
+        // Every tick, for libraries mapped since; and at once when a process started,
+        // so that a forked child gets the probes before it execs and they stay.
+        let processes_started = collector.take_processes_started();
+        if let Some(followed) = followed_processes.as_deref_mut() {
+            for &pid in &processes_started {
+                followed.started(pid);
+            }
+        }
+        if let Some(followed) = followed_processes.as_deref_mut()
+            && (!processes_started.is_empty() || followed.due())
+        {
+            for pid in followed.update(probes) {
+                collector.read_map(pid);
+            }
+        }
         if let Some(stop) = stop {
             return stop;
         }
