@@ -25,10 +25,9 @@ use crate::{
 
 /// How often the metrics are refreshed: their function shares cover the samples of the
 /// last refresh period.
-pub const METRICS_WINDOW: Duration = Duration::from_secs(5);
+pub(super) const METRICS_WINDOW: Duration = Duration::from_secs(5);
 
 /// The live views a recording was asked for.
-#[derive(Default)]
 pub(super) struct Live {
     pub(super) snapshots: Option<Snapshots>,
     pub(super) metrics: Option<MetricsEndpoint>,

@@ -13,7 +13,6 @@ use std::{ffi::OsString, net::SocketAddr, time::Duration};
 
 use crate::{analyze::AnalysisOptions, attach::ProbeSettings, render::OutputPaths};
 
-pub use live::METRICS_WINDOW;
 pub use session::record;
 
 /// What to profile.

@@ -39,7 +39,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
     // whatever was gathered is written out.
     let mut signals = Signals::new().map_err(|error| Failure::Other(error.into()))?;
     // Everything that can be checked is checked before anything is loaded or started.
-    check_rules(&options)?;
+    check_options(&options)?;
     if let TargetSpec::Pids(pids) = &options.target {
         pids.iter()
             .try_for_each(|&pid| target::ensure_exists(pid))?;
@@ -279,8 +279,13 @@ pub(super) fn monotonic_now_ns() -> u64 {
 }
 
 /// Latency rules need syscall tracing and a syscall that exists; leak rules need
-/// allocation tracking.
-fn check_rules(options: &RecordOptions) -> Result<(), Failure> {
+/// allocation tracking; interval snapshots, CPU samples.
+fn check_options(options: &RecordOptions) -> Result<(), Failure> {
+    if options.interval.is_some() && !options.probes.events.cpu {
+        return Err(Failure::Usage(
+            "--interval snapshots the on-CPU samples: add cpu to --events".to_owned(),
+        ));
+    }
     for rule in &options.analysis.rules {
         if matches!(rule.check, Check::Leak { .. }) && !options.probes.events.alloc {
             return Err(Failure::Usage(format!(
