@@ -792,6 +792,74 @@ fn a_prometheus_server_scrapes_the_shares_while_recording() {
     assert!(calls > 100.0, "clock_gettime calls: {calls}");
 }
 
+/// The v2 hierarchy's mount point.
+fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+        })
+        .expect("a cgroup v2 hierarchy")
+}
+
+#[test]
+fn a_cgroup_is_profiled_with_the_processes_that_join_it() {
+    let dir = scratch("cgroup");
+    let group = cgroup2_root().join(format!("profiler-test-{}", std::process::id()));
+    fs::create_dir_all(&group).unwrap();
+    let join =
+        |child: &Child| fs::write(group.join("cgroup.procs"), child.id().to_string()).unwrap();
+    let start = |name: &str, threads: &str| {
+        Command::new(phases_binary())
+            .args([threads, "5", "0"])
+            .arg(dir.join(name))
+            .spawn()
+            .unwrap()
+    };
+    let mut inside = start("inside.json", "1");
+    join(&inside);
+    let mut joining = start("joining.json", "2");
+    let mut outside = start("outside.json", "1");
+    let recording = record(&dir, &["--cgroup", group.to_str().unwrap(), "-d", "4"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_secs(1));
+    join(&joining);
+    let output = recording.wait_with_output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
+    for child in [&mut inside, &mut joining, &mut outside] {
+        child.wait().unwrap();
+    }
+    fs::remove_dir(&group).unwrap();
+    assert_eq!(output.status.code(), Some(0));
+
+    let report = report(&dir);
+    let sampled: Vec<u64> = report["cpu"]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|process| process["pid"].as_u64().unwrap())
+        .collect();
+    assert!(sampled.contains(&u64::from(inside.id())), "{sampled:?}");
+    assert!(
+        sampled.contains(&u64::from(joining.id())),
+        "the process that joined: {sampled:?}"
+    );
+    assert!(
+        !sampled.contains(&u64::from(outside.id())),
+        "a process outside: {sampled:?}"
+    );
+    assert_eq!(
+        report["target"]["cgroup"],
+        format!("/{}", group.file_name().unwrap().to_string_lossy())
+    );
+    // Both run hot_phase three quarters of the time, joined or not.
+    assert_hot_share(&report, &Truth::read(&dir.join("joining.json")), 0.05);
+}
+
 #[test]
 fn ctrl_c_writes_everything_and_detaches_every_probe() {
     let dir = scratch("ctrl-c");

@@ -193,6 +193,11 @@ pub mod global_names {
     /// `u64`: offset in the kernel's `task_struct` of `tgid`, from the kernel's BTF; 0
     /// when unknown, which leaves a command's new processes unfollowed.
     pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+    /// `u64`: for `--cgroup`, the id of the target cgroup on the v2 hierarchy (its
+    /// directory's inode); 0 when processes are chosen otherwise.
+    pub const TARGET_CGROUP_ID: &str = "TARGET_CGROUP_ID";
+    /// `u64`: the target cgroup's level below the v2 root (the root is 0).
+    pub const TARGET_CGROUP_LEVEL: &str = "TARGET_CGROUP_LEVEL";
 }
 
 /// Tracepoint fields the BPF programs read. Their offsets differ between kernels, so

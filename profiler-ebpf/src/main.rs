@@ -13,15 +13,18 @@ mod stacks;
 mod syscalls;
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        generated::bpf_get_current_ancestor_cgroup_id,
+    },
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use profiler_common::{
     EVENTS_RING_BYTES, EventHeader, EventKind, LossCounter, MAX_TARGETS, RING_WAKEUP_BYTES,
-    TracepointField,
+    TARGET_FOLLOWED, TracepointField,
 };
 
 // Map names must match profiler_common::map_names.
@@ -48,10 +51,37 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// Set by userspace for `--cgroup`: the target cgroup's id on the v2 hierarchy, 0 if
+/// none.
+#[unsafe(no_mangle)]
+static TARGET_CGROUP_ID: u64 = 0;
+
+/// Set by userspace for `--cgroup`: the target cgroup's level below the v2 root.
+#[unsafe(no_mangle)]
+static TARGET_CGROUP_LEVEL: u64 = 0;
+
+/// Whether the current task's process `tgid` is profiled. A process found in the
+/// target cgroup, or a group below it, becomes a target the first time it is seen,
+/// as a followed one, whether it was there at the start or joined since.
 #[inline(always)]
 fn is_target(tgid: u32) -> bool {
     // SAFETY: the value is only tested for presence, never read.
-    unsafe { TARGET_TGIDS.get(&tgid) }.is_some()
+    if unsafe { TARGET_TGIDS.get(&tgid) }.is_some() {
+        return true;
+    }
+    // SAFETY: globals written once by userspace before the programs load.
+    let (cgroup, level) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const TARGET_CGROUP_ID),
+            core::ptr::read_volatile(&raw const TARGET_CGROUP_LEVEL),
+        )
+    };
+    // SAFETY: a helper on the current task.
+    if cgroup == 0 || unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) } != cgroup {
+        return false;
+    }
+    let _ = TARGET_TGIDS.insert(&tgid, &TARGET_FOLLOWED, u64::from(BPF_NOEXIST));
+    true
 }
 
 #[inline(always)]

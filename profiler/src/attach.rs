@@ -32,7 +32,7 @@ use profiler_common::{
     TARGET_NAMED, global_names, map_names, program_names,
 };
 
-use crate::{allocators::ProbePoint, exit::Failure, kernel_btf, tracefs};
+use crate::{allocators::ProbePoint, cgroup::CgroupId, exit::Failure, kernel_btf, tracefs};
 
 static BPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
@@ -180,6 +180,8 @@ pub struct ProbeSettings {
     pub alloc_sample_bytes: u64,
     /// How CPU, off-CPU and slow-syscall stacks are unwound.
     pub unwind: UnwindMethod,
+    /// With `--cgroup`: the group whose processes, present and future, are targets.
+    pub cgroup: Option<CgroupId>,
 }
 
 impl ProbeSettings {
@@ -204,6 +206,7 @@ impl Default for ProbeSettings {
             offcpu_min: Duration::from_millis(1),
             alloc_sample_bytes: 0,
             unwind: UnwindMethod::Dwarf,
+            cgroup: None,
         }
     }
 }
@@ -270,6 +273,9 @@ impl Probes {
         } else {
             0
         };
+        let (cgroup_id, cgroup_level) = settings
+            .cgroup
+            .map_or((0u64, 0u64), |cgroup| (cgroup.id, u64::from(cgroup.level)));
         let mut loader = EbpfLoader::new();
         // The programs use no CO-RE relocations, so parsing the kernel's BTF (tens of
         // milliseconds) would buy nothing.
@@ -289,7 +295,9 @@ impl Probes {
                 true,
             )
             .override_global(global_names::TASK_FSBASE_OFFSET, &task_fsbase_offset, true)
-            .override_global(global_names::TASK_TGID_OFFSET, &task_tgid_offset, true);
+            .override_global(global_names::TASK_TGID_OFFSET, &task_tgid_offset, true)
+            .override_global(global_names::TARGET_CGROUP_ID, &cgroup_id, true)
+            .override_global(global_names::TARGET_CGROUP_LEVEL, &cgroup_level, true);
         loader.map_max_entries(map_names::UNWIND_ROWS, unwind_rows.max(1));
         for (map, used) in MAPS_BY_EVENT {
             if !used(events) {

@@ -50,7 +50,7 @@ enum Command {
     /// each case.
     #[command(
         after_help = EXIT_CODES,
-        group(ArgGroup::new("target").required(true).args(["pids", "command"])),
+        group(ArgGroup::new("target").required(true).args(["pids", "command", "cgroup"])),
     )]
     Record(Box<RecordArgs>),
 
@@ -99,6 +99,13 @@ struct RecordArgs {
     /// those they start while recording (a gunicorn master and its workers).
     #[arg(long, requires = "pids", conflicts_with = "command")]
     children: bool,
+
+    /// Profile every process of this cgroup (v2) and of the groups below it, those that
+    /// join while recording included: a container, a Kubernetes pod, a systemd unit.
+    /// PATH is a directory under the v2 mount, or a path from its root as
+    /// /proc/PID/cgroup gives it. Records until --duration or Ctrl-C.
+    #[arg(long, value_name = "PATH", conflicts_with = "children")]
+    cgroup: Option<PathBuf>,
 
     /// Stop after this many seconds (default: when stopped or when the targets exit).
     #[arg(short, long, value_name = "SECS", value_parser = parse_duration)]
@@ -207,21 +214,23 @@ struct RecordArgs {
 
 impl RecordArgs {
     fn into_options(self) -> RecordOptions {
-        let target = if self.command.is_empty() {
-            TargetSpec::Pids(self.pids)
-        } else {
-            TargetSpec::Command(self.command)
+        let target = match (self.cgroup, self.command.is_empty()) {
+            (Some(cgroup), _) => TargetSpec::Cgroup(cgroup),
+            (None, true) => TargetSpec::Pids(self.pids),
+            (None, false) => TargetSpec::Command(self.command),
         };
         RecordOptions {
             duration: self.duration,
             probes: ProbeSettings {
                 events: self.events,
                 frequency_hz: self.frequency,
-                follow_children: self.children || matches!(target, TargetSpec::Command(_)),
+                follow_children: self.children
+                    || matches!(target, TargetSpec::Command(_) | TargetSpec::Cgroup(_)),
                 slow_syscall: Duration::from_secs_f64(self.slow_ms / 1e3),
                 offcpu_min: Duration::from_secs_f64(self.offcpu_min_us / 1e6),
                 alloc_sample_bytes: self.alloc_sample_bytes,
                 unwind: self.unwind,
+                cgroup: None,
             },
             leak_min_age: Duration::from_secs_f64(self.leak_min_age),
             outputs: OutputPaths {

@@ -2,7 +2,8 @@
 //!
 //! The modules follow the data flow of a recording:
 //!
-//! 1. [`target`]: the processes to profile, existing or started by us;
+//! 1. [`target`]: the processes to profile, existing or started by us, or those of a
+//!    [`cgroup`];
 //! 2. [`attach`]: loading the BPF programs and attaching them to the kernel, with the
 //!    tracepoint layouts from [`tracefs`];
 //! 3. [`stream`]: draining the ring buffer the programs write to;
@@ -29,6 +30,7 @@ pub mod aggregate;
 pub mod allocators;
 pub mod analyze;
 pub mod attach;
+pub mod cgroup;
 pub mod cli;
 pub mod compare;
 pub mod diff;

@@ -76,10 +76,14 @@ pub enum StopReason {
 /// A process that was profiled.
 #[derive(Clone, Debug)]
 pub struct TargetProcess {
-    /// Its pid.
+    /// Its pid, as the host sees it.
     pub pid: u32,
     /// Its command name, read when the recording started.
     pub name: String,
+    /// Its pid in its own pid namespace, where that is not the host's (a container).
+    pub namespace_pid: Option<u32>,
+    /// Its cgroup on the v2 hierarchy.
+    pub cgroup: Option<String>,
 }
 
 /// What the profiler itself cost.
@@ -261,6 +265,8 @@ pub struct Report {
     pub targets: Vec<TargetProcess>,
     /// The command, when the profiler started it.
     pub command: Option<Vec<String>>,
+    /// The cgroup, when its processes were the targets (`--cgroup`).
+    pub cgroup: Option<String>,
     /// How long the probes were attached.
     pub duration: Duration,
     /// What was traced, the sampling rate, and the thresholds.

@@ -57,6 +57,17 @@ pub fn with_descendants(pid: u32) -> Vec<u32> {
     tree
 }
 
+/// The process's pid in its own pid namespace, where that differs from the host's (a
+/// container's processes), from the last field of `NSpid` in its status.
+pub fn namespace_pid(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))?;
+    let innermost: u32 = line.split_whitespace().last()?.parse().ok()?;
+    (innermost != pid).then_some(innermost)
+}
+
 /// The process's command name, or `?` once it is gone.
 pub fn process_name(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm"))

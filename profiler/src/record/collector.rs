@@ -62,6 +62,8 @@ pub(super) struct Collector {
     processes_started: Vec<u32>,
     /// CPU stacks since the last view of each live window that was asked for.
     windows: HashMap<LiveWindow, StackCounts>,
+    /// The cgroup whose processes are the targets, if that is how they were chosen.
+    pub(super) cgroup: Option<String>,
     /// The names of every CPU stack the live views have shown, grown as stacks come.
     live_names: Names,
     /// CPU stacks seen for the first time since the live names were last grown.
@@ -371,6 +373,7 @@ impl Collector {
         Report {
             targets: targets.to_vec(),
             command: command_line(options),
+            cgroup: self.cgroup.clone(),
             duration,
             probes: options.probes,
             threads,
@@ -474,6 +477,7 @@ impl Collector {
         Report {
             targets: finished.targets,
             command: command_line(options),
+            cgroup: self.cgroup.clone(),
             duration: finished.duration,
             probes: options.probes,
             threads: self.cpu.threads().collect(),
@@ -515,6 +519,6 @@ fn command_line(options: &RecordOptions) -> Option<Vec<String>> {
                 .map(|arg| arg.to_string_lossy().into_owned())
                 .collect(),
         ),
-        TargetSpec::Pids(_) => None,
+        TargetSpec::Pids(_) | TargetSpec::Cgroup(_) => None,
     }
 }

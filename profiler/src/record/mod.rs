@@ -9,7 +9,7 @@ mod follow;
 mod live;
 mod session;
 
-use std::{ffi::OsString, net::SocketAddr, time::Duration};
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{analyze::AnalysisOptions, attach::ProbeSettings, render::OutputPaths};
 
@@ -22,6 +22,9 @@ pub enum TargetSpec {
     Pids(Vec<u32>),
     /// A command to start and profile until it exits.
     Command(Vec<OsString>),
+    /// The processes of a cgroup (a container, a pod, a systemd unit) and of the
+    /// groups below it, those that join it while recording included.
+    Cgroup(PathBuf),
 }
 
 /// Everything `profiler record` needs to know.

@@ -23,7 +23,8 @@ use crate::{
     aggregate::{summarize_live, summarize_syscalls, without_replaced_programs},
     allocators,
     analyze::Check,
-    attach::{AllocTables, Probes, check_privileges},
+    attach::{AllocTables, ProbeSettings, Probes, check_privileges},
+    cgroup::{self, Cgroup},
     exit::Failure,
     render::{OutputFiles, folded, json, pprof, summary, svg},
     report::{Losses, Report, SelfCost, StopReason, TargetProcess},
@@ -44,10 +45,14 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         pids.iter()
             .try_for_each(|&pid| target::ensure_exists(pid))?;
     }
+    let cgroup = match &options.target {
+        TargetSpec::Cgroup(path) => Some(Cgroup::find(path)?),
+        _ => None,
+    };
     check_privileges()?;
     let mut command = match &options.target {
         TargetSpec::Command(argv) => Some(HeldCommand::spawn(argv)?),
-        TargetSpec::Pids(_) => None,
+        TargetSpec::Pids(_) | TargetSpec::Cgroup(_) => None,
     };
     let outputs = OutputFiles::create(&options.outputs, options.probes.events)?;
     let mut live = Live {
@@ -66,6 +71,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         ),
         TargetSpec::Pids(pids) => dedup(pids),
         TargetSpec::Command(_) => command.iter().map(HeldCommand::pid).collect(),
+        TargetSpec::Cgroup(_) => cgroup.iter().flat_map(Cgroup::processes).collect(),
     };
 
     // The targets' tables are compiled before the BPF object is loaded, to size the
@@ -75,7 +81,8 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         options.probes.uses_unwind_tables(),
         &Live::windows(&options),
     );
-    if let TargetSpec::Pids(_) = &options.target {
+    collector.cgroup = cgroup.as_ref().map(|cgroup| cgroup.path.clone());
+    if !matches!(options.target, TargetSpec::Command(_)) {
         for &pid in &pids {
             collector.read_map(pid);
         }
@@ -84,7 +91,11 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         .unwind_tables
         .as_ref()
         .map_or(1, UnwindTables::capacity);
-    let mut probes = Probes::load(&options.probes, unwind_rows)?;
+    let settings = ProbeSettings {
+        cgroup: cgroup.as_ref().map(|cgroup| cgroup.id),
+        ..options.probes
+    };
+    let mut probes = Probes::load(&settings, unwind_rows)?;
     for &pid in &pids {
         probes.add_target(pid)?;
     }
@@ -129,9 +140,14 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
                     .file_name()
                     .map_or_else(|| argv[0].to_string_lossy(), |name| name.to_string_lossy())
                     .into_owned(),
-                TargetSpec::Pids(_) => target::process_name(pid),
+                TargetSpec::Pids(_) | TargetSpec::Cgroup(_) => target::process_name(pid),
             };
-            TargetProcess { pid, name }
+            TargetProcess {
+                pid,
+                name,
+                namespace_pid: target::namespace_pid(pid),
+                cgroup: cgroup::of_process(pid),
+            }
         })
         .collect();
     let tables = Tables {
@@ -362,6 +378,8 @@ async fn watch(
             _ = tick.tick() => {
                 let exited = match command.as_deref_mut() {
                     Some(command) => command.poll_exit().is_some(),
+                    // A cgroup empties and fills again: it is recorded until stopped.
+                    None if matches!(options.target, TargetSpec::Cgroup(_)) => false,
                     None => !pids.iter().any(|&pid| target::is_alive(pid)),
                 };
                 exited.then_some(StopReason::TargetsExited(None))

@@ -51,6 +51,9 @@ pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
             "pids": report.targets.iter().map(|t| t.pid).collect::<Vec<_>>(),
             "names": report.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
             "command": report.command,
+            "cgroup": report.cgroup,
+            "namespace_pids": report.targets.iter().map(|t| t.namespace_pid).collect::<Vec<_>>(),
+            "cgroups": report.targets.iter().map(|t| t.cgroup.as_deref()).collect::<Vec<_>>(),
             "exited": matches!(report.stop, StopReason::TargetsExited(_)),
         },
         "cpu": {

@@ -577,8 +577,20 @@ pub fn leaks_flame_graph_labels(report: &Report) -> FlameGraphLabels {
 }
 
 fn target_label(report: &Report) -> String {
+    if let Some(cgroup) = &report.cgroup {
+        return format!(
+            "cgroup {cgroup} ({} processes at the start)",
+            report.targets.len()
+        );
+    }
     match report.targets.as_slice() {
-        [one] => format!("{} (pid {})", one.name, one.pid),
+        [one] => match one.namespace_pid {
+            Some(inner) => format!(
+                "{} (pid {}, {inner} in its pid namespace)",
+                one.name, one.pid
+            ),
+            None => format!("{} (pid {})", one.name, one.pid),
+        },
         many => format!(
             "{} processes (pids {})",
             many.len(),
