@@ -861,6 +861,20 @@ fn a_cgroup_is_profiled_with_the_processes_that_join_it() {
 }
 
 #[test]
+fn outputs_belong_to_the_user_who_ran_sudo() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = scratch("sudo");
+    let output = run(record(&dir, &["--", "true"])
+        .env("SUDO_UID", "65534")
+        .env("SUDO_GID", "65533"));
+    assert_eq!(output.status.code(), Some(0));
+    for file in ["flame.svg", "report.json", "stacks.folded", "cpu.pb.gz"] {
+        let metadata = fs::metadata(dir.join(file)).unwrap();
+        assert_eq!((metadata.uid(), metadata.gid()), (65534, 65533), "{file}");
+    }
+}
+
+#[test]
 fn ctrl_c_writes_everything_and_detaches_every_probe() {
     let dir = scratch("ctrl-c");
     let mut workload = start_phases(&dir, 1, 10.0, 0);

@@ -64,6 +64,16 @@ pub fn numbered(path: &Path, index: u32) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// The user and group who ran `sudo`, when the profiler runs as root under it.
+fn sudo_user() -> Option<(u32, u32)> {
+    // SAFETY: no arguments, no side effects.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let id = |name: &str| std::env::var(name).ok()?.parse::<u32>().ok();
+    Some((id("SUDO_UID")?, id("SUDO_GID")?))
+}
+
 /// An output file opened for writing.
 pub struct OutputFile {
     path: PathBuf,
@@ -71,11 +81,20 @@ pub struct OutputFile {
 }
 
 impl OutputFile {
-    /// Opens `path` for writing, creating or truncating it.
+    /// Opens `path` for writing, creating or truncating it. Under `sudo` it belongs to
+    /// the user who ran sudo, as perf's data file does.
     pub fn create(path: &Path) -> Result<Self, Failure> {
         let file = File::create(path).map_err(|error| {
             Failure::Output(format!("cannot write {}: {error}", path.display()))
         })?;
+        if let Some((uid, gid)) = sudo_user() {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|error| {
+                Failure::Output(format!(
+                    "cannot give {} to uid {uid}: {error}",
+                    path.display()
+                ))
+            })?;
+        }
         Ok(OutputFile {
             path: path.to_owned(),
             file,
