@@ -8,7 +8,7 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::OnceLock,
     thread::sleep,
     time::{Duration, Instant},
@@ -367,22 +367,80 @@ fn an_unwritable_output_fails_before_recording() {
     workload.wait().unwrap();
 }
 
+/// The capabilities the README documents as enough, for a Kubernetes securityContext.
+const LEAST_CAPABILITIES: [&str; 5] = ["bpf", "perfmon", "sys_ptrace", "dac_read_search", "syslog"];
+
+/// `profiler record` run as nobody with exactly `capabilities`, writing into `dir`.
+fn record_with_capabilities(dir: &Path, capabilities: &[&str], args: &[&str]) -> Output {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let set: Vec<String> = capabilities.iter().map(|cap| format!("+{cap}")).collect();
+    let set = format!(
+        "-all{}{}",
+        if set.is_empty() { "" } else { "," },
+        set.join(",")
+    );
+    let mut setpriv = Command::new("setpriv");
+    setpriv
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={set}"))
+        .arg(format!("--ambient-caps={set}"))
+        .arg(env!("CARGO_BIN_EXE_profiler"));
+    let record = record(dir, args);
+    setpriv.args(record.get_args());
+    run(&mut setpriv)
+}
+
 #[test]
 fn missing_privileges_name_the_capability() {
     let dir = scratch("privileges");
-    let output = run(Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(env!("CARGO_BIN_EXE_profiler"))
-        .args(["record", "--duration", "1", "-o"])
-        .arg(dir.join("flame.svg"))
-        .args(["--", "true"]));
+    let output = record_with_capabilities(&dir, &[], &["--duration", "1", "--", "true"]);
     assert_eq!(output.status.code(), Some(PRIVILEGES));
     assert!(stderr_line(&output).contains("CAP_BPF"));
+    for dropped in LEAST_CAPABILITIES {
+        let kept: Vec<&str> = LEAST_CAPABILITIES
+            .into_iter()
+            .filter(|&cap| cap != dropped)
+            .collect();
+        let output = record_with_capabilities(&dir, &kept, &["--duration", "1", "--", "true"]);
+        assert_eq!(output.status.code(), Some(PRIVILEGES), "without {dropped}");
+        let named = format!("CAP_{}", dropped.to_uppercase());
+        assert!(stderr_line(&output).contains(&named), "without {dropped}");
+    }
+    // Holding a started command at its entry takes a uprobe, which the kernel places
+    // only for CAP_SYS_ADMIN.
+    let output = record_with_capabilities(&dir, &LEAST_CAPABILITIES, &["--", "true"]);
+    assert_eq!(output.status.code(), Some(PRIVILEGES));
+    assert!(stderr_line(&output).contains("CAP_SYS_ADMIN"));
+}
+
+#[test]
+fn the_least_capabilities_profile_another_users_process_whole() {
+    let dir = scratch("least-privilege");
+    let mut workload = start_phases(&dir, 2, 4.0, 0);
+    sleep(Duration::from_millis(300));
+    let pid = workload.id().to_string();
+    let output = record_with_capabilities(
+        &dir,
+        &LEAST_CAPABILITIES,
+        &["--pid", &pid, "--duration", "2", "--events", "cpu,offcpu"],
+    );
+    workload.wait().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let report = report(&dir);
+    assert_hot_share(&report, &Truth::read(&dir.join("truth.json")), 0.05);
+    // Kernel symbols are readable: the waits' kernel frames are named.
+    let named_kernel_frames = report["offcpu"]["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|function| function["kernel"] == true && function["name"] != "[unknown]")
+        .count();
+    assert!(
+        named_kernel_frames > 0,
+        "{:#}",
+        report["offcpu"]["functions"]
+    );
 }
 
 #[test]

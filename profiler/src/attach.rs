@@ -37,14 +37,17 @@ use crate::{allocators::ProbePoint, cgroup::CgroupId, exit::Failure, kernel_btf,
 static BPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
 /// Capabilities from `linux/capability.h`.
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYSLOG: u32 = 34;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Fails with the name of the first missing capability, before anything is loaded.
 ///
-/// CAP_SYS_ADMIN stands in for both of the others, as the kernel allows.
-pub fn check_privileges() -> Result<(), Failure> {
+/// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, as the kernel allows.
+pub fn check_privileges(uses_uprobes: bool) -> Result<(), Failure> {
     let status = fs::read_to_string("/proc/self/status")
         .map_err(|error| Failure::Other(anyhow::anyhow!("reading /proc/self/status: {error}")))?;
     let effective = status
@@ -53,15 +56,48 @@ pub fn check_privileges() -> Result<(), Failure> {
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .unwrap_or(0);
     let has = |cap: u32| effective & (1 << cap) != 0;
-    if has(CAP_SYS_ADMIN) {
-        return Ok(());
+    // CAP_SYS_ADMIN also grants what CAP_BPF and CAP_PERFMON do, as before kernel 5.8.
+    let needed = [
+        (CAP_BPF, "CAP_BPF", "to load the BPF programs"),
+        (
+            CAP_PERFMON,
+            "CAP_PERFMON",
+            "to attach them to perf events and probes",
+        ),
+        (
+            CAP_SYS_PTRACE,
+            "CAP_SYS_PTRACE",
+            "to read other users' processes' maps and memory",
+        ),
+        (
+            CAP_DAC_READ_SEARCH,
+            "CAP_DAC_READ_SEARCH",
+            "to read tracefs and other users' files",
+        ),
+        (
+            CAP_SYSLOG,
+            "CAP_SYSLOG",
+            "to read the kernel's symbol addresses",
+        ),
+    ];
+    let missing = needed.iter().find(|&&(cap, _, _)| {
+        !has(cap) && !(has(CAP_SYS_ADMIN) && (cap == CAP_BPF || cap == CAP_PERFMON))
+    });
+    if let Some((_, name, why)) = missing {
+        return Err(Failure::Privileges(format!(
+            "missing capability {name} ({why}): run as root, or grant cap_bpf, cap_perfmon, \
+             cap_sys_ptrace, cap_dac_read_search and cap_syslog"
+        )));
     }
-    for (cap, name) in [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")] {
-        if !has(cap) {
-            return Err(Failure::Privileges(format!(
-                "missing capability {name}: run as root, or grant cap_bpf and cap_perfmon"
-            )));
-        }
+    // The uprobe PMU refuses CAP_PERFMON alone (seen on 6.18), though perf's docs say
+    // otherwise.
+    if uses_uprobes && !has(CAP_SYS_ADMIN) {
+        return Err(Failure::Privileges(
+            "missing capability CAP_SYS_ADMIN (the kernel places uprobes, for --events alloc \
+             and to hold a started command at its entry, only for it): run as root, or grant \
+             cap_sys_admin too, or profile a running --pid without --events alloc"
+                .to_owned(),
+        ));
     }
     Ok(())
 }
@@ -1047,6 +1083,6 @@ mod tests {
     #[test]
     fn this_process_has_the_privileges_it_runs_the_tests_with() {
         // The suite runs as root; anything else fails here first, with the reason.
-        check_privileges().unwrap();
+        check_privileges(true).unwrap();
     }
 }

@@ -49,7 +49,10 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         TargetSpec::Cgroup(path) => Some(Cgroup::find(path)?),
         _ => None,
     };
-    check_privileges()?;
+    let is_command = matches!(options.target, TargetSpec::Command(_));
+    check_privileges(
+        options.probes.events.alloc || (is_command && options.probes.uses_unwind_tables()),
+    )?;
     let mut command = match &options.target {
         TargetSpec::Command(argv) => Some(HeldCommand::spawn(argv)?),
         TargetSpec::Pids(_) | TargetSpec::Cgroup(_) => None,
