@@ -16,8 +16,8 @@ use serde_json::Value;
 
 mod common;
 use common::{
-    RULE_FIRED, TARGET_EXITED, USAGE, assert_close, compile_workload, pprof_row, pprof_top,
-    profiler, read_json, record, run, scratch, stderr_line,
+    RULE_FIRED, TARGET_EXITED, USAGE, assert_close, compile_workload, container_root, in_container,
+    pprof_row, pprof_top, profiler, read_json, record, run, scratch, stderr_line,
 };
 
 /// What the workload says it did.
@@ -325,6 +325,61 @@ fn a_process_a_shell_starts_has_its_leaks_tracked() {
         candidate["bytes"].as_u64().unwrap(),
         truth.leaked_bytes,
         0.02,
+    );
+}
+
+#[test]
+fn a_leak_in_a_container_is_found_in_its_own_allocator() {
+    let dir = scratch("leaks_container");
+    let root = dir.join("root");
+    container_root(&root, leaks_binary());
+    // It pauses 3 s after writing /truth.json.ready, for the recording to start.
+    let mut container = in_container(&root, &["/truth.json", "/output.txt", "0", "3000"])
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !root.join("truth.json.ready").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the container never started"
+        );
+        sleep(Duration::from_millis(20));
+    }
+    let unshare = container.id().to_string();
+    let output = run(
+        record(&dir, &["--events", "alloc", "--leak-min-age", "1"]).args([
+            "--pid",
+            &unshare,
+            "--children",
+            "--duration",
+            "8",
+        ]),
+    );
+    assert!(container.wait().unwrap().success());
+    assert_eq!(output.status.code(), Some(TARGET_EXITED));
+    let report = read_json(&dir.join("report.json"));
+    let truth = Truth::read(&root.join("truth.json"));
+    // Probed in the container's own copy of libc: the host's file at the same path is
+    // another one, which the container never calls.
+    let candidate = leaking_candidate(&report);
+    assert_close(
+        "leaked bytes",
+        candidate["bytes"].as_u64().unwrap(),
+        truth.leaked_bytes,
+        0.02,
+    );
+    assert!(
+        candidate["stack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|frame| frame == "main")
+    );
+    // The workload is pid 1 in its own namespace.
+    let namespace_pids = report["target"]["namespace_pids"].as_array().unwrap();
+    assert!(
+        namespace_pids.iter().any(|pid| pid == 1),
+        "{namespace_pids:?}"
     );
 }
 

@@ -78,7 +78,7 @@ pub fn is_allocator_frame(name: &str) -> bool {
 /// kernel can emulate (see [`emulated_probe_offset`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbePoint {
-    /// The file, as the target maps it.
+    /// The file, by a path that reaches it ([`memory_map::Mapping::reachable_path`]).
     pub file: PathBuf,
     /// Where the probe goes, as an offset into the file.
     pub file_offset: u64,
@@ -95,19 +95,19 @@ pub fn probe_points(pid: u32, executable: Option<&Path>) -> Result<Vec<ProbePoin
         Failure::NoTarget(format!("reading the memory map of pid {pid}: {error}"))
     })?;
     let own_executable = fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let executable = executable
-        .map(Path::to_path_buf)
-        .or_else(|| own_executable.clone());
-    let mut files: Vec<PathBuf> = mapped
-        .into_iter()
-        .filter(|file| Some(file) != own_executable.as_ref())
-        .collect();
-    files.extend(executable.clone());
     let mut points = Vec::new();
-    for file in files {
-        let is_executable = Some(&file) == executable.as_ref();
-        points.extend(file_probe_points(&file, is_executable));
+    for mapping in mapped
+        .iter()
+        .filter(|mapping| mapping.path != own_executable)
+    {
+        points.extend(file_probe_points(&mapping.reachable_path(pid), false));
     }
+    // The program's own file, through the process's link to it, whatever its root.
+    let executable = executable.map_or_else(
+        || PathBuf::from(format!("/proc/{pid}/exe")),
+        Path::to_path_buf,
+    );
+    points.extend(file_probe_points(&executable, true));
     if points.is_empty() {
         return Err(Failure::KernelFeature(format!(
             "pid {pid} maps no allocator that defines `malloc` (a statically linked program \
@@ -118,7 +118,10 @@ pub fn probe_points(pid: u32, executable: Option<&Path>) -> Result<Vec<ProbePoin
 }
 
 /// The probe points in one file, if it defines `malloc`; empty for anything unreadable
-/// or not ELF. `include_static_symbols` for a process's main program.
+/// or not ELF. `include_static_symbols` for a process's main program. A process's file
+/// is given by a path that reaches the very file ([`memory_map::Mapping::reachable_path`]),
+/// so that the probes go into the file a container maps, whatever the host has at that
+/// path.
 pub fn file_probe_points(file: &Path, include_static_symbols: bool) -> Vec<ProbePoint> {
     // Read lazily, as the unwinder does: every mapped library is looked at, and one can
     // be a gigabyte, of which only the symbol tables and a few bytes of code are needed.

@@ -21,7 +21,7 @@ Exit codes:
   2    malformed command line, or options that contradict each other
   3    a --fail-on rule fired (every output was still written)
   4    a target process does not exist, or the command could not be started
-  5    a needed capability is missing (CAP_BPF, CAP_PERFMON)
+  5    a needed capability is missing (the message names it)
   6    the kernel lacks a needed feature
   7    an output file cannot be written, or --metrics-addr can't be listened on
        (checked before recording)

@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     fs,
     ops::Range,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -50,7 +50,48 @@ pub struct Mapping {
     pub vdso: bool,
 }
 
+/// `path`, as process `tgid` names it, seen through its root: a container's files,
+/// which may not exist on the host or be other files there.
+fn in_process_root(tgid: u32, path: &Path) -> PathBuf {
+    Path::new(&format!("/proc/{tgid}/root")).join(path.strip_prefix("/").unwrap_or(path))
+}
+
 impl Mapping {
+    /// Opens the mapped file of process `tgid`: the very file mapped, through
+    /// `/proc/PID/map_files` (which needs CAP_SYS_ADMIN), else its path through the
+    /// process's root.
+    pub fn open(&self, tgid: u32) -> std::io::Result<fs::File> {
+        let by_range = format!(
+            "/proc/{tgid}/map_files/{:x}-{:x}",
+            self.range.start, self.range.end
+        );
+        fs::File::open(by_range).or_else(|error| {
+            let path = self.path.as_deref().ok_or(error)?;
+            fs::File::open(in_process_root(tgid, path))
+        })
+    }
+
+    /// A path by which the profiler reaches the very file mapped, for what takes a path
+    /// (uprobes): its `/proc/PID/map_files` link, else its path through the process's
+    /// root, else its path. A chroot's file shows in the map by its host path, a
+    /// private mount's by its path inside: the link is right for both.
+    pub fn reachable_path(&self, tgid: u32) -> PathBuf {
+        let by_range = PathBuf::from(format!(
+            "/proc/{tgid}/map_files/{:x}-{:x}",
+            self.range.start, self.range.end
+        ));
+        let path = self.path.clone().unwrap_or_default();
+        if fs::metadata(&by_range).is_ok() {
+            return by_range;
+        }
+        let in_root = in_process_root(tgid, &path);
+        if fs::metadata(&in_root).is_ok() {
+            in_root
+        } else {
+            path
+        }
+    }
+
     /// Where `address` lies in the mapped file.
     pub fn file_offset_of(&self, address: u64) -> u64 {
         address - self.range.start + self.file_offset
@@ -189,15 +230,13 @@ pub fn read_mappings(tgid: u32) -> std::io::Result<Vec<Mapping>> {
     Ok(parse(&fs::read_to_string(format!("/proc/{tgid}/maps"))?))
 }
 
-/// The distinct files a process maps executable code from, in map order.
-pub fn executable_files(tgid: u32) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    for path in read_mappings(tgid)?
-        .into_iter()
-        .filter_map(|mapping| mapping.path)
-    {
-        if !files.contains(&path) {
-            files.push(path);
+/// The first mapping of each distinct file a process maps executable code from, in map
+/// order.
+pub fn executable_files(tgid: u32) -> std::io::Result<Vec<Mapping>> {
+    let mut files: Vec<Mapping> = Vec::new();
+    for mapping in read_mappings(tgid)? {
+        if mapping.path.is_some() && !files.iter().any(|file| file.path == mapping.path) {
+            files.push(mapping);
         }
     }
     Ok(files)

@@ -367,19 +367,13 @@ impl Symbolizer {
     /// namespace it runs in.
     pub fn keep_files(&mut self, tgid: u32, mappings: &[Mapping]) {
         for mapping in mappings {
-            let (Some(id), Some(path)) = (&mapping.file, &mapping.path) else {
+            let (Some(id), Some(_)) = (&mapping.file, &mapping.path) else {
                 continue;
             };
             if self.files.contains_key(id) {
                 continue;
             }
-            let by_range = format!(
-                "/proc/{tgid}/map_files/{:x}-{:x}",
-                mapping.range.start, mapping.range.end
-            );
-            let file = fs::File::open(by_range)
-                .or_else(|_| fs::File::open(format!("/proc/{tgid}/root{}", path.display())));
-            if let Ok(file) = file {
+            if let Ok(file) = mapping.open(tgid) {
                 self.files.insert(id.clone(), file);
             }
         }

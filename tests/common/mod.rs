@@ -221,3 +221,38 @@ pub fn pprof_row<'r>(rows: &'r [(String, PprofRow)], function: &str) -> &'r Ppro
         .map(|(_, row)| row)
         .unwrap_or_else(|| panic!("no {function} in go tool pprof -top: {rows:?}"))
 }
+
+/// A root file system for a "container": `binary` at `/app` and the libraries `ldd`
+/// lists for it, copied (new files, not the host's) to the same paths under `root`.
+pub fn container_root(root: &Path, binary: &Path) -> PathBuf {
+    let ldd = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .expect("running ldd");
+    let libraries = String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|line| {
+            let path = line.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect::<Vec<_>>();
+    for library in libraries.iter().chain([&PathBuf::from("/bin/sh")]) {
+        let inside = root.join(library.strip_prefix("/").unwrap());
+        fs::create_dir_all(inside.parent().unwrap()).unwrap();
+        fs::copy(library, &inside).unwrap();
+    }
+    fs::copy(binary, root.join("app")).unwrap();
+    root.join("app")
+}
+
+/// `ARGS` run as `/app` in `root`, in new pid and mount namespaces: `unshare`'s child
+/// is the container's pid 1.
+pub fn in_container(root: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--mount", "--fork", "chroot"])
+        .arg(root)
+        .arg("/app")
+        .args(args);
+    command
+}

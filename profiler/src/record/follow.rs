@@ -152,39 +152,46 @@ impl FollowedProcesses {
             let Ok(mapped) = memory_map::executable_files(pid) else {
                 continue;
             };
-            let new: Vec<PathBuf> = mapped
+            let new: Vec<(PathBuf, PathBuf)> = mapped
                 .into_iter()
-                .filter(|file| !followed.seen.contains(file))
+                .filter_map(|mapping| {
+                    let reachable = mapping.reachable_path(pid);
+                    let path = mapping.path?;
+                    (!followed.seen.contains(&path)).then_some((path, reachable))
+                })
                 .collect();
             if new.is_empty() {
                 continue;
             }
             remapped.push(pid);
-            followed.seen.extend(new.iter().cloned());
+            followed
+                .seen
+                .extend(new.iter().map(|(path, _)| path.clone()));
             if !self.probe_allocators {
                 continue;
             }
             let program = fs::read_link(format!("/proc/{pid}/exe")).ok();
-            let to_probe: Vec<PathBuf> = new
+            let to_probe: Vec<(PathBuf, PathBuf)> = new
                 .into_iter()
-                .filter(|file| !followed.probed.contains(file))
+                .filter(|(file, _)| !followed.probed.contains(file))
                 .collect();
-            let points: Vec<ProbePoint> = to_probe
-                .iter()
-                .flat_map(|file| {
-                    let is_program = Some(file) == program.as_ref();
-                    allocators::file_probe_points(file, is_program)
-                })
-                .collect();
+            let mut allocator_files = Vec::new();
+            let mut points: Vec<ProbePoint> = Vec::new();
+            for (file, reachable) in to_probe {
+                let is_program = Some(&file) == program.as_ref();
+                let in_file = allocators::file_probe_points(&reachable, is_program);
+                if !in_file.is_empty() {
+                    points.extend(in_file);
+                    allocator_files.push(file);
+                }
+            }
             if points.is_empty() {
                 continue;
             }
             match probes.attach_allocator(pid, &points) {
                 Ok(links) => {
                     followed.links.extend(links);
-                    followed
-                        .probed
-                        .extend(points.into_iter().map(|point| point.file));
+                    followed.probed.extend(allocator_files);
                 }
                 Err(error) if fs::metadata(format!("/proc/{pid}")).is_ok() => {
                     self.failures.push(format!("pid {pid}: {error}"));

@@ -322,19 +322,7 @@ fn compile(tgid: u32, mapping: &Mapping) -> Result<FileTable, TableError> {
             .map_err(|_| TableError::Unreadable)?;
         return FileTable::compile(&*image);
     }
-    let by_range = format!(
-        "/proc/{tgid}/map_files/{:x}-{:x}",
-        mapping.range.start, mapping.range.end
-    );
-    let file = fs::File::open(by_range)
-        .or_else(|_| {
-            let path = mapping
-                .path
-                .as_deref()
-                .ok_or(std::io::ErrorKind::NotFound)?;
-            fs::File::open(format!("/proc/{tgid}/root{}", path.display()))
-        })
-        .map_err(|_| TableError::Unreadable)?;
+    let file = mapping.open(tgid).map_err(|_| TableError::Unreadable)?;
     // Read lazily: only the headers and the frame sections of a large library.
     let cache = ReadCache::new(file);
     FileTable::compile(&cache)
