@@ -13,7 +13,7 @@ use std::{
 use serde_json::Value;
 
 mod common;
-use common::{RULE_FIRED, read_json, record, run, scratch, workload_source};
+use common::{RULE_FIRED, container_root, read_json, record, run, scratch, workload_source};
 
 /// How far a function's share may be from its measured share, in points.
 const TOLERANCE: f64 = 0.05;
@@ -241,6 +241,58 @@ fn a_python_service_in_its_own_pid_namespace_is_walked() {
         ));
         assert!(namespace.wait().unwrap().success());
         let run = read_run(&dir, &truth_path, output.status.code());
+        assert_eq!(run.exit_code, Some(0), "{version}");
+        assert_walked(&run, version, 0.98);
+        assert_share(&run, version, "Model.predict", "predict");
+    }
+}
+
+/// A Python service in a container: its own root, in which the interpreter's files sit
+/// at a path the host does not have (`/python`, bound from the pyenv install) next to
+/// its own copies of libc and the rest, in its own pid and mount namespaces.
+#[test]
+fn a_python_service_in_a_container_is_walked() {
+    for version in VERSIONS {
+        let dir = scratch(&format!("python-container-{version}"));
+        let root = dir.join("root");
+        let interpreter = python(version);
+        container_root(&root, &interpreter);
+        let install = interpreter.parent().unwrap().parent().unwrap();
+        fs::create_dir_all(root.join("python")).unwrap();
+        fs::copy(workload_source("python_phases.py"), root.join("phases.py")).unwrap();
+        let script = format!(
+            "mount --bind {install} {root}/python && exec chroot {root} /python/bin/python{version} /phases.py loop 3 /truth.json",
+            install = install.display(),
+            root = root.display(),
+        );
+        let mut container = Command::new("unshare")
+            .args([
+                "--pid",
+                "--mount",
+                "--fork",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+            ])
+            .arg(&script)
+            .spawn()
+            .unwrap();
+        sleep(Duration::from_millis(500));
+        let output = run(&mut record(
+            &dir,
+            &[
+                "--pid",
+                &container.id().to_string(),
+                "--children",
+                "--duration",
+                "2",
+                "-F",
+                "499",
+            ],
+        ));
+        assert!(container.wait().unwrap().success(), "{version}");
+        let run = read_run(&dir, &root.join("truth.json"), output.status.code());
         assert_eq!(run.exit_code, Some(0), "{version}");
         assert_walked(&run, version, 0.98);
         assert_share(&run, version, "Model.predict", "predict");

@@ -20,7 +20,8 @@ use serde_json::Value;
 mod common;
 use common::{
     INPUT, INTERRUPTED, NO_TARGET, OUTPUT, PRIVILEGES, RULE_FIRED, TARGET_EXITED, compile_workload,
-    entries_where, pprof_row, pprof_top, profiler, read_json, record, run, scratch, stderr_line,
+    container_root, entries_where, in_container, pprof_row, pprof_top, profiler, read_json, record,
+    run, scratch, stderr_line,
 };
 
 /// The `phases` workload, compiled once.
@@ -930,6 +931,37 @@ fn outputs_belong_to_the_user_who_ran_sudo() {
         let metadata = fs::metadata(dir.join(file)).unwrap();
         assert_eq!((metadata.uid(), metadata.gid()), (65534, 65533), "{file}");
     }
+}
+
+#[test]
+fn a_service_in_a_container_is_profiled_whole_until_it_exits() {
+    let dir = scratch("container");
+    let root = dir.join("root");
+    container_root(&root, phases_binary());
+    // Two threads for 3 s; the recording outlasts it.
+    let mut container = in_container(&root, &["2", "3", "300", "/truth.json"])
+        .spawn()
+        .unwrap();
+    let unshare = container.id().to_string();
+    let output = run(&mut record(
+        &dir,
+        &["--pid", &unshare, "--children", "--duration", "8"],
+    ));
+    assert!(container.wait().unwrap().success());
+    assert_eq!(output.status.code(), Some(TARGET_EXITED));
+    let report = report(&dir);
+    assert_hot_share(&report, &Truth::read(&root.join("truth.json")), 0.05);
+    // As complete and as named as on the host, though the container's files are its
+    // own copies, at paths (/app) that do not exist on the host.
+    let stacks = &report["stacks"]["cpu"];
+    assert!(stacks["complete"].as_f64().unwrap() >= 0.98, "{stacks}");
+    let unnamed = &report["stacks"]["unnamed_addresses"];
+    assert_eq!(
+        unnamed["unreadable_file"].as_u64().unwrap_or(0),
+        0,
+        "{unnamed}"
+    );
+    assert!(!Path::new("/app").exists());
 }
 
 #[test]
