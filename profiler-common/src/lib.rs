@@ -198,6 +198,9 @@ pub mod global_names {
     pub const TARGET_CGROUP_ID: &str = "TARGET_CGROUP_ID";
     /// `u64`: the target cgroup's level below the v2 root (the root is 0).
     pub const TARGET_CGROUP_LEVEL: &str = "TARGET_CGROUP_LEVEL";
+    /// `u64`: for `--all`, the profiler's own pid: every task is a target but the idle
+    /// ones and the profiler's own; 0 when processes are chosen otherwise.
+    pub const TARGET_ALL_BUT: &str = "TARGET_ALL_BUT";
 }
 
 /// Tracepoint fields the BPF programs read. Their offsets differ between kernels, so

@@ -60,11 +60,21 @@ static TARGET_CGROUP_ID: u64 = 0;
 #[unsafe(no_mangle)]
 static TARGET_CGROUP_LEVEL: u64 = 0;
 
+/// Set by userspace for `--all` to its own pid: every task is a target but the CPUs'
+/// idle tasks and the profiler's, whose work is to look at the others.
+#[unsafe(no_mangle)]
+static TARGET_ALL_BUT: u64 = 0;
+
 /// Whether the current task's process `tgid` is profiled. A process found in the
 /// target cgroup, or a group below it, becomes a target the first time it is seen,
 /// as a followed one, whether it was there at the start or joined since.
 #[inline(always)]
 fn is_target(tgid: u32) -> bool {
+    // SAFETY: a global written once by userspace before the programs load.
+    let profiler = unsafe { core::ptr::read_volatile(&raw const TARGET_ALL_BUT) };
+    if profiler != 0 {
+        return tgid != 0 && u64::from(tgid) != profiler;
+    }
     // SAFETY: the value is only tested for presence, never read.
     if unsafe { TARGET_TGIDS.get(&tgid) }.is_some() {
         return true;

@@ -218,6 +218,8 @@ pub struct ProbeSettings {
     pub unwind: UnwindMethod,
     /// With `--cgroup`: the group whose processes, present and future, are targets.
     pub cgroup: Option<CgroupId>,
+    /// With `--all`: every process on the machine is a target.
+    pub all: bool,
 }
 
 impl ProbeSettings {
@@ -243,6 +245,7 @@ impl Default for ProbeSettings {
             alloc_sample_bytes: 0,
             unwind: UnwindMethod::Dwarf,
             cgroup: None,
+            all: false,
         }
     }
 }
@@ -312,6 +315,11 @@ impl Probes {
         let (cgroup_id, cgroup_level) = settings
             .cgroup
             .map_or((0u64, 0u64), |cgroup| (cgroup.id, u64::from(cgroup.level)));
+        let all_but = if settings.all {
+            u64::from(std::process::id())
+        } else {
+            0
+        };
         let mut loader = EbpfLoader::new();
         // The programs use no CO-RE relocations, so parsing the kernel's BTF (tens of
         // milliseconds) would buy nothing.
@@ -333,7 +341,8 @@ impl Probes {
             .override_global(global_names::TASK_FSBASE_OFFSET, &task_fsbase_offset, true)
             .override_global(global_names::TASK_TGID_OFFSET, &task_tgid_offset, true)
             .override_global(global_names::TARGET_CGROUP_ID, &cgroup_id, true)
-            .override_global(global_names::TARGET_CGROUP_LEVEL, &cgroup_level, true);
+            .override_global(global_names::TARGET_CGROUP_LEVEL, &cgroup_level, true)
+            .override_global(global_names::TARGET_ALL_BUT, &all_but, true);
         loader.map_max_entries(map_names::UNWIND_ROWS, unwind_rows.max(1));
         for (map, used) in MAPS_BY_EVENT {
             if !used(events) {

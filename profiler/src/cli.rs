@@ -50,7 +50,7 @@ enum Command {
     /// each case.
     #[command(
         after_help = EXIT_CODES,
-        group(ArgGroup::new("target").required(true).args(["pids", "command", "cgroup"])),
+        group(ArgGroup::new("target").required(true).args(["pids", "command", "cgroup", "all"])),
     )]
     Record(Box<RecordArgs>),
 
@@ -99,6 +99,11 @@ struct RecordArgs {
     /// those they start while recording (a gunicorn master and its workers).
     #[arg(long, requires = "pids", conflicts_with = "command")]
     children: bool,
+
+    /// Profile every process on the machine, kernel threads included, each stack under
+    /// its process's root frame. Records until --duration or Ctrl-C.
+    #[arg(short, long, conflicts_with = "children")]
+    all: bool,
 
     /// Profile every process of this cgroup (v2) and of the groups below it, those that
     /// join while recording included: a container, a Kubernetes pod, a systemd unit.
@@ -214,10 +219,11 @@ struct RecordArgs {
 
 impl RecordArgs {
     fn into_options(self) -> RecordOptions {
-        let target = match (self.cgroup, self.command.is_empty()) {
-            (Some(cgroup), _) => TargetSpec::Cgroup(cgroup),
-            (None, true) => TargetSpec::Pids(self.pids),
-            (None, false) => TargetSpec::Command(self.command),
+        let target = match (self.all, self.cgroup, self.command.is_empty()) {
+            (true, _, _) => TargetSpec::All,
+            (false, Some(cgroup), _) => TargetSpec::Cgroup(cgroup),
+            (false, None, true) => TargetSpec::Pids(self.pids),
+            (false, None, false) => TargetSpec::Command(self.command),
         };
         RecordOptions {
             duration: self.duration,
@@ -231,6 +237,7 @@ impl RecordArgs {
                 alloc_sample_bytes: self.alloc_sample_bytes,
                 unwind: self.unwind,
                 cgroup: None,
+                all: matches!(target, TargetSpec::All),
             },
             leak_min_age: Duration::from_secs_f64(self.leak_min_age),
             outputs: OutputPaths {

@@ -92,8 +92,12 @@ pub struct SelfCost {
     /// Time in the BPF programs, as the kernel counts it; not measured while syscalls
     /// are traced.
     pub bpf: Option<BpfCost>,
-    /// The profiler process's user plus system CPU time.
+    /// The profiler process's user plus system CPU time, up to the end of the recording.
     pub process_cpu: Duration,
+    /// How long naming every stack took once the recording ended.
+    pub naming: Duration,
+    /// How many processes' stacks were named.
+    pub named_processes: usize,
 }
 
 /// A syscall slower than `--slow-ms`, named and with its stack symbolized.

@@ -68,6 +68,18 @@ pub fn namespace_pid(pid: u32) -> Option<u32> {
     (innermost != pid).then_some(innermost)
 }
 
+/// Every process running now (kernel threads included), by pid.
+pub fn all_processes() -> Vec<u32> {
+    let mut pids: Vec<u32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 /// The process's command name, or `?` once it is gone.
 pub fn process_name(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm"))

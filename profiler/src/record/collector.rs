@@ -2,7 +2,10 @@
 //! aggregation while the targets run, then symbolizes and analyzes what it gathered
 //! into the finished [`Report`].
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use profiler_common::{EventHeader, StackEnd, Stacks};
 
@@ -423,6 +426,7 @@ impl Collector {
             .flat_map(|allocations| &allocations.live.candidates)
             .filter_map(|group| self.alloc_stacks.get(&group.stack_id))
             .collect();
+        let naming_started = Instant::now();
         let names: Names = self
             .symbolizer
             .resolve(
@@ -435,6 +439,17 @@ impl Collector {
                     .chain(candidate_stacks),
             )
             .with_python(self.python.functions().to_vec());
+        let named_processes: HashSet<u32> = self
+            .cpu
+            .stacks()
+            .chain(self.offcpu.stacks())
+            .map(|(key, _)| key.tgid)
+            .collect();
+        let cost = SelfCost {
+            naming: naming_started.elapsed(),
+            named_processes: named_processes.len(),
+            ..finished.cost
+        };
         let leaks = finished.allocations.map_or_else(
             || Leaks {
                 min_age: options.leak_min_age,
@@ -505,7 +520,7 @@ impl Collector {
             offcpu,
             leaks,
             stop: finished.stop,
-            cost: finished.cost,
+            cost,
             python: self.python.report(),
         }
     }
@@ -519,6 +534,6 @@ fn command_line(options: &RecordOptions) -> Option<Vec<String>> {
                 .map(|arg| arg.to_string_lossy().into_owned())
                 .collect(),
         ),
-        TargetSpec::Pids(_) | TargetSpec::Cgroup(_) => None,
+        TargetSpec::Pids(_) | TargetSpec::Cgroup(_) | TargetSpec::All => None,
     }
 }

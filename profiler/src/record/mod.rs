@@ -25,6 +25,8 @@ pub enum TargetSpec {
     /// The processes of a cgroup (a container, a pod, a systemd unit) and of the
     /// groups below it, those that join it while recording included.
     Cgroup(PathBuf),
+    /// Every process on the machine, kernel threads included.
+    All,
 }
 
 /// Everything `profiler record` needs to know.

@@ -55,7 +55,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
     )?;
     let mut command = match &options.target {
         TargetSpec::Command(argv) => Some(HeldCommand::spawn(argv)?),
-        TargetSpec::Pids(_) | TargetSpec::Cgroup(_) => None,
+        TargetSpec::Pids(_) | TargetSpec::Cgroup(_) | TargetSpec::All => None,
     };
     let outputs = OutputFiles::create(&options.outputs, options.probes.events)?;
     let mut live = Live {
@@ -75,6 +75,8 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         TargetSpec::Pids(pids) => dedup(pids),
         TargetSpec::Command(_) => command.iter().map(HeldCommand::pid).collect(),
         TargetSpec::Cgroup(_) => cgroup.iter().flat_map(Cgroup::processes).collect(),
+        // Processes come as they are sampled: their maps are read then.
+        TargetSpec::All => Vec::new(),
     };
 
     // The targets' tables are compiled before the BPF object is loaded, to size the
@@ -85,10 +87,14 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         &Live::windows(&options),
     );
     collector.cgroup = cgroup.as_ref().map(|cgroup| cgroup.path.clone());
-    if !matches!(options.target, TargetSpec::Command(_)) {
-        for &pid in &pids {
-            collector.read_map(pid);
-        }
+    match &options.target {
+        TargetSpec::Command(_) => {}
+        // Every running process's tables load before the first samples, as a named
+        // target's do.
+        TargetSpec::All => target::all_processes()
+            .into_iter()
+            .for_each(|pid| collector.read_map(pid)),
+        _ => pids.iter().for_each(|&pid| collector.read_map(pid)),
     }
     let unwind_rows = collector
         .unwind_tables
@@ -143,7 +149,9 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
                     .file_name()
                     .map_or_else(|| argv[0].to_string_lossy(), |name| name.to_string_lossy())
                     .into_owned(),
-                TargetSpec::Pids(_) | TargetSpec::Cgroup(_) => target::process_name(pid),
+                TargetSpec::Pids(_) | TargetSpec::Cgroup(_) | TargetSpec::All => {
+                    target::process_name(pid)
+                }
             };
             TargetProcess {
                 pid,
@@ -234,6 +242,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         cost: SelfCost {
             bpf,
             process_cpu: own_cpu_time(),
+            ..SelfCost::default()
         },
     });
     write_outputs(&report, outputs, stopped, options.top)?;
@@ -298,8 +307,13 @@ pub(super) fn monotonic_now_ns() -> u64 {
 }
 
 /// Latency rules need syscall tracing and a syscall that exists; leak rules need
-/// allocation tracking; interval snapshots, CPU samples.
+/// allocation tracking; interval snapshots, CPU samples; `--all`, no allocation probes.
 fn check_options(options: &RecordOptions) -> Result<(), Failure> {
+    if options.probes.all && options.probes.events.alloc {
+        return Err(Failure::Usage(
+            "--all does not go with --events alloc: allocation probes go into chosen processes (--pid, --cgroup)".to_owned(),
+        ));
+    }
     if options.interval.is_some() && !options.probes.events.cpu {
         return Err(Failure::Usage(
             "--interval snapshots the on-CPU samples: add cpu to --events".to_owned(),
@@ -381,8 +395,11 @@ async fn watch(
             _ = tick.tick() => {
                 let exited = match command.as_deref_mut() {
                     Some(command) => command.poll_exit().is_some(),
-                    // A cgroup empties and fills again: it is recorded until stopped.
-                    None if matches!(options.target, TargetSpec::Cgroup(_)) => false,
+                    // A cgroup empties and fills again, and the machine runs on: they
+                    // are recorded until stopped.
+                    None if matches!(options.target, TargetSpec::Cgroup(_) | TargetSpec::All) => {
+                        false
+                    }
                     None => !pids.iter().any(|&pid| target::is_alive(pid)),
                 };
                 exited.then_some(StopReason::TargetsExited(None))

@@ -52,6 +52,7 @@ pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
             "names": report.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
             "command": report.command,
             "cgroup": report.cgroup,
+            "all": report.probes.all,
             "namespace_pids": report.targets.iter().map(|t| t.namespace_pid).collect::<Vec<_>>(),
             "cgroups": report.targets.iter().map(|t| t.cgroup.as_deref()).collect::<Vec<_>>(),
             "exited": matches!(report.stop, StopReason::TargetsExited(_)),
@@ -165,6 +166,8 @@ pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
             "bpf_run_count": report.cost.bpf.map(|bpf| bpf.run_count),
             "profiler_cpu_s": report.cost.process_cpu.as_secs_f64(),
             "stop_to_svg_ms": stop_to_svg.as_secs_f64() * 1e3,
+            "naming_ms": report.cost.naming.as_secs_f64() * 1e3,
+            "named_processes": report.cost.named_processes,
         },
     })
 }

@@ -79,18 +79,23 @@ fn cost_text(report: &Report) -> String {
     let cost = &report.cost;
     let seconds = report.duration.as_secs_f64().max(1e-9);
     let own = cost.process_cpu.as_secs_f64();
-    match cost.bpf {
+    let recording = match cost.bpf {
         Some(bpf) => format!(
-            "\nProfiler cost: {:.2} ms in BPF over {} runs, {own:.2} s of its own CPU ({:.2}% of one core).\n",
+            "\nProfiler cost: {:.2} ms in BPF over {} runs, {own:.2} s of its own CPU ({:.2}% of one core)",
             bpf.run_time.as_secs_f64() * 1e3,
             bpf.run_count,
             (bpf.run_time.as_secs_f64() + own) / seconds * 100.0,
         ),
         None => format!(
-            "\nProfiler cost: {own:.2} s of its own CPU ({:.2}% of one core); BPF time is not measured while syscalls are traced.\n",
+            "\nProfiler cost: {own:.2} s of its own CPU ({:.2}% of one core; BPF time is not measured while syscalls are traced)",
             own / seconds * 100.0,
         ),
-    }
+    };
+    format!(
+        "{recording}; then {:.0} ms to name the stacks of {} processes.\n",
+        cost.naming.as_secs_f64() * 1e3,
+        cost.named_processes
+    )
 }
 
 fn percent(share: f64) -> String {
@@ -577,6 +582,9 @@ pub fn leaks_flame_graph_labels(report: &Report) -> FlameGraphLabels {
 }
 
 fn target_label(report: &Report) -> String {
+    if report.probes.all {
+        return "the whole machine".to_owned();
+    }
     if let Some(cgroup) = &report.cgroup {
         return format!(
             "cgroup {cgroup} ({} processes at the start)",
