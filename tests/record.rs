@@ -19,9 +19,9 @@ use serde_json::Value;
 
 mod common;
 use common::{
-    INPUT, INTERRUPTED, NO_TARGET, OUTPUT, PRIVILEGES, RULE_FIRED, TARGET_EXITED, compile_workload,
-    container_root, entries_where, in_container, pprof_row, pprof_top, profiler, read_json, record,
-    run, scratch, stderr_line,
+    INPUT, INTERRUPTED, NO_TARGET, OUTPUT, PRIVILEGES, RULE_FIRED, TARGET_EXITED, USAGE,
+    compile_workload, container_root, entries_where, in_container, pprof_row, pprof_top, profiler,
+    read_json, record, run, scratch, stderr_line,
 };
 
 /// The `phases` workload, compiled once.
@@ -861,6 +861,27 @@ fn cgroup2_root() -> PathBuf {
             (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
         })
         .expect("a cgroup v2 hierarchy")
+}
+
+#[test]
+fn a_cgroup_v1_path_is_refused_with_the_v2_path_to_pass() {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let Some(v1) = mounts.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(2) == Some(&"cgroup")).then(|| fields[1].to_owned())
+    }) else {
+        eprintln!("no cgroup v1 hierarchy on this machine: nothing to refuse");
+        return;
+    };
+    let dir = scratch("cgroup-v1");
+    let output = run(&mut record(&dir, &["--cgroup", &v1, "-d", "1"]));
+    assert_eq!(output.status.code(), Some(USAGE));
+    let reason = stderr_line(&output);
+    assert!(reason.contains("cgroup v1"), "{reason}");
+    assert!(
+        reason.contains(&cgroup2_root().display().to_string()),
+        "{reason}"
+    );
 }
 
 #[test]
