@@ -517,7 +517,10 @@ impl Probes {
                     &format!(
                         "uprobe on {} in {}",
                         point.function.name,
-                        point.file.display()
+                        // The file as it is named, not by the link that reaches it.
+                        fs::read_link(&point.file)
+                            .unwrap_or_else(|_| point.file.clone())
+                            .display()
                     ),
                 )
             })
