@@ -425,17 +425,13 @@ async fn watch(
         stream.drain(|event| collector.add(event));
         // Every tick, for libraries mapped since; and at once when a process started,
         // so that a forked child gets the probes before it execs and they stay.
-        let processes_started = collector.take_processes_started();
+        let started = collector.take_processes_started();
         if let Some(followed) = followed_processes.as_deref_mut() {
-            for &pid in &processes_started {
-                followed.started(pid);
-            }
-        }
-        if let Some(followed) = followed_processes.as_deref_mut()
-            && (!processes_started.is_empty() || followed.due())
-        {
-            for pid in followed.update(probes) {
-                collector.read_map(pid);
+            started.iter().for_each(|&pid| followed.started(pid));
+            if !started.is_empty() || followed.due() {
+                for pid in followed.update(probes) {
+                    collector.read_map(pid);
+                }
             }
         }
         if let Some(stop) = stop {
