@@ -21,7 +21,7 @@ const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A program younger than this (since its map was first read) may have its map read
 /// again after [`YOUNG_REFRESH_INTERVAL`] already: it is still mapping its libraries.
-const YOUNG_PROCESS: Duration = Duration::from_secs(1);
+const YOUNG_PROGRAM: Duration = Duration::from_secs(1);
 
 /// How soon a young program's map may be read again.
 const YOUNG_REFRESH_INTERVAL: Duration = Duration::from_millis(20);
@@ -57,39 +57,33 @@ fn in_process_root(tgid: u32, path: &Path) -> PathBuf {
 }
 
 impl Mapping {
-    /// Opens the mapped file of process `tgid`: the very file mapped, through
-    /// `/proc/PID/map_files` (which needs CAP_SYS_ADMIN), else its path through the
-    /// process's root.
+    /// Opens the mapped file of process `tgid` through the process itself
+    /// ([`Mapping::own_view`]); never by its path as the host sees it, which may name
+    /// another file once the process is gone.
     pub fn open(&self, tgid: u32) -> std::io::Result<fs::File> {
-        let by_range = format!(
-            "/proc/{tgid}/map_files/{:x}-{:x}",
-            self.range.start, self.range.end
-        );
-        fs::File::open(by_range).or_else(|error| {
-            let path = self.path.as_deref().ok_or(error)?;
-            fs::File::open(in_process_root(tgid, path))
-        })
+        fs::File::open(self.own_view(tgid).ok_or(std::io::ErrorKind::NotFound)?)
     }
 
     /// A path by which the profiler reaches the very file mapped, for what takes a path
-    /// (uprobes): its `/proc/PID/map_files` link, else its path through the process's
-    /// root, else its path. A chroot's file shows in the map by its host path, a
-    /// private mount's by its path inside: the link is right for both.
+    /// (uprobes, while the process runs): [`Mapping::own_view`], else its path. A
+    /// chroot's file shows in the map by its host path, a private mount's by its path
+    /// inside: the first is right for both, and the path for a chroot.
     pub fn reachable_path(&self, tgid: u32) -> PathBuf {
+        self.own_view(tgid)
+            .unwrap_or_else(|| self.path.clone().unwrap_or_default())
+    }
+
+    /// The file through process `tgid`: its `/proc/PID/map_files` link (which needs
+    /// CAP_SYS_ADMIN), else its path under the process's root, if either is there.
+    fn own_view(&self, tgid: u32) -> Option<PathBuf> {
         let by_range = PathBuf::from(format!(
             "/proc/{tgid}/map_files/{:x}-{:x}",
             self.range.start, self.range.end
         ));
-        let path = self.path.clone().unwrap_or_default();
-        if fs::metadata(&by_range).is_ok() {
-            return by_range;
-        }
-        let in_root = in_process_root(tgid, &path);
-        if fs::metadata(&in_root).is_ok() {
-            in_root
-        } else {
-            path
-        }
+        let in_root = in_process_root(tgid, self.path.as_deref()?);
+        [by_range, in_root]
+            .into_iter()
+            .find(|path| fs::metadata(path).is_ok())
     }
 
     /// Where `address` lies in the mapped file.
@@ -109,7 +103,7 @@ impl ProcessMap {
     /// Whether it may be read again: a program maps its libraries in its first moments,
     /// so a young one's map goes stale fast, and its short life must not pass waiting.
     fn may_read_again(&self) -> bool {
-        let interval = if self.first_read_at.elapsed() < YOUNG_PROCESS {
+        let interval = if self.first_read_at.elapsed() < YOUNG_PROGRAM {
             YOUNG_REFRESH_INTERVAL
         } else {
             REFRESH_INTERVAL
