@@ -1,7 +1,7 @@
 //! Views of a recording while it runs: the `--interval` snapshots, and the
 //! `--metrics-addr` endpoint that a Prometheus server scrapes.
 
-use std::{io::Write as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{Router, http::header, routing::get};
 use serde_json::json;
@@ -100,12 +100,7 @@ impl Snapshots {
             });
             OutputFile::create(&numbered(path, index))
                 .map_err(anyhow::Error::from)
-                .and_then(|file| {
-                    file.write_with(|writer| {
-                        serde_json::to_writer_pretty(&mut *writer, &document)?;
-                        writeln!(writer)
-                    })
-                })
+                .and_then(|file| file.write_with(|writer| json::write(&document, writer)))
         });
         for result in [Some(svg_written), json_written].into_iter().flatten() {
             if let Err(error) = result {

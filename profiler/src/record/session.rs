@@ -2,10 +2,7 @@
 //! their records into the [`Collector`] until the recording ends, detaches, and writes
 //! the outputs of the finished [`Report`].
 
-use std::{
-    io::Write as _,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use profiler_common::{AllocCounter, DRAIN_INTERVAL_MS};
 use tokio::{
@@ -487,10 +484,7 @@ fn write_outputs(
     }
     if let Some(file) = outputs.json {
         let document = json::document(report, stop_to_svg);
-        written.push(file.write_with(|writer| {
-            serde_json::to_writer_pretty(&mut *writer, &document)?;
-            writeln!(writer)
-        })?);
+        written.push(file.write_with(|writer| json::write(&document, writer))?);
     }
     for (kind, file) in outputs.pprof {
         written.push(file.write_with(|writer| pprof::write(report, kind, writer))?);

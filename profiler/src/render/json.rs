@@ -172,6 +172,12 @@ pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
     })
 }
 
+/// Writes `document` pretty-printed, with a final newline.
+pub fn write(document: &Value, writer: &mut impl std::io::Write) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *writer, document)?;
+    writeln!(writer)
+}
+
 /// The on-CPU profile of a JSON report, as [`document`] wrote it in `cpu.frames` and
 /// `cpu.stacks`: what `profiler diff` compares.
 pub fn cpu_profile(document: &Value) -> Result<Profile, String> {
