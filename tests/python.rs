@@ -343,6 +343,20 @@ fn short_lived_threads_of_a_thread_per_request_server_keep_their_frames() {
             (sampled_s - process_s).abs() <= 0.1 * process_s,
             "{version}: samples account for {sampled_s:.2} s of CPU, the process used {process_s:.2} s"
         );
+        // The main thread starts each request's thread and hands it its CPU: it keeps
+        // its own samples all the same, within the statistical bound of their count.
+        let pid = run.report["target"]["pids"][0].as_u64().unwrap();
+        let main_samples = run.report["cpu"]["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|thread| thread["tid"] == pid)
+            .map_or(0.0, |thread| thread["samples"].as_f64().unwrap());
+        let main_periods = run.truth["main_thread_ns"].as_f64().unwrap() * 199.0 / 1e9;
+        assert!(
+            (main_samples - main_periods).abs() <= 3.0 * main_periods.sqrt() + 1.0,
+            "{version}: the main thread has {main_samples} samples for {main_periods:.1} periods of CPU time"
+        );
         // A thread of 1 ms spends about 5 % of it starting, before its Python thread
         // state is bound (`no_thread_state`), and ending, while it is torn down.
         assert_walked(&run, version, 0.9);

@@ -170,6 +170,46 @@ fn every_thread_is_sampled_including_threads_started_after_the_attach() {
     }
 }
 
+/// Each thread's samples stand for the CPU time it used, within the statistical bound of
+/// its sample count (3 σ), next to a process that keeps both CPUs busy: no period is
+/// counted twice, lost, or charged to another thread.
+#[test]
+fn each_thread_is_sampled_for_the_cpu_time_it_used_next_to_a_cpu_hog() {
+    let dir = scratch("thread_cpu_time");
+    let mut hog = Command::new(phases_binary())
+        .args(["2", "6", "0"])
+        .arg(dir.join("hog.json"))
+        .spawn()
+        .unwrap();
+    // The workers start after the attach, so their own timers open while recording.
+    let mut workload = start_phases(&dir, 3, 3.0, 500);
+    let pid = workload.id().to_string();
+    let output = run(&mut record(
+        &dir,
+        &["--pid", &pid, "--duration", "10", "-F", "99"],
+    ));
+    assert!(workload.wait().unwrap().success());
+    hog.kill().unwrap();
+    hog.wait().unwrap();
+    assert_eq!(output.status.code(), Some(TARGET_EXITED));
+
+    let truth = Truth::read(&dir.join("truth.json"));
+    let report = report(&dir);
+    let threads = report["cpu"]["threads"].as_array().unwrap();
+    let used_ns = truth.0["thread_ns"].as_array().unwrap();
+    for (tid, used_ns) in truth.tids().into_iter().zip(used_ns) {
+        let sampled = threads
+            .iter()
+            .find(|thread| thread["tid"] == tid)
+            .map_or(0.0, |thread| thread["samples"].as_f64().unwrap());
+        let expected = used_ns.as_f64().unwrap() * 99.0 / 1e9;
+        assert!(
+            (sampled - expected).abs() <= 3.0 * expected.sqrt() + 1.0,
+            "thread {tid}: {sampled} samples for {expected:.1} periods of CPU time"
+        );
+    }
+}
+
 #[test]
 fn outputs_are_a_valid_svg_collapsed_stacks_and_a_json_report() {
     let dir = scratch("outputs");

@@ -4,13 +4,13 @@
 //! [`Probes::detach`], takes every probe out of the kernel again.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap as StdHashMap, HashSet},
     fmt, fs,
     num::NonZeroU32,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::Path,
     str::FromStr,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -20,7 +20,9 @@ use aya::{
     },
     programs::{
         PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        perf_event::{
+            PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+        },
         uprobe::{UProbeLinkId, UProbeScope},
     },
     sys::{Stats, SyscallError},
@@ -278,6 +280,13 @@ pub struct Probes {
     /// Whether the kernel's type information told where a thread's TLS base is, which
     /// the Python walk needs.
     walks_python: bool,
+    /// The threads with a CPU timer of their own, by tid: their process and the
+    /// timer's link.
+    thread_timers: StdHashMap<u32, (u32, PerfEventLinkId)>,
+    /// How often each thread's own timer fired (the BPF side's handover count).
+    thread_firings: HashMap<MapData, u32, u32>,
+    /// When the timers of ended threads were last closed.
+    timers_released_at: Instant,
     /// Keeps the kernel's BPF run-time statistics on while the probes run.
     _stats: Option<OwnedFd>,
 }
@@ -354,6 +363,10 @@ impl Probes {
             .take_map(map_names::TARGET_TGIDS)
             .ok_or_else(|| missing(map_names::TARGET_TGIDS))?;
         let targets = HashMap::try_from(targets).map_err(map_failure)?;
+        let thread_firings = ebpf
+            .take_map(map_names::THREAD_TIMER_FIRINGS)
+            .ok_or_else(|| missing(map_names::THREAD_TIMER_FIRINGS))?;
+        let thread_firings = HashMap::try_from(thread_firings).map_err(map_failure)?;
         if settings.alloc_sample_bytes > 0 {
             set_sample_intervals(&mut ebpf, settings.alloc_sample_bytes)?;
         }
@@ -362,6 +375,9 @@ impl Probes {
             settings: *settings,
             targets,
             walks_python: task_fsbase_offset != 0,
+            thread_timers: StdHashMap::new(),
+            thread_firings,
+            timers_released_at: Instant::now(),
             _stats: stats,
         })
     }
@@ -560,15 +576,21 @@ impl Probes {
     }
 
     /// Attaches the CPU samplers (see the BPF side's `cpu` module): one perf event per
-    /// thread of the `targets` that exists now, inherited by every thread it creates
-    /// later, as `perf record -p` does, and one per CPU for the threads too young for
-    /// their own.
+    /// CPU, for the threads too young for their own, and one per thread of the
+    /// `targets` that exists now. Threads that start later get theirs from
+    /// [`Probes::time_thread`] once they are sampled.
     ///
     /// A per-thread event samples that thread's own CPU time. Events per CPU for all
     /// processes also see every thread, but on a VM whose idle CPUs take no timer ticks
     /// they miss ticks around each idle period (several points of a share on a service
     /// that keeps waking up, such as redis), and more next to another sampler; they only
     /// sample each thread's first periods.
+    ///
+    /// The per-thread events are not inherited, as `perf record -p` does: the kernel
+    /// swaps the inherited events of two threads of a process when one follows the
+    /// other on a CPU, so a thread that hands its CPU to the threads it starts gives its
+    /// timer's progress away with it. Such a thread (a server's accept loop) was sampled
+    /// for a fifth of the CPU time it used.
     fn attach_cpu_sampler(&mut self, targets: &[u32]) -> Result<(), Failure> {
         let frequency_hz = self.settings.frequency_hz;
         if let Some(max_rate) = max_sample_rate().filter(|&max_rate| frequency_hz > max_rate) {
@@ -577,20 +599,14 @@ impl Probes {
             )));
         }
         raise_open_file_limit();
-        let timer = |scope| {
-            (
-                PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                scope,
-                SamplePolicy::Frequency(u64::from(frequency_hz)),
-            )
-        };
         let fill: &mut PerfEvent = self.program(program_names::SAMPLE_CPU_FILL)?;
         fill.load().map_err(program_failure)?;
         let cpus = online_cpus().map_err(|(_, error)| {
             Failure::KernelFeature(format!("the online CPUs are unknown: {error}"))
         })?;
         for cpu in cpus {
-            let (config, scope, policy) = timer(PerfEventScope::AllProcessesOneCpu { cpu });
+            let (config, scope, policy) =
+                cpu_timer(PerfEventScope::AllProcessesOneCpu { cpu }, frequency_hz);
             fill.attach(config, scope, policy, false)
                 .map_err(|error| perf_attach_failure(error, &format!("CPU {cpu}")))?;
         }
@@ -599,34 +615,76 @@ impl Probes {
         for &pid in targets {
             // A thread created while the list is read was created by a thread without
             // its event yet: read the list again until it holds no new thread.
-            let mut sampled = HashSet::new();
+            let mut listed = HashSet::new();
             loop {
                 let threads: Vec<u32> = threads_of(pid)
                     .into_iter()
-                    .filter(|tid| !sampled.contains(tid))
+                    .filter(|&tid| listed.insert(tid))
                     .collect();
                 if threads.is_empty() {
                     break;
                 }
                 for tid in threads {
-                    sampled.insert(tid);
-                    let (config, scope, policy) = timer(PerfEventScope::OneProcess {
-                        pid: tid,
-                        cpu: None,
-                    });
-                    match program.attach(config, scope, policy, true) {
-                        Ok(_) => {}
-                        // The thread exited meanwhile: nothing to sample.
-                        Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
-                            if io_error.raw_os_error() == Some(libc::ESRCH) => {}
-                        Err(error) => {
-                            return Err(perf_attach_failure(error, &format!("thread {tid}")));
-                        }
-                    }
+                    self.time_thread(pid, tid)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Gives thread `tid` of process `tgid` a CPU timer of its own if it has none; the
+    /// per-CPU timers sample it until then. A thread that has ended needs none. Under
+    /// `--all` the per-CPU timers sample every thread: a timer for each thread of the
+    /// machine would cost more than it corrects.
+    pub fn time_thread(&mut self, tgid: u32, tid: u32) -> Result<(), Failure> {
+        if self.settings.all || !self.settings.events.cpu || self.thread_timers.contains_key(&tid)
+        {
+            return Ok(());
+        }
+        let (config, scope, policy) = cpu_timer(
+            PerfEventScope::OneProcess {
+                pid: tid,
+                cpu: None,
+            },
+            self.settings.frequency_hz,
+        );
+        let program: &mut PerfEvent = self.program(program_names::SAMPLE_CPU)?;
+        match program.attach(config, scope, policy, false) {
+            Ok(link) => {
+                self.thread_timers.insert(tid, (tgid, link));
+                Ok(())
+            }
+            Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(perf_attach_failure(error, &format!("thread {tid}"))),
+        }
+    }
+
+    /// Closes the timers of the threads that ended, at most once a second, and forgets
+    /// how often they fired, so that a new thread given the same id starts young.
+    pub fn release_ended_thread_timers(&mut self) {
+        if self.timers_released_at.elapsed() < TIMER_RELEASE_INTERVAL {
+            return;
+        }
+        self.timers_released_at = Instant::now();
+        let ended: Vec<u32> = self
+            .thread_timers
+            .iter()
+            .filter(|(tid, (tgid, _))| !Path::new(&format!("/proc/{tgid}/task/{tid}")).exists())
+            .map(|(&tid, _)| tid)
+            .collect();
+        for tid in ended {
+            let Some((_, link)) = self.thread_timers.remove(&tid) else {
+                continue;
+            };
+            if let Ok(program) = self.program::<PerfEvent>(program_names::SAMPLE_CPU) {
+                let _ = program.detach(link);
+            }
+            let _ = self.thread_firings.remove(&tid);
+        }
     }
 
     /// Takes the ring buffer of streamed records, to be read by [`crate::stream`].
@@ -997,6 +1055,21 @@ fn perf_attach_failure(error: ProgramError, target: &str) -> Failure {
             anyhow::Error::new(error).context(format!("attaching the CPU sampler to {target}")),
         ),
     }
+}
+
+/// How often the timers of ended threads are looked for.
+const TIMER_RELEASE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A `cpu-clock` timer in `scope` at `frequency_hz`.
+fn cpu_timer(
+    scope: PerfEventScope,
+    frequency_hz: u32,
+) -> (PerfEventConfig, PerfEventScope, SamplePolicy) {
+    (
+        PerfEventConfig::Software(SoftwareEvent::CpuClock),
+        scope,
+        SamplePolicy::Frequency(u64::from(frequency_hz)),
+    )
 }
 
 /// The threads of process `pid` now; none once it is gone.

@@ -7,7 +7,7 @@
 // about three quarters of its work) and cold_phase(), and measures the
 // thread CPU time spent in each with CLOCK_THREAD_CPUTIME_ID. After SECONDS it writes
 // to TRUTH_FILE, as JSON: the CPU time of each phase summed over threads, the whole
-// process's CPU time, and the worker thread ids.
+// process's CPU time, the worker thread ids and each worker's whole CPU time.
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -21,7 +21,7 @@
 
 static volatile int stop;
 static double seconds;
-static uint64_t hot_ns[MAX_THREADS], cold_ns[MAX_THREADS];
+static uint64_t hot_ns[MAX_THREADS], cold_ns[MAX_THREADS], thread_ns[MAX_THREADS];
 static pid_t tids[MAX_THREADS];
 static volatile uint64_t sink;
 
@@ -60,6 +60,7 @@ static void *worker(void *arg) {
         hot_ns[index] += t1 - t0;
         cold_ns[index] += t2 - t1;
     }
+    thread_ns[index] = thread_cpu_ns();
     return NULL;
 }
 
@@ -93,6 +94,9 @@ int main(int argc, char **argv) {
             (unsigned long long)hot, (unsigned long long)cold,
             (unsigned long long)ts.tv_sec * 1000000000ull + ts.tv_nsec);
     for (long i = 0; i < threads; i++) fprintf(truth, "%s%d", i ? ", " : "", tids[i]);
+    fprintf(truth, "], \"thread_ns\": [");
+    for (long i = 0; i < threads; i++)
+        fprintf(truth, "%s%llu", i ? ", " : "", (unsigned long long)thread_ns[i]);
     fprintf(truth, "]}\n");
     return fclose(truth) == 0 ? 0 : 1;
 }

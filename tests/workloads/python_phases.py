@@ -227,6 +227,7 @@ def main():
     TRUTH["seconds"] = seconds
     MODES[mode](time.monotonic() + seconds)
     TRUTH["process_ns"] = time.process_time_ns()
+    TRUTH["main_thread_ns"] = time.thread_time_ns()
     with open(truth_path, "w") as out:
         json.dump(TRUTH, out)
 

@@ -63,6 +63,8 @@ pub(super) struct Collector {
     program_starts: HashMap<u32, u64>,
     /// The processes forked or `exec`ed since [`Collector::take_processes_started`].
     processes_started: Vec<u32>,
+    /// The threads sampled since [`Collector::take_threads_sampled`], as (tgid, tid).
+    threads_sampled: HashSet<(u32, u32)>,
     /// CPU stacks since the last view of each live window that was asked for.
     windows: HashMap<LiveWindow, StackCounts>,
     /// The cgroup whose processes are the targets, if that is how they were chosen.
@@ -132,6 +134,8 @@ impl Collector {
     pub(super) fn add(&mut self, event: Event) {
         match event {
             Event::Cpu(sample) => {
+                self.threads_sampled
+                    .insert((sample.header.tgid, sample.header.tid));
                 self.note_end(sample.header.tgid, sample.stacks.user_end, |q| &mut q.cpu);
                 let key = self.stack_key(&sample.header, &sample.stacks, true);
                 for window in self.windows.values_mut() {
@@ -403,6 +407,11 @@ impl Collector {
     /// The processes forked or `exec`ed since the last call.
     pub(super) fn take_processes_started(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.processes_started)
+    }
+
+    /// The threads CPU-sampled since the last call, as (tgid, tid).
+    pub(super) fn take_threads_sampled(&mut self) -> HashSet<(u32, u32)> {
+        std::mem::take(&mut self.threads_sampled)
     }
 
     /// When each process last started a program, for

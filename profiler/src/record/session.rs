@@ -382,6 +382,7 @@ async fn watch(
     };
     let mut snapshot_tick = every(options.interval);
     let mut metrics_tick = every(options.metrics_addr.map(|_| METRICS_WINDOW));
+    let mut timer_failed = false;
     let deadline = sleep(options.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     loop {
@@ -420,6 +421,17 @@ async fn watch(
             _ = signals.terminate.recv() => Some(StopReason::Terminated),
         };
         stream.drain(|event| collector.add(event));
+        // A thread sampled for the first time runs on the per-CPU timers until it has
+        // its own; without one it stays on them, sampled all the same.
+        for (tgid, tid) in collector.take_threads_sampled() {
+            if let Err(error) = probes.time_thread(tgid, tid)
+                && !timer_failed
+            {
+                timer_failed = true;
+                eprintln!("profiler: warning: threads keep the per-CPU timers only: {error}");
+            }
+        }
+        probes.release_ended_thread_timers();
         // Every tick, for libraries mapped since; and at once when a process started,
         // so that a forked child gets the probes before it execs and they stay.
         let started = collector.take_processes_started();
