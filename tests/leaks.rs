@@ -278,6 +278,29 @@ fn blocks_allocated_before_the_attach_are_not_candidates() {
     );
 }
 
+/// The kernel takes allocation probes out one grace period at a time, seconds for all of
+/// them: the recording still ends when `--duration` says, and they come out meanwhile.
+#[test]
+fn a_duration_ends_the_recording_on_time_while_the_probes_come_out() {
+    let dir = scratch("leaks-duration");
+    let mut idle = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = idle.id().to_string();
+    let output = run(&mut record(
+        &dir,
+        &["--pid", &pid, "--events", "alloc", "--duration", "2"],
+    ));
+    idle.kill().unwrap();
+    idle.wait().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let recorded = read_json(&dir.join("report.json"))["duration_s"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (recorded - 2.0).abs() <= 0.1,
+        "a 2 s recording lasted {recorded:.3} s"
+    );
+}
+
 #[test]
 fn sampled_tracking_estimates_the_leak_without_seeing_every_block() {
     let dir = scratch("leaks-sampled");

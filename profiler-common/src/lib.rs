@@ -113,6 +113,10 @@ pub mod map_names {
     pub const SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
     /// `HashMap<LiveAllocationKey, LiveAllocation>`: allocations not freed yet.
     pub const LIVE_ALLOCATIONS: &str = "LIVE_ALLOCATIONS";
+    /// `Array<u32>` of one entry, set to 1 when the recording ends.
+    pub const ALLOC_STOPPED: &str = "ALLOC_STOPPED";
+    /// `ProgramArray` holding the allocation stack capture, at index 0.
+    pub const ALLOC_STACK_CAPTURE: &str = "ALLOC_STACK_CAPTURE";
     /// `PerCpuArray<u64>` indexed by [`crate::AllocCounter`].
     pub const ALLOC_COUNTERS: &str = "ALLOC_COUNTERS";
     /// `Array<UnwindRow>`, memory-mapped by userspace: every loaded file's unwind table,
@@ -160,6 +164,8 @@ pub mod program_names {
     pub const POSIX_MEMALIGN_ENTER: &str = "posix_memalign_enter";
     /// uprobe on `mmap`: anonymous maps only.
     pub const MMAP_ENTER: &str = "mmap_enter";
+    /// Tail-called by the allocating functions' entry programs: captures the stack.
+    pub const CAPTURE_ALLOC_STACK: &str = "capture_alloc_stack";
     /// uretprobe on every allocating function: records the block it returned.
     pub const ALLOC_RETURN: &str = "alloc_return";
     /// uprobe on `free` and `munmap`: the block is the first argument.

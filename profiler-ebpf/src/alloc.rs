@@ -12,7 +12,7 @@ use aya_ebpf::{
         bpf_probe_read_user,
     },
     macros::{map, uprobe, uretprobe},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray},
     programs::{ProbeContext, RetProbeContext},
 };
 use profiler_common::{
@@ -67,6 +67,12 @@ struct AllocCall {
 #[map]
 static ALLOC_CALLS: Array<AllocCall> = Array::with_max_entries(CALL_SLOTS, 0);
 
+/// Holds [`capture_alloc_stack`] alone, set by userspace: every entry program hands the
+/// stack capture to it by tail call, so that the verifier checks the unwinder once, not
+/// once per entry program (100 ms each here, most of the start of `--events alloc`).
+#[map]
+static ALLOC_STACK_CAPTURE: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// Entries are allocated as blocks are, not up front.
 #[map]
 static LIVE_ALLOCATIONS: HashMap<LiveAllocationKey, LiveAllocation> =
@@ -79,6 +85,12 @@ static ALLOC_STACKS_SEEN: HashMap<u64, u8> =
 
 #[map]
 static ALLOC_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(AllocCounter::COUNT, 0);
+
+/// Set by userspace when the recording ends: the tables then stay as they were at the
+/// moment the user asked for, while the kernel takes the probes out (about 90 ms each
+/// here, one after another).
+#[map]
+static ALLOC_STOPPED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Bytes left on this CPU until the next sampled allocation; 0 before the first.
 #[map]
@@ -94,7 +106,7 @@ static ALLOC_SAMPLE_BYTES: u64 = 0;
 #[uprobe]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
     let size = ctx.arg::<u64>(0).unwrap_or(0);
-    begin(size, Returns::Pointer, 0, true);
+    begin(&ctx, size, Returns::Pointer, 0, true);
     0
 }
 
@@ -103,7 +115,7 @@ pub fn calloc_enter(ctx: ProbeContext) -> u32 {
     let count = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
     // An overflowing product fails the call, and failed calls are not recorded.
-    begin(count.wrapping_mul(size), Returns::Pointer, 0, true);
+    begin(&ctx, count.wrapping_mul(size), Returns::Pointer, 0, true);
     0
 }
 
@@ -111,7 +123,7 @@ pub fn calloc_enter(ctx: ProbeContext) -> u32 {
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
     let old = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
-    reallocate(old, size);
+    reallocate(&ctx, old, size);
     0
 }
 
@@ -120,14 +132,14 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
     let count = ctx.arg::<u64>(1).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
     let old = ctx.arg::<u64>(0).unwrap_or(0);
-    reallocate(old, count.wrapping_mul(size));
+    reallocate(&ctx, old, count.wrapping_mul(size));
     0
 }
 
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
     let size = ctx.arg::<u64>(1).unwrap_or(0);
-    begin(size, Returns::Pointer, 0, true);
+    begin(&ctx, size, Returns::Pointer, 0, true);
     0
 }
 
@@ -135,7 +147,7 @@ pub fn memalign_enter(ctx: ProbeContext) -> u32 {
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
     let out_pointer = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
-    begin(size, Returns::ThroughOutPointer, out_pointer, true);
+    begin(&ctx, size, Returns::ThroughOutPointer, out_pointer, true);
     0
 }
 
@@ -145,12 +157,15 @@ pub fn mmap_enter(ctx: ProbeContext) -> u32 {
     let flags = ctx.arg::<u64>(3).unwrap_or(0);
     // File maps are not heap, and a fixed map replaces memory that was counted already.
     let anonymous = flags & MAP_ANONYMOUS != 0 && flags & MAP_FIXED == 0;
-    begin(size, Returns::Mapping, 0, anonymous);
+    begin(&ctx, size, Returns::Mapping, 0, anonymous);
     0
 }
 
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
+    if stopped() {
+        return 0;
+    }
     count(AllocCounter::Frees);
     let address = ctx.arg::<u64>(0).unwrap_or(0);
     release((bpf_get_current_pid_tgid() >> 32) as u32, address);
@@ -160,6 +175,9 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
 /// Records the block the outermost allocating call returned, unless the call failed.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    if stopped() {
+        return 0;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(slot) = call_slot(pid_tgid) else {
         return 0;
@@ -209,9 +227,12 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 /// is released on entry: once realloc has freed it, another thread may be handed the
 /// same address before this thread's return probe runs.
 #[inline(always)]
-fn reallocate(old: u64, size: u64) {
+fn reallocate(ctx: &ProbeContext, old: u64, size: u64) {
+    if stopped() {
+        return;
+    }
     release((bpf_get_current_pid_tgid() >> 32) as u32, old);
-    begin(size, Returns::Pointer, 0, true);
+    begin(ctx, size, Returns::Pointer, 0, true);
 }
 
 #[inline(always)]
@@ -228,15 +249,25 @@ fn release(tgid: u32, address: u64) {
     let _ = LIVE_ALLOCATIONS.remove(&key);
 }
 
+/// Whether the recording has ended.
+#[inline(always)]
+fn stopped() -> bool {
+    ALLOC_STOPPED.get(0).is_some_and(|&stopped| stopped != 0)
+}
+
 /// The slot of the calling thread's allocating call in flight.
 #[inline(always)]
 fn call_slot(pid_tgid: u64) -> Option<*mut AllocCall> {
     ALLOC_CALLS.get_ptr_mut(pid_tgid as u32 & (CALL_SLOTS - 1))
 }
 
-/// Notes an allocating call at its entry, with its stack if it is to be tracked.
+/// Notes an allocating call at its entry, and has its stack captured if it is to be
+/// tracked.
 #[inline(always)]
-fn begin(size: u64, returns: Returns, out_pointer: u64, wanted: bool) {
+fn begin(ctx: &ProbeContext, size: u64, returns: Returns, out_pointer: u64, wanted: bool) {
+    if stopped() {
+        return;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(slot) = call_slot(pid_tgid) else {
         return;
@@ -264,12 +295,26 @@ fn begin(size: u64, returns: Returns, out_pointer: u64, wanted: bool) {
     if !sampled(size) {
         return;
     }
+    // SAFETY: the program in the array takes the same context; it does not return here
+    // unless the array is empty, and then the call is not tracked.
+    unsafe { ALLOC_STACK_CAPTURE.tail_call(ctx, 0) };
+}
+
+/// Tail-called by the entry programs: captures the allocating call's stack into its
+/// slot and marks the call tracked.
+#[uprobe]
+pub fn capture_alloc_stack(_ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(slot) = call_slot(pid_tgid) else {
+        return 0;
+    };
     let stack_id = capture_stack(pid_tgid);
-    // SAFETY: as above.
+    // SAFETY: an array slot; only the thread owning it writes it.
     unsafe {
         (*slot).stack_id = stack_id;
         (*slot).tracked = true;
     }
+    0
 }
 
 /// Whether this allocation is sampled: the per-CPU countdown of bytes to the next

@@ -10,20 +10,22 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::Path,
     str::FromStr,
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
     maps::{
-        Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
+        Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        ProgramArray, RingBuf,
     },
     programs::{
         PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe,
         perf_event::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeLink, UProbeLinkId, UProbeScope},
     },
     sys::{Stats, SyscallError},
     util::online_cpus,
@@ -287,6 +289,10 @@ pub struct Probes {
     thread_firings: HashMap<MapData, u32, u32>,
     /// When the timers of ended threads were last closed.
     timers_released_at: Instant,
+    /// The allocation probes, by process.
+    allocator_links: StdHashMap<u32, Vec<UProbeLink>>,
+    /// Threads taking allocation probes out.
+    closing_links: Vec<JoinHandle<()>>,
     /// Keeps the kernel's BPF run-time statistics on while the probes run.
     _stats: Option<OwnedFd>,
 }
@@ -378,6 +384,8 @@ impl Probes {
             thread_timers: StdHashMap::new(),
             thread_firings,
             timers_released_at: Instant::now(),
+            allocator_links: StdHashMap::new(),
+            closing_links: Vec::new(),
             _stats: stats,
         })
     }
@@ -422,6 +430,9 @@ impl Probes {
         if events.offcpu {
             self.attach_tracepoint(program_names::SCHED_SWITCH, "sched", "sched_switch")?;
         }
+        if events.alloc {
+            self.load_alloc_stack_capture()?;
+        }
         // An exec makes the process's unwind tables stale, and renames it.
         if self.settings.uses_unwind_tables() || self.settings.follow_children {
             self.attach_raw_tracepoint(program_names::PROCESS_EXEC, "sched_process_exec")?;
@@ -435,41 +446,55 @@ impl Probes {
     }
 
     /// Attaches the allocation probes at `points` in process `pid` only: other processes
-    /// that map the same allocator never hit them.
+    /// that map the same allocator never hit them. They stay until
+    /// [`Probes::detach_allocators`] or the end.
     ///
     /// Return probes go in first, so that no call is seen entering without being seen
     /// returning, which would leave its thread's slot busy.
-    pub fn attach_allocator(
-        &mut self,
-        pid: u32,
-        points: &[ProbePoint],
-    ) -> Result<Vec<AllocatorLink>, Failure> {
+    pub fn attach_allocator(&mut self, pid: u32, points: &[ProbePoint]) -> Result<(), Failure> {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or_else(|| Failure::NoTarget("pid 0".to_owned()))?,
         );
         let returning = points.iter().filter(|point| point.function.returns_block);
-        let mut links = Vec::new();
-        for point in returning {
-            let link = self.attach_uprobe(program_names::ALLOC_RETURN, point, scope)?;
-            links.push(AllocatorLink(program_names::ALLOC_RETURN, link));
-        }
-        for point in points {
-            let program = point.function.entry_program;
-            links.push(AllocatorLink(
-                program,
-                self.attach_uprobe(program, point, scope)?,
-            ));
-        }
-        Ok(links)
-    }
-
-    /// Takes out allocation probes [`Probes::attach_allocator`] placed.
-    pub fn detach_allocator(&mut self, links: Vec<AllocatorLink>) -> Result<(), Failure> {
-        for AllocatorLink(program, link) in links {
-            let uprobe: &mut UProbe = self.program(program)?;
-            uprobe.detach(link).map_err(program_failure)?;
+        let entries = points
+            .iter()
+            .map(|point| (point.function.entry_program, point));
+        for (program, point) in returning
+            .map(|point| (program_names::ALLOC_RETURN, point))
+            .chain(entries)
+        {
+            let link = self.attach_uprobe(program, point, scope)?;
+            self.allocator_links.entry(pid).or_default().push(link);
         }
         Ok(())
+    }
+
+    /// Loads the program that captures allocating stacks into the array the entry
+    /// programs tail-call. The array stays in the object: the kernel empties a program
+    /// array when its last descriptor outside the kernel closes.
+    fn load_alloc_stack_capture(&mut self) -> Result<(), Failure> {
+        let capture: &mut UProbe = self.program(program_names::CAPTURE_ALLOC_STACK)?;
+        capture.load().map_err(program_failure)?;
+        let capture = capture
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+            .map_err(program_failure)?;
+        let map = self
+            .ebpf
+            .map_mut(map_names::ALLOC_STACK_CAPTURE)
+            .ok_or_else(|| missing(map_names::ALLOC_STACK_CAPTURE))?;
+        ProgramArray::try_from(map)
+            .and_then(|mut array| array.set(0, &capture, 0))
+            .map_err(map_failure)
+    }
+
+    /// Takes out the allocation probes of process `pid`, on a thread of its own: the
+    /// kernel takes uprobes out one grace period at a time (about 90 ms each here).
+    pub fn detach_allocators(&mut self, pid: u32) {
+        if let Some(links) = self.allocator_links.remove(&pid) {
+            self.closing_links
+                .push(std::thread::spawn(move || drop(links)));
+        }
     }
 
     /// The processes the BPF side added to the targets when a target started them.
@@ -520,12 +545,12 @@ impl Probes {
         program: &str,
         point: &ProbePoint,
         scope: UProbeScope,
-    ) -> Result<UProbeLinkId, Failure> {
+    ) -> Result<UProbeLink, Failure> {
         let uprobe: &mut UProbe = self.program(program)?;
         if uprobe.fd().is_err() {
             uprobe.load().map_err(program_failure)?;
         }
-        uprobe
+        let link = uprobe
             .attach(point.file_offset, &point.file, scope)
             .map_err(|error| {
                 tracepoint_failure(
@@ -539,7 +564,8 @@ impl Probes {
                             .display()
                     ),
                 )
-            })
+            })?;
+        uprobe.take_link(link).map_err(program_failure)
     }
 
     fn attach_raw_tracepoint(&mut self, program: &str, tracepoint: &str) -> Result<(), Failure> {
@@ -637,8 +663,7 @@ impl Probes {
     /// `--all` the per-CPU timers sample every thread: a timer for each thread of the
     /// machine would cost more than it corrects.
     pub fn time_thread(&mut self, tgid: u32, tid: u32) -> Result<(), Failure> {
-        if self.settings.all || !self.settings.events.cpu || self.thread_timers.contains_key(&tid)
-        {
+        if self.settings.all || !self.settings.events.cpu || self.thread_timers.contains_key(&tid) {
             return Ok(());
         }
         let (config, scope, policy) = cpu_timer(
@@ -752,9 +777,17 @@ impl Probes {
         self.ebpf.take_map(name).ok_or_else(|| missing(name))
     }
 
-    /// Detaches and unloads every program, and returns what they cost while attached,
-    /// if the kernel measured it.
-    pub fn detach(self) -> Option<BpfCost> {
+    /// Ends the recording: the allocation tables stop changing at once, and every
+    /// program is detached and unloaded but the allocation probes, which the kernel
+    /// takes out one grace period at a time. They come out on a thread of their own
+    /// while the outputs are written: wait for [`ClosingProbes`] before exiting. Returns
+    /// what the programs cost while attached, if the kernel measured it.
+    pub fn detach(mut self) -> (Option<BpfCost>, ClosingProbes) {
+        if let Some(map) = self.ebpf.map_mut(map_names::ALLOC_STOPPED)
+            && let Ok(mut stopped) = Array::<_, u32>::try_from(map)
+        {
+            let _ = stopped.set(0, 1, 0);
+        }
         let measured = self._stats.is_some();
         let cost = self
             .ebpf
@@ -764,15 +797,34 @@ impl Probes {
                 run_time: total.run_time + info.run_time(),
                 run_count: total.run_count + info.run_count(),
             });
+        let links: Vec<UProbeLink> = self
+            .allocator_links
+            .drain()
+            .flat_map(|(_, links)| links)
+            .collect();
+        if !links.is_empty() {
+            self.closing_links
+                .push(std::thread::spawn(move || drop(links)));
+        }
+        let closing = ClosingProbes(std::mem::take(&mut self.closing_links));
         // Dropping the object drops every program with its links, which closes the perf
         // events and detaches the programs.
         drop(self);
-        measured.then_some(cost)
+        (measured.then_some(cost), closing)
     }
 }
 
-/// One allocation probe in one process, to take out when the process is gone.
-pub struct AllocatorLink(&'static str, UProbeLinkId);
+/// The allocation probes still being taken out after [`Probes::detach`].
+pub struct ClosingProbes(Vec<JoinHandle<()>>);
+
+impl ClosingProbes {
+    /// Waits until every probe is out.
+    pub fn wait(self) {
+        for thread in self.0 {
+            let _ = thread.join();
+        }
+    }
+}
 
 /// Records the BPF programs had to drop, summed over CPUs.
 pub struct LossCounters(PerCpuArray<MapData, u64>);

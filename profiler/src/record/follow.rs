@@ -15,7 +15,7 @@ use profiler_common::DRAIN_INTERVAL_MS;
 
 use crate::{
     allocators::{self, ProbePoint},
-    attach::{AllocatorLink, Probes},
+    attach::Probes,
     memory_map,
 };
 
@@ -57,7 +57,6 @@ struct Followed {
     seen: HashSet<PathBuf>,
     /// The files with its allocation probes in them.
     probed: HashSet<PathBuf>,
-    links: Vec<AllocatorLink>,
     /// When it was forked, or last `exec`ed.
     started: Instant,
     looked_at: Option<Instant>,
@@ -67,7 +66,7 @@ impl Followed {
     /// Whether it is settling, or young without an allocation probe when it needs one.
     fn is_waiting(&self, probe_allocators: bool) -> bool {
         let age = self.started.elapsed();
-        age < SETTLING || (probe_allocators && self.links.is_empty() && age < YOUNG_PROCESS)
+        age < SETTLING || (probe_allocators && self.probed.is_empty() && age < YOUNG_PROCESS)
     }
 
     /// How long after its last look it is looked at again.
@@ -131,16 +130,15 @@ impl FollowedProcesses {
             .filter(|pid| !followed.contains(pid))
             .collect();
         for pid in gone {
-            if let Some(followed) = self.processes.remove(&pid) {
+            if self.processes.remove(&pid).is_some() {
                 // Its probes went with its memory; only the links are left to close.
-                let _ = probes.detach_allocator(followed.links);
+                probes.detach_allocators(pid);
             }
         }
         for pid in followed {
             let followed = self.processes.entry(pid).or_insert_with(|| Followed {
                 seen: HashSet::new(),
                 probed: HashSet::new(),
-                links: Vec::new(),
                 started: Instant::now(),
                 looked_at: None,
             });
@@ -189,10 +187,7 @@ impl FollowedProcesses {
                 continue;
             }
             match probes.attach_allocator(pid, &points) {
-                Ok(links) => {
-                    followed.links.extend(links);
-                    followed.probed.extend(allocator_files);
-                }
+                Ok(()) => followed.probed.extend(allocator_files),
                 Err(error) if fs::metadata(format!("/proc/{pid}")).is_ok() => {
                     self.failures.push(format!("pid {pid}: {error}"));
                 }

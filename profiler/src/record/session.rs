@@ -128,7 +128,6 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
     if options.probes.events.alloc {
         for &pid in &pids {
             let program = command.as_ref().map(HeldCommand::program);
-            // These probes stay until the end: no need to keep their links.
             probes.attach_allocator(pid, &allocators::probe_points(pid, program)?)?;
         }
     }
@@ -198,8 +197,8 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
     // started command alone can take seconds.
     let stopped_ns = monotonic_now_ns();
 
-    let bpf = probes.detach();
-    let duration = started.elapsed();
+    let (bpf, closing_probes) = probes.detach();
+    let duration = stopped.duration_since(started);
     // Records submitted before the detach are still in the ring.
     stream.drain(|event| collector.add(event));
     // The last interval ends here, however short, so that the snapshots add up to
@@ -243,6 +242,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         },
     });
     write_outputs(&report, outputs, stopped, options.top)?;
+    closing_probes.wait();
     Ok(report)
 }
 
