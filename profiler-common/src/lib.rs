@@ -113,6 +113,8 @@ pub mod map_names {
     pub const SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
     /// `HashMap<LiveAllocationKey, LiveAllocation>`: allocations not freed yet.
     pub const LIVE_ALLOCATIONS: &str = "LIVE_ALLOCATIONS";
+    /// `ProgramArray` holding the CPU samples' stack capture, at index 0.
+    pub const CPU_SAMPLE_CAPTURE: &str = "CPU_SAMPLE_CAPTURE";
     /// `Array<u32>` of one entry, set to 1 when the recording ends.
     pub const ALLOC_STOPPED: &str = "ALLOC_STOPPED";
     /// `ProgramArray` holding the allocation stack capture, at index 0.
@@ -138,6 +140,9 @@ pub mod program_names {
     /// perf_event on each CPU's `cpu-clock`: samples the threads too young for
     /// [`SAMPLE_CPU`].
     pub const SAMPLE_CPU_FILL: &str = "sample_cpu_fill";
+    /// perf_event program tail-called by [`SAMPLE_CPU`] and [`SAMPLE_CPU_FILL`]: streams
+    /// the sampled thread's stacks.
+    pub const SAMPLE_CPU_STACKS: &str = "sample_cpu_stacks";
     /// raw tracepoint `sys_enter`: notes when a target's syscall starts.
     pub const SYSCALL_ENTER: &str = "syscall_enter";
     /// raw tracepoint `sys_exit`: counts the call and streams it if slow.

@@ -17,7 +17,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     macros::{map, perf_event},
-    maps::LruHashMap,
+    maps::{LruHashMap, ProgramArray},
     programs::PerfEventContext,
 };
 use profiler_common::{CpuSample, EventKind, LossCounter};
@@ -43,6 +43,12 @@ const MAX_TRACKED_THREADS: u32 = 32768;
 static THREAD_TIMER_FIRINGS: LruHashMap<u32, u32> =
     LruHashMap::with_max_entries(MAX_TRACKED_THREADS, 0);
 
+/// Holds [`sample_cpu_stacks`] alone, set by userspace: both timers' programs hand the
+/// sample to it by tail call, so that the verifier checks the stack capture once, not
+/// twice (100 ms of the start each here).
+#[map]
+static CPU_SAMPLE_CAPTURE: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// Fires on a target thread's own CPU timer; samples once the thread has run
 /// [`YOUNG_THREAD_PERIODS`] periods, the CPU timers having sampled those.
 #[perf_event]
@@ -64,7 +70,7 @@ pub fn sample_cpu(ctx: PerfEventContext) -> u32 {
         }
     };
     if firings > YOUNG_THREAD_PERIODS {
-        sample(&ctx, tgid, tid);
+        sample(&ctx);
     }
     0
 }
@@ -82,17 +88,26 @@ pub fn sample_cpu_fill(ctx: PerfEventContext) -> u32 {
         .copied()
         .unwrap_or(0);
     if firings < YOUNG_THREAD_PERIODS {
-        sample(&ctx, tgid, tid);
+        sample(&ctx);
     }
     0
 }
 
-/// Streams the running thread's stacks.
+/// Streams the running thread's stacks, through [`sample_cpu_stacks`].
 #[inline(always)]
-fn sample(ctx: &PerfEventContext, tgid: u32, tid: u32) {
+fn sample(ctx: &PerfEventContext) {
+    // SAFETY: the program in the array takes the same context; it does not return here
+    // unless the array is empty, which userspace fills before attaching the timers.
+    unsafe { CPU_SAMPLE_CAPTURE.tail_call(ctx, 0) };
+}
+
+/// Tail-called by both timers' programs for a thread they sample: streams its stacks.
+#[perf_event]
+pub fn sample_cpu_stacks(ctx: PerfEventContext) -> u32 {
+    let (tgid, tid) = current_thread();
     let Some(mut entry) = EVENTS.reserve::<CpuSample>(0) else {
         count_loss(LossCounter::CpuSampleRingFull);
-        return;
+        return 0;
     };
     let sample = entry.as_mut_ptr();
     // SAFETY: `sample` points at a reserved, writable CpuSample in the ring buffer.
@@ -101,4 +116,5 @@ fn sample(ctx: &PerfEventContext, tgid: u32, tid: u32) {
         stacks::capture(ctx.as_ptr(), &raw mut (*sample).stacks, Unwinder::Cpu, tgid);
     }
     entry.submit(wakeup_flag());
+    0
 }

@@ -266,12 +266,16 @@ fn max_sample_rate() -> Option<u32> {
 type EventFilter = fn(EventSet) -> bool;
 
 /// Maps that only one kind of event uses; they shrink to one entry when it is off, since
-/// a per-CPU syscall table takes over a megabyte per CPU.
-const MAPS_BY_EVENT: [(&str, EventFilter); 4] = [
+/// a per-CPU syscall table takes over a megabyte per CPU, and the kernel builds the live
+/// allocation table's 4 Mi buckets (64 MiB, 68 ms of the start here) even when no block
+/// ever goes in.
+const MAPS_BY_EVENT: [(&str, EventFilter); 6] = [
     ("SYSCALL_STATS", |events| events.syscalls),
     ("SYSCALL_STARTS", |events| events.syscalls),
     ("IO_STARTS", |events| events.io),
     ("ALLOC_CALLS", |events| events.alloc),
+    (map_names::LIVE_ALLOCATIONS, |events| events.alloc),
+    ("ALLOC_STACKS_SEEN", |events| events.alloc),
 ];
 
 /// The loaded BPF object and its attached programs.
@@ -320,10 +324,16 @@ impl Probes {
         let offcpu_min_ns = settings.offcpu_min.as_nanos() as u64;
         let walk_frame_pointers = u64::from(settings.unwind == UnwindMethod::Fp);
         // Without it the kernel finds no Python thread state, and Python frames are off.
-        let task_fsbase_offset =
-            kernel_btf::member_offset("task_struct", &["thread", "fsbase"]).unwrap_or(0);
+        let kernel_types = kernel_btf::Btf::read();
+        let offset = |path: &[&str]| {
+            kernel_types
+                .as_ref()
+                .and_then(|types| types.member_offset("task_struct", path))
+                .unwrap_or(0)
+        };
+        let task_fsbase_offset = offset(&["thread", "fsbase"]);
         let task_tgid_offset = if settings.follow_children {
-            kernel_btf::member_offset("task_struct", &["tgid"]).unwrap_or(0)
+            offset(&["tgid"])
         } else {
             0
         };
@@ -470,21 +480,30 @@ impl Probes {
     }
 
     /// Loads the program that captures allocating stacks into the array the entry
-    /// programs tail-call. The array stays in the object: the kernel empties a program
-    /// array when its last descriptor outside the kernel closes.
+    /// programs tail-call.
     fn load_alloc_stack_capture(&mut self) -> Result<(), Failure> {
         let capture: &mut UProbe = self.program(program_names::CAPTURE_ALLOC_STACK)?;
         capture.load().map_err(program_failure)?;
-        let capture = capture
+        self.set_tail_call(
+            map_names::ALLOC_STACK_CAPTURE,
+            program_names::CAPTURE_ALLOC_STACK,
+        )
+    }
+
+    /// Puts the loaded `program` alone into the program array `array`, which stays in
+    /// the object: the kernel empties a program array when its last descriptor outside
+    /// the kernel closes.
+    fn set_tail_call(&mut self, array: &str, program: &str) -> Result<(), Failure> {
+        let program = self
+            .ebpf
+            .program(program)
+            .ok_or_else(|| missing(program))?
             .fd()
             .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
             .map_err(program_failure)?;
-        let map = self
-            .ebpf
-            .map_mut(map_names::ALLOC_STACK_CAPTURE)
-            .ok_or_else(|| missing(map_names::ALLOC_STACK_CAPTURE))?;
+        let map = self.ebpf.map_mut(array).ok_or_else(|| missing(array))?;
         ProgramArray::try_from(map)
-            .and_then(|mut array| array.set(0, &capture, 0))
+            .and_then(|mut array| array.set(0, &program, 0))
             .map_err(map_failure)
     }
 
@@ -625,6 +644,12 @@ impl Probes {
             )));
         }
         raise_open_file_limit();
+        let capture: &mut PerfEvent = self.program(program_names::SAMPLE_CPU_STACKS)?;
+        capture.load().map_err(program_failure)?;
+        self.set_tail_call(
+            map_names::CPU_SAMPLE_CAPTURE,
+            program_names::SAMPLE_CPU_STACKS,
+        )?;
         let fill: &mut PerfEvent = self.program(program_names::SAMPLE_CPU_FILL)?;
         fill.load().map_err(program_failure)?;
         let cpus = online_cpus().map_err(|(_, error)| {

@@ -33,19 +33,17 @@ enum Type {
 }
 
 /// The parsed types of a BTF blob.
-struct Btf {
+pub struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
 }
 
-/// The byte offset of `path` (`["thread", "fsbase"]`) inside the kernel's struct
-/// `name`, or `None` if the kernel has no BTF or no such member.
-pub fn member_offset(name: &str, path: &[&str]) -> Option<u64> {
-    let btf = Btf::parse(&fs::read("/sys/kernel/btf/vmlinux").ok()?)?;
-    btf.member_offset(name, path)
-}
-
 impl Btf {
+    /// The running kernel's types, or `None` if it publishes no BTF.
+    pub fn read() -> Option<Btf> {
+        Btf::parse(&fs::read("/sys/kernel/btf/vmlinux").ok()?)
+    }
+
     fn parse(data: &[u8]) -> Option<Btf> {
         let u32_at = |offset: usize| -> Option<u32> {
             Some(u32::from_le_bytes(
@@ -107,7 +105,9 @@ impl Btf {
         &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
     }
 
-    fn member_offset(&self, name: &str, path: &[&str]) -> Option<u64> {
+    /// The byte offset of `path` (`["thread", "fsbase"]`) inside the kernel's struct
+    /// `name`, or `None` if it has no such member.
+    pub fn member_offset(&self, name: &str, path: &[&str]) -> Option<u64> {
         let mut by_name: HashMap<&[u8], usize> = HashMap::new();
         for (id, ty) in self.types.iter().enumerate() {
             if let Type::Aggregate { name, members } = ty
@@ -169,12 +169,15 @@ mod tests {
     #[test]
     fn the_tls_base_lies_inside_the_task_struct() {
         // Every kernel this profiler runs on has BTF: aya needs it for the programs.
-        let offset = member_offset("task_struct", &["thread", "fsbase"]).unwrap();
-        let thread = member_offset("task_struct", &["thread"]).unwrap();
+        let types = Btf::read().unwrap();
+        let offset = types
+            .member_offset("task_struct", &["thread", "fsbase"])
+            .unwrap();
+        let thread = types.member_offset("task_struct", &["thread"]).unwrap();
         assert!(
             offset > thread && offset < thread + 256,
             "{offset} {thread}"
         );
-        assert_eq!(member_offset("task_struct", &["no_such_field"]), None);
+        assert_eq!(types.member_offset("task_struct", &["no_such_field"]), None);
     }
 }
