@@ -115,7 +115,7 @@ impl Profile {
 #[derive(Debug, Default)]
 pub struct ProfileBuilder {
     profile: Profile,
-    frame_ids: HashMap<Frame, usize>,
+    frame_ids: foldhash::HashMap<Frame, usize>,
 }
 
 impl ProfileBuilder {
@@ -200,7 +200,7 @@ impl UserNames {
 /// The names of the addresses of a set of stacks, from [`Symbolizer::resolve`].
 #[derive(Debug, Default)]
 pub struct Names {
-    user: HashMap<(u32, u64), UserNames>,
+    user: foldhash::HashMap<(u32, u64), UserNames>,
     kernel: HashMap<u64, Vec<String>>,
     /// The Python functions stacks refer to, by [`python::PythonFrameRef::function`].
     python: Vec<PythonFunction>,
@@ -282,26 +282,106 @@ impl Names {
         captured: Capture,
         process_names: &HashMap<u32, String>,
     ) -> Profile {
-        let mut processes = counts.stacks().map(|(key, _)| key.tgid);
-        let first = processes.next();
-        let several = processes.any(|tgid| Some(tgid) != first);
+        let several = from_several_processes(counts);
         let mut profile = ProfileBuilder::default();
         for (key, weight) in counts.stacks() {
             let frames = match captured {
                 Capture::Sampled => self.frames(key),
                 Capture::AtTracepoint => self.frames_below_tracepoint(key),
             };
-            let root = several.then(|| {
-                let name = process_names.get(&key.tgid).map_or("?", String::as_str);
-                Frame::process(key.tgid, name)
-            });
-            let origin = Origin {
-                pid: Some(key.tgid),
-                tid: (key.tid != 0).then_some(key.tid),
-            };
-            profile.push_from(origin, root.into_iter().chain(frames), weight);
+            let root = several.then(|| process_root(key.tgid, process_names));
+            profile.push_from(origin(key), root.into_iter().chain(frames), weight);
         }
         profile.build()
+    }
+}
+
+/// Whether the stacks of `counts` come from more than one process.
+fn from_several_processes(counts: &StackCounts) -> bool {
+    let mut processes = counts.stacks().map(|(key, _)| key.tgid);
+    let first = processes.next();
+    processes.any(|tgid| Some(tgid) != first)
+}
+
+/// The root frame of process `tgid`'s stacks in a profile of several processes.
+fn process_root(tgid: u32, process_names: &HashMap<u32, String>) -> Frame {
+    let name = process_names.get(&tgid).map_or("?", String::as_str);
+    Frame::process(tgid, name)
+}
+
+/// Where a stack was recorded.
+fn origin(key: &StackKey) -> Origin {
+    Origin {
+        pid: Some(key.tgid),
+        tid: (key.tid != 0).then_some(key.tid),
+    }
+}
+
+/// CPU stacks named once each, for the live views, which make profiles of the same
+/// stacks every few seconds: each stack's frames are interned when it is named, so a
+/// profile of any counts is built from frame indices, without naming a stack or hashing
+/// a frame again. Naming every stack so far at each refresh was most of the load-test
+/// mode's steady cost.
+#[derive(Debug, Default)]
+pub struct NamedStacks {
+    names: Names,
+    frames: Vec<Frame>,
+    frame_ids: foldhash::HashMap<Frame, usize>,
+    stacks: foldhash::HashMap<StackKey, Vec<usize>>,
+}
+
+impl NamedStacks {
+    /// Names `keys`, new stacks sampled on the CPU, with `names`, which hold their
+    /// addresses' names (merged into those of the stacks named before).
+    pub fn add(&mut self, names: Names, keys: Vec<StackKey>) {
+        self.names.merge(names);
+        for key in keys {
+            let frames = self
+                .names
+                .frames(&key)
+                .into_iter()
+                .map(|frame| {
+                    let next = self.frames.len();
+                    *self.frame_ids.entry(frame.clone()).or_insert_with(|| {
+                        self.frames.push(frame);
+                        next
+                    })
+                })
+                .collect();
+            self.stacks.insert(key, frames);
+        }
+    }
+
+    /// The profile of `counts`, as [`Names::profile`] makes it of CPU samples, holding
+    /// only the frames its stacks use.
+    pub fn profile(&self, counts: &StackCounts, process_names: &HashMap<u32, String>) -> Profile {
+        let several = from_several_processes(counts);
+        let mut profile = Profile::default();
+        let mut in_profile = vec![usize::MAX; self.frames.len()];
+        let mut roots: HashMap<u32, usize> = HashMap::new();
+        for (key, weight) in counts.stacks() {
+            let named = self.stacks.get(key).map_or(&[][..], Vec::as_slice);
+            let mut frames = Vec::with_capacity(named.len() + 1);
+            if several {
+                frames.push(*roots.entry(key.tgid).or_insert_with(|| {
+                    profile.frames.push(process_root(key.tgid, process_names));
+                    profile.frames.len() - 1
+                }));
+            }
+            for &id in named {
+                if in_profile[id] == usize::MAX {
+                    in_profile[id] = profile.frames.len();
+                    profile.frames.push(self.frames[id].clone());
+                }
+                frames.push(in_profile[id]);
+            }
+            profile.stacks.push(Stack {
+                frames,
+                count: weight,
+                origin: origin(key),
+            });
+        }
+        profile
     }
 }
 
@@ -677,7 +757,9 @@ mod tests {
         let names = Names {
             unnamed: BTreeMap::new(),
             python: Vec::new(),
-            user: HashMap::from([((1, 10), UserNames::unfiled(vec!["main".to_owned()]))]),
+            user: [((1, 10), UserNames::unfiled(vec!["main".to_owned()]))]
+                .into_iter()
+                .collect(),
             kernel: HashMap::from([
                 (100, vec!["bpf_prog_1234_sched_switch".to_owned()]),
                 (199, vec!["perf_trace_sched_switch".to_owned()]),
@@ -693,6 +775,55 @@ mod tests {
             .collect();
         assert_eq!(frames, vec!["main", "__schedule"]);
         assert_eq!(names.frames(&key).len(), 5);
+    }
+
+    #[test]
+    fn stacks_named_once_make_the_profile_names_make() {
+        let names = || Names {
+            unnamed: BTreeMap::new(),
+            python: Vec::new(),
+            user: [
+                ((1, 10), UserNames::unfiled(vec!["main".to_owned()])),
+                ((1, 20), UserNames::unfiled(vec!["work".to_owned()])),
+                ((2, 10), UserNames::unfiled(vec!["serve".to_owned()])),
+            ]
+            .into_iter()
+            .collect(),
+            kernel: HashMap::new(),
+        };
+        let keys = [
+            StackKey::new(1, 1, &[21, 10], &[]),
+            StackKey::new(1, 3, &[10], &[]),
+            StackKey::new(2, 2, &[10], &[]),
+        ];
+        let mut named = NamedStacks::default();
+        named.add(names(), keys.to_vec());
+        let process_names = HashMap::from([(1, "api".to_owned()), (2, "worker".to_owned())]);
+        // Each stack as its frames' names, its weight and its origin.
+        let spelled = |profile: Profile| -> Vec<(Vec<String>, u64, Origin)> {
+            let mut stacks: Vec<_> = profile
+                .stacks
+                .iter()
+                .map(|stack| {
+                    let frames = stack.frames.iter();
+                    let names = frames.map(|&id| profile.frames[id].name.clone());
+                    (names.collect::<Vec<_>>(), stack.count, stack.origin)
+                })
+                .collect();
+            stacks.sort_by(|a, b| a.0.cmp(&b.0));
+            stacks
+        };
+        for chosen in [&keys[..], &keys[..2]] {
+            let mut counts = StackCounts::default();
+            for (weight, key) in chosen.iter().enumerate() {
+                counts.add(key.clone(), weight as u64 + 1);
+            }
+            let expected = names().profile(&counts, Capture::Sampled, &process_names);
+            assert_eq!(
+                spelled(named.profile(&counts, &process_names)),
+                spelled(expected)
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Stacks weighted by what they stand for, per thread: CPU samples, or nanoseconds off
 //! the CPU.
 
-use std::collections::{BTreeMap, HashMap, hash_map::Entry};
+use std::collections::{BTreeMap, hash_map::Entry};
 
 use crate::python::PythonFrameRef;
 
@@ -50,7 +50,7 @@ impl StackKey {
 /// Weights per distinct stack and per thread.
 #[derive(Debug, Default)]
 pub struct StackCounts {
-    stacks: HashMap<StackKey, u64>,
+    stacks: foldhash::HashMap<StackKey, u64>,
     threads: BTreeMap<(u32, u32), u64>,
     total: u64,
 }

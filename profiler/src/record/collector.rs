@@ -24,7 +24,7 @@ use crate::{
         StackQuality, StopReason, TargetProcess,
     },
     stream::Event,
-    symbolize::{Capture, Frame, Names, Origin, Profile, ProfileBuilder, Symbolizer},
+    symbolize::{Capture, Frame, NamedStacks, Names, Origin, Profile, ProfileBuilder, Symbolizer},
     syscall_names::syscall_name,
     target,
     unwind::UnwindTables,
@@ -70,7 +70,7 @@ pub(super) struct Collector {
     /// The cgroup whose processes are the targets, if that is how they were chosen.
     pub(super) cgroup: Option<String>,
     /// The names of every CPU stack the live views have shown, grown as stacks come.
-    live_names: Names,
+    live_stacks: NamedStacks,
     /// CPU stacks seen for the first time since the live names were last grown.
     unnamed_stacks: Vec<StackKey>,
 }
@@ -342,17 +342,19 @@ impl Collector {
             .insert(window, StackCounts::default())
             .unwrap_or_default();
         self.name_new_stacks();
-        let profile = self
-            .live_names
-            .profile(&counts, Capture::Sampled, &self.process_names);
+        let profile = self.live_stacks.profile(&counts, &self.process_names);
         (profile, counts.threads().collect())
+    }
+
+    /// How many CPU samples came so far.
+    pub(super) fn cpu_samples(&self) -> u64 {
+        self.cpu.total()
     }
 
     /// Every CPU sample so far, named.
     pub(super) fn cpu_so_far(&mut self) -> Profile {
         self.name_new_stacks();
-        self.live_names
-            .profile(&self.cpu, Capture::Sampled, &self.process_names)
+        self.live_stacks.profile(&self.cpu, &self.process_names)
     }
 
     /// Grows the live names by the stacks seen since they were last grown: each look
@@ -363,7 +365,7 @@ impl Collector {
             .symbolizer
             .resolve(&self.maps, &stacks)
             .with_python(self.python.functions().to_vec());
-        self.live_names.merge(names);
+        self.live_stacks.add(names, stacks);
     }
 
     /// The report of the CPU samples since the last interval: its flame graph, shares,

@@ -182,16 +182,23 @@ impl MetricsEndpoint {
                 live: live.outstanding_bytes as u64,
             }
         });
-        let so_far = collector.cpu_so_far();
-        let observations = Observations {
-            syscalls: &syscalls,
-            leaked_bytes: allocations.map_or(0, |held| held.leak_candidates),
+        // The rules' state covers the whole recording so far; the whole profile is built
+        // for them alone, and only when there are some.
+        let (samples, rules) = if options.analysis.rules.is_empty() {
+            (collector.cpu_samples(), Vec::new())
+        } else {
+            let so_far = collector.cpu_so_far();
+            let observations = Observations {
+                syscalls: &syscalls,
+                leaked_bytes: allocations.map_or(0, |held| held.leak_candidates),
+            };
+            let analysis = analyze(&so_far, &observations, &options.analysis);
+            (analysis.samples, analysis.rules)
         };
-        let analysis = analyze(&so_far, &observations, &options.analysis);
         let state = MetricsState {
-            samples: analysis.samples,
+            samples,
             losses: Losses::read(tables.losses, malformed).counters,
-            rules: analysis.rules,
+            rules,
             offcpu_ns: events.offcpu.then(|| collector.offcpu_ns()),
             allocations,
             own_cpu: super::session::own_cpu_time(),
