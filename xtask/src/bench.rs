@@ -52,6 +52,8 @@ pub enum Part {
     Unwind,
     /// Python frames against py-spy.
     Python,
+    /// Load-test mode on a gunicorn service against py-spy --subprocesses.
+    Loadtest,
 }
 
 pub fn run(duration: u32, runs: u32, only: Option<Part>) -> anyhow::Result<()> {
@@ -92,6 +94,9 @@ pub fn run(duration: u32, runs: u32, only: Option<Part>) -> anyhow::Result<()> {
     }
     if selected(Part::Python) {
         results["python"] = crate::bench_python::run(&bench.dir, short, runs)?;
+    }
+    if selected(Part::Loadtest) {
+        results["loadtest"] = crate::bench_loadtest::run(&bench.dir, runs)?;
     }
     let path = bench.dir.join("results.json");
     fs::write(&path, serde_json::to_string_pretty(&results)?)?;

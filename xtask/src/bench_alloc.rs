@@ -98,6 +98,7 @@ pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
     };
     println!("bench: allocations: profiler memory with {HELD_ALLOCATIONS} live allocations");
     let memory = memory_while_holding(&workload, dir)?;
+    let start_and_stop = start_and_stop(&libc, dir, runs)?;
     Ok(json!({
         "workload": format!(
             "malloc(64)+free loop (tests/workloads/alloc_loop.c), {TRACED_PAIRS} pairs traced, \
@@ -114,6 +115,7 @@ pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
         "ratio_sampled_vs_exact": sampled / exact,
         "ratio_profiler_vs_heaptrack": exact / heaptrack,
         "memory_with_live_allocations": memory,
+        "start_and_stop": start_and_stop,
         "runs_ns_per_pair": Tracer::ALL.iter().zip(&results).map(|(tracer, runs)| {
             (tracer.label().to_owned(), json!(runs))
         }).collect::<serde_json::Map<_, _>>(),
@@ -157,6 +159,84 @@ fn ns_per_pair(tracer: Tracer, workload: &Path, libc: &str, dir: &Path) -> anyho
         .lines()
         .find_map(|line| line.strip_suffix(" ns per pair")?.trim().parse().ok())
         .with_context(|| format!("{} printed no time per pair: {output}", tracer.label()))
+}
+
+/// How long a recording of an idle process runs.
+const IDLE_RECORDING: Duration = Duration::from_secs(2);
+
+/// What placing and taking out the allocation probes adds to the wall time of a 2 s
+/// recording of an idle process: the profiler with `--events alloc` against the same
+/// recording of CPU samples alone, next to bpftrace with malloc entry and return and
+/// free against bpftrace with no probe, `runs` times interleaved; and how long the
+/// profiler's recording said it lasted.
+fn start_and_stop(libc: &str, dir: &Path, runs: u32) -> anyhow::Result<Value> {
+    let mut idle = Command::new("sleep").arg("600").spawn()?;
+    let pid = idle.id().to_string();
+    let seconds = IDLE_RECORDING.as_secs();
+    let report = dir.join("alloc-start-stop.json");
+    let profiler = |events: &str| {
+        let mut profiler = Command::new(profiler_binary());
+        profiler
+            .args(["record", "--pid", &pid, "--events", events, "--duration"])
+            .arg(seconds.to_string())
+            .arg("--json")
+            .arg(&report)
+            .stdout(Stdio::null());
+        profiler
+    };
+    let bpftrace = |probes: String| {
+        let mut bpftrace = Command::new("bpftrace");
+        bpftrace
+            .args(["-p", &pid, "-e"])
+            .arg(format!("{probes} interval:s:{seconds} {{ exit(); }}"))
+            .stdout(Stdio::null());
+        bpftrace
+    };
+    let probes =
+        format!("uprobe:{libc}:malloc {{}} uretprobe:{libc}:malloc {{}} uprobe:{libc}:free {{}}");
+    let mut commands = [
+        profiler("alloc"),
+        profiler("cpu"),
+        bpftrace(probes),
+        bpftrace(String::new()),
+    ];
+    let mut walls: Vec<Vec<f64>> = vec![Vec::new(); commands.len()];
+    let mut recorded = Vec::new();
+    for run in 1..=runs {
+        println!("bench: allocations, run {run} of {runs}: start and stop of the probes");
+        for (index, command) in commands.iter_mut().enumerate() {
+            let start = Instant::now();
+            let status = command.status()?;
+            if !status.success() {
+                bail!("{command:?} failed: {status}");
+            }
+            walls[index].push(start.elapsed().as_secs_f64());
+            if index == 0 {
+                let said: Value = serde_json::from_str(&fs::read_to_string(&report)?)?;
+                recorded.push(said["duration_s"].as_f64().unwrap_or(0.0));
+            }
+        }
+    }
+    idle.kill()?;
+    idle.wait()?;
+    let walls: Vec<f64> = walls.into_iter().map(median).collect();
+    let profiler_added = walls[0] - walls[1];
+    let bpftrace_added = walls[2] - walls[3];
+    Ok(json!({
+        "what": format!(
+            "{seconds} s recording of an idle process: --events alloc against --events cpu, \
+             bpftrace with malloc entry and return and free against bpftrace with no probe; \
+             wall seconds, medians of {runs} runs"
+        ),
+        "profiler_alloc_wall_s": walls[0],
+        "profiler_cpu_wall_s": walls[1],
+        "bpftrace_probes_wall_s": walls[2],
+        "bpftrace_bare_wall_s": walls[3],
+        "profiler_probes_add_s": profiler_added,
+        "bpftrace_probes_add_s": bpftrace_added,
+        "ratio_profiler_vs_bpftrace": profiler_added / bpftrace_added,
+        "profiler_recorded_s": recorded,
+    }))
 }
 
 /// Empty bodies: what the kernel's uprobe and uretprobe traps cost by themselves, with

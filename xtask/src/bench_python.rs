@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// py-spy from PyPI, pinned so that a new machine measures the same tool.
-const PY_SPY_VERSION: &str = "0.4.3";
+pub const PY_SPY_VERSION: &str = "0.4.3";
 
 /// Samples per second: py-spy's default, then ten times more.
 const RATES: [u32; 2] = [100, 1000];

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_alloc;
+mod bench_loadtest;
 mod bench_python;
 mod bench_syscalls;
 mod bench_unwind;

@@ -1,0 +1,317 @@
+//! The load-test part of `cargo xtask bench`: what the profiler in load-test mode
+//! (`--pid MASTER --children -F 99 --metrics-addr`) costs a gunicorn + Flask + numpy
+//! service with two workers under a closed-loop HTTP load (wrk), next to py-spy
+//! `record --subprocesses` at the same rate, as its users run it (it stops the target at
+//! each sample), and next to nothing attached.
+//!
+//! Each round runs, interleaved: the service alone, the profiler for a short and for a
+//! long recording, and py-spy for the long one. The service's CPU is read from /proc
+//! over each tool's run; the profiler's cost is its process CPU (GNU time) plus its BPF
+//! programs' run time (its report). The difference between the long and the short
+//! recording is the steady cost, without start-up and stop, which the goal is about.
+
+use std::{
+    fs,
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::{
+    bench::{median, timed},
+    bench_python::PY_SPY_VERSION,
+    bench_unwind::which_python,
+    output, profiler_binary, root, run_checked,
+    setup::apt_install,
+};
+
+/// The service's Python packages, pinned so that a new machine measures the same service.
+const PACKAGES: [&str; 3] = ["flask==3.1.3", "numpy==2.4.6", "gunicorn==27.0.1"];
+
+/// Where the service listens.
+const ADDRESS: &str = "127.0.0.1:18911";
+
+/// The profiler's sampling rate, and py-spy's.
+const RATE: &str = "99";
+
+/// The short and the long recording; the steady cost is the difference.
+const SHORT: Duration = Duration::from_secs(10);
+const LONG: Duration = Duration::from_secs(40);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Tool {
+    Unprofiled,
+    Profiler(Duration),
+    PySpy,
+}
+
+impl Tool {
+    const ALL: [Tool; 4] = [
+        Tool::Unprofiled,
+        Tool::Profiler(SHORT),
+        Tool::Profiler(LONG),
+        Tool::PySpy,
+    ];
+
+    fn label(self) -> String {
+        match self {
+            Tool::Unprofiled => "unprofiled".to_owned(),
+            Tool::Profiler(duration) => format!(
+                "profiler --children -F {RATE} --metrics-addr, {} s",
+                duration.as_secs()
+            ),
+            Tool::PySpy => format!("py-spy {PY_SPY_VERSION} record --subprocesses --rate {RATE}"),
+        }
+    }
+
+    fn duration(self) -> Duration {
+        match self {
+            Tool::Profiler(duration) => duration,
+            Tool::Unprofiled | Tool::PySpy => LONG,
+        }
+    }
+}
+
+/// One run under load.
+#[derive(Clone, Copy, Default)]
+struct Measurement {
+    requests_per_s: f64,
+    p99_ms: f64,
+    /// The service's CPU (master and workers) over the tool's run, in seconds.
+    service_cpu: f64,
+    /// The tool's CPU, its BPF programs included, in seconds.
+    tool_cpu: f64,
+}
+
+impl Measurement {
+    fn median(all: &[Measurement]) -> Measurement {
+        let pick = |field: fn(&Measurement) -> f64| median(all.iter().map(field).collect());
+        Measurement {
+            requests_per_s: pick(|m| m.requests_per_s),
+            p99_ms: pick(|m| m.p99_ms),
+            service_cpu: pick(|m| m.service_cpu),
+            tool_cpu: pick(|m| m.tool_cpu),
+        }
+    }
+}
+
+/// Runs every tool `runs` times, interleaved, and returns the results section.
+pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
+    if output(Command::new("wrk").arg("--version")).is_none() {
+        apt_install(&["wrk"])?;
+    }
+    let venv = install_service(dir)?;
+    let mut service = Service::start(&venv, dir)?;
+    let mut all: Vec<Vec<Measurement>> = vec![Vec::new(); Tool::ALL.len()];
+    for round in 1..=runs {
+        for (index, tool) in Tool::ALL.into_iter().enumerate() {
+            println!("bench: load test, run {round} of {runs}: {}", tool.label());
+            all[index].push(service.measure(tool, &venv, dir)?);
+        }
+    }
+    service.stop();
+    let medians: Vec<Measurement> = all.iter().map(|runs| Measurement::median(runs)).collect();
+    let [unprofiled, short, long, py_spy] = medians[..] else {
+        bail!("one median per tool");
+    };
+    // Run by run, then the median: the slope of the profiler's CPU over the service's.
+    let steady: Vec<f64> = all[1]
+        .iter()
+        .zip(&all[2])
+        .map(|(short, long)| {
+            (long.tool_cpu - short.tool_cpu) / (long.service_cpu - short.service_cpu)
+        })
+        .collect();
+    let steady_share = median(steady.clone());
+    let per_second = (long.tool_cpu - short.tool_cpu) / (LONG - SHORT).as_secs_f64();
+    let summary = |measurement: Measurement| {
+        json!({
+            "requests_per_s": measurement.requests_per_s,
+            "throughput_vs_unprofiled": measurement.requests_per_s / unprofiled.requests_per_s,
+            "p99_ms": measurement.p99_ms,
+            "service_cpu_s": measurement.service_cpu,
+            "tool_cpu_s": measurement.tool_cpu,
+            "tool_share_of_service_cpu": measurement.tool_cpu / measurement.service_cpu,
+        })
+    };
+    Ok(json!({
+        "workload": format!(
+            "gunicorn -w 2 tests/workloads/flask_service.py under wrk -t2 -c8 on {ADDRESS}; \
+             medians of {runs} interleaved rounds"
+        ),
+        "unprofiled": summary(unprofiled),
+        "profiler_short": summary(short),
+        "profiler_long": summary(long),
+        "py_spy": summary(py_spy),
+        "profiler_steady_share_of_service_cpu": steady_share,
+        "profiler_steady_share_by_run": steady,
+        "profiler_fixed_cpu_s": short.tool_cpu - per_second * SHORT.as_secs_f64(),
+    }))
+}
+
+/// A virtual environment under `dir` with the service's packages and py-spy, installed
+/// unless they are already there.
+fn install_service(dir: &Path) -> anyhow::Result<PathBuf> {
+    let venv = dir.join("loadtest-venv");
+    let marker = venv.join("installed.txt");
+    let wanted = format!("{} py-spy=={PY_SPY_VERSION}", PACKAGES.join(" "));
+    if fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+        println!(
+            "bench: installing {wanted} from PyPI into {}",
+            venv.display()
+        );
+        run_checked(Command::new(which_python()).args(["-m", "venv"]).arg(&venv))?;
+        run_checked(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet"])
+                .args(wanted.split(' ')),
+        )?;
+        fs::write(&marker, &wanted)?;
+    }
+    Ok(venv)
+}
+
+/// The gunicorn service, master and workers.
+struct Service {
+    master: Child,
+}
+
+impl Service {
+    fn start(venv: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let master = Command::new(venv.join("bin/gunicorn"))
+            .args(["-w", "2", "-b", ADDRESS, "--chdir"])
+            .arg(root().join("tests/workloads"))
+            .arg("flask_service:app")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("gunicorn.log"))?)
+            .spawn()
+            .context("starting gunicorn")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(ADDRESS).is_err() {
+            if Instant::now() > deadline {
+                bail!("gunicorn did not listen on {ADDRESS} within 30 s");
+            }
+            sleep(Duration::from_millis(100));
+        }
+        let service = Service { master };
+        // Warm up: the workers import and compile on their first requests.
+        service.load(Duration::from_secs(3))?.wait()?;
+        Ok(service)
+    }
+
+    /// wrk against the service for `duration`, started now.
+    fn load(&self, duration: Duration) -> anyhow::Result<Child> {
+        Command::new("wrk")
+            .args(["-t2", "-c8", "--latency", "-d"])
+            .arg(format!("{}s", duration.as_secs()))
+            .arg(format!("http://{ADDRESS}/predict"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting wrk")
+    }
+
+    fn measure(&self, tool: Tool, venv: &Path, dir: &Path) -> anyhow::Result<Measurement> {
+        let pid = self.master.id().to_string();
+        let before = self.cpu_seconds();
+        let load = self.load(tool.duration())?;
+        let seconds = tool.duration().as_secs().to_string();
+        let tool_cpu = match tool {
+            Tool::Unprofiled => {
+                sleep(tool.duration());
+                0.0
+            }
+            Tool::Profiler(_) => {
+                let report = dir.join("loadtest-report.json");
+                let mut profiler = Command::new(profiler_binary());
+                profiler
+                    .args(["record", "--pid", &pid, "--children", "-F", RATE])
+                    .args(["--metrics-addr", "127.0.0.1:0", "--duration", &seconds])
+                    .arg("-o")
+                    .arg(dir.join("loadtest.svg"))
+                    .arg("--json")
+                    .arg(&report);
+                let process_cpu = timed(&profiler, Stdio::null())?;
+                let report: Value = serde_json::from_str(&fs::read_to_string(&report)?)?;
+                let bpf_ns = report["overhead"]["bpf_run_time_ns"]
+                    .as_f64()
+                    .unwrap_or(0.0);
+                process_cpu + bpf_ns / 1e9
+            }
+            Tool::PySpy => {
+                let mut py_spy = Command::new(venv.join("bin/py-spy"));
+                py_spy
+                    .args(["record", "--pid", &pid, "--subprocesses", "--rate", RATE])
+                    .args(["--duration", &seconds, "--format", "raw", "-o"])
+                    .arg(dir.join("loadtest-py-spy.txt"));
+                timed(&py_spy, Stdio::null())?
+            }
+        };
+        let service_cpu = self.cpu_seconds() - before;
+        let said = String::from_utf8_lossy(&load.wait_with_output()?.stdout).into_owned();
+        Ok(Measurement {
+            requests_per_s: field_after(&said, "Requests/sec:")
+                .and_then(|value| value.parse().ok())
+                .with_context(|| format!("no Requests/sec in wrk's output:\n{said}"))?,
+            p99_ms: field_after(&said, "99%")
+                .and_then(milliseconds)
+                .with_context(|| format!("no 99th percentile in wrk's output:\n{said}"))?,
+            service_cpu,
+            tool_cpu,
+        })
+    }
+
+    /// The CPU time of the master and its workers, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let master = self.master.id();
+        let ticks = |stat: &str| -> Option<(u32, f64)> {
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+            let parent = fields.get(1)?.parse().ok()?;
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((parent, user + system))
+        };
+        let ticks_per_s = 100.0;
+        fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+                let (parent, ticks) =
+                    ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+                (pid == master || parent == master).then_some(ticks)
+            })
+            .sum::<f64>()
+            / ticks_per_s
+    }
+
+    fn stop(&mut self) {
+        // SAFETY: a plain signal to our own child; gunicorn's master stops its workers.
+        unsafe { libc::kill(self.master.id() as i32, libc::SIGTERM) };
+        let _ = self.master.wait();
+    }
+}
+
+/// The first word after `label` on the line where `label` starts.
+fn field_after<'t>(text: &'t str, label: &str) -> Option<&'t str> {
+    text.lines()
+        .find_map(|line| line.trim_start().strip_prefix(label))?
+        .split_whitespace()
+        .next()
+}
+
+/// wrk's latency (`850.21us`, `12.34ms`, `1.02s`) in milliseconds.
+fn milliseconds(value: &str) -> Option<f64> {
+    let (number, scale) = if let Some(number) = value.strip_suffix("us") {
+        (number, 1e-3)
+    } else if let Some(number) = value.strip_suffix("ms") {
+        (number, 1.0)
+    } else {
+        (value.strip_suffix('s')?, 1e3)
+    };
+    Some(number.parse::<f64>().ok()? * scale)
+}
