@@ -238,24 +238,41 @@ impl Names {
     pub fn frames(&self, key: &StackKey) -> Vec<Frame> {
         let native: Vec<Vec<Frame>> = lookup_addresses(&key.user)
             .rev()
-            .map(|address| match self.user.get(&(key.tgid, address)) {
-                Some(names) => named_frames(Some(&names.functions), false)
-                    .into_iter()
-                    .map(|frame| Frame {
-                        object: names.object.clone(),
-                        ..frame
-                    })
-                    .collect(),
-                None => named_frames(None, false),
-            })
+            .map(|address| self.user_frames(key.tgid, address))
             .collect();
-        let mut frames = python::interleave(native, &key.python, &self.python, key.native_complete);
+        let mut frames = python::interleave(
+            native,
+            &key.python,
+            |frame| python::python_frame(&self.python[frame.function as usize]),
+            |frame| python::native_role(&frame.name),
+            key.native_complete,
+        );
         frames.extend(
             lookup_addresses(&key.kernel)
                 .rev()
-                .flat_map(|address| named_frames(self.kernel.get(&address), true)),
+                .flat_map(|address| self.kernel_frames(address)),
         );
         frames
+    }
+
+    /// The frames at user address `address` of process `tgid`, root first (inlined
+    /// functions are frames of their own).
+    fn user_frames(&self, tgid: u32, address: u64) -> Vec<Frame> {
+        match self.user.get(&(tgid, address)) {
+            Some(names) => named_frames(Some(&names.functions), false)
+                .into_iter()
+                .map(|frame| Frame {
+                    object: names.object.clone(),
+                    ..frame
+                })
+                .collect(),
+            None => named_frames(None, false),
+        }
+    }
+
+    /// The frames at kernel address `address`, root first.
+    fn kernel_frames(&self, address: u64) -> Vec<Frame> {
+        named_frames(self.kernel.get(&address), true)
     }
 
     /// The named frames of a stack captured by a tracepoint program, without the
@@ -318,37 +335,93 @@ fn origin(key: &StackKey) -> Origin {
 }
 
 /// CPU stacks named once each, for the live views, which make profiles of the same
-/// stacks every few seconds: each stack's frames are interned when it is named, so a
-/// profile of any counts is built from frame indices, without naming a stack or hashing
-/// a frame again. Naming every stack so far at each refresh was most of the load-test
-/// mode's steady cost.
+/// stacks every few seconds: each stack is kept as indices into a table of distinct
+/// frames, so a profile of any counts is built without naming a stack or hashing a
+/// frame again. Each address's frames and each Python function's frame are named and
+/// interned once too, since a Python service shows a new stack in most samples, built of
+/// frames seen before. Naming every stack so far at each refresh was most of the
+/// load-test mode's steady cost.
 #[derive(Debug, Default)]
 pub struct NamedStacks {
     names: Names,
     frames: Vec<Frame>,
+    /// What the Python merge makes of each of `frames`.
+    roles: Vec<python::NativeRole>,
     frame_ids: foldhash::HashMap<Frame, usize>,
+    user_frames: foldhash::HashMap<(u32, u64), Vec<usize>>,
+    kernel_frames: foldhash::HashMap<u64, Vec<usize>>,
+    python_frames: foldhash::HashMap<u32, usize>,
     stacks: foldhash::HashMap<StackKey, Vec<usize>>,
 }
 
 impl NamedStacks {
-    /// Names `keys`, new stacks sampled on the CPU, with `names`, which hold their
-    /// addresses' names (merged into those of the stacks named before).
+    /// The names of every address named so far.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Names `keys`, new stacks sampled on the CPU, with `names`, which hold the names
+    /// of their addresses that [`NamedStacks::names`] did not.
     pub fn add(&mut self, names: Names, keys: Vec<StackKey>) {
         self.names.merge(names);
         for key in keys {
-            let frames = self
-                .names
-                .frames(&key)
-                .into_iter()
-                .map(|frame| {
-                    let next = self.frames.len();
-                    *self.frame_ids.entry(frame.clone()).or_insert_with(|| {
-                        self.frames.push(frame);
-                        next
-                    })
-                })
+            let native: Vec<Vec<usize>> = lookup_addresses(&key.user)
+                .rev()
+                .map(|address| self.user_frame_ids(key.tgid, address))
                 .collect();
+            for frame in &key.python {
+                self.python_frame_id(frame.function);
+            }
+            let mut frames = python::interleave(
+                native,
+                &key.python,
+                |frame| self.python_frames[&frame.function],
+                |&id| self.roles[id],
+                key.native_complete,
+            );
+            for address in lookup_addresses(&key.kernel).rev() {
+                frames.extend(self.kernel_frame_ids(address));
+            }
             self.stacks.insert(key, frames);
+        }
+    }
+
+    fn intern(&mut self, frame: Frame) -> usize {
+        if let Some(&id) = self.frame_ids.get(&frame) {
+            return id;
+        }
+        let id = self.frames.len();
+        self.roles.push(python::native_role(&frame.name));
+        self.frame_ids.insert(frame.clone(), id);
+        self.frames.push(frame);
+        id
+    }
+
+    fn user_frame_ids(&mut self, tgid: u32, address: u64) -> Vec<usize> {
+        if let Some(ids) = self.user_frames.get(&(tgid, address)) {
+            return ids.clone();
+        }
+        let frames = self.names.user_frames(tgid, address);
+        let ids: Vec<usize> = frames.into_iter().map(|frame| self.intern(frame)).collect();
+        self.user_frames.insert((tgid, address), ids.clone());
+        ids
+    }
+
+    fn kernel_frame_ids(&mut self, address: u64) -> Vec<usize> {
+        if let Some(ids) = self.kernel_frames.get(&address) {
+            return ids.clone();
+        }
+        let frames = self.names.kernel_frames(address);
+        let ids: Vec<usize> = frames.into_iter().map(|frame| self.intern(frame)).collect();
+        self.kernel_frames.insert(address, ids.clone());
+        ids
+    }
+
+    fn python_frame_id(&mut self, function: u32) {
+        if !self.python_frames.contains_key(&function) {
+            let frame = python::python_frame(&self.names.python[function as usize]);
+            let id = self.intern(frame);
+            self.python_frames.insert(function, id);
         }
     }
 
@@ -466,6 +539,17 @@ impl Symbolizer {
         maps: &MemoryMaps,
         stacks: impl IntoIterator<Item = &'k StackKey>,
     ) -> Names {
+        self.resolve_new(maps, stacks, &Names::default())
+    }
+
+    /// As [`Symbolizer::resolve`], but only the addresses that `known` does not name:
+    /// most frames of a new stack have been named with an earlier one.
+    pub fn resolve_new<'k>(
+        &self,
+        maps: &MemoryMaps,
+        stacks: impl IntoIterator<Item = &'k StackKey>,
+        known: &Names,
+    ) -> Names {
         let mut user_addresses: Vec<(u32, u64)> = Vec::new();
         let mut kernel_addresses = Vec::new();
         for key in stacks {
@@ -474,6 +558,8 @@ impl Symbolizer {
         }
         user_addresses.sort_unstable();
         user_addresses.dedup();
+        user_addresses.retain(|address| !known.user.contains_key(address));
+        kernel_addresses.retain(|address| !known.kernel.contains_key(address));
 
         let mut names = Names::default();
         let mut by_file: HashMap<&FileId, FileLookup<'_>> = HashMap::new();

@@ -25,25 +25,55 @@ const PLUMBING_PREFIXES: [&str; 12] = [
     "cfunction_",
 ];
 
-fn is_plumbing(name: &str) -> bool {
-    PLUMBING_PREFIXES
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
+/// What the merge makes of a native frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NativeRole {
+    /// The interpreter's eval function: it gives way to the Python frames it ran.
+    Eval,
+    /// Call plumbing between Python frames: left out.
+    Plumbing,
+    /// Anything else: kept.
+    Kept,
 }
 
-/// The frames of a user stack with its Python frames in place, root first.
+/// The role of the native function `name` in a stack with Python frames.
+pub fn native_role(name: &str) -> NativeRole {
+    if name == EVAL_FUNCTION {
+        NativeRole::Eval
+    } else if PLUMBING_PREFIXES
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+    {
+        NativeRole::Plumbing
+    } else {
+        NativeRole::Kept
+    }
+}
+
+/// The frame of a Python function.
+pub fn python_frame(function: &PythonFunction) -> Frame {
+    Frame {
+        python: Some(function.clone()),
+        ..Frame::native(function.label(), false)
+    }
+}
+
+/// The frames of a user stack with its Python frames in place, root first, as whatever
+/// stands for a frame (`F`: the frame itself, or its index in a table of frames):
+/// `python_frame` makes one of a Python frame, `role` says what a native one is.
 ///
 /// `native` holds each user address's frames, root first (an address with inlined
 /// functions has several); `python` is innermost first, as the kernel walked it. The
 /// k-th interpreter call from the root runs the k-th group of Python frames from the
 /// root. When the native stack did not reach its root, the groups are paired from the
 /// innermost instead, and groups with no native frame left are put at the root.
-pub fn interleave(
-    native: Vec<Vec<Frame>>,
+pub fn interleave<F>(
+    native: Vec<Vec<F>>,
     python: &[PythonFrameRef],
-    functions: &[PythonFunction],
+    python_frame: impl Fn(&PythonFrameRef) -> F,
+    role: impl Fn(&F) -> NativeRole,
     native_complete: bool,
-) -> Vec<Frame> {
+) -> Vec<F> {
     if python.is_empty() {
         return native.into_iter().flatten().collect();
     }
@@ -54,7 +84,7 @@ pub fn interleave(
         .filter(|(_, frames)| {
             frames
                 .first()
-                .is_some_and(|frame| frame.name == EVAL_FUNCTION)
+                .is_some_and(|frame| role(frame) == NativeRole::Eval)
         })
         .map(|(index, _)| index)
         .collect();
@@ -78,21 +108,18 @@ pub fn interleave(
             replacing[eval].push(group);
         }
     }
-    let python_frame = |frame: &PythonFrameRef| {
-        let function = &functions[frame.function as usize];
-        Frame {
-            python: Some(function.clone()),
-            ..Frame::native(function.label(), false)
-        }
-    };
     let root_first =
-        |group: &&[PythonFrameRef]| group.iter().rev().map(python_frame).collect::<Vec<_>>();
-    let mut merged: Vec<Frame> = at_root.iter().flat_map(root_first).collect();
+        |group: &&[PythonFrameRef]| group.iter().rev().map(&python_frame).collect::<Vec<_>>();
+    let mut merged: Vec<F> = at_root.iter().flat_map(root_first).collect();
     for (index, frames) in native.into_iter().enumerate() {
         if evals.contains(&index) {
             merged.extend(replacing[index].iter().flat_map(root_first));
         } else {
-            merged.extend(frames.into_iter().filter(|frame| !is_plumbing(&frame.name)));
+            merged.extend(
+                frames
+                    .into_iter()
+                    .filter(|frame| role(frame) == NativeRole::Kept),
+            );
         }
     }
     merged
@@ -154,6 +181,24 @@ mod tests {
         frames.iter().map(|frame| frame.name.clone()).collect()
     }
 
+    fn merge(
+        native: Vec<Vec<Frame>>,
+        python: &[PythonFrameRef],
+        functions: &[PythonFunction],
+        native_complete: bool,
+    ) -> Vec<String> {
+        let python_frame =
+            |frame: &PythonFrameRef| super::python_frame(&functions[frame.function as usize]);
+        let role = |frame: &Frame| native_role(&frame.name);
+        names(&interleave(
+            native,
+            python,
+            python_frame,
+            role,
+            native_complete,
+        ))
+    }
+
     #[test]
     fn a_callback_keeps_native_python_native_python_order() {
         let native = native(&[
@@ -171,7 +216,7 @@ mod tests {
         let functions = functions(&["<module>", "rank", "key"]);
         // key | rank, <module>
         let stack = python(&[(2, true), (1, false), (0, true)]);
-        let merged = names(&interleave(native, &stack, &functions, true));
+        let merged = merge(native, &stack, &functions, true);
         assert_eq!(
             merged,
             vec![
@@ -192,7 +237,7 @@ mod tests {
         let functions = functions(&["outer", "inner"]);
         let stack = python(&[(1, true), (0, true)]);
         assert_eq!(
-            names(&interleave(native, &stack, &functions, true)),
+            merge(native, &stack, &functions, true),
             vec!["main", "outer (main.py:1)", "inner (main.py:1)"]
         );
     }
@@ -203,7 +248,7 @@ mod tests {
         let functions = functions(&["<module>", "predict"]);
         let stack = python(&[(1, true), (0, true)]);
         assert_eq!(
-            names(&interleave(native, &stack, &functions, false)),
+            merge(native, &stack, &functions, false),
             vec!["<module> (main.py:1)", "predict (main.py:1)", "hash_update"]
         );
     }
@@ -212,7 +257,7 @@ mod tests {
     fn stacks_without_python_frames_keep_every_native_frame() {
         let native = native(&["main", "PyObject_Call", "work"]);
         assert_eq!(
-            names(&interleave(native, &[], &[], true)),
+            merge(native, &[], &[], true),
             vec!["main", "PyObject_Call", "work"]
         );
     }

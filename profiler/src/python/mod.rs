@@ -20,7 +20,7 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData};
 pub use code::{PythonFunction, Unresolved, module_path};
 pub use interpreter::{Interpreter, Version};
-pub use merge::interleave;
+pub use merge::{NativeRole, interleave, native_role, python_frame};
 use profiler_common::{PythonEnd, PythonFrame, PythonProcess, PythonStack};
 
 use crate::memory_map::{FileId, Mapping};

@@ -363,7 +363,7 @@ impl Collector {
         let stacks = std::mem::take(&mut self.unnamed_stacks);
         let names = self
             .symbolizer
-            .resolve(&self.maps, &stacks)
+            .resolve_new(&self.maps, &stacks, self.live_stacks.names())
             .with_python(self.python.functions().to_vec());
         self.live_stacks.add(names, stacks);
     }
