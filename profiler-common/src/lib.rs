@@ -805,8 +805,10 @@ pub struct ExecutableMapping {
 pub struct ProcessMappings {
     /// Mappings filled in `mappings`.
     pub count: u32,
-    /// Keeps the array 8-byte aligned on both sides.
-    pub _padding: u32,
+    /// Changes, never to 0, every time userspace writes the list: rows the kernel
+    /// remembers having found for the process's addresses are good for this generation
+    /// only.
+    pub generation: u32,
     /// The mappings, by ascending `start`.
     pub mappings: [ExecutableMapping; MAX_MAPPINGS],
 }

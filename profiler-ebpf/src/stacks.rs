@@ -62,6 +62,10 @@ pub struct UserStack {
     pub end: u32,
     /// Whether `pc` is a return address, which is looked up one byte back, in the call.
     after_call: u32,
+    /// The generation of the process's mapping list when the unwinding started; 0 if
+    /// it has none, and then no row is remembered.
+    generation: u32,
+    _padding: u32,
     pc: u64,
     sp: u64,
     bp: u64,
@@ -134,6 +138,9 @@ pub fn unwind_user(unwinder: Unwinder, tgid: u32) -> Option<*const UserStack> {
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
         (*stack).tgid = tgid;
+        (*stack).generation = PROCESS_MAPPINGS
+            .get(&tgid)
+            .map_or(0, |process| process.generation);
         (*stack).depth = 0;
         (*stack).after_call = 0;
         (*stack).pc = bpf_probe_read_kernel(&raw const (*regs).rip).ok()?;
@@ -180,12 +187,20 @@ fn step(stack: &mut UserStack) -> Result<(), StackEnd> {
     *frame = stack.pc;
     stack.depth += 1;
     let lookup = stack.pc.wrapping_sub(u64::from(stack.after_call));
-    let mapping = find_mapping(stack.tgid, lookup)?;
-    let address = lookup.wrapping_sub(mapping.bias);
-    if address > u64::from(u32::MAX) {
-        return Err(StackEnd::NoUnwindInfo);
-    }
-    let row = find_row(mapping, address as u32).ok_or(StackEnd::NoUnwindInfo)?;
+    let tag = (u64::from(stack.tgid) << 32) | u64::from(stack.generation);
+    let row = match remembered_row(lookup, tag) {
+        Some(row) => row,
+        None => {
+            let mapping = find_mapping(stack.tgid, lookup)?;
+            let address = lookup.wrapping_sub(mapping.bias);
+            if address > u64::from(u32::MAX) {
+                return Err(StackEnd::NoUnwindInfo);
+            }
+            let row = find_row(mapping, address as u32).ok_or(StackEnd::NoUnwindInfo)?;
+            remember_row(lookup, tag, row);
+            row
+        }
+    };
     let cfa = match row.cfa_rule {
         cfa_rule::RSP => stack.sp.wrapping_add(u64::from(row.cfa_offset)),
         cfa_rule::RBP => stack.bp.wrapping_add(u64::from(row.cfa_offset)),
@@ -238,6 +253,73 @@ fn resume_interrupted(stack: &mut UserStack) -> Result<(), StackEnd> {
 fn read_user(address: u64) -> Result<u64, StackEnd> {
     // SAFETY: the helper checks the user address.
     unsafe { bpf_probe_read_user(address as *const u64) }.map_err(|_| StackEnd::UnreadableMemory)
+}
+
+/// Rows remembered on each CPU: most frames of a sample are return addresses that
+/// earlier samples of the same process unwound through (an interpreter's call sites, a
+/// server's loop), and the two binary searches for them, mostly cache misses in a row
+/// array of megabytes, were most of a deep stack's unwinding time.
+const ROW_CACHE_SLOTS: u32 = 4096;
+
+/// A remembered row: the address it was found for, in which process and generation of
+/// its mappings, and a check over the three, since a program of another kind can
+/// interrupt one writing the entry on the same CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RememberedRow {
+    address: u64,
+    tag: u64,
+    row: UnwindRow,
+    check: u64,
+}
+
+#[map]
+static ROW_CACHE: PerCpuArray<RememberedRow> = PerCpuArray::with_max_entries(ROW_CACHE_SLOTS, 0);
+
+#[inline(always)]
+fn row_slot(address: u64, tag: u64) -> u32 {
+    let hash = (address ^ tag).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (hash >> 40) as u32 & (ROW_CACHE_SLOTS - 1)
+}
+
+#[inline(always)]
+fn row_check(address: u64, tag: u64, row: UnwindRow) -> u64 {
+    let bits = u64::from(row.address)
+        | u64::from(row.cfa_offset) << 32
+        | u64::from(row.cfa_rule) << 48
+        | u64::from(row.rbp_offset as u8) << 56;
+    (address ^ tag.rotate_left(29) ^ bits).wrapping_mul(0xff51_afd7_ed55_8ccd) | 1
+}
+
+/// The row found earlier for `address` in the process and generation `tag`.
+#[inline(always)]
+fn remembered_row(address: u64, tag: u64) -> Option<UnwindRow> {
+    if tag as u32 == 0 {
+        return None;
+    }
+    let entry = ROW_CACHE.get(row_slot(address, tag))?;
+    (entry.address == address
+        && entry.tag == tag
+        && entry.check == row_check(address, tag, entry.row))
+    .then_some(entry.row)
+}
+
+#[inline(always)]
+fn remember_row(address: u64, tag: u64, row: UnwindRow) {
+    if tag as u32 == 0 {
+        return;
+    }
+    if let Some(entry) = ROW_CACHE.get_ptr_mut(row_slot(address, tag)) {
+        // SAFETY: a per-CPU slot; a torn write fails the check when read.
+        unsafe {
+            *entry = RememberedRow {
+                address,
+                tag,
+                row,
+                check: row_check(address, tag, row),
+            };
+        }
+    }
 }
 
 /// The mapping of process `tgid` holding `address`.

@@ -142,6 +142,8 @@ impl Drop for MappedRows {
 struct Kernel {
     rows: MappedRows,
     processes: BpfHashMap<MapData, u32, ProcessMappings>,
+    /// The generation of the last mapping list written.
+    generation: u32,
 }
 
 /// Every target's unwind tables, compiled here and handed to the kernel.
@@ -211,6 +213,7 @@ impl UnwindTables {
         self.kernel = Some(Kernel {
             rows: MappedRows::new(rows, capacity)?,
             processes,
+            generation: 0,
         });
         let tgids: Vec<u32> = self.processes.keys().copied().collect();
         for tgid in tgids {
@@ -228,9 +231,10 @@ impl UnwindTables {
         let Some(keyed) = self.processes.get(&tgid) else {
             return;
         };
+        kernel.generation = kernel.generation.checked_add(1).unwrap_or(1);
         let mut list = ProcessMappings {
             count: 0,
-            _padding: 0,
+            generation: kernel.generation,
             mappings: [ExecutableMapping::default(); MAX_MAPPINGS],
         };
         // The kernel's search compares addresses below 2^63 only: the `[vsyscall]` page
