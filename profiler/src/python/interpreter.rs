@@ -6,7 +6,7 @@
 //! the kernel walks from a table per minor version, checked on 3.13 against the
 //! `_Py_DebugOffsets` the interpreter publishes about itself.
 
-use std::{fs, os::unix::fs::FileExt as _, path::Path};
+use std::{collections::HashMap, fs, os::unix::fs::FileExt as _, path::Path};
 
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, ReadCache, SegmentFlags};
 use profiler_common::{PYTHON_EVERY_FRAME, PYTHON_NO_FIELD, PythonLayout, PythonProcess};
@@ -165,17 +165,33 @@ const KNOWN_LAYOUTS: [KnownLayout; 4] = [
 ];
 
 /// The symbols an interpreter is found by, as ELF virtual addresses.
-#[derive(Debug, Default)]
-struct Symbols {
+#[derive(Clone, Debug, Default)]
+pub struct Symbols {
     runtime: Option<u64>,
     version: Option<u64>,
     code_type: Option<u64>,
 }
 
+impl Symbols {
+    fn complete(&self) -> bool {
+        self.runtime.is_some() && self.version.is_some() && self.code_type.is_some()
+    }
+}
+
+/// What was read of each file that could hold an interpreter: its symbols and
+/// segments, or `None` if it could not be read. The processes of a server (a master and
+/// its workers, every Python process of `--all`) share their interpreter's file, whose
+/// symbol table is read once.
+pub type ReadFiles = HashMap<FileId, Option<(Symbols, Vec<Segment>)>>;
+
 /// Looks for a CPython interpreter among the files process `tgid` maps. `Ok(None)`
 /// when there is none; `Err` with a one-line reason when there is one the walker
 /// cannot walk.
-pub fn detect(tgid: u32, mappings: &[Mapping]) -> Result<Option<Interpreter>, String> {
+pub fn detect(
+    tgid: u32,
+    mappings: &[Mapping],
+    read_files: &mut ReadFiles,
+) -> Result<Option<Interpreter>, String> {
     let program = fs::read_link(format!("/proc/{tgid}/exe")).ok();
     let mut seen: Vec<&FileId> = Vec::new();
     for mapping in mappings {
@@ -189,7 +205,10 @@ pub fn detect(tgid: u32, mappings: &[Mapping]) -> Result<Option<Interpreter>, St
             continue;
         }
         seen.push(id);
-        let Some((symbols, segments)) = read_symbols(tgid, mapping) else {
+        let read = read_files
+            .entry(id.clone())
+            .or_insert_with(|| read_symbols(tgid, mapping));
+        let Some((symbols, segments)) = read.clone() else {
             continue;
         };
         let Some(runtime) = symbols.runtime else {
@@ -268,6 +287,11 @@ fn read_symbols(tgid: u32, mapping: &Mapping) -> Option<(Symbols, Vec<Segment>)>
             _ => continue,
         };
         slot.get_or_insert(symbol.address());
+        // A shared libpython has all three among its few thousand dynamic symbols;
+        // its full symbol table is ten times longer, each name a read of the file.
+        if symbols.complete() {
+            break;
+        }
     }
     let segments = elf
         .segments()

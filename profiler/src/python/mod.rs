@@ -80,6 +80,8 @@ pub struct PythonFrames {
     /// Named code objects by process and what the kernel read of them.
     code_objects: HashMap<(u32, PythonFrame), u32>,
     modules: HashMap<PathBuf, Option<String>>,
+    /// What was read of the files interpreters were looked for in.
+    interpreter_files: interpreter::ReadFiles,
     report: PythonReport,
 }
 
@@ -117,7 +119,7 @@ impl PythonFrames {
                 return;
             }
         }
-        let interpreter = match interpreter::detect(tgid, mappings) {
+        let interpreter = match interpreter::detect(tgid, mappings, &mut self.interpreter_files) {
             Ok(found) => found,
             Err(reason) => {
                 self.notice(&format!(
