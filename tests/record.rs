@@ -283,6 +283,11 @@ fn outputs_are_a_valid_svg_collapsed_stacks_and_a_json_report() {
 /// The report has every field of the documented schema, with the right types.
 fn check_report_schema(report: &Value) {
     assert!(report["duration_s"].as_f64().unwrap() > 0.0);
+    // The start-up is reported apart, as part of the profiler's own CPU.
+    let overhead = &report["overhead"];
+    let start_cpu = overhead["start_cpu_s"].as_f64().unwrap();
+    assert!(start_cpu > 0.0 && start_cpu <= overhead["profiler_cpu_s"].as_f64().unwrap());
+    assert!(overhead["start_ms"].as_f64().unwrap() > 0.0);
     assert!(
         report["target"]["pids"]
             .as_array()

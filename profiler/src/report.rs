@@ -94,6 +94,11 @@ pub struct SelfCost {
     pub bpf: Option<BpfCost>,
     /// The profiler process's user plus system CPU time, up to the end of the recording.
     pub process_cpu: Duration,
+    /// Its CPU time until the recording started: loading and verifying the programs,
+    /// reading the targets' maps and building their unwind tables, placing the probes.
+    pub start_cpu: Duration,
+    /// The wall time from the profiler's start to the recording's.
+    pub start_wall: Duration,
     /// How long naming every stack took once the recording ended.
     pub naming: Duration,
     /// How many processes' stacks were named.

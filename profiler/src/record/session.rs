@@ -33,6 +33,7 @@ use crate::{
 
 /// Records, writes every output, and returns the report.
 pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
+    let began = Instant::now();
     // From here on Ctrl-C and SIGTERM end the recording instead of the process, so that
     // whatever was gathered is written out.
     let mut signals = Signals::new().map_err(|error| Failure::Other(error.into()))?;
@@ -132,6 +133,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         }
     }
     let started = Instant::now();
+    let start_cpu = own_cpu_time();
     if let Some(command) = &mut command {
         start_command(command, &mut probes, &mut collector)?;
     }
@@ -238,6 +240,8 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         cost: SelfCost {
             bpf,
             process_cpu: own_cpu_time(),
+            start_cpu,
+            start_wall: started - began,
             ..SelfCost::default()
         },
     });

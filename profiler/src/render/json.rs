@@ -165,6 +165,8 @@ pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
             "bpf_run_time_ns": report.cost.bpf.map(|bpf| bpf.run_time.as_nanos() as u64),
             "bpf_run_count": report.cost.bpf.map(|bpf| bpf.run_count),
             "profiler_cpu_s": report.cost.process_cpu.as_secs_f64(),
+            "start_cpu_s": report.cost.start_cpu.as_secs_f64(),
+            "start_ms": report.cost.start_wall.as_secs_f64() * 1e3,
             "stop_to_svg_ms": stop_to_svg.as_secs_f64() * 1e3,
             "naming_ms": report.cost.naming.as_secs_f64() * 1e3,
             "named_processes": report.cost.named_processes,
