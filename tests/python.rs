@@ -13,7 +13,10 @@ use std::{
 use serde_json::Value;
 
 mod common;
-use common::{RULE_FIRED, container_root, read_json, record, run, scratch, workload_source};
+use common::{
+    RULE_FIRED, assert_sampled_for_its_cpu_time, container_root, read_json, record, run, scratch,
+    workload_source,
+};
 
 /// How far a function's share may be from its measured share, in points.
 const TOLERANCE: f64 = 0.05;
@@ -346,16 +349,13 @@ fn short_lived_threads_of_a_thread_per_request_server_keep_their_frames() {
         // The main thread starts each request's thread and hands it its CPU: it keeps
         // its own samples all the same, within the statistical bound of their count.
         let pid = run.report["target"]["pids"][0].as_u64().unwrap();
-        let main_samples = run.report["cpu"]["threads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|thread| thread["tid"] == pid)
-            .map_or(0.0, |thread| thread["samples"].as_f64().unwrap());
-        let main_periods = run.truth["main_thread_ns"].as_f64().unwrap() * 199.0 / 1e9;
-        assert!(
-            (main_samples - main_periods).abs() <= 3.0 * main_periods.sqrt() + 1.0,
-            "{version}: the main thread has {main_samples} samples for {main_periods:.1} periods of CPU time"
+        let used_ns = run.truth["main_thread_ns"].as_f64().unwrap();
+        assert_sampled_for_its_cpu_time(
+            &format!("{version}: the main thread"),
+            &run.report,
+            pid,
+            used_ns,
+            199.0,
         );
         // A thread of 1 ms spends about 5 % of it starting, before its Python thread
         // state is bound (`no_thread_state`), and ending, while it is torn down.

@@ -20,8 +20,8 @@ use serde_json::Value;
 mod common;
 use common::{
     INPUT, INTERRUPTED, NO_TARGET, OUTPUT, PRIVILEGES, RULE_FIRED, TARGET_EXITED, USAGE,
-    compile_workload, container_root, entries_where, in_container, pprof_row, pprof_top, profiler,
-    read_json, record, run, scratch, stderr_line,
+    assert_sampled_for_its_cpu_time, compile_workload, container_root, entries_where, in_container,
+    pprof_row, pprof_top, profiler, read_json, record, run, scratch, stderr_line, thread_samples,
 };
 
 /// The `phases` workload, compiled once.
@@ -155,13 +155,9 @@ fn every_thread_is_sampled_including_threads_started_after_the_attach() {
 
     let truth = Truth::read(&dir.join("truth.json"));
     let report = report(&dir);
-    let threads = report["cpu"]["threads"].as_array().unwrap();
     let samples = report["cpu"]["samples"].as_u64().unwrap();
     for tid in truth.tids() {
-        let thread_samples = threads
-            .iter()
-            .find(|thread| thread["tid"] == tid)
-            .map_or(0, |thread| thread["samples"].as_u64().unwrap());
+        let thread_samples = thread_samples(&report, tid);
         // Four equal threads share two CPUs: each should hold about a quarter.
         assert!(
             thread_samples * 8 >= samples,
@@ -195,18 +191,9 @@ fn each_thread_is_sampled_for_the_cpu_time_it_used_next_to_a_cpu_hog() {
 
     let truth = Truth::read(&dir.join("truth.json"));
     let report = report(&dir);
-    let threads = report["cpu"]["threads"].as_array().unwrap();
     let used_ns = truth.0["thread_ns"].as_array().unwrap();
     for (tid, used_ns) in truth.tids().into_iter().zip(used_ns) {
-        let sampled = threads
-            .iter()
-            .find(|thread| thread["tid"] == tid)
-            .map_or(0.0, |thread| thread["samples"].as_f64().unwrap());
-        let expected = used_ns.as_f64().unwrap() * 99.0 / 1e9;
-        assert!(
-            (sampled - expected).abs() <= 3.0 * expected.sqrt() + 1.0,
-            "thread {tid}: {sampled} samples for {expected:.1} periods of CPU time"
-        );
+        assert_sampled_for_its_cpu_time("a worker", &report, tid, used_ns.as_f64().unwrap(), 99.0);
     }
 }
 

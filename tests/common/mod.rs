@@ -158,6 +158,34 @@ pub fn assert_close(what: &str, measured: u64, truth: u64, tolerance: f64) {
     );
 }
 
+/// The CPU samples of thread `tid` in a report; 0 if it has none.
+pub fn thread_samples(report: &Value, tid: u64) -> u64 {
+    report["cpu"]["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|thread| thread["tid"] == tid)
+        .map_or(0, |thread| thread["samples"].as_u64().unwrap())
+}
+
+/// Asserts that thread `tid` of `report` (`what`, in the message), which used `used_ns`
+/// of CPU time, was sampled for it within the statistical bound of the sample count
+/// (3 σ, plus one for the count's granularity) at `frequency_hz`.
+pub fn assert_sampled_for_its_cpu_time(
+    what: &str,
+    report: &Value,
+    tid: u64,
+    used_ns: f64,
+    frequency_hz: f64,
+) {
+    let sampled = thread_samples(report, tid) as f64;
+    let periods = used_ns * frequency_hz / 1e9;
+    assert!(
+        (sampled - periods).abs() <= 3.0 * periods.sqrt() + 1.0,
+        "{what} (tid {tid}): {sampled} samples for {periods:.1} periods of CPU time"
+    );
+}
+
 /// A function's row in `go tool pprof -top`: its own and its cumulative value.
 #[derive(Debug)]
 pub struct PprofRow {
