@@ -119,10 +119,14 @@ fn dominant_function_share_matches_the_workloads_thread_cpu_time() {
     let dir = scratch("dominant");
     let mut workload = start_phases(&dir, 2, 6.0, 0);
     let pid = workload.id().to_string();
+    let (_, [before]) = cpu_ticks(&[workload.id()]);
+    let launched = Instant::now();
     let output = run(&mut record(
         &dir,
         &["--pid", &pid, "--duration", "4", "-F", "199"],
     ));
+    let outside_recording = launched.elapsed().as_secs_f64() - 4.0;
+    let (_, [after]) = cpu_ticks(&[workload.id()]);
     assert_eq!(output.status.code(), Some(0));
     assert!(workload.wait().unwrap().success());
 
@@ -136,9 +140,19 @@ fn dominant_function_share_matches_the_workloads_thread_cpu_time() {
         "cold_phase {cold:.3} vs {:.3}",
         1.0 - expected
     );
-    // Two busy threads for four seconds at 199 Hz on two CPUs.
-    let samples = report["cpu"]["samples"].as_u64().unwrap();
-    assert!((1200..=1800).contains(&samples), "{samples} samples");
+    // The samples cover the CPU time the two threads used while recording: no more than
+    // they used from the profiler's launch to its exit, and no less than that minus
+    // what they could have used outside the four seconds recorded, on a busy machine
+    // too.
+    let samples = report["cpu"]["samples"].as_f64().unwrap();
+    let periods_around = (after - before) / TICKS_PER_S * 199.0;
+    let periods_outside = outside_recording * 2.0 * 199.0;
+    let bound = 3.0 * periods_around.sqrt() + 1.0;
+    assert!(
+        samples <= periods_around + bound && samples >= periods_around - periods_outside - bound,
+        "{samples} samples; the threads used {periods_around:.0} periods from the launch to the \
+         exit, at most {periods_outside:.0} of them outside the recording"
+    );
     assert_eq!(report["cpu"]["lost"], 0);
 }
 
@@ -275,6 +289,7 @@ fn check_report_schema(report: &Value) {
     let start_cpu = overhead["start_cpu_s"].as_f64().unwrap();
     assert!(start_cpu > 0.0 && start_cpu <= overhead["profiler_cpu_s"].as_f64().unwrap());
     assert!(overhead["start_ms"].as_f64().unwrap() > 0.0);
+    assert!(overhead["kernel_memory_bytes"].as_u64().unwrap() > 0);
     assert!(
         report["target"]["pids"]
             .as_array()
@@ -1017,8 +1032,11 @@ fn a_service_in_a_container_is_profiled_whole_until_it_exits() {
     assert!(!Path::new("/app").exists());
 }
 
+/// Clock ticks per second in `/proc`'s CPU times (`USER_HZ`).
+const TICKS_PER_S: f64 = 100.0;
+
 /// Busy CPU time of the whole machine, and of each process in `pids`, in clock ticks.
-fn cpu_ticks(pids: &[u32]) -> (f64, Vec<f64>) {
+fn cpu_ticks<const N: usize>(pids: &[u32; N]) -> (f64, [f64; N]) {
     let stat = fs::read_to_string("/proc/stat").unwrap();
     let machine: Vec<f64> = stat
         .lines()
@@ -1030,18 +1048,15 @@ fn cpu_ticks(pids: &[u32]) -> (f64, Vec<f64>) {
         .collect();
     // user nice system idle iowait irq softirq steal: all but idle and iowait.
     let busy = machine[0] + machine[1] + machine[2] + machine[5] + machine[6] + machine[7];
-    let processes = pids
-        .iter()
-        .map(|pid| {
-            let process = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            process[process.rfind(')').unwrap() + 2..]
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .map(|field| field.parse::<f64>().unwrap())
-                .sum()
-        })
-        .collect();
+    let processes = pids.map(|pid| {
+        let process = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        process[process.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|field| field.parse::<f64>().unwrap())
+            .sum()
+    });
     (busy, processes)
 }
 
@@ -1064,9 +1079,8 @@ fn the_whole_machine_is_profiled_each_process_at_its_share() {
     let report = report(&dir);
     assert_eq!(report["target"]["all"], true);
     // The profiler leaves itself out; so does the machine's measure.
-    let ticks_per_s = 100.0;
-    let profiler_ticks = report["overhead"]["profiler_cpu_s"].as_f64().unwrap() * ticks_per_s
-        + report["overhead"]["naming_ms"].as_f64().unwrap() / 1e3 * ticks_per_s;
+    let profiler_ticks = report["overhead"]["profiler_cpu_s"].as_f64().unwrap() * TICKS_PER_S
+        + report["overhead"]["naming_ms"].as_f64().unwrap() / 1e3 * TICKS_PER_S;
     let processes = report["cpu"]["processes"].as_array().unwrap();
     for (index, pid) in pids.into_iter().enumerate() {
         let measured =

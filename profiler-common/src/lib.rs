@@ -22,19 +22,19 @@ pub const TARGET_NAMED: u8 = 1;
 /// entry goes when it exits.
 pub const TARGET_FOLLOWED: u8 = 2;
 
-/// Size of the ring buffer that carries every streamed record, in bytes.
+/// Largest size of the ring buffer that carries every streamed record, in bytes; the
+/// BPF object declares it, and userspace sizes the ring to the recording.
 ///
 /// A record with stacks is about 5 KiB (native and Python frames), so this holds about
 /// 3,200 of them: a second and a half of a 999 Hz recording on every CPU of this 2-CPU
 /// class of machine, and a full drain interval (see [`DRAIN_INTERVAL_MS`]) on a 32-CPU
 /// host at 999 Hz.
-pub const EVENTS_RING_BYTES: u32 = 16 << 20;
+pub const MAX_EVENTS_RING_BYTES: u32 = 16 << 20;
 
-/// Unread bytes in the ring buffer above which the BPF side wakes the reader at once.
-///
-/// Below it, records are submitted without a wake-up and userspace drains on a timer,
+/// The part of the ring buffer that, unread, has the BPF side wake the reader at once:
+/// below it, records are submitted without a wake-up and userspace drains on a timer,
 /// so a record costs no context switch.
-pub const RING_WAKEUP_BYTES: u64 = EVENTS_RING_BYTES as u64 / 4;
+pub const RING_WAKEUP_FRACTION: u32 = 4;
 
 /// How often userspace drains the ring buffer when nothing woke it, in milliseconds.
 pub const DRAIN_INTERVAL_MS: u64 = 100;
@@ -121,9 +121,10 @@ pub mod map_names {
     pub const ALLOC_STACK_CAPTURE: &str = "ALLOC_STACK_CAPTURE";
     /// `PerCpuArray<u64>` indexed by [`crate::AllocCounter`].
     pub const ALLOC_COUNTERS: &str = "ALLOC_COUNTERS";
-    /// `Array<UnwindRow>`, memory-mapped by userspace: every loaded file's unwind table,
-    /// each sorted by address.
-    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    /// `ArrayOfMaps` of `Array<UnwindRow>` chunks of [`crate::UNWIND_CHUNK_ROWS`] rows,
+    /// created and memory-mapped by userspace: every loaded file's unwind table, each
+    /// sorted by address, one after another.
+    pub const UNWIND_CHUNKS: &str = "UNWIND_CHUNKS";
     /// `HashMap<u32, ProcessMappings>`: each target's executable mappings, by tgid.
     pub const PROCESS_MAPPINGS: &str = "PROCESS_MAPPINGS";
     /// `HashMap<u32, PythonProcess>`: how to walk each Python target's frames, by tgid.
@@ -212,6 +213,9 @@ pub mod global_names {
     /// `u64`: for `--all`, the profiler's own pid: every task is a target but the idle
     /// ones and the profiler's own; 0 when processes are chosen otherwise.
     pub const TARGET_ALL_BUT: &str = "TARGET_ALL_BUT";
+    /// `u64`: unread bytes in the ring buffer above which the BPF side wakes the reader
+    /// at once: the ring's size over [`crate::RING_WAKEUP_FRACTION`].
+    pub const RING_WAKEUP_BYTES: &str = "RING_WAKEUP_BYTES";
 }
 
 /// Tracepoint fields the BPF programs read. Their offsets differ between kernels, so
@@ -769,9 +773,13 @@ pub struct UnwindRow {
 /// [`StackEnd::NoUnwindInfo`].
 pub const MAX_MAPPINGS: usize = 512;
 
-/// Rows the unwind tables can grow by after the targets' initial tables are loaded:
-/// libraries loaded later and started commands use this room.
-pub const UNWIND_ROWS_HEADROOM: u32 = 1 << 21;
+/// Rows of one chunk of the kernel's unwind rows (512 KiB): the granularity in which
+/// the kernel's memory for them grows as files are met.
+pub const UNWIND_CHUNK_ROWS: u32 = 1 << 16;
+
+/// Chunks of unwind rows the kernel can hold: 2^25 rows, 256 MiB, far more than any
+/// process tree's files have.
+pub const MAX_UNWIND_CHUNKS: u32 = 512;
 
 /// Rows of one file's table the kernel's binary search covers: `2^UNWIND_SEARCH_STEPS`.
 pub const UNWIND_SEARCH_STEPS: u32 = 24;
@@ -781,7 +789,7 @@ pub const MAPPING_SEARCH_STEPS: u32 = 10;
 
 // The kernel's binary searches must cover the tables they search.
 const _: () = assert!(1usize << MAPPING_SEARCH_STEPS >= MAX_MAPPINGS);
-const _: () = assert!(1u64 << UNWIND_SEARCH_STEPS >= UNWIND_ROWS_HEADROOM as u64);
+const _: () = assert!(UNWIND_CHUNK_ROWS.is_power_of_two());
 
 /// One executable mapping of a target process, as the kernel's unwinder sees it.
 #[repr(C)]
@@ -793,7 +801,7 @@ pub struct ExecutableMapping {
     pub end: u64,
     /// Subtracted from an address in the mapping to give its file's virtual address.
     pub bias: u64,
-    /// Index of the file's first row in [`map_names::UNWIND_ROWS`].
+    /// Index of the file's first row in all the rows, which the kernel holds in chunks of [`UNWIND_CHUNK_ROWS`] in [`map_names::UNWIND_CHUNKS`].
     pub first_row: u32,
     /// Rows of the file's table; 0 when there is none.
     pub rows: u32,

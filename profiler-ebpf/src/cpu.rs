@@ -36,7 +36,7 @@ const YOUNG_THREAD_PERIODS: u32 = 16;
 
 /// Threads whose firings are remembered. The least recently fired is forgotten first,
 /// and a forgotten thread counts as young again, which still samples it once.
-const MAX_TRACKED_THREADS: u32 = 32768;
+const MAX_TRACKED_THREADS: u32 = 8192;
 
 /// How many times each thread's own timer has fired: its CPU time in periods.
 #[map]

@@ -23,7 +23,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use profiler_common::{
-    EVENTS_RING_BYTES, EventHeader, EventKind, LossCounter, MAX_TARGETS, RING_WAKEUP_BYTES,
+    EventHeader, EventKind, LossCounter, MAX_EVENTS_RING_BYTES, MAX_TARGETS, RING_WAKEUP_FRACTION,
     TARGET_FOLLOWED, TracepointField,
 };
 
@@ -32,7 +32,7 @@ use profiler_common::{
 static TARGET_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(MAX_EVENTS_RING_BYTES, 0);
 
 #[map]
 static LOSS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LossCounter::COUNT, 0);
@@ -106,10 +106,16 @@ fn header(kind: EventKind, tgid: u32, tid: u32, timestamp_ns: u64) -> EventHeade
     }
 }
 
+/// Set by userspace to the size it gave the ring over [`RING_WAKEUP_FRACTION`].
+#[unsafe(no_mangle)]
+static RING_WAKEUP_BYTES: u64 = (MAX_EVENTS_RING_BYTES / RING_WAKEUP_FRACTION) as u64;
+
 /// Wakes the reader only when the ring is filling up; otherwise its timer drains it.
 #[inline(always)]
 fn wakeup_flag() -> u64 {
-    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= RING_WAKEUP_BYTES {
+    // SAFETY: a global that userspace sets before loading and nothing writes after.
+    let wakeup_bytes = unsafe { core::ptr::read_volatile(&raw const RING_WAKEUP_BYTES) };
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)

@@ -2,7 +2,7 @@
 //!
 //! Kernel stacks come from `bpf_get_stack` (the kernel's own unwinder). User stacks are
 //! unwound here from the binaries' call-frame information, which userspace compiled
-//! into [`UNWIND_ROWS`]: frame pointers are absent from most binaries users run, and
+//! into [`UNWIND_CHUNKS`]: frame pointers are absent from most binaries users run, and
 //! walking them loses every caller of a frameless function.
 //!
 //! Each step finds the mapping of the address, binary-searches its file's rows, and
@@ -13,27 +13,33 @@ use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, pt_regs},
+    btf_maps::{self, ArrayOfMaps},
     helpers::{
         bpf_get_stack, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
         generated::{bpf_get_current_task_btf, bpf_loop, bpf_send_signal, bpf_task_pt_regs},
     },
-    macros::{map, raw_tracepoint, uprobe},
-    maps::{Array, HashMap, PerCpuArray},
+    macros::{btf_map, map, raw_tracepoint, uprobe},
+    maps::{HashMap, PerCpuArray},
     programs::{ProbeContext, RawTracePointContext},
 };
 use profiler_common::{
     ExecutableMapping, MAPPING_SEARCH_STEPS, MAX_MAPPINGS, MAX_STACK_DEPTH, MAX_TARGETS,
-    ProcessMappings, StackEnd, Stacks, UNWIND_SEARCH_STEPS, UnwindRow, cfa_rule,
+    MAX_UNWIND_CHUNKS, ProcessMappings, StackEnd, Stacks, UNWIND_CHUNK_ROWS, UNWIND_SEARCH_STEPS,
+    UnwindRow, cfa_rule,
 };
 
 use crate::{current_thread, is_target, python};
 
 const STACK_BYTES: u32 = (MAX_STACK_DEPTH * size_of::<u64>()) as u32;
 
-/// Every loaded file's rows; userspace sizes it at load time and writes it through a
-/// memory mapping.
-#[map]
-static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// Every loaded file's rows, one after another, in chunks of [`UNWIND_CHUNK_ROWS`]:
+/// userspace adds a chunk when the files met need one, so the kernel holds what the
+/// targets need rather than a worst case, and writes the rows through a memory mapping.
+#[btf_map]
+static UNWIND_CHUNKS: ArrayOfMaps<
+    btf_maps::Array<UnwindRow, { UNWIND_CHUNK_ROWS as usize }, { BPF_F_MMAPABLE as usize }>,
+    { MAX_UNWIND_CHUNKS as usize },
+> = ArrayOfMaps::new();
 
 #[map]
 static PROCESS_MAPPINGS: HashMap<u32, ProcessMappings> =
@@ -362,12 +368,20 @@ fn find_row(mapping: &ExecutableMapping, address: u32) -> Option<UnwindRow> {
     let (mut base, mut length) = (u64::from(mapping.first_row), u64::from(mapping.rows));
     for _ in 0..UNWIND_SEARCH_STEPS {
         let half = length / 2;
-        let probe = UNWIND_ROWS.get((base + half) as u32)?;
+        let probe = unwind_row(base + half)?;
         base += half * at_most(u64::from(probe.address), u64::from(address));
         length -= half;
     }
-    let row = UNWIND_ROWS.get(base as u32)?;
+    let row = unwind_row(base)?;
     (row.address <= address).then_some(*row)
+}
+
+/// Row `index` of all the rows, in its chunk.
+#[inline(always)]
+fn unwind_row(index: u64) -> Option<&'static UnwindRow> {
+    let chunk = (index / u64::from(UNWIND_CHUNK_ROWS)) as u32;
+    let slot = (index % u64::from(UNWIND_CHUNK_ROWS)) as u32;
+    UNWIND_CHUNKS.get_value(chunk, &slot)
 }
 
 /// 1 if `a <= b`, else 0, for values below 2^63, computed without a branch.

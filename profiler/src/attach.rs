@@ -17,8 +17,8 @@ use std::{
 use aya::{
     Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
     maps::{
-        Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap,
-        ProgramArray, RingBuf,
+        Array, ArrayOfMaps, HashMap, IterableMap as _, MapData, MapError, PerCpuArray,
+        PerCpuHashMap, ProgramArray, RingBuf,
     },
     programs::{
         PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe,
@@ -31,9 +31,10 @@ use aya::{
     util::online_cpus,
 };
 use profiler_common::{
-    AllocCounter, LiveAllocation, LiveAllocationKey, LossCounter, MAX_SYSCALLS, MAX_TARGETS,
-    ProcessMappings, PythonProcess, SAMPLE_INTERVAL_DRAWS, SyscallStats, TARGET_FOLLOWED,
-    TARGET_NAMED, global_names, map_names, program_names,
+    AllocCounter, CpuSample, LiveAllocation, LiveAllocationKey, LossCounter, MAX_EVENTS_RING_BYTES,
+    MAX_SYSCALLS, MAX_TARGETS, ProcessMappings, PythonProcess, RING_WAKEUP_FRACTION,
+    SAMPLE_INTERVAL_DRAWS, SyscallStats, TARGET_FOLLOWED, TARGET_NAMED, global_names, map_names,
+    program_names,
 };
 
 use crate::{allocators::ProbePoint, cgroup::CgroupId, exit::Failure, kernel_btf, tracefs};
@@ -262,21 +263,82 @@ fn max_sample_rate() -> Option<u32> {
         .and_then(|rate| rate.trim().parse().ok())
 }
 
-/// Whether a kind of event is in a set.
-type EventFilter = fn(EventSet) -> bool;
+/// Whether a recording with these settings uses a map.
+type MapUse = fn(&ProbeSettings) -> bool;
 
-/// Maps that only one kind of event uses; they shrink to one entry when it is off, since
-/// a per-CPU syscall table takes over a megabyte per CPU, and the kernel builds the live
+/// Maps that only some recordings use; they shrink to one entry in the others, since a
+/// per-CPU syscall table takes over a megabyte per CPU, the kernel builds the live
 /// allocation table's 4 Mi buckets (64 MiB, 68 ms of the start here) even when no block
-/// ever goes in.
-const MAPS_BY_EVENT: [(&str, EventFilter); 6] = [
-    ("SYSCALL_STATS", |events| events.syscalls),
-    ("SYSCALL_STARTS", |events| events.syscalls),
-    ("IO_STARTS", |events| events.io),
-    ("ALLOC_CALLS", |events| events.alloc),
-    (map_names::LIVE_ALLOCATIONS, |events| events.alloc),
-    ("ALLOC_STACKS_SEEN", |events| events.alloc),
+/// ever goes in, and preallocated maps cost their full size whether used or not.
+const MAPS_BY_USE: [(&str, MapUse); 10] = [
+    ("SYSCALL_STATS", |settings| settings.events.syscalls),
+    ("SYSCALL_STARTS", |settings| settings.events.syscalls),
+    (map_names::SYSCALL_ERRNOS, |settings| {
+        settings.events.syscalls
+    }),
+    ("IO_STARTS", |settings| settings.events.io),
+    ("OFFCPU_STARTS", |settings| settings.events.offcpu),
+    ("ALLOC_CALLS", |settings| settings.events.alloc),
+    (map_names::LIVE_ALLOCATIONS, |settings| {
+        settings.events.alloc
+    }),
+    ("ALLOC_STACKS_SEEN", |settings| settings.events.alloc),
+    // `--all` samples with the CPU timers only; no thread has a timer of its own.
+    (map_names::THREAD_TIMER_FIRINGS, |settings| {
+        settings.events.cpu && !settings.all
+    }),
+    ("ROW_CACHE", ProbeSettings::uses_unwind_tables),
 ];
+
+/// The ring buffer's size for a recording. CPU samples come at most at the sampling rate
+/// on every CPU, so a recording of them alone gets a ring that holds a second of them,
+/// ten drain intervals; off-CPU spans, slow syscalls, block requests and new allocation
+/// stacks come at rates with no bound, and get the largest ring.
+fn events_ring_bytes(settings: &ProbeSettings) -> u32 {
+    let EventSet {
+        cpu: _,
+        syscalls,
+        io,
+        offcpu,
+        alloc,
+    } = settings.events;
+    if syscalls || io || offcpu || alloc {
+        return MAX_EVENTS_RING_BYTES;
+    }
+    let cpus = online_cpus().map_or(1, |cpus| cpus.len()) as u64;
+    let per_second = u64::from(settings.frequency_hz) * cpus * size_of::<CpuSample>() as u64;
+    let smallest = 256 << 10;
+    per_second
+        .next_power_of_two()
+        .clamp(smallest, u64::from(MAX_EVENTS_RING_BYTES)) as u32
+}
+
+/// The kernel's slots for the unwind row chunks, each an `Array<UnwindRow>`.
+pub type UnwindChunkSlots = ArrayOfMaps<MapData, MapData>;
+
+/// Each target's executable mappings, by tgid, as the kernel's unwinder reads them.
+pub type ProcessMappingLists = HashMap<MapData, u32, ProcessMappings>;
+
+/// Kernel memory of every BPF map this process holds, as the kernel charges it
+/// (`memlock` in each map's fdinfo): the maps the object declared and the unwind row
+/// chunks added since.
+pub fn kernel_memory_bytes() -> u64 {
+    let Ok(descriptors) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return 0;
+    };
+    descriptors
+        .filter_map(Result::ok)
+        .filter_map(|descriptor| std::fs::read_to_string(descriptor.path()).ok())
+        .filter(|info| info.contains("map_type:"))
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("memlock:"))?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
 
 /// The loaded BPF object and its attached programs.
 pub struct Probes {
@@ -302,9 +364,8 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads the BPF object with `settings`, with room for `unwind_rows` rows of unwind
-    /// tables. Nothing is attached yet.
-    pub fn load(settings: &ProbeSettings, unwind_rows: u32) -> Result<Self, Failure> {
+    /// Loads the BPF object with `settings`. Nothing is attached yet.
+    pub fn load(settings: &ProbeSettings) -> Result<Self, Failure> {
         raise_memlock_limit();
         let events = settings.events;
         // The kernel's run-time statistics read the clock twice around every program run:
@@ -345,6 +406,8 @@ impl Probes {
         } else {
             0
         };
+        let ring_bytes = events_ring_bytes(settings);
+        let ring_wakeup_bytes = u64::from(ring_bytes / RING_WAKEUP_FRACTION);
         let mut loader = EbpfLoader::new();
         // The programs use no CO-RE relocations, so parsing the kernel's BTF (tens of
         // milliseconds) would buy nothing.
@@ -367,13 +430,14 @@ impl Probes {
             .override_global(global_names::TASK_TGID_OFFSET, &task_tgid_offset, true)
             .override_global(global_names::TARGET_CGROUP_ID, &cgroup_id, true)
             .override_global(global_names::TARGET_CGROUP_LEVEL, &cgroup_level, true)
-            .override_global(global_names::TARGET_ALL_BUT, &all_but, true);
-        loader.map_max_entries(map_names::UNWIND_ROWS, unwind_rows.max(1));
-        for (map, used) in MAPS_BY_EVENT {
-            if !used(events) {
+            .override_global(global_names::TARGET_ALL_BUT, &all_but, true)
+            .override_global(global_names::RING_WAKEUP_BYTES, &ring_wakeup_bytes, true);
+        for (map, used) in MAPS_BY_USE {
+            if !used(settings) {
                 loader.map_max_entries(map, 1);
             }
         }
+        loader.map_max_entries(map_names::EVENTS, ring_bytes);
         let mut ebpf = loader.load(BPF_OBJECT).map_err(load_failure)?;
         let targets = ebpf
             .take_map(map_names::TARGET_TGIDS)
@@ -742,18 +806,14 @@ impl Probes {
         RingBuf::try_from(self.take_map(map_names::EVENTS)?).map_err(map_failure)
     }
 
-    /// Takes the unwind row array and the processes' mapping lists, for
+    /// Takes the slots of the unwind row chunks and the processes' mapping lists, for
     /// [`crate::unwind::UnwindTables::connect`].
-    pub fn take_unwind_maps(
-        &mut self,
-    ) -> Result<(MapData, HashMap<MapData, u32, ProcessMappings>), Failure> {
-        let rows = match self.take_map(map_names::UNWIND_ROWS)? {
-            aya::maps::Map::Array(rows) => rows,
-            _ => return Err(missing(map_names::UNWIND_ROWS)),
-        };
+    pub fn take_unwind_maps(&mut self) -> Result<(UnwindChunkSlots, ProcessMappingLists), Failure> {
+        let chunks =
+            ArrayOfMaps::try_from(self.take_map(map_names::UNWIND_CHUNKS)?).map_err(map_failure)?;
         let processes =
             HashMap::try_from(self.take_map(map_names::PROCESS_MAPPINGS)?).map_err(map_failure)?;
-        Ok((rows, processes))
+        Ok((chunks, processes))
     }
 
     /// Takes the table of Python processes to walk, for

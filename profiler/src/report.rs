@@ -103,6 +103,8 @@ pub struct SelfCost {
     pub naming: Duration,
     /// How many processes' stacks were named.
     pub named_processes: usize,
+    /// Kernel memory of the BPF maps as the recording ended, as the kernel charges it.
+    pub kernel_memory_bytes: u64,
 }
 
 /// A syscall slower than `--slow-ms`, named and with its stack symbolized.

@@ -20,7 +20,7 @@ use crate::{
     aggregate::{summarize_live, summarize_syscalls, without_replaced_programs},
     allocators,
     analyze::Check,
-    attach::{AllocTables, ProbeSettings, Probes, check_privileges},
+    attach::{self, AllocTables, ProbeSettings, Probes, check_privileges},
     cgroup::{self, Cgroup},
     exit::Failure,
     render::{OutputFiles, folded, json, pprof, summary, svg},
@@ -28,7 +28,6 @@ use crate::{
     stream::EventStream,
     syscall_names::syscall_number,
     target::{self, HeldCommand},
-    unwind::UnwindTables,
 };
 
 /// Records, writes every output, and returns the report.
@@ -77,9 +76,9 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         TargetSpec::All => Vec::new(),
     };
 
-    // The targets' tables are compiled before the BPF object is loaded, to size the
-    // kernel's row array. A started command has not exec'd its program yet: its tables
-    // are loaded when it reaches its entry point.
+    // The targets' tables are compiled before the BPF object is loaded, and handed to
+    // the kernel as soon as it is. A started command has not exec'd its program yet:
+    // its tables are loaded when it reaches its entry point.
     let mut collector = Collector::new(
         options.probes.uses_unwind_tables(),
         &Live::windows(&options),
@@ -94,15 +93,11 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
             .for_each(|pid| collector.read_map(pid)),
         _ => pids.iter().for_each(|&pid| collector.read_map(pid)),
     }
-    let unwind_rows = collector
-        .unwind_tables
-        .as_ref()
-        .map_or(1, UnwindTables::capacity);
     let settings = ProbeSettings {
         cgroup: cgroup.as_ref().map(|cgroup| cgroup.id),
         ..options.probes
     };
-    let mut probes = Probes::load(&settings, unwind_rows)?;
+    let mut probes = Probes::load(&settings)?;
     for &pid in &pids {
         probes.add_target(pid)?;
     }
@@ -113,12 +108,8 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         ),
     }
     if let Some(tables) = &mut collector.unwind_tables {
-        let (rows, processes) = probes.take_unwind_maps()?;
-        tables
-            .connect(rows, unwind_rows, processes)
-            .map_err(|error| {
-                Failure::Other(anyhow::anyhow!("mapping the unwind tables: {error}"))
-            })?;
+        let (chunks, processes) = probes.take_unwind_maps()?;
+        tables.connect(chunks, processes);
     }
     let mut stream = EventStream::new(probes.take_events()?)
         .map_err(|error| Failure::Other(anyhow::anyhow!("watching the ring buffer: {error}")))?;
@@ -199,6 +190,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
     // started command alone can take seconds.
     let stopped_ns = monotonic_now_ns();
 
+    let kernel_memory_bytes = attach::kernel_memory_bytes();
     let (bpf, closing_probes) = probes.detach();
     let duration = stopped.duration_since(started);
     // Records submitted before the detach are still in the ring.
@@ -242,6 +234,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
             process_cpu: own_cpu_time(),
             start_cpu,
             start_wall: started - began,
+            kernel_memory_bytes,
             ..SelfCost::default()
         },
     });

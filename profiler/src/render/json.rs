@@ -170,6 +170,7 @@ pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
             "stop_to_svg_ms": stop_to_svg.as_secs_f64() * 1e3,
             "naming_ms": report.cost.naming.as_secs_f64() * 1e3,
             "named_processes": report.cost.named_processes,
+            "kernel_memory_bytes": report.cost.kernel_memory_bytes,
         },
     })
 }

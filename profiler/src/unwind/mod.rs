@@ -1,15 +1,17 @@
 //! Unwind tables for the kernel's unwinder (profiler-ebpf's `stacks` module).
 //!
 //! Each distinct executable file (by device and inode, so that a library mapped by many
-//! processes is compiled once) becomes a run of [`UnwindRow`]s in one big array map,
-//! which userspace writes through a memory mapping. Each target process gets the list
-//! of its executable mappings, each pointing at its file's rows.
+//! processes is compiled once) becomes a run of [`UnwindRow`]s. The runs follow one
+//! another in chunks of [`UNWIND_CHUNK_ROWS`] rows, array maps that the kernel's
+//! unwinder reaches through an array of maps and that userspace writes through memory
+//! mappings; a chunk is added when the files met need one, so the kernel holds about
+//! what the targets need. Each target process gets the list of its executable
+//! mappings, each pointing at its file's rows.
 //!
-//! Tables are compiled before the BPF object is loaded, so that the row array can be
-//! sized to fit them plus room for what comes later: a library loaded with `dlopen`, a
-//! started command's program. The kernel reports a stack that reached an address outside
-//! every mapping it knows ([`profiler_common::StackEnd::UnknownMapping`]); the
-//! process's map is then read again and handed to [`UnwindTables::load_mappings`].
+//! The kernel reports a stack that reached an address outside every mapping it knows
+//! ([`profiler_common::StackEnd::UnknownMapping`]): a library loaded with `dlopen`, a
+//! started command's program. The process's map is then read again and handed to
+//! [`UnwindTables::load_mappings`].
 
 mod table;
 
@@ -24,14 +26,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::MapData;
 use object::ReadCache;
 use profiler_common::{
-    ExecutableMapping, MAX_MAPPINGS, ProcessMappings, UNWIND_ROWS_HEADROOM, UnwindRow,
+    ExecutableMapping, MAX_MAPPINGS, MAX_UNWIND_CHUNKS, ProcessMappings, UNWIND_CHUNK_ROWS,
+    UNWIND_SEARCH_STEPS, UnwindRow,
 };
 pub use table::{FileTable, Segment, TableError, bias};
 
-use crate::memory_map::{FileId, Mapping};
+use crate::{
+    attach::{ProcessMappingLists, UnwindChunkSlots},
+    memory_map::{FileId, Mapping},
+};
 
 /// A file whose table is compiled once for every process that maps it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -71,26 +77,37 @@ pub struct TableStats {
     pub failed_files: BTreeMap<&'static str, usize>,
 }
 
-/// The kernel's row array, written through a shared memory mapping of it.
-struct MappedRows {
+/// One chunk of the kernel's rows, written through a shared memory mapping of it.
+struct MappedChunk {
     rows: NonNull<UnwindRow>,
-    capacity: u32,
-    bytes: usize,
-    used: u32,
     /// Keeps the map alive as long as the mapping.
     _map: MapData,
 }
 
-impl MappedRows {
-    fn new(map: MapData, capacity: u32) -> std::io::Result<Self> {
-        let page = 4096;
-        let bytes = (capacity as usize * size_of::<UnwindRow>()).div_ceil(page) * page;
-        // SAFETY: maps the BPF array, created with BPF_F_MMAPABLE and `capacity` 8-byte
-        // entries, shared with the kernel; nothing else maps it.
+/// Bytes of one chunk: a whole number of pages.
+const CHUNK_BYTES: usize = UNWIND_CHUNK_ROWS as usize * size_of::<UnwindRow>();
+
+impl MappedChunk {
+    /// Creates a chunk, maps it, and hands it to the kernel's unwinder at `index`.
+    fn new(chunks: &mut UnwindChunkSlots, index: u32) -> std::io::Result<Self> {
+        let map = MapData::create(
+            aya_obj::Map::new_from_params(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+                size_of::<u32>() as u32,
+                size_of::<UnwindRow>() as u32,
+                UNWIND_CHUNK_ROWS,
+                aya_obj::generated::BPF_F_MMAPABLE,
+            ),
+            "unwind_chunk",
+            None,
+        )
+        .map_err(std::io::Error::other)?;
+        // SAFETY: maps the BPF array, created with BPF_F_MMAPABLE and
+        // UNWIND_CHUNK_ROWS 8-byte entries, shared with the kernel; nothing else maps it.
         let address = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                bytes,
+                CHUNK_BYTES,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 map.fd().as_fd().as_raw_fd(),
@@ -100,48 +117,81 @@ impl MappedRows {
         if address == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(MappedRows {
+        let chunk = MappedChunk {
             rows: NonNull::new(address.cast()).expect("mmap returned null"),
-            capacity,
-            bytes,
-            used: 0,
             _map: map,
-        })
+        };
+        chunks
+            .set(index, &chunk._map, 0)
+            .map_err(std::io::Error::other)?;
+        Ok(chunk)
     }
+}
 
+impl Drop for MappedChunk {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.rows.as_ptr().cast(), CHUNK_BYTES) };
+    }
+}
+
+/// The kernel's rows: every file's, one after another, in chunks added as files come.
+struct MappedRows {
+    chunk_slots: UnwindChunkSlots,
+    chunks: Vec<MappedChunk>,
+    used: u32,
+}
+
+impl MappedRows {
     /// Appends `rows`, returning the index of the first, or None if they do not fit.
     fn append(&mut self, rows: &[UnwindRow]) -> Option<u32> {
         let count = u32::try_from(rows.len()).ok()?;
-        let end = self.used.checked_add(count)?;
-        if end > self.capacity {
+        // The kernel's binary search covers this many rows of one file.
+        if count > 1 << UNWIND_SEARCH_STEPS {
             return None;
         }
-        // SAFETY: `used..end` lies within the mapping, which no reader reads before the
-        // process mappings that point at it are published.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                rows.as_ptr(),
-                self.rows.as_ptr().add(self.used as usize),
-                rows.len(),
-            );
+        let end = self.used.checked_add(count)?;
+        let chunks_needed = end.div_ceil(UNWIND_CHUNK_ROWS);
+        if chunks_needed > MAX_UNWIND_CHUNKS {
+            return None;
+        }
+        while (self.chunks.len() as u32) < chunks_needed {
+            let index = self.chunks.len() as u32;
+            self.chunks
+                .push(MappedChunk::new(&mut self.chunk_slots, index).ok()?);
+        }
+        let chunk_rows = UNWIND_CHUNK_ROWS as usize;
+        let (mut at, mut rest) = (self.used as usize, rows);
+        while !rest.is_empty() {
+            let slot = at % chunk_rows;
+            let (piece, after) = rest.split_at(rest.len().min(chunk_rows - slot));
+            // SAFETY: the piece ends at or before its chunk's end, in a chunk mapped
+            // whole, which no reader reads before the process mappings that point at
+            // it are published.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    piece.as_ptr(),
+                    self.chunks[at / chunk_rows].rows.as_ptr().add(slot),
+                    piece.len(),
+                );
+            }
+            (at, rest) = (at + piece.len(), after);
         }
         let first = self.used;
         self.used = end;
         Some(first)
     }
-}
 
-impl Drop for MappedRows {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped.
-        unsafe { libc::munmap(self.rows.as_ptr().cast(), self.bytes) };
+    /// Kernel memory of the chunks.
+    fn bytes(&self) -> usize {
+        self.chunks.len() * CHUNK_BYTES
     }
 }
 
 /// The kernel's side of the tables, once the BPF object is loaded.
 struct Kernel {
     rows: MappedRows,
-    processes: BpfHashMap<MapData, u32, ProcessMappings>,
+    processes: ProcessMappingLists,
     /// The generation of the last mapping list written.
     generation: u32,
 }
@@ -187,31 +237,14 @@ impl UnwindTables {
         }
     }
 
-    /// Rows the kernel's array needs: every compiled table, and room for later ones.
-    pub fn capacity(&self) -> u32 {
-        let compiled: usize = self
-            .files
-            .values()
-            .map(|state| match state {
-                FileState::Compiled(table) => table.rows.len(),
-                _ => 0,
-            })
-            .sum();
-        u32::try_from(compiled)
-            .unwrap_or(u32::MAX)
-            .saturating_add(UNWIND_ROWS_HEADROOM)
-    }
-
-    /// Connects the kernel's maps, sized by [`UnwindTables::capacity`], and loads every
-    /// process read so far.
-    pub fn connect(
-        &mut self,
-        rows: MapData,
-        capacity: u32,
-        processes: BpfHashMap<MapData, u32, ProcessMappings>,
-    ) -> std::io::Result<()> {
+    /// Connects the kernel's maps and loads every process read so far.
+    pub fn connect(&mut self, chunk_slots: UnwindChunkSlots, processes: ProcessMappingLists) {
         self.kernel = Some(Kernel {
-            rows: MappedRows::new(rows, capacity)?,
+            rows: MappedRows {
+                chunk_slots,
+                chunks: Vec::new(),
+                used: 0,
+            },
             processes,
             generation: 0,
         });
@@ -219,7 +252,6 @@ impl UnwindTables {
         for tgid in tgids {
             self.publish(tgid);
         }
-        Ok(())
     }
 
     /// Loads the process's files into the kernel's array, then tells the kernel its
@@ -290,7 +322,7 @@ impl UnwindTables {
         }
         stats.row_bytes = stats.rows * size_of::<UnwindRow>() as u64;
         if let Some(kernel) = &self.kernel {
-            stats.kernel_bytes = kernel.rows.bytes as u64
+            stats.kernel_bytes = kernel.rows.bytes() as u64
                 + (self.processes.len() * size_of::<ProcessMappings>()) as u64;
         }
         stats
