@@ -197,7 +197,7 @@ impl UserNames {
     }
 }
 
-/// The names of the addresses of a set of stacks, from [`Symbolizer::resolve`].
+/// The names of the addresses of a set of stacks, from [`Symbolizer::resolve_new`].
 #[derive(Debug, Default)]
 pub struct Names {
     user: foldhash::HashMap<(u32, u64), UserNames>,
@@ -358,6 +358,11 @@ impl NamedStacks {
     /// The names of every address named so far.
     pub fn names(&self) -> &Names {
         &self.names
+    }
+
+    /// The names of every address named so far, for naming more.
+    pub fn into_names(self) -> Names {
+        self.names
     }
 
     /// Names `keys`, new stacks sampled on the CPU, with `names`, which hold the names
@@ -532,18 +537,9 @@ impl Symbolizer {
         }
     }
 
-    /// Looks up the names of every address in `stacks`, all at once, each file's
+    /// Looks up the names of the addresses in `stacks` that `known` does not name (most
+    /// frames of a new stack were named with an earlier one), all at once, each file's
     /// addresses together, so that each source (a binary, kallsyms) is read once.
-    pub fn resolve<'k>(
-        &self,
-        maps: &MemoryMaps,
-        stacks: impl IntoIterator<Item = &'k StackKey>,
-    ) -> Names {
-        self.resolve_new(maps, stacks, &Names::default())
-    }
-
-    /// As [`Symbolizer::resolve`], but only the addresses that `known` does not name:
-    /// most frames of a new stack have been named with an earlier one.
     pub fn resolve_new<'k>(
         &self,
         maps: &MemoryMaps,
@@ -827,7 +823,7 @@ mod tests {
         let mut extended = MemoryMaps::default();
         extended.insert(pid, vec![broken_mapping, own]);
         let key = StackKey::new(pid, pid, &[0x1800, address + 1], &[]);
-        let names = symbolizer.resolve(&extended, [&key]);
+        let names = symbolizer.resolve_new(&extended, [&key], &Names::default());
         fs::remove_file(&broken).unwrap();
         let frames: Vec<String> = names.frames(&key).into_iter().map(|f| f.name).collect();
         assert!(frames[0].ends_with("a_function_to_find"), "{frames:?}");

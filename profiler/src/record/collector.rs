@@ -438,18 +438,20 @@ impl Collector {
             .filter_map(|group| self.alloc_stacks.get(&group.stack_id))
             .collect();
         let naming_started = Instant::now();
-        let names: Names = self
-            .symbolizer
-            .resolve(
-                &self.maps,
-                self.cpu
-                    .stacks()
-                    .chain(self.offcpu.stacks())
-                    .map(|(key, _)| key)
-                    .chain(self.slow_calls.iter().map(|call| &call.stack))
-                    .chain(candidate_stacks),
-            )
-            .with_python(self.python.functions().to_vec());
+        // What the live views named already is not looked up again.
+        let mut names = std::mem::take(&mut self.live_stacks).into_names();
+        let new_names = self.symbolizer.resolve_new(
+            &self.maps,
+            self.cpu
+                .stacks()
+                .chain(self.offcpu.stacks())
+                .map(|(key, _)| key)
+                .chain(self.slow_calls.iter().map(|call| &call.stack))
+                .chain(candidate_stacks),
+            &names,
+        );
+        names.merge(new_names);
+        let names = names.with_python(self.python.functions().to_vec());
         let named_processes: HashSet<u32> = self
             .cpu
             .stacks()
