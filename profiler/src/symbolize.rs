@@ -360,9 +360,14 @@ impl NamedStacks {
         &self.names
     }
 
-    /// The names of every address named so far, for naming more.
+    /// The names of every address named so far, for naming other stacks.
     pub fn into_names(self) -> Names {
         self.names
+    }
+
+    /// Whether stack `key` is named.
+    pub fn has(&self, key: &StackKey) -> bool {
+        self.stacks.contains_key(key)
     }
 
     /// Names `keys`, new stacks sampled on the CPU, with `names`, which hold the names

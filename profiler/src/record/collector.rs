@@ -438,20 +438,33 @@ impl Collector {
             .filter_map(|group| self.alloc_stacks.get(&group.stack_id))
             .collect();
         let naming_started = Instant::now();
-        // What the live views named already is not looked up again.
-        let mut names = std::mem::take(&mut self.live_stacks).into_names();
-        let new_names = self.symbolizer.resolve_new(
-            &self.maps,
-            self.cpu
-                .stacks()
-                .chain(self.offcpu.stacks())
-                .map(|(key, _)| key)
-                .chain(self.slow_calls.iter().map(|call| &call.stack))
-                .chain(candidate_stacks),
-            &names,
-        );
-        names.merge(new_names);
-        let names = names.with_python(self.python.functions().to_vec());
+        // What the live views named already is not looked up again, and the CPU stacks
+        // are named as they were: each address's frames once, however many stacks
+        // hold it.
+        let mut cpu_stacks = std::mem::take(&mut self.live_stacks);
+        let new_names = self
+            .symbolizer
+            .resolve_new(
+                &self.maps,
+                self.cpu
+                    .stacks()
+                    .chain(self.offcpu.stacks())
+                    .map(|(key, _)| key)
+                    .chain(self.slow_calls.iter().map(|call| &call.stack))
+                    .chain(candidate_stacks),
+                cpu_stacks.names(),
+            )
+            .with_python(self.python.functions().to_vec());
+        let unnamed_cpu_stacks = self
+            .cpu
+            .stacks()
+            .map(|(key, _)| key)
+            .filter(|key| !cpu_stacks.has(key))
+            .cloned()
+            .collect();
+        cpu_stacks.add(new_names, unnamed_cpu_stacks);
+        let profile = cpu_stacks.profile(&self.cpu, &self.process_names);
+        let names = cpu_stacks.into_names();
         let named_processes: HashSet<u32> = self
             .cpu
             .stacks()
@@ -472,7 +485,6 @@ impl Collector {
                 self.name_leaks(allocations, &names, options.leak_min_age, finished.duration)
             },
         );
-        let profile = names.profile(&self.cpu, Capture::Sampled, &self.process_names);
         let observations = Observations {
             syscalls: &finished.syscalls,
             leaked_bytes: leaks.candidate_bytes(),
