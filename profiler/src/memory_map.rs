@@ -128,10 +128,16 @@ impl MemoryMaps {
         let stale = match self.processes.get(&tgid) {
             None => true,
             Some(known) => {
+                // Most frames of a stack lie in the mapping of the frame before.
+                let mut last: Option<&Mapping> = None;
                 known.may_read_again()
-                    && addresses
-                        .iter()
-                        .any(|&address| find(&known.mappings, address).is_none())
+                    && addresses.iter().any(|&address| {
+                        if last.is_some_and(|mapping| mapping.range.contains(&address)) {
+                            return false;
+                        }
+                        last = find(&known.mappings, address);
+                        last.is_none()
+                    })
             }
         };
         stale && self.read(tgid)
@@ -202,7 +208,8 @@ impl MemoryMaps {
 
     /// Sets the mappings of process `tgid`, as if read from its map.
     #[cfg(test)]
-    pub fn insert(&mut self, tgid: u32, mappings: Vec<Mapping>) {
+    pub fn insert(&mut self, tgid: u32, mut mappings: Vec<Mapping>) {
+        mappings.sort_by_key(|mapping| mapping.range.start);
         self.processes.insert(
             tgid,
             ProcessMap {
@@ -236,10 +243,12 @@ pub fn executable_files(tgid: u32) -> std::io::Result<Vec<Mapping>> {
     Ok(files)
 }
 
+/// The mapping of `mappings`, sorted by address and not overlapping, that holds
+/// `address`.
 fn find(mappings: &[Mapping], address: u64) -> Option<&Mapping> {
-    mappings
-        .iter()
-        .find(|mapping| mapping.range.contains(&address))
+    let after = mappings.partition_point(|mapping| mapping.range.start <= address);
+    let mapping = &mappings[after.checked_sub(1)?];
+    mapping.range.contains(&address).then_some(mapping)
 }
 
 /// The executable lines of a `/proc/PID/maps` text.
@@ -300,6 +309,25 @@ mod tests {
         assert_eq!(mappings[1].path, None);
         assert_eq!(mappings[2].path, None);
         assert!(mappings[2].vdso && !mappings[1].vdso);
+    }
+
+    #[test]
+    fn an_address_is_found_in_its_mapping_and_not_between_mappings() {
+        let maps = "\
+1000-2000 r-xp 00000000 fe:01 1 /a
+3000-5000 r-xp 00000000 fe:01 2 /b
+5000-6000 r-xp 00000000 fe:01 3 /c
+";
+        let mappings = parse(maps);
+        let file =
+            |address| find(&mappings, address).map(|mapping| mapping.file.clone().unwrap().inode);
+        assert_eq!(file(0xfff), None);
+        assert_eq!(file(0x1000), Some(1));
+        assert_eq!(file(0x1fff), Some(1));
+        assert_eq!(file(0x2000), None);
+        assert_eq!(file(0x4fff), Some(2));
+        assert_eq!(file(0x5000), Some(3));
+        assert_eq!(file(0x6000), None);
     }
 
     #[test]

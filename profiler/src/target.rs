@@ -4,12 +4,58 @@
 use std::{
     ffi::{CString, OsStr, OsString},
     fs,
-    os::unix::ffi::OsStrExt as _,
+    os::{
+        fd::{FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
     path::{Path, PathBuf},
     time::Duration,
 };
 
+use tokio::io::unix::AsyncFd;
+
 use crate::exit::Failure;
+
+/// Processes whose exit is awaited through their pidfds: the kernel says when they end,
+/// so nothing reads `/proc` over and over to find out.
+pub struct ExitWatch {
+    pidfds: Vec<AsyncFd<OwnedFd>>,
+}
+
+impl ExitWatch {
+    /// Watches `pids`; one that is gone already is not waited for.
+    pub fn new(pids: &[u32]) -> std::io::Result<Self> {
+        let mut pidfds = Vec::with_capacity(pids.len());
+        for &pid in pids {
+            // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            if fd < 0 {
+                let error = std::io::Error::last_os_error();
+                if error.raw_os_error() == Some(libc::ESRCH) {
+                    continue;
+                }
+                return Err(error);
+            }
+            // SAFETY: the descriptor was just opened and nothing else owns it.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            // SAFETY: the AsyncFd owns the pidfd, which stays open until it is dropped.
+            let pidfd =
+                unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+                    .map_err(|error| error.into_parts().1)?;
+            pidfds.push(pidfd);
+        }
+        Ok(ExitWatch { pidfds })
+    }
+
+    /// Returns once every watched process has exited (a zombie has).
+    pub async fn all_exited(&self) {
+        for pidfd in &self.pidfds {
+            // A pidfd turns readable when its process exits, and stays so; an error
+            // cannot be waited out either.
+            let _ = pidfd.readable().await;
+        }
+    }
+}
 
 /// Checks that `pid` names a live process, so that nothing is loaded for a typo.
 pub fn ensure_exists(pid: u32) -> Result<(), Failure> {

@@ -77,8 +77,9 @@ pub struct PythonFrames {
     processes: HashMap<u32, ProcessState>,
     functions: Vec<PythonFunction>,
     function_ids: HashMap<PythonFunction, u32>,
-    /// Named code objects by process and what the kernel read of them.
-    code_objects: HashMap<(u32, PythonFrame), u32>,
+    /// Named code objects by process and what the kernel read of them: looked up for
+    /// every Python frame of every sample, so with a fast hash.
+    code_objects: foldhash::HashMap<(u32, PythonFrame), u32>,
     modules: HashMap<PathBuf, Option<String>>,
     /// What was read of the files interpreters were looked for in.
     interpreter_files: interpreter::ReadFiles,

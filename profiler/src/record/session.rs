@@ -27,7 +27,7 @@ use crate::{
     report::{Losses, Report, SelfCost, StopReason, TargetProcess},
     stream::EventStream,
     syscall_names::syscall_number,
-    target::{self, HeldCommand},
+    target::{self, ExitWatch, HeldCommand},
 };
 
 /// Records, writes every output, and returns the report.
@@ -155,8 +155,16 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         syscalls: &syscall_tables,
         allocations: &alloc_tables,
     };
+    let exits = match (&options.target, &command) {
+        (TargetSpec::Pids(_), None) => Some(ExitWatch::new(&pids).map_err(|error| {
+            Failure::Other(anyhow::anyhow!(
+                "watching the targets for their exit: {error}"
+            ))
+        })?),
+        _ => None,
+    };
     let watched = Watched {
-        pids: &pids,
+        exits: exits.as_ref(),
         targets: &targets,
         tables: &tables,
         started,
@@ -335,9 +343,19 @@ fn check_options(options: &RecordOptions) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Returns once every process `exits` watches has exited; never without a watch.
+async fn exited(exits: Option<&ExitWatch>) {
+    match exits {
+        Some(exits) => exits.all_exited().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What the watch loop looks at besides the stream.
 struct Watched<'w> {
-    pids: &'w [u32],
+    /// The named processes, whose exits end the recording; a started command is waited
+    /// for as a child instead, and a cgroup or the machine is recorded until stopped.
+    exits: Option<&'w ExitWatch>,
     targets: &'w [TargetProcess],
     tables: &'w Tables<'w>,
     started: Instant,
@@ -367,7 +385,6 @@ async fn watch(
         probes,
         processes: mut followed_processes,
     } = following;
-    let pids = watched.pids;
     let mut tick = interval(Duration::from_millis(DRAIN_INTERVAL_MS));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let every = |period: Option<Duration>| {
@@ -388,17 +405,12 @@ async fn watch(
             () = sleep(WAITING_LOOK_INTERVAL),
                 if followed_processes.as_deref().is_some_and(FollowedProcesses::waiting) => None,
             _ = tick.tick() => {
-                let exited = match command.as_deref_mut() {
-                    Some(command) => command.poll_exit().is_some(),
-                    // A cgroup empties and fills again, and the machine runs on: they
-                    // are recorded until stopped.
-                    None if matches!(options.target, TargetSpec::Cgroup(_) | TargetSpec::All) => {
-                        false
-                    }
-                    None => !pids.iter().any(|&pid| target::is_alive(pid)),
-                };
+                let exited = command
+                    .as_deref_mut()
+                    .is_some_and(|command| command.poll_exit().is_some());
                 exited.then_some(StopReason::TargetsExited(None))
             }
+            () = exited(watched.exits) => Some(StopReason::TargetsExited(None)),
             _ = snapshot_tick.tick(), if live.snapshots.is_some() => {
                 stream.drain(|event| collector.add(event));
                 if let Some(snapshots) = &mut live.snapshots {
