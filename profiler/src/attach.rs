@@ -873,7 +873,10 @@ impl Probes {
         {
             let _ = stopped.set(0, 1, 0);
         }
-        let measured = self._stats.is_some();
+        // Statistics someone else turned on (`kernel.bpf_stats_enabled`) count too.
+        let measured = self._stats.is_some()
+            || std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+                .is_ok_and(|enabled| enabled.trim() == "1");
         let cost = self
             .ebpf
             .programs()

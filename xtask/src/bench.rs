@@ -105,6 +105,7 @@ pub fn run(duration: u32, runs: u32, only: Option<Part>) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Clone)]
 struct Bench {
     dir: PathBuf,
     server: PathBuf,
@@ -229,6 +230,7 @@ impl Bench {
         let live = Measurement::median(&live);
         let plain = Measurement::median(&ours[0]);
         let perf = Measurement::median(&perf[0]);
+        let fixed = self.fixed_cost(runs)?;
         Ok(json!({
             "workload": format!("demo/model_server.c, {workers} workers on {workers} CPUs, {seconds} s per run, medians of {runs} runs", workers = self.workers, seconds = self.duration.as_secs()),
             "baseline_requests_per_s": baseline,
@@ -241,7 +243,47 @@ impl Bench {
                 "ratio_cpu_to_plain": ratio(live.cpu_seconds(), plain.cpu_seconds()),
                 "ratio_cpu_to_perf": ratio(live.cpu_seconds(), perf.cpu_seconds()),
             },
+            "fixed_cost_99_hz": fixed,
             "runs": runs_json,
+        }))
+    }
+
+    /// What a recording costs whatever its length, ours and `perf record -g`'s: the CPU
+    /// of a short and a long recording at 99 Hz, extrapolated to none. Perf's names
+    /// nothing until `perf script`, which is not counted.
+    fn fixed_cost(&self, runs: u32) -> anyhow::Result<Value> {
+        let (short, long) = (Duration::from_secs(5), Duration::from_secs(25));
+        let at = |duration| Bench {
+            duration,
+            ..self.clone()
+        };
+        let mut ours = Vec::new();
+        let mut perf = Vec::new();
+        for run in 1..=runs {
+            println!("bench: fixed cost, run {run} of {runs}: profiler and perf, 5 s and 25 s");
+            let profiled = [
+                at(short).with_profiler(99, &[])?,
+                at(long).with_profiler(99, &[])?,
+            ];
+            let perfed = [
+                at(short).with_perf(99, CallGraph::FramePointers)?,
+                at(long).with_perf(99, CallGraph::FramePointers)?,
+            ];
+            let intercept = |[short_run, long_run]: [Measurement; 2]| {
+                let (a, b) = (short_run.cpu_seconds(), long_run.cpu_seconds());
+                a - (b - a) * short.as_secs_f64() / (long - short).as_secs_f64()
+            };
+            ours.push(intercept(profiled));
+            perf.push(intercept(perfed));
+        }
+        let (ours_median, perf_median) = (median(ours.clone()), median(perf.clone()));
+        Ok(json!({
+            "workload": format!("demo/model_server.c, {} workers, --pid, 5 s and 25 s at 99 Hz; medians of {runs} runs", self.workers),
+            "profiler_fixed_cpu_s": ours_median,
+            "perf_record_g_fixed_cpu_s": perf_median,
+            "ratio_profiler_to_perf": ratio(ours_median, perf_median),
+            "runs_profiler": ours,
+            "runs_perf": perf,
         }))
     }
 
@@ -359,10 +401,15 @@ impl Bench {
 /// Runs a command under GNU time, its stderr going to `stderr`, and returns its user +
 /// system CPU seconds.
 pub fn timed(command: &Command, stderr: Stdio) -> anyhow::Result<f64> {
+    Ok(timed_with_rss(command, stderr)?.0)
+}
+
+/// As [`timed`], and also the command's peak resident memory, in MiB.
+pub fn timed_with_rss(command: &Command, stderr: Stdio) -> anyhow::Result<(f64, f64)> {
     let times = root().join("target/bench/time.txt");
     let mut timed = Command::new("/usr/bin/time");
     timed
-        .args(["-f", "%U %S", "-o"])
+        .args(["-f", "%U %S %M", "-o"])
         .arg(&times)
         .arg(command.get_program())
         .args(command.get_args());
@@ -375,14 +422,18 @@ pub fn timed(command: &Command, stderr: Stdio) -> anyhow::Result<f64> {
     if !status.success() {
         bail!("{command:?} failed: {status}");
     }
+    // GNU time may print a line about the exit status first: the figures are last.
     let text = fs::read_to_string(&times)?;
-    let seconds: Vec<f64> = text
+    let fields: Vec<f64> = text
         .split_whitespace()
         .rev()
-        .take(2)
+        .take(3)
         .filter_map(|field| field.parse().ok())
         .collect();
-    Ok(seconds.iter().sum())
+    let [rss_kib, system, user] = fields[..] else {
+        bail!("GNU time printed no `user system rss` line: {text}");
+    };
+    Ok((user + system, rss_kib / 1024.0))
 }
 
 /// The integer just before `marker` in `text`, as in "(12345 samples)".

@@ -5,10 +5,14 @@
 //! each sample), and next to nothing attached.
 //!
 //! Each round runs, interleaved: the service alone, the profiler for a short and for a
-//! long recording, and py-spy for the long one. The service's CPU is read from /proc
-//! over each tool's run; the profiler's cost is its process CPU (GNU time) plus its BPF
-//! programs' run time (its report). The difference between the long and the short
-//! recording is the steady cost, without start-up and stop, which the goal is about.
+//! long recording, the same with syscalls and off-CPU time traced too (the README's
+//! load-test command plus `offcpu`), and py-spy for the long one. The service's CPU is
+//! read from /proc over each tool's run; the profiler's cost is its process CPU (GNU
+//! time) plus its BPF programs' run time (its report; with syscalls traced the kernel
+//! counts it only while its statistics are on, which the bench turns on for those runs,
+//! adding their own clock reads to every traced syscall). The difference between the
+//! long and the short recording is the steady cost, without start-up and stop, which
+//! the goals are about.
 
 use std::{
     fs,
@@ -23,7 +27,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    bench::{median, timed},
+    bench::{median, timed_with_rss},
     bench_python::PY_SPY_VERSION,
     bench_unwind::which_python,
     output, profiler_binary, root, run_checked,
@@ -43,26 +47,47 @@ const RATE: &str = "99";
 const SHORT: Duration = Duration::from_secs(10);
 const LONG: Duration = Duration::from_secs(40);
 
+/// What the profiler traces in a load test.
+#[derive(Clone, Copy, PartialEq)]
+enum Events {
+    /// CPU samples: the load-test mode.
+    Cpu,
+    /// CPU samples, syscalls and off-CPU time.
+    CpuSyscallsOffCpu,
+}
+
+impl Events {
+    fn flag(self) -> &'static str {
+        match self {
+            Events::Cpu => "cpu",
+            Events::CpuSyscallsOffCpu => "cpu,syscalls,offcpu",
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Tool {
     Unprofiled,
-    Profiler(Duration),
+    Profiler(Events, Duration),
     PySpy,
 }
 
 impl Tool {
-    const ALL: [Tool; 4] = [
+    const ALL: [Tool; 6] = [
         Tool::Unprofiled,
-        Tool::Profiler(SHORT),
-        Tool::Profiler(LONG),
+        Tool::Profiler(Events::Cpu, SHORT),
+        Tool::Profiler(Events::Cpu, LONG),
+        Tool::Profiler(Events::CpuSyscallsOffCpu, SHORT),
+        Tool::Profiler(Events::CpuSyscallsOffCpu, LONG),
         Tool::PySpy,
     ];
 
     fn label(self) -> String {
         match self {
             Tool::Unprofiled => "unprofiled".to_owned(),
-            Tool::Profiler(duration) => format!(
-                "profiler --children -F {RATE} --metrics-addr, {} s",
+            Tool::Profiler(events, duration) => format!(
+                "profiler --events {} --children -F {RATE} --metrics-addr, {} s",
+                events.flag(),
                 duration.as_secs()
             ),
             Tool::PySpy => format!("py-spy {PY_SPY_VERSION} record --subprocesses --rate {RATE}"),
@@ -71,7 +96,7 @@ impl Tool {
 
     fn duration(self) -> Duration {
         match self {
-            Tool::Profiler(duration) => duration,
+            Tool::Profiler(_, duration) => duration,
             Tool::Unprofiled | Tool::PySpy => LONG,
         }
     }
@@ -86,6 +111,8 @@ struct Measurement {
     service_cpu: f64,
     /// The tool's CPU, its BPF programs included, in seconds.
     tool_cpu: f64,
+    /// The tool's peak resident memory, in MiB.
+    tool_rss_mib: f64,
 }
 
 impl Measurement {
@@ -96,6 +123,7 @@ impl Measurement {
             p99_ms: pick(|m| m.p99_ms),
             service_cpu: pick(|m| m.service_cpu),
             tool_cpu: pick(|m| m.tool_cpu),
+            tool_rss_mib: pick(|m| m.tool_rss_mib),
         }
     }
 }
@@ -116,17 +144,20 @@ pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
     }
     service.stop();
     let medians: Vec<Measurement> = all.iter().map(|runs| Measurement::median(runs)).collect();
-    let [unprofiled, short, long, py_spy] = medians[..] else {
+    let [unprofiled, short, long, short_traced, long_traced, py_spy] = medians[..] else {
         bail!("one median per tool");
     };
     // Run by run, then the median: the slope of the profiler's CPU over the service's.
-    let steady: Vec<f64> = all[1]
-        .iter()
-        .zip(&all[2])
-        .map(|(short, long)| {
-            (long.tool_cpu - short.tool_cpu) / (long.service_cpu - short.service_cpu)
-        })
-        .collect();
+    let steady = |shorts: &[Measurement], longs: &[Measurement]| -> Vec<f64> {
+        shorts
+            .iter()
+            .zip(longs)
+            .map(|(short, long)| {
+                (long.tool_cpu - short.tool_cpu) / (long.service_cpu - short.service_cpu)
+            })
+            .collect()
+    };
+    let (steady, steady_traced) = (steady(&all[1], &all[2]), steady(&all[3], &all[4]));
     let steady_share = median(steady.clone());
     let per_second = (long.tool_cpu - short.tool_cpu) / (LONG - SHORT).as_secs_f64();
     let summary = |measurement: Measurement| {
@@ -137,6 +168,7 @@ pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
             "service_cpu_s": measurement.service_cpu,
             "tool_cpu_s": measurement.tool_cpu,
             "tool_share_of_service_cpu": measurement.tool_cpu / measurement.service_cpu,
+            "tool_peak_rss_mib": measurement.tool_rss_mib,
         })
     };
     Ok(json!({
@@ -151,6 +183,12 @@ pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
         "profiler_steady_share_of_service_cpu": steady_share,
         "profiler_steady_share_by_run": steady,
         "profiler_fixed_cpu_s": short.tool_cpu - per_second * SHORT.as_secs_f64(),
+        "with_syscalls_and_offcpu": {
+            "short": summary(short_traced),
+            "long": summary(long_traced),
+            "steady_share_of_service_cpu": median(steady_traced.clone()),
+            "steady_share_by_run": steady_traced,
+        },
     }))
 }
 
@@ -220,27 +258,35 @@ impl Service {
         let before = self.cpu_seconds();
         let load = self.load(tool.duration())?;
         let seconds = tool.duration().as_secs().to_string();
-        let tool_cpu = match tool {
+        let (tool_cpu, tool_rss_mib) = match tool {
             Tool::Unprofiled => {
                 sleep(tool.duration());
-                0.0
+                (0.0, 0.0)
             }
-            Tool::Profiler(_) => {
+            Tool::Profiler(events, _) => {
                 let report = dir.join("loadtest-report.json");
                 let mut profiler = Command::new(profiler_binary());
                 profiler
-                    .args(["record", "--pid", &pid, "--children", "-F", RATE])
+                    .args(["record", "--events", events.flag()])
+                    .args(["--pid", &pid, "--children", "-F", RATE])
                     .args(["--metrics-addr", "127.0.0.1:0", "--duration", &seconds])
                     .arg("-o")
                     .arg(dir.join("loadtest.svg"))
                     .arg("--json")
                     .arg(&report);
-                let process_cpu = timed(&profiler, Stdio::null())?;
+                // The profiler keeps the kernel's BPF statistics off while syscalls are
+                // traced, as they cost every syscall; the bench wants the figure.
+                let statistics = (events == Events::CpuSyscallsOffCpu)
+                    .then(BpfStatistics::on)
+                    .transpose()?;
+                let times = timed_with_rss(&profiler, Stdio::null());
+                drop(statistics);
+                let (process_cpu, rss_mib) = times?;
                 let report: Value = serde_json::from_str(&fs::read_to_string(&report)?)?;
                 let bpf_ns = report["overhead"]["bpf_run_time_ns"]
                     .as_f64()
-                    .unwrap_or(0.0);
-                process_cpu + bpf_ns / 1e9
+                    .with_context(|| format!("{}: the report has no BPF time", tool.label()))?;
+                (process_cpu + bpf_ns / 1e9, rss_mib)
             }
             Tool::PySpy => {
                 let mut py_spy = Command::new(venv.join("bin/py-spy"));
@@ -248,7 +294,7 @@ impl Service {
                     .args(["record", "--pid", &pid, "--subprocesses", "--rate", RATE])
                     .args(["--duration", &seconds, "--format", "raw", "-o"])
                     .arg(dir.join("loadtest-py-spy.txt"));
-                timed(&py_spy, Stdio::null())?
+                timed_with_rss(&py_spy, Stdio::null())?
             }
         };
         let service_cpu = self.cpu_seconds() - before;
@@ -262,6 +308,7 @@ impl Service {
                 .with_context(|| format!("no 99th percentile in wrk's output:\n{said}"))?,
             service_cpu,
             tool_cpu,
+            tool_rss_mib,
         })
     }
 
@@ -314,4 +361,22 @@ fn milliseconds(value: &str) -> Option<f64> {
         (value.strip_suffix('s')?, 1e3)
     };
     Some(number.parse::<f64>().ok()? * scale)
+}
+
+/// The kernel's BPF run-time statistics, on while this lives (`kernel.bpf_stats_enabled`).
+struct BpfStatistics;
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStatistics {
+    fn on() -> anyhow::Result<Self> {
+        fs::write(BPF_STATS_SYSCTL, "1").context("turning the kernel's BPF statistics on")?;
+        Ok(BpfStatistics)
+    }
+}
+
+impl Drop for BpfStatistics {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS_SYSCTL, "0");
+    }
 }
