@@ -287,10 +287,9 @@ fn memory_while_holding(workload: &Path, dir: &Path) -> anyhow::Result<Value> {
         .context("starting the profiler")?;
     let pid = profiler.id();
     let started = Instant::now();
-    let (mut rss_kib, mut map_bytes) = (0u64, 0u64);
+    let mut rss_kib = 0u64;
     while profiler.try_wait()?.is_none() {
         rss_kib = rss_kib.max(status_field(pid, "VmRSS:").unwrap_or(0));
-        map_bytes = map_bytes.max(bpf_map_bytes(pid));
         sleep(Duration::from_millis(50));
     }
     let elapsed = started.elapsed();
@@ -299,7 +298,10 @@ fn memory_while_holding(workload: &Path, dir: &Path) -> anyhow::Result<Value> {
         "live_allocations": HELD_ALLOCATIONS,
         "tracked_live": report["leaks"]["outstanding_count"],
         "profiler_rss_peak_mib": rss_kib as f64 / 1024.0,
-        "bpf_maps_mib": map_bytes as f64 / (1024.0 * 1024.0),
+        // The maps' memory as the recording ended, with every allocation still held.
+        "bpf_maps_mib": report["overhead"]["kernel_memory_bytes"]
+            .as_f64()
+            .map(|bytes| bytes / (1024.0 * 1024.0)),
         "target_run_s": 4.0,
         "profiler_wall_s": elapsed.as_secs_f64(),
     }))
@@ -316,23 +318,6 @@ fn status_field(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// The kernel's own accounting of the BPF maps a process holds open.
-fn bpf_map_bytes(pid: u32) -> u64 {
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return 0;
-    };
-    fds.filter_map(Result::ok)
-        .filter_map(|fd| fs::read_to_string(fd.path()).ok())
-        .filter(|info| info.contains("map_type:"))
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|line| line.strip_prefix("memlock:"))?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
 
 fn libc_path() -> anyhow::Result<String> {
     let maps = fs::read_to_string("/proc/self/maps")?;
