@@ -380,6 +380,31 @@ fn a_pid_that_does_not_exist_fails_before_anything_is_loaded() {
 }
 
 #[test]
+fn a_threads_id_is_refused_with_its_processs_before_anything_is_loaded() {
+    let dir = scratch("thread-id");
+    let mut workload = start_phases(&dir, 2, 2.0, 0);
+    let pid = workload.id();
+    sleep(Duration::from_millis(300));
+    let thread = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|entry| entry.unwrap().file_name().to_str()?.parse::<u32>().ok())
+        .find(|&tid| tid != pid)
+        .expect("the workload runs threads");
+    let output = run(&mut record(
+        &dir,
+        &["--pid", &thread.to_string(), "--duration", "1"],
+    ));
+    workload.wait().unwrap();
+    assert_eq!(output.status.code(), Some(NO_TARGET));
+    assert!(
+        stderr_line(&output).contains(&format!("is a thread of process {pid}")),
+        "{}",
+        stderr_line(&output)
+    );
+    assert!(!dir.join("flame.svg").exists());
+}
+
+#[test]
 fn a_command_that_cannot_be_started_fails_before_anything_is_loaded() {
     let dir = scratch("no-command");
     let output = run(&mut record(

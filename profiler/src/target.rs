@@ -57,12 +57,26 @@ impl ExitWatch {
     }
 }
 
-/// Checks that `pid` names a live process, so that nothing is loaded for a typo.
+/// Checks that `pid` names a live process, so that nothing is loaded for a typo; a
+/// thread's id (which `/proc` also lists) is refused with its process's.
 pub fn ensure_exists(pid: u32) -> Result<(), Failure> {
     if pid == 0 || !is_alive(pid) {
         return Err(Failure::NoTarget(format!("no process with pid {pid}")));
     }
-    Ok(())
+    let process = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Tgid:"))
+                .and_then(|tgid| tgid.trim().parse::<u32>().ok())
+        });
+    match process {
+        Some(process) if process != pid => Err(Failure::NoTarget(format!(
+            "{pid} is a thread of process {process}, not a process: pass --pid {process}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Whether `pid` is a process that can still run: it exists and is not a zombie.

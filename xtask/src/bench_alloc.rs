@@ -318,7 +318,6 @@ fn status_field(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-
 fn libc_path() -> anyhow::Result<String> {
     let maps = fs::read_to_string("/proc/self/maps")?;
     maps.lines()
