@@ -187,6 +187,65 @@ fn a_thread_blocked_on_a_lock_shows_off_cpu_with_its_stack() {
     );
 }
 
+/// The off-CPU entry of the function `name`.
+fn offcpu_function<'r>(report: &'r Value, name: &str) -> &'r Value {
+    entries_where(&report["offcpu"]["functions"], "name", name)
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("no {name} in the off-CPU functions"))
+}
+
+#[test]
+fn waits_keep_their_time_and_stacks_when_stacks_are_taken_at_their_end() {
+    // Every span, however short, so that the time adds up to the workload's own.
+    let dir = scratch("waits-every-span");
+    let truth = dir.join("truth.json");
+    let output = run(
+        record(&dir, &["--events", "offcpu", "--offcpu-min-us", "0"])
+            .arg("--")
+            .arg(compile_workload("waits"))
+            .arg(&truth)
+            .arg(&dir),
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let (report, truth) = (read_json(&dir.join("report.json")), read_json(&truth));
+    let total = |name: &str| offcpu_function(&report, name)["total_ns"].as_u64().unwrap();
+    // Main left the CPU many times before its sleeps, so their user stacks were taken
+    // as it returned to user space, not as it left.
+    assert_close(
+        "sleep_in_turns off-CPU time",
+        total("sleep_in_turns"),
+        truth["sleep_total_ns"].as_u64().unwrap(),
+        0.05,
+    );
+    assert_eq!(report["lost"]["by_reason"]["OffCpuUserStackMoved"], 0);
+    // The sharers were preempted, runnable: their kernel stacks were read as they were
+    // switched back in, and end in the interrupt they were preempted on.
+    let share_ns = total("share_a_cpu");
+    assert_close(
+        "share_a_cpu off-CPU time",
+        share_ns,
+        truth["share_wait_ns"].as_u64().unwrap(),
+        0.05,
+    );
+    let interrupted_ns: u64 = report["offcpu"]["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|function| {
+            function["kernel"] == true
+                && function["name"]
+                    .as_str()
+                    .is_some_and(|name| name.starts_with("asm_sysvec_"))
+        })
+        .map(|function| function["total_ns"].as_u64().unwrap())
+        .sum();
+    assert!(
+        interrupted_ns as f64 >= 0.95 * share_ns as f64,
+        "{interrupted_ns} ns under interrupt entries, {share_ns} ns in share_a_cpu"
+    );
+}
+
 #[test]
 fn latency_rules_fire_on_the_measured_quantile() {
     let recorded = recorded();

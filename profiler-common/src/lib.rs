@@ -156,6 +156,9 @@ pub mod program_names {
     pub const BLOCK_RQ_COMPLETE: &str = "block_rq_complete";
     /// tracepoint `sched:sched_switch`: a target thread leaves or regains a CPU.
     pub const SCHED_SWITCH: &str = "sched_switch";
+    /// raw tracepoint `rseq_update`: a target thread on its way back to user space
+    /// after a switch, where the user stacks of its long off-CPU spans are taken.
+    pub const RSEQ_UPDATE: &str = "rseq_update";
     /// uprobe on `malloc`, `valloc` and `pvalloc`: the size is the first argument.
     pub const MALLOC_ENTER: &str = "malloc_enter";
     /// uprobe on `calloc`.
@@ -205,6 +208,9 @@ pub mod global_names {
     /// `u64`: offset in the kernel's `task_struct` of `tgid`, from the kernel's BTF; 0
     /// when unknown, which leaves a command's new processes unfollowed.
     pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+    /// `u64`: offset in the kernel's `task_struct` of `pid` (the thread id), from the
+    /// kernel's BTF, which off-CPU spans are matched by as threads are switched in.
+    pub const TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
     /// `u64`: for `--cgroup`, the id of the target cgroup on the v2 hierarchy (its
     /// directory's inode); 0 when processes are chosen otherwise.
     pub const TARGET_CGROUP_ID: &str = "TARGET_CGROUP_ID";
@@ -238,13 +244,11 @@ pub enum TracepointField {
     BlockCompleteSector,
     /// `block_rq_complete`: `int error`.
     BlockCompleteError,
-    /// `sched_switch`: `pid_t next_pid`.
-    SchedSwitchNextPid,
 }
 
 impl TracepointField {
     /// Number of fields, the length of the offsets array.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 7;
 }
 
 /// Indices into the per-CPU loss counters: everything the BPF side had to drop.
@@ -285,11 +289,14 @@ pub enum LossCounter {
     /// A followed process's start found the ring buffer full; it is named when its map
     /// is read, if it is still running then.
     ProcessStartRingFull,
+    /// A long off-CPU span whose user stacks were to be taken on the thread's way back
+    /// to user space found the thread had run user code since; the span was dropped.
+    OffCpuUserStackMoved,
 }
 
 impl LossCounter {
     /// Number of counters, the size of the counter array.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Every counter, in index order.
     pub const ALL: [LossCounter; Self::COUNT as usize] = [
@@ -307,6 +314,7 @@ impl LossCounter {
         LossCounter::AllocStackTableFull,
         LossCounter::AllocStackRingFull,
         LossCounter::ProcessStartRingFull,
+        LossCounter::OffCpuUserStackMoved,
     ];
 }
 

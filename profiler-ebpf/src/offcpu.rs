@@ -1,31 +1,74 @@
-//! Off-CPU time of the target threads: from the switch that takes a thread off its CPU,
-//! with its stacks at that moment, to the switch that puts it back.
+//! Off-CPU time of the target threads: from the switch that takes a thread off its CPU
+//! to the switch that puts it back, with its stacks as it left.
+//!
+//! A loaded service is switched out thousands of times a second, nearly always
+//! preempted while runnable and for far less than `--offcpu-min`; taking stacks at
+//! each switch was most of the cost of `--events offcpu`. So stacks are taken for
+//! spans that turned out long enough, at their end where the stacks cannot have
+//! changed:
+//! - the user and Python stacks cannot change before the thread runs user code again,
+//!   and every thread of a process with rseq (glibc 2.35 and later) passes through
+//!   `rseq_update` in its own context on the way there. A thread not seen there yet has
+//!   them taken at the switch.
+//! - a preempted thread's kernel stack is read from the task as it is switched back
+//!   in. The kernel's reader leaves out scheduler functions, which for a preempted
+//!   thread are only the scheduler's own; a thread that blocks has its kernel stack
+//!   taken at the switch, where the lock or wait it blocks in is on it.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_F_NO_PREALLOC,
-    helpers::bpf_probe_read_kernel_buf,
-    macros::{map, tracepoint},
+    bindings::{BPF_F_NO_PREALLOC, task_struct},
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_get_task_stack},
+    macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{HashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
-use profiler_common::{EventKind, LossCounter, OffCpuSpan, Stacks, TracepointField};
+use profiler_common::{EventKind, LossCounter, OffCpuSpan, Stacks};
 
 use crate::{
     EVENTS, count_loss, current_thread, header, is_target, now_ns,
-    stacks::{self, Unwinder},
-    tracepoint_field, wakeup_flag,
+    stacks::{self, STACK_BYTES, Unwinder},
+    wakeup_flag,
 };
 
 /// Target threads tracked at once.
 const THREADS: u32 = 8192;
 
+/// Where a tracked thread is in its off-CPU span.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Phase {
+    /// On a CPU, or back from a span too short to report.
+    Running = 0,
+    /// Off the CPU since `start_ns`.
+    Off,
+    /// Back on a CPU after a long span and not yet in user code: the span is reported
+    /// once its user stacks are taken.
+    OwesUserStacks,
+}
+
 #[repr(C)]
 struct SwitchOut {
-    /// 0 while the thread runs.
     start_ns: u64,
+    /// When the span ended; set with [`Phase::OwesUserStacks`].
+    end_ns: u64,
     tgid: u32,
+    /// A [`Phase`].
+    phase: u32,
+    /// 1 once the thread was seen in `rseq_update`: it will be again before its next
+    /// user instruction, so its user stacks can wait for it.
+    returns_through_rseq: u32,
+    /// 1 if `stacks` holds the current span's user stacks.
+    has_user_stacks: u32,
+    /// 1 if `stacks` holds the current span's kernel stack.
+    has_kernel_stack: u32,
     _padding: u32,
+    /// The user registers the thread left the CPU with, when its user stacks wait: if
+    /// they differ where the stacks are taken, the thread ran user code in between.
+    user_pc: u64,
+    user_sp: u64,
     stacks: Stacks,
 }
 
@@ -35,8 +78,8 @@ struct SwitchOut {
 static OFFCPU_STARTS: HashMap<u32, SwitchOut> =
     HashMap::with_max_entries(THREADS, BPF_F_NO_PREALLOC);
 
-/// Where a new entry is inserted from, since it is too large for the BPF stack; its
-/// contents do not matter, they are overwritten at once.
+/// Where a new entry is inserted from, since it is too large for the BPF stack: all
+/// zeros, a running thread not yet seen in `rseq_update`.
 #[map]
 static OFFCPU_BLANK: PerCpuArray<SwitchOut> = PerCpuArray::with_max_entries(1, 0);
 
@@ -44,22 +87,53 @@ static OFFCPU_BLANK: PerCpuArray<SwitchOut> = PerCpuArray::with_max_entries(1, 0
 #[unsafe(no_mangle)]
 static OFFCPU_MIN_NS: u64 = 0;
 
-/// Runs at every context switch: the previous task is the one on the CPU now.
-#[tracepoint(category = "sched", name = "sched_switch")]
-pub fn sched_switch(ctx: TracePointContext) -> u32 {
+/// Set by userspace from the kernel's BTF: the offset of `pid` (the thread id) in
+/// `task_struct`.
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: u64 = 0;
+
+/// `prev_state` of a thread that leaves its CPU runnable: preempted, or yielding.
+const TASK_RUNNING: u32 = 0;
+
+/// Runs at every context switch, on the CPU of the task leaving it, with the arguments
+/// `(preempt, prev, next, prev_state)`.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let now = now_ns();
     let (tgid, tid) = current_thread();
     if tid != 0 && is_target(tgid) {
-        switch_out(&ctx, tgid, tid, now);
+        let blocks = ctx.arg::<u32>(3) != TASK_RUNNING;
+        switch_out(ctx.as_ptr(), tgid, tid, now, blocks);
     }
-    if let Some(next) = tracepoint_field::<u32>(&ctx, TracepointField::SchedSwitchNextPid) {
-        switch_in(next, now);
+    let next: *mut task_struct = ctx.arg(2);
+    switch_in(next, now);
+    0
+}
+
+/// Runs in a thread's own context on its way back to user space after a switch: the
+/// last moment its user stacks are those it left the CPU with.
+#[raw_tracepoint(tracepoint = "rseq_update")]
+pub fn rseq_update(ctx: RawTracePointContext) -> u32 {
+    let (tgid, tid) = current_thread();
+    let Some(entry) = OFFCPU_STARTS.get_ptr_mut(&tid) else {
+        return 0;
+    };
+    // SAFETY: a map value owned by this thread, which is on this CPU; the tgid check
+    // keeps a stale entry of an exited thread from taking a reused id's stacks.
+    unsafe {
+        if (*entry).tgid != tgid {
+            return 0;
+        }
+        (*entry).returns_through_rseq = 1;
+        if (*entry).phase == Phase::OwesUserStacks as u32 {
+            report_owed(ctx.as_ptr(), entry, tid);
+        }
     }
     0
 }
 
 #[inline(always)]
-fn switch_out(ctx: &TracePointContext, tgid: u32, tid: u32, now: u64) -> Option<()> {
+fn switch_out(ctx: *mut c_void, tgid: u32, tid: u32, now: u64, blocks: bool) -> Option<()> {
     let entry = match OFFCPU_STARTS.get_ptr_mut(&tid) {
         Some(entry) => entry,
         None => {
@@ -74,33 +148,104 @@ fn switch_out(ctx: &TracePointContext, tgid: u32, tid: u32, now: u64) -> Option<
     };
     // SAFETY: a map value owned by this thread, which is on this CPU.
     unsafe {
+        // Off the CPU again before reaching user code: the user stacks are still those
+        // of the span that ended.
+        if (*entry).phase == Phase::OwesUserStacks as u32 {
+            report_owed(ctx, entry, tid);
+        }
         (*entry).start_ns = now;
         (*entry).tgid = tgid;
-        stacks::capture(
-            ctx.as_ptr(),
-            &raw mut (*entry).stacks,
-            Unwinder::OffCpu,
-            tgid,
-        );
+        (*entry).phase = Phase::Off as u32;
+        if blocks {
+            stacks::capture_kernel(ctx, &raw mut (*entry).stacks);
+        }
+        (*entry).has_kernel_stack = u32::from(blocks);
+        let registers = match (*entry).returns_through_rseq {
+            0 => None,
+            _ => stacks::user_registers(),
+        };
+        if let Some((pc, sp)) = registers {
+            (*entry).user_pc = pc;
+            (*entry).user_sp = sp;
+            (*entry).has_user_stacks = 0;
+        } else {
+            stacks::capture_user(ctx, &raw mut (*entry).stacks, Unwinder::OffCpu, tgid);
+            (*entry).has_user_stacks = 1;
+        }
     }
     Some(())
 }
 
 #[inline(always)]
-fn switch_in(tid: u32, now: u64) -> Option<()> {
-    let entry = OFFCPU_STARTS.get_ptr_mut(&tid)?;
-    // SAFETY: a map value owned by the thread being switched in.
-    let (start_ns, tgid) = unsafe {
-        let start = ((*entry).start_ns, (*entry).tgid);
-        (*entry).start_ns = 0;
-        start
+fn switch_in(next: *mut task_struct, now: u64) -> Option<()> {
+    // SAFETY: `next` is the tracepoint's task; the helper checks the address.
+    let tid: u32 = unsafe {
+        let offset = core::ptr::read_volatile(&raw const TASK_PID_OFFSET);
+        bpf_probe_read_kernel(next.cast::<u8>().add(offset as usize).cast::<u32>()).ok()?
     };
-    let duration_ns = now.saturating_sub(start_ns);
-    // SAFETY: reading a global that userspace set before loading.
-    if start_ns == 0 || duration_ns < unsafe { core::ptr::read_volatile(&raw const OFFCPU_MIN_NS) }
-    {
-        return None;
+    let entry = OFFCPU_STARTS.get_ptr_mut(&tid)?;
+    // SAFETY: a map value of the thread being switched in, which runs nowhere: the
+    // helper reads its kernel stack where it stopped.
+    unsafe {
+        if (*entry).phase != Phase::Off as u32 {
+            return None;
+        }
+        // SAFETY: reading a global that userspace set before loading.
+        if now.saturating_sub((*entry).start_ns)
+            < core::ptr::read_volatile(&raw const OFFCPU_MIN_NS)
+        {
+            (*entry).phase = Phase::Running as u32;
+            return None;
+        }
+        (*entry).end_ns = now;
+        if (*entry).has_kernel_stack == 0 {
+            (*entry).stacks.kernel_bytes = bpf_get_task_stack(
+                next,
+                (*entry).stacks.kernel.as_mut_ptr().cast::<c_void>(),
+                STACK_BYTES,
+                0,
+            ) as i32;
+        }
+        if (*entry).has_user_stacks == 0 {
+            (*entry).phase = Phase::OwesUserStacks as u32;
+            return None;
+        }
+        (*entry).phase = Phase::Running as u32;
+        report(entry, tid)
     }
+}
+
+/// Takes the user stacks a long span still owes, in the thread's own context, and
+/// reports the span.
+///
+/// SAFETY: `ctx` must be the running program's context, `entry` the running thread's.
+#[inline(always)]
+unsafe fn report_owed(ctx: *mut c_void, entry: *mut SwitchOut, tid: u32) -> Option<()> {
+    // SAFETY: as this function's.
+    unsafe {
+        (*entry).phase = Phase::Running as u32;
+        if stacks::user_registers() != Some(((*entry).user_pc, (*entry).user_sp)) {
+            // A kernel whose rseq path does not run after every switch: this thread's
+            // user stacks are taken at the switch from now on.
+            (*entry).returns_through_rseq = 0;
+            count_loss(LossCounter::OffCpuUserStackMoved);
+            return None;
+        }
+        stacks::capture_user(
+            ctx,
+            &raw mut (*entry).stacks,
+            Unwinder::OffCpu,
+            (*entry).tgid,
+        );
+        report(entry, tid)
+    }
+}
+
+/// Streams the span `entry` holds, which ended at its `end_ns`.
+///
+/// SAFETY: `entry` must be a map value whose stacks are whole.
+#[inline(always)]
+unsafe fn report(entry: *const SwitchOut, tid: u32) -> Option<()> {
     let Some(mut record) = EVENTS.reserve::<OffCpuSpan>(0) else {
         count_loss(LossCounter::OffCpuRingFull);
         return None;
@@ -109,8 +254,9 @@ fn switch_in(tid: u32, now: u64) -> Option<()> {
     // SAFETY: `span` points at a reserved, writable OffCpuSpan; the stacks are copied
     // from the map value whole.
     unsafe {
-        (*span).header = header(EventKind::OffCpuSpan, tgid, tid, now);
-        (*span).duration_ns = duration_ns;
+        let end_ns = (*entry).end_ns;
+        (*span).header = header(EventKind::OffCpuSpan, (*entry).tgid, tid, end_ns);
+        (*span).duration_ns = end_ns.saturating_sub((*entry).start_ns);
         let stacks = core::slice::from_raw_parts_mut(
             (&raw mut (*span).stacks).cast::<u8>(),
             core::mem::size_of::<Stacks>(),

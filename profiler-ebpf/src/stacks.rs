@@ -30,7 +30,7 @@ use profiler_common::{
 
 use crate::{current_thread, is_target, python};
 
-const STACK_BYTES: u32 = (MAX_STACK_DEPTH * size_of::<u64>()) as u32;
+pub const STACK_BYTES: u32 = (MAX_STACK_DEPTH * size_of::<u64>()) as u32;
 
 /// Every loaded file's rows, one after another, in chunks of [`UNWIND_CHUNK_ROWS`]:
 /// userspace adds a chunk when the files met need one, so the kernel holds what the
@@ -91,10 +91,19 @@ static WALK_FRAME_POINTERS: u64 = 0;
 /// SAFETY: `ctx` must be the running program's context and `stacks` writable.
 #[inline(always)]
 pub unsafe fn capture(ctx: *mut c_void, stacks: *mut Stacks, unwinder: Unwinder, tgid: u32) {
-    // SAFETY: `stacks` is writable, so is its Python part.
-    unsafe { python::capture(&raw mut (*stacks).python, unwinder, tgid) };
-    // SAFETY: bpf_get_stack writes at most STACK_BYTES into the array; the user frames
-    // are copied whole from the per-CPU state, of the same size.
+    // SAFETY: as this function's.
+    unsafe {
+        capture_kernel(ctx, stacks);
+        capture_user(ctx, stacks, unwinder, tgid);
+    }
+}
+
+/// Fills the kernel part of `stacks` with the running thread's kernel stack.
+///
+/// SAFETY: `ctx` must be the running program's context and `stacks` writable.
+#[inline(always)]
+pub unsafe fn capture_kernel(ctx: *mut c_void, stacks: *mut Stacks) {
+    // SAFETY: bpf_get_stack writes at most STACK_BYTES into the array.
     unsafe {
         (*stacks).kernel_bytes = bpf_get_stack(
             ctx,
@@ -102,6 +111,21 @@ pub unsafe fn capture(ctx: *mut c_void, stacks: *mut Stacks, unwinder: Unwinder,
             STACK_BYTES,
             0,
         ) as i32;
+    }
+}
+
+/// Fills the user and Python parts of `stacks` with the running thread's. They depend
+/// only on the thread's user registers and memory, so they may be taken at any moment
+/// before the thread next runs user code.
+///
+/// SAFETY: `ctx` must be the running program's context and `stacks` writable.
+#[inline(always)]
+pub unsafe fn capture_user(ctx: *mut c_void, stacks: *mut Stacks, unwinder: Unwinder, tgid: u32) {
+    // SAFETY: `stacks` is writable, so is its Python part.
+    unsafe { python::capture(&raw mut (*stacks).python, unwinder, tgid) };
+    // SAFETY: bpf_get_stack writes at most STACK_BYTES into the array; the user frames
+    // are copied whole from the per-CPU state, of the same size.
+    unsafe {
         if core::ptr::read_volatile(&raw const WALK_FRAME_POINTERS) != 0 {
             let bytes = bpf_get_stack(
                 ctx,
@@ -129,6 +153,19 @@ pub unsafe fn capture(ctx: *mut c_void, stacks: *mut Stacks, unwinder: Unwinder,
             (*stacks).user_depth = 0;
             (*stacks).user_end = StackEnd::UnreadableMemory as u32;
         }
+    }
+}
+
+/// The running thread's user instruction and stack pointers: what it will resume with.
+#[inline(always)]
+pub fn user_registers() -> Option<(u64, u64)> {
+    // SAFETY: the helpers check every kernel address they read.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        Some((
+            bpf_probe_read_kernel(&raw const (*regs).rip).ok()?,
+            bpf_probe_read_kernel(&raw const (*regs).rsp).ok()?,
+        ))
     }
 }
 

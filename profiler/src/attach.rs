@@ -15,13 +15,13 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
+    Btf, Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
     maps::{
         Array, ArrayOfMaps, HashMap, IterableMap as _, MapData, MapError, PerCpuArray,
         PerCpuHashMap, ProgramArray, RingBuf,
     },
     programs::{
-        PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe,
+        BtfTracePoint, PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe,
         perf_event::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
@@ -376,7 +376,7 @@ impl Probes {
         } else {
             aya::sys::enable_stats(Stats::RunTime).ok()
         };
-        let field_offsets = if events.io || events.offcpu {
+        let field_offsets = if events.io {
             tracefs::field_offsets(&tracefs::ensure_mounted()?)?
         } else {
             Default::default()
@@ -398,6 +398,14 @@ impl Probes {
         } else {
             0
         };
+        let task_pid_offset = if events.offcpu { offset(&["pid"]) } else { 0 };
+        if events.offcpu && task_pid_offset == 0 {
+            return Err(Failure::KernelFeature(
+                "off-CPU spans need the kernel's BTF (/sys/kernel/btf/vmlinux) to find a \
+                 task's thread id"
+                    .to_owned(),
+            ));
+        }
         let (cgroup_id, cgroup_level) = settings
             .cgroup
             .map_or((0u64, 0u64), |cgroup| (cgroup.id, u64::from(cgroup.level)));
@@ -428,6 +436,7 @@ impl Probes {
             )
             .override_global(global_names::TASK_FSBASE_OFFSET, &task_fsbase_offset, true)
             .override_global(global_names::TASK_TGID_OFFSET, &task_tgid_offset, true)
+            .override_global(global_names::TASK_PID_OFFSET, &task_pid_offset, true)
             .override_global(global_names::TARGET_CGROUP_ID, &cgroup_id, true)
             .override_global(global_names::TARGET_CGROUP_LEVEL, &cgroup_level, true)
             .override_global(global_names::TARGET_ALL_BUT, &all_but, true)
@@ -502,7 +511,10 @@ impl Probes {
             self.attach_tracepoint(program_names::BLOCK_RQ_INSERT, "block", "block_rq_insert")?;
         }
         if events.offcpu {
-            self.attach_tracepoint(program_names::SCHED_SWITCH, "sched", "sched_switch")?;
+            // Optional: without it (a kernel without the tracepoint, or a process without
+            // rseq) the user stacks are taken at every switch, as exactly and at more cost.
+            let _ = self.attach_raw_tracepoint(program_names::RSEQ_UPDATE, "rseq_update");
+            self.attach_btf_tracepoint(program_names::SCHED_SWITCH, "sched_switch")?;
         }
         if events.alloc {
             self.load_alloc_stack_capture()?;
@@ -656,6 +668,18 @@ impl Probes {
         raw.load().map_err(program_failure)?;
         raw.attach(tracepoint)
             .map_err(|error| tracepoint_failure(error, &format!("raw tracepoint {tracepoint}")))?;
+        Ok(())
+    }
+
+    fn attach_btf_tracepoint(&mut self, program: &str, tracepoint: &str) -> Result<(), Failure> {
+        let btf = Btf::from_sys_fs().map_err(|error| {
+            Failure::KernelFeature(format!("the kernel's BTF could not be read: {error}"))
+        })?;
+        let traced: &mut BtfTracePoint = self.program(program)?;
+        traced.load(tracepoint, &btf).map_err(program_failure)?;
+        traced
+            .attach()
+            .map_err(|error| tracepoint_failure(error, &format!("BTF tracepoint {tracepoint}")))?;
         Ok(())
     }
 

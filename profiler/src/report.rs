@@ -189,6 +189,7 @@ impl Losses {
         self.sum(&[
             LossCounter::OffCpuRingFull,
             LossCounter::OffCpuThreadTableFull,
+            LossCounter::OffCpuUserStackMoved,
         ])
     }
 

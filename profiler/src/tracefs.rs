@@ -56,7 +56,7 @@ fn mounted() -> Option<PathBuf> {
 pub fn field_offsets(root: &Path) -> Result<[u32; TracepointField::COUNT], Failure> {
     use TracepointField::*;
     // block_rq_insert has the same event class, and so the same layout, as block_rq_issue.
-    let events: [(&str, &[(TracepointField, &str)]); 3] = [
+    let events: [(&str, &[(TracepointField, &str)]); 2] = [
         (
             "block/block_rq_issue",
             &[
@@ -74,7 +74,6 @@ pub fn field_offsets(root: &Path) -> Result<[u32; TracepointField::COUNT], Failu
                 (BlockCompleteError, "error"),
             ],
         ),
-        ("sched/sched_switch", &[(SchedSwitchNextPid, "next_pid")]),
     ];
     let mut offsets = [0; TracepointField::COUNT];
     for (event, fields) in events {

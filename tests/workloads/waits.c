@@ -7,7 +7,13 @@
 //      (the writer waits with poll(), so its waits are not reads or sleeps);
 //   3. SLEEPS nanosleep()s of 30 ms;
 //   4. SYNCS pwrite()s of 64 KiB to a new file in DIR, each followed by fdatasync();
-//   5. a thread blocked in wait_for_lock() on a mutex that main holds for 300 ms.
+//   5. a thread blocked in wait_for_lock() on a mutex that main holds for 300 ms;
+//   6. two threads pinned to one CPU, each spinning in share_a_cpu() for SHARE_MS:
+//      each waits, runnable, while the other runs, and measures that wait as its wall
+//      time less its own CPU time.
+// Main has left the CPU many times before phase 3, so its sleeps' user stacks are
+// taken on its way back to user space; phase 6's waits are preemptions, whose kernel
+// stacks are read as the threads are switched back in.
 // The truth file gets the counts and the measured means and waits, as JSON.
 //
 // waits --noise SECONDS calls getppid() for that long instead, as a process that must
@@ -15,6 +21,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -28,10 +35,17 @@
 #define SLEEPS 20
 #define SYNCS 20
 #define SYNC_BYTES (64 * 1024)
+#define SHARE_MS 500
 
 static int64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int64_t thread_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
@@ -59,6 +73,37 @@ __attribute__((noinline)) static void wait_for_lock(void) {
 static void *lock_waiter(void *arg) {
     (void)arg;
     wait_for_lock();
+    return NULL;
+}
+
+__attribute__((noinline)) static int64_t sleep_in_turns(void) {
+    int64_t total = 0;
+    for (int i = 0; i < SLEEPS; i++) {
+        struct timespec thirty_ms = {0, 30 * 1000 * 1000};
+        int64_t start = now_ns();
+        nanosleep(&thirty_ms, NULL);
+        total += now_ns() - start;
+    }
+    return total;
+}
+
+static volatile uint64_t spins;
+
+/// Spins for SHARE_MS of wall time; returns the time it spent runnable but not running.
+__attribute__((noinline)) static int64_t share_a_cpu(void) {
+    int64_t start = now_ns(), start_cpu = thread_cpu_ns();
+    while (now_ns() - start < SHARE_MS * 1000000LL) spins++;
+    return (now_ns() - start) - (thread_cpu_ns() - start_cpu);
+}
+
+static int shared_cpu;
+
+static void *cpu_sharer(void *wait_ns) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(shared_cpu, &one);
+    if (sched_setaffinity(0, sizeof one, &one) != 0) abort();
+    *(int64_t *)wait_ns = share_a_cpu();
     return NULL;
 }
 
@@ -94,13 +139,7 @@ int main(int argc, char **argv) {
     }
     pthread_join(writer, NULL);
 
-    int64_t sleep_total = 0;
-    for (int i = 0; i < SLEEPS; i++) {
-        struct timespec thirty_ms = {0, 30 * 1000 * 1000};
-        int64_t start = now_ns();
-        nanosleep(&thirty_ms, NULL);
-        sleep_total += now_ns() - start;
-    }
+    int64_t sleep_total = sleep_in_turns();
 
     char path[4096];
     snprintf(path, sizeof path, "%s/waits-sync.dat", argv[2]);
@@ -122,15 +161,22 @@ int main(int argc, char **argv) {
     pthread_mutex_unlock(&lock);
     pthread_join(waiter, NULL);
 
+    shared_cpu = sched_getcpu();
+    pthread_t sharers[2];
+    int64_t share_waits[2];
+    for (int i = 0; i < 2; i++) pthread_create(&sharers[i], NULL, cpu_sharer, &share_waits[i]);
+    for (int i = 0; i < 2; i++) pthread_join(sharers[i], NULL);
+
     FILE *truth = fopen(argv[1], "w");
     if (!truth) abort();
     fprintf(truth,
             "{\"getppid_calls\": %d, \"pipe_reads\": %d, \"read_mean_ns\": %lld, "
             "\"sleeps\": %d, \"sleep_mean_ns\": %lld, \"syncs\": %d, \"sync_bytes\": %d, "
-            "\"lock_wait_ns\": %lld}\n",
+            "\"lock_wait_ns\": %lld, \"sleep_total_ns\": %lld, \"share_wait_ns\": %lld}\n",
             GETPPID_CALLS, PIPE_READS, (long long)(read_total / PIPE_READS), SLEEPS,
             (long long)(sleep_total / SLEEPS), SYNCS, SYNCS * SYNC_BYTES,
-            (long long)lock_wait_ns);
+            (long long)lock_wait_ns, (long long)sleep_total,
+            (long long)(share_waits[0] + share_waits[1]));
     fclose(truth);
     return 0;
 }
