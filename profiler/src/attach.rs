@@ -291,27 +291,41 @@ const MAPS_BY_USE: [(&str, MapUse); 10] = [
 ];
 
 /// The ring buffer's size for a recording. CPU samples come at most at the sampling rate
-/// on every CPU, so a recording of them alone gets a ring that holds a second of them,
-/// ten drain intervals; off-CPU spans, slow syscalls, block requests and new allocation
-/// stacks come at rates with no bound, and get the largest ring.
+/// on every CPU, so they get room for a second of them, ten drain intervals. Off-CPU
+/// spans, slow syscalls, block requests and new allocation stacks come at rates with no
+/// bound; they get [`STREAMED_RING_BYTES`] more, and wake the reader when a quarter of
+/// the ring is full. The ring's pages are mapped into this process twice (so that a
+/// record can wrap around), and count twice in its resident memory.
 fn events_ring_bytes(settings: &ProbeSettings) -> u32 {
     let EventSet {
-        cpu: _,
+        cpu,
         syscalls,
         io,
         offcpu,
         alloc,
     } = settings.events;
-    if syscalls || io || offcpu || alloc {
-        return MAX_EVENTS_RING_BYTES;
-    }
     let cpus = online_cpus().map_or(1, |cpus| cpus.len()) as u64;
-    let per_second = u64::from(settings.frequency_hz) * cpus * size_of::<CpuSample>() as u64;
+    let samples = if cpu {
+        u64::from(settings.frequency_hz) * cpus * size_of::<CpuSample>() as u64
+    } else {
+        0
+    };
+    let streamed = if syscalls || io || offcpu || alloc {
+        STREAMED_RING_BYTES
+    } else {
+        0
+    };
     let smallest = 256 << 10;
-    per_second
+    (samples + streamed)
         .next_power_of_two()
         .clamp(smallest, u64::from(MAX_EVENTS_RING_BYTES)) as u32
 }
+
+/// Ring space for the records that come at no bounded rate: about 1,800 off-CPU spans
+/// or slow calls with their stacks. A 16 MiB ring (32 MiB of resident memory) lost
+/// nothing more in the tests or the load-test bench, where every span of a workload
+/// (`--offcpu-min-us 0`) and a gunicorn service's slow calls and spans fit in this.
+const STREAMED_RING_BYTES: u64 = 4 << 20;
 
 /// The kernel's slots for the unwind row chunks, each an `Array<UnwindRow>`.
 pub type UnwindChunkSlots = ArrayOfMaps<MapData, MapData>;
