@@ -103,14 +103,14 @@ static SAMPLE_INTERVALS: Array<u64> = Array::with_max_entries(SAMPLE_INTERVAL_DR
 #[unsafe(no_mangle)]
 static ALLOC_SAMPLE_BYTES: u64 = 0;
 
-#[uprobe]
+#[uprobe(multi)]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
     let size = ctx.arg::<u64>(0).unwrap_or(0);
     begin(&ctx, size, Returns::Pointer, 0, true);
     0
 }
 
-#[uprobe]
+#[uprobe(multi)]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
     let count = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
@@ -119,7 +119,7 @@ pub fn calloc_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uprobe]
+#[uprobe(multi)]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
     let old = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
@@ -127,7 +127,7 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uprobe]
+#[uprobe(multi)]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
     let count = ctx.arg::<u64>(1).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
@@ -136,14 +136,14 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uprobe]
+#[uprobe(multi)]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
     let size = ctx.arg::<u64>(1).unwrap_or(0);
     begin(&ctx, size, Returns::Pointer, 0, true);
     0
 }
 
-#[uprobe]
+#[uprobe(multi)]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
     let out_pointer = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
@@ -151,7 +151,7 @@ pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uprobe]
+#[uprobe(multi)]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
     let size = ctx.arg::<u64>(1).unwrap_or(0);
     let flags = ctx.arg::<u64>(3).unwrap_or(0);
@@ -161,7 +161,7 @@ pub fn mmap_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uprobe]
+#[uprobe(multi)]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     if stopped() {
         return 0;
@@ -173,7 +173,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
 }
 
 /// Records the block the outermost allocating call returned, unless the call failed.
-#[uretprobe]
+#[uretprobe(multi)]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     if stopped() {
         return 0;
@@ -302,7 +302,7 @@ fn begin(ctx: &ProbeContext, size: u64, returns: Returns, out_pointer: u64, want
 
 /// Tail-called by the entry programs: captures the allocating call's stack into its
 /// slot and marks the call tracked.
-#[uprobe]
+#[uprobe(multi)]
 pub fn capture_alloc_stack(_ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(slot) = call_slot(pid_tgid) else {

@@ -431,10 +431,9 @@ impl Probes {
         let ring_bytes = events_ring_bytes(settings);
         let ring_wakeup_bytes = u64::from(ring_bytes / RING_WAKEUP_FRACTION);
         let mut loader = EbpfLoader::new();
-        // The programs use no CO-RE relocations, so parsing the kernel's BTF (tens of
-        // milliseconds) would buy nothing.
+        // The programs use no CO-RE relocations, so the loader never parses the
+        // kernel's BTF (tens of milliseconds).
         loader
-            .btf(None)
             .override_global(global_names::SLOW_SYSCALL_NS, &slow_syscall_ns, true)
             .override_global(global_names::OFFCPU_MIN_NS, &offcpu_min_ns, true)
             .override_global(global_names::TRACEPOINT_FIELDS, &field_offsets, true)
@@ -490,7 +489,7 @@ impl Probes {
     /// Adds a process to the set that the programs record.
     pub fn add_target(&mut self, tgid: u32) -> Result<(), Failure> {
         self.targets
-            .insert(tgid, TARGET_NAMED, 0)
+            .insert(&tgid, &TARGET_NAMED, 0)
             .map_err(|error| match error {
                 MapError::SyscallError(SyscallError { io_error, .. })
                     if io_error.raw_os_error() == Some(libc::E2BIG) =>
@@ -549,21 +548,35 @@ impl Probes {
     /// that map the same allocator never hit them. They stay until
     /// [`Probes::detach_allocators`] or the end.
     ///
+    /// Each program's points in one file go into one link (`uprobe_multi`): the kernel
+    /// places and takes out a link's probes together, and a link's removal waits for a
+    /// grace period once, where separate probes waited once each.
+    ///
     /// Return probes go in first, so that no call is seen entering without being seen
     /// returning, which would leave its thread's slot busy.
     pub fn attach_allocator(&mut self, pid: u32, points: &[ProbePoint]) -> Result<(), Failure> {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or_else(|| Failure::NoTarget("pid 0".to_owned()))?,
         );
-        let returning = points.iter().filter(|point| point.function.returns_block);
+        let returning = points
+            .iter()
+            .filter(|point| point.function.returns_block)
+            .map(|point| (program_names::ALLOC_RETURN, point));
         let entries = points
             .iter()
             .map(|point| (point.function.entry_program, point));
-        for (program, point) in returning
-            .map(|point| (program_names::ALLOC_RETURN, point))
-            .chain(entries)
-        {
-            let link = self.attach_uprobe(program, point, scope)?;
+        let mut groups: Vec<(&str, &Path, Vec<&ProbePoint>)> = Vec::new();
+        for (program, point) in returning.chain(entries) {
+            match groups
+                .iter_mut()
+                .find(|(name, file, _)| *name == program && *file == point.file)
+            {
+                Some((_, _, members)) => members.push(point),
+                None => groups.push((program, &point.file, vec![point])),
+            }
+        }
+        for (program, file, members) in groups {
+            let link = self.attach_uprobes(program, file, &members, scope)?;
             self.allocator_links.entry(pid).or_default().push(link);
         }
         Ok(())
@@ -601,8 +614,7 @@ impl Probes {
     /// kernel takes uprobes out one grace period at a time (about 90 ms each here).
     pub fn detach_allocators(&mut self, pid: u32) {
         if let Some(links) = self.allocator_links.remove(&pid) {
-            self.closing_links
-                .push(std::thread::spawn(move || drop(links)));
+            self.closing_links.extend(close_apart(links));
         }
     }
 
@@ -633,7 +645,7 @@ impl Probes {
         );
         let uprobe: &mut UProbe = self.program(program_names::HOLD_AT_ENTRY)?;
         uprobe.load().map_err(program_failure)?;
-        let link = uprobe.attach(entry, program, scope).map_err(|error| {
+        let link = uprobe.attach([entry], program, scope).map_err(|error| {
             tracepoint_failure(
                 error,
                 &format!("uprobe on the entry of {}", program.display()),
@@ -649,10 +661,11 @@ impl Probes {
         uprobe.detach(link).map_err(program_failure)
     }
 
-    fn attach_uprobe(
+    fn attach_uprobes(
         &mut self,
         program: &str,
-        point: &ProbePoint,
+        file: &Path,
+        points: &[&ProbePoint],
         scope: UProbeScope,
     ) -> Result<UProbeLink, Failure> {
         let uprobe: &mut UProbe = self.program(program)?;
@@ -660,16 +673,17 @@ impl Probes {
             uprobe.load().map_err(program_failure)?;
         }
         let link = uprobe
-            .attach(point.file_offset, &point.file, scope)
+            .attach(points.iter().map(|point| point.file_offset), file, scope)
             .map_err(|error| {
+                let functions: Vec<&str> = points.iter().map(|point| point.function.name).collect();
                 tracepoint_failure(
                     error,
                     &format!(
-                        "uprobe on {} in {}",
-                        point.function.name,
+                        "uprobes on {} in {}",
+                        functions.join(", "),
                         // The file as it is named, not by the link that reaches it.
-                        fs::read_link(&point.file)
-                            .unwrap_or_else(|_| point.file.clone())
+                        fs::read_link(file)
+                            .unwrap_or_else(|_| file.to_owned())
                             .display()
                     ),
                 )
@@ -909,7 +923,7 @@ impl Probes {
         if let Some(map) = self.ebpf.map_mut(map_names::ALLOC_STOPPED)
             && let Ok(mut stopped) = Array::<_, u32>::try_from(map)
         {
-            let _ = stopped.set(0, 1, 0);
+            let _ = stopped.set(0, &1, 0);
         }
         // Statistics someone else turned on (`kernel.bpf_stats_enabled`) count too.
         let measured = self._stats.is_some()
@@ -928,16 +942,21 @@ impl Probes {
             .drain()
             .flat_map(|(_, links)| links)
             .collect();
-        if !links.is_empty() {
-            self.closing_links
-                .push(std::thread::spawn(move || drop(links)));
-        }
+        self.closing_links.extend(close_apart(links));
         let closing = ClosingProbes(std::mem::take(&mut self.closing_links));
         // Dropping the object drops every program with its links, which closes the perf
         // events and detaches the programs.
         drop(self);
         (measured.then_some(cost), closing)
     }
+}
+
+/// Takes out each link on a thread of its own: each waits for a grace period, and
+/// waits that overlap share one.
+fn close_apart(links: Vec<UProbeLink>) -> impl Iterator<Item = JoinHandle<()>> {
+    links
+        .into_iter()
+        .map(|link| std::thread::spawn(move || drop(link)))
 }
 
 /// The allocation probes still being taken out after [`Probes::detach`].
@@ -1110,7 +1129,7 @@ fn set_sample_intervals(ebpf: &mut Ebpf, mean_bytes: u64) -> Result<(), Failure>
         let quantile = (f64::from(slot) + 0.5) / f64::from(SAMPLE_INTERVAL_DRAWS);
         let bytes = -quantile.ln() * mean_bytes as f64;
         intervals
-            .set(slot, bytes.round().max(1.0) as u64, 0)
+            .set(slot, &(bytes.round().max(1.0) as u64), 0)
             .map_err(map_failure)?;
     }
     Ok(())

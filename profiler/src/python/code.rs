@@ -149,13 +149,17 @@ fn read_string(
     Ok(match width {
         1 => bytes.iter().map(|&byte| char::from(byte)).collect(),
         2 => bytes
-            .chunks_exact(2)
-            .map(|pair| char::from_u32(u32::from(u16::from_le_bytes([pair[0], pair[1]]))))
+            .as_chunks::<2>()
+            .0
+            .iter()
+            .map(|&pair| char::from_u32(u32::from(u16::from_le_bytes(pair))))
             .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
             .collect(),
         _ => bytes
-            .chunks_exact(4)
-            .map(|quad| char::from_u32(u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]])))
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|&quad| char::from_u32(u32::from_le_bytes(quad)))
             .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
             .collect(),
     })

@@ -93,7 +93,7 @@ impl PythonFrames {
         for (&tgid, state) in &self.processes {
             if let Some(interpreter) = &state.interpreter {
                 // A full table leaves the process unwalked; its stacks say so.
-                let _ = kernel.insert(tgid, interpreter.kernel, 0);
+                let _ = kernel.insert(&tgid, &interpreter.kernel, 0);
             }
         }
         self.kernel = Some(kernel);
@@ -131,7 +131,7 @@ impl PythonFrames {
         };
         if let Some(kernel) = &mut self.kernel {
             let _ = match &interpreter {
-                Some(interpreter) => kernel.insert(tgid, interpreter.kernel, 0),
+                Some(interpreter) => kernel.insert(&tgid, &interpreter.kernel, 0),
                 None => kernel.remove(&tgid),
             };
         }

@@ -299,7 +299,7 @@ impl UnwindTables {
             list.count += 1;
         }
         // A process that exited meanwhile cannot be unwound anyway.
-        let _ = kernel.processes.insert(tgid, list, 0);
+        let _ = kernel.processes.insert(&tgid, &list, 0);
     }
 
     /// What the tables cost, and the files that have none.
