@@ -148,10 +148,17 @@ fn switch_out(ctx: *mut c_void, tgid: u32, tid: u32, now: u64, blocks: bool) -> 
     };
     // SAFETY: a map value owned by this thread, which is on this CPU.
     unsafe {
-        // Off the CPU again before reaching user code: the user stacks are still those
-        // of the span that ended.
-        if (*entry).phase == Phase::OwesUserStacks as u32 {
-            report_owed(ctx, entry, tid);
+        // Off the CPU again before reaching user code: the user stacks, still those of
+        // the span that ended, are owed to it and serve the new one too. They are taken
+        // at one place in this program, since each place costs the verifier the whole
+        // unwinder again.
+        let owed = (*entry).phase == Phase::OwesUserStacks as u32 && user_registers_kept(entry);
+        let take_user_stacks = owed || (*entry).returns_through_rseq == 0;
+        if take_user_stacks {
+            stacks::capture_user(ctx, &raw mut (*entry).stacks, Unwinder::OffCpu, tgid);
+        }
+        if owed {
+            report(entry, tid);
         }
         (*entry).start_ns = now;
         (*entry).tgid = tgid;
@@ -160,17 +167,10 @@ fn switch_out(ctx: *mut c_void, tgid: u32, tid: u32, now: u64, blocks: bool) -> 
             stacks::capture_kernel(ctx, &raw mut (*entry).stacks);
         }
         (*entry).has_kernel_stack = u32::from(blocks);
-        let registers = match (*entry).returns_through_rseq {
-            0 => None,
-            _ => stacks::user_registers(),
-        };
-        if let Some((pc, sp)) = registers {
+        (*entry).has_user_stacks = u32::from(take_user_stacks);
+        if !take_user_stacks && let Some((pc, sp)) = stacks::user_registers() {
             (*entry).user_pc = pc;
             (*entry).user_sp = sp;
-            (*entry).has_user_stacks = 0;
-        } else {
-            stacks::capture_user(ctx, &raw mut (*entry).stacks, Unwinder::OffCpu, tgid);
-            (*entry).has_user_stacks = 1;
         }
     }
     Some(())
@@ -224,11 +224,7 @@ unsafe fn report_owed(ctx: *mut c_void, entry: *mut SwitchOut, tid: u32) -> Opti
     // SAFETY: as this function's.
     unsafe {
         (*entry).phase = Phase::Running as u32;
-        if stacks::user_registers() != Some(((*entry).user_pc, (*entry).user_sp)) {
-            // A kernel whose rseq path does not run after every switch: this thread's
-            // user stacks are taken at the switch from now on.
-            (*entry).returns_through_rseq = 0;
-            count_loss(LossCounter::OffCpuUserStackMoved);
+        if !user_registers_kept(entry) {
             return None;
         }
         stacks::capture_user(
@@ -238,6 +234,25 @@ unsafe fn report_owed(ctx: *mut c_void, entry: *mut SwitchOut, tid: u32) -> Opti
             (*entry).tgid,
         );
         report(entry, tid)
+    }
+}
+
+/// Whether the running thread's user registers are still those it left the CPU with,
+/// so that the user stacks taken now are those of the span `entry` holds. If not, the
+/// span is dropped and counted: a kernel whose rseq path does not run after every
+/// switch, whose threads have their user stacks taken at the switch from then on.
+///
+/// SAFETY: `entry` must be the running thread's.
+#[inline(always)]
+unsafe fn user_registers_kept(entry: *mut SwitchOut) -> bool {
+    // SAFETY: as this function's.
+    unsafe {
+        let kept = stacks::user_registers() == Some(((*entry).user_pc, (*entry).user_sp));
+        if !kept {
+            (*entry).returns_through_rseq = 0;
+            count_loss(LossCounter::OffCpuUserStackMoved);
+        }
+        kept
     }
 }
 
