@@ -8,6 +8,10 @@
 //! - BPF time per sample, DWARF unwinding against frame-pointer walking
 //!   (`--unwind fp`), on the demo service built with frame pointers, and DWARF on the
 //!   same service built without them.
+//! - BPF time per frame, each method on the same frame-pointer build of a workload
+//!   whose threads spin at a shallow and at a deep stack
+//!   (`tests/workloads/recursion.c`): the difference over the difference in depth, so
+//!   that what a sample costs whatever its depth cancels out.
 //! - The unwind tables of the demo service, `redis-server` and a Python process: files,
 //!   rows, the tables' kernel memory and the time to build them at attach; and the
 //!   kernel memory of all the profiler's maps (the goal: 4 MiB for the demo service).
@@ -25,7 +29,8 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    NO_FRAME_POINTERS, bench::median, compile_c, output, profiler_binary, root, setup::apt_install,
+    FRAME_POINTERS, NO_FRAME_POINTERS, bench::median, compile_c, output, profiler_binary, root,
+    setup::apt_install,
 };
 
 const REDIS_PORT: &str = "6390";
@@ -46,6 +51,7 @@ pub fn run(dir: &Path, server: &Path, duration: Duration, runs: u32) -> anyhow::
     Ok(json!({
         "redis_completeness": redis_completeness(dir, duration)?,
         "cost_per_sample": cost_per_sample(dir, server, &server_without_frame_pointers, duration, runs)?,
+        "cost_per_frame": cost_per_frame(dir, duration, runs)?,
         "tables": tables(dir, &server_without_frame_pointers)?,
     }))
 }
@@ -285,6 +291,62 @@ fn cost_per_sample(
         "rows": rows,
         "ratio_dwarf_to_fp": per_sample[1] / per_sample[0].max(1e-9),
         "ratio_dwarf_without_fp_to_fp": per_sample[2] / per_sample[0].max(1e-9),
+    }))
+}
+
+/// The depths the recursion workload spins at, in its own frames below the thread's
+/// start: far enough apart that the difference in BPF time is mostly the frames'.
+const SHALLOW_DEPTH: u32 = 8;
+const DEEP_DEPTH: u32 = 88;
+
+/// BPF time per user frame for each unwinding method at 999 Hz: samples at
+/// [`DEEP_DEPTH`] less samples at [`SHALLOW_DEPTH`], over the frames between them, on
+/// the same frame-pointer build. In a steady workload the DWARF unwinder finds most
+/// rows in its per-CPU cache, as it does here.
+fn cost_per_frame(dir: &Path, duration: Duration, runs: u32) -> anyhow::Result<Value> {
+    let workload = dir.join("recursion");
+    compile_c(
+        &root().join("tests/workloads/recursion.c"),
+        &workload,
+        FRAME_POINTERS,
+    )?;
+    let threads = std::thread::available_parallelism()?.get().to_string();
+    let methods = ["fp", "dwarf"];
+    let mut per_frame = Vec::new();
+    let mut rows = Vec::new();
+    for method in methods {
+        let mut at_depth = Vec::new();
+        for depth in [SHALLOW_DEPTH, DEEP_DEPTH] {
+            let mut measured = Vec::new();
+            for run in 1..=runs {
+                println!(
+                    "bench: cost per frame, run {run} of {runs}: --unwind {method}, depth {depth}"
+                );
+                let child = Command::new(&workload)
+                    .args([threads.as_str(), &depth.to_string()])
+                    .spawn()?;
+                let report =
+                    record_child(dir, child, duration, &["-F", "999", "--unwind", method])?;
+                measured.push(bpf_ns_per_sample(&report));
+            }
+            at_depth.push(median(measured));
+        }
+        let ns_per_frame = (at_depth[1] - at_depth[0]) / f64::from(DEEP_DEPTH - SHALLOW_DEPTH);
+        per_frame.push(ns_per_frame);
+        rows.push(json!({
+            "method": method,
+            "bpf_ns_per_sample_shallow": at_depth[0],
+            "bpf_ns_per_sample_deep": at_depth[1],
+            "bpf_ns_per_frame": ns_per_frame,
+        }));
+    }
+    Ok(json!({
+        "what": format!(
+            "recursion.c with frame pointers, one thread per CPU spinning {SHALLOW_DEPTH} and \
+             {DEEP_DEPTH} frames deep, 999 Hz; medians of {runs} runs"
+        ),
+        "rows": rows,
+        "ratio_dwarf_to_fp_per_frame": per_frame[1] / per_frame[0].max(1e-9),
     }))
 }
 
