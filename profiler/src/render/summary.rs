@@ -87,8 +87,13 @@ fn cost_text(report: &Report) -> String {
             (bpf.run_time.as_secs_f64() + own) / seconds * 100.0,
         ),
         None => format!(
-            "\nProfiler cost: {own:.2} s of its own CPU ({:.2}% of one core; BPF time is not measured while syscalls are traced)",
+            "\nProfiler cost: {own:.2} s of its own CPU ({:.2}% of one core; BPF time is not measured {})",
             own / seconds * 100.0,
+            if report.probes.events.syscalls {
+                "while syscalls are traced"
+            } else {
+                "without the kernel's run-time statistics, which need CAP_SYS_ADMIN"
+            },
         ),
     };
     format!(
