@@ -218,6 +218,13 @@ fn waits_keep_their_time_and_stacks_when_stacks_are_taken_at_their_end() {
         truth["sleep_total_ns"].as_u64().unwrap(),
         0.05,
     );
+    // The command was held at its entry point while its tables loaded: stopped, not
+    // waiting in its code, and none of its off-CPU time.
+    assert!(
+        entries_where(&report["offcpu"]["functions"], "name", "do_signal_stop").is_empty(),
+        "{:#}",
+        report["offcpu"]["functions"]
+    );
     // No span lost: not to a ring sized for the streamed records, nor to a user
     // stack that moved before it was taken.
     assert_eq!(report["lost"]["offcpu"], 0, "{:#}", report["lost"]);

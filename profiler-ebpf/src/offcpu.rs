@@ -95,6 +95,11 @@ static TASK_PID_OFFSET: u64 = 0;
 /// `prev_state` of a thread that leaves its CPU runnable: preempted, or yielding.
 const TASK_RUNNING: u32 = 0;
 
+/// `prev_state` bits of a thread stopped by a signal or held by a tracer
+/// (`__TASK_STOPPED`, `__TASK_TRACED`): it waits in no code of its own, and a command
+/// the profiler starts is stopped so at its entry point while its tables load.
+const TASK_STOPPED_OR_TRACED: u32 = 0x4 | 0x8;
+
 /// Runs at every context switch, on the CPU of the task leaving it, with the arguments
 /// `(preempt, prev, next, prev_state)`.
 #[btf_tracepoint(function = "sched_switch")]
@@ -102,8 +107,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let now = now_ns();
     let (tgid, tid) = current_thread();
     if tid != 0 && is_target(tgid) {
-        let blocks = ctx.arg::<u32>(3) != TASK_RUNNING;
-        switch_out(ctx.as_ptr(), tgid, tid, now, blocks);
+        let state = ctx.arg::<u32>(3);
+        switch_out(ctx.as_ptr(), tgid, tid, now, state);
     }
     let next: *mut task_struct = ctx.arg(2);
     switch_in(next, now);
@@ -133,7 +138,8 @@ pub fn rseq_update(ctx: RawTracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn switch_out(ctx: *mut c_void, tgid: u32, tid: u32, now: u64, blocks: bool) -> Option<()> {
+fn switch_out(ctx: *mut c_void, tgid: u32, tid: u32, now: u64, state: u32) -> Option<()> {
+    let blocks = state != TASK_RUNNING;
     let entry = match OFFCPU_STARTS.get_ptr_mut(&tid) {
         Some(entry) => entry,
         None => {
@@ -162,7 +168,11 @@ fn switch_out(ctx: *mut c_void, tgid: u32, tid: u32, now: u64, blocks: bool) -> 
         }
         (*entry).start_ns = now;
         (*entry).tgid = tgid;
-        (*entry).phase = Phase::Off as u32;
+        (*entry).phase = if state & TASK_STOPPED_OR_TRACED == 0 {
+            Phase::Off
+        } else {
+            Phase::Running
+        } as u32;
         if blocks {
             stacks::capture_kernel(ctx, &raw mut (*entry).stacks);
         }
