@@ -1026,6 +1026,34 @@ fn outputs_belong_to_the_user_who_ran_sudo() {
     }
 }
 
+/// A process the tree starts after the profiler first lists it, but before the probe
+/// that follows forks is in (while the programs load, a few hundred ms here), is
+/// followed all the same: it was missed, and the container test above failed when its
+/// service started in that window.
+#[test]
+fn a_process_the_tree_starts_while_the_programs_load_is_followed() {
+    let dir = scratch("fork-while-loading");
+    let mut shell = Command::new("bash")
+        .args(["-c", "sleep 0.1; ( while :; do :; done ) & sleep 3; kill $!"])
+        .spawn()
+        .unwrap();
+    let pid = shell.id().to_string();
+    let seconds = 1.5;
+    let output = run(&mut record(
+        &dir,
+        &["--pid", &pid, "--children", "--duration", &seconds.to_string()],
+    ));
+    assert!(shell.wait().unwrap().success());
+    assert_eq!(output.status.code(), Some(0));
+    // The child spins on a CPU from 0.1 s on, so through the whole recording.
+    let samples = report(&dir)["cpu"]["samples"].as_f64().unwrap();
+    let expected = seconds * 99.0;
+    assert!(
+        (samples / expected - 1.0).abs() <= 0.15,
+        "{samples} samples, {expected} expected of a busy child"
+    );
+}
+
 #[test]
 fn a_service_in_a_container_is_profiled_whole_until_it_exits() {
     let dir = scratch("container");

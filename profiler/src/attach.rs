@@ -502,6 +502,11 @@ impl Probes {
             })
     }
 
+    /// Whether process `tgid` is a target already, named or followed since its fork.
+    pub fn is_target(&self, tgid: u32) -> bool {
+        self.targets.get(&tgid, 0).is_ok()
+    }
+
     /// Attaches the programs of every kind of event the settings name; CPU samples of
     /// each thread of the processes `targets`.
     pub fn attach(&mut self, targets: &[u32]) -> Result<(), Failure> {

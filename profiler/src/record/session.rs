@@ -62,13 +62,8 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
             None => None,
         },
     };
-    let pids: Vec<u32> = match &options.target {
-        TargetSpec::Pids(pids) if options.probes.follow_children => dedup(
-            &pids
-                .iter()
-                .flat_map(|&pid| target::with_descendants(pid))
-                .collect::<Vec<_>>(),
-        ),
+    let mut pids: Vec<u32> = match &options.target {
+        TargetSpec::Pids(pids) if options.probes.follow_children => trees_of(pids),
         TargetSpec::Pids(pids) => dedup(pids),
         TargetSpec::Command(_) => command.iter().map(HeldCommand::pid).collect(),
         TargetSpec::Cgroup(_) => cgroup.iter().flat_map(Cgroup::processes).collect(),
@@ -117,6 +112,21 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
     let syscall_tables = probes.take_syscall_tables()?;
     let alloc_tables = probes.take_alloc_tables()?;
     probes.attach(&pids)?;
+    // The probe that follows forks is in now; the processes the tree started since it
+    // was first listed, while the programs loaded, are not followed by it.
+    if let TargetSpec::Pids(named) = &options.target
+        && options.probes.follow_children
+    {
+        let late: Vec<u32> = trees_of(named)
+            .into_iter()
+            .filter(|&pid| !pids.contains(&pid) && !probes.is_target(pid))
+            .collect();
+        for pid in late {
+            collector.read_map(pid);
+            probes.add_target(pid)?;
+            pids.push(pid);
+        }
+    }
     if options.probes.events.alloc {
         for &pid in &pids {
             let program = command.as_ref().map(HeldCommand::program);
@@ -512,6 +522,16 @@ fn write_outputs(
     }
     summary::print(report, &written, top);
     Ok(())
+}
+
+/// The processes `pids` name and every process they started that still runs.
+fn trees_of(pids: &[u32]) -> Vec<u32> {
+    dedup(
+        &pids
+            .iter()
+            .flat_map(|&pid| target::with_descendants(pid))
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn dedup(pids: &[u32]) -> Vec<u32> {
