@@ -1034,14 +1034,23 @@ fn outputs_belong_to_the_user_who_ran_sudo() {
 fn a_process_the_tree_starts_while_the_programs_load_is_followed() {
     let dir = scratch("fork-while-loading");
     let mut shell = Command::new("bash")
-        .args(["-c", "sleep 0.1; ( while :; do :; done ) & sleep 3; kill $!"])
+        .args([
+            "-c",
+            "sleep 0.1; ( while :; do :; done ) & sleep 3; kill $!",
+        ])
         .spawn()
         .unwrap();
     let pid = shell.id().to_string();
     let seconds = 1.5;
     let output = run(&mut record(
         &dir,
-        &["--pid", &pid, "--children", "--duration", &seconds.to_string()],
+        &[
+            "--pid",
+            &pid,
+            "--children",
+            "--duration",
+            &seconds.to_string(),
+        ],
     ));
     assert!(shell.wait().unwrap().success());
     assert_eq!(output.status.code(), Some(0));

@@ -615,8 +615,8 @@ impl Probes {
             .map_err(map_failure)
     }
 
-    /// Takes out the allocation probes of process `pid`, on a thread of its own: the
-    /// kernel takes uprobes out one grace period at a time (about 90 ms each here).
+    /// Takes out the allocation probes of process `pid` without waiting: each link's
+    /// removal waits for a grace period (60 to 90 ms here), on a thread of its own.
     pub fn detach_allocators(&mut self, pid: u32) {
         if let Some(links) = self.allocator_links.remove(&pid) {
             self.closing_links.extend(close_apart(links));
@@ -920,9 +920,9 @@ impl Probes {
     }
 
     /// Ends the recording: the allocation tables stop changing at once, and every
-    /// program is detached and unloaded but the allocation probes, which the kernel
-    /// takes out one grace period at a time. They come out on a thread of their own
-    /// while the outputs are written: wait for [`ClosingProbes`] before exiting. Returns
+    /// program is detached and unloaded but the allocation links, whose removal waits
+    /// for a grace period. They come out on threads of their own while the outputs are
+    /// written: wait for [`ClosingProbes`] before exiting. Returns
     /// what the programs cost while attached, if the kernel measured it.
     pub fn detach(mut self) -> (Option<BpfCost>, ClosingProbes) {
         if let Some(map) = self.ebpf.map_mut(map_names::ALLOC_STOPPED)

@@ -119,7 +119,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
     {
         let late: Vec<u32> = trees_of(named)
             .into_iter()
-            .filter(|&pid| !pids.contains(&pid) && !probes.is_target(pid))
+            .filter(|&pid| !probes.is_target(pid))
             .collect();
         for pid in late {
             collector.read_map(pid);
