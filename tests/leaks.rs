@@ -281,6 +281,30 @@ fn blocks_allocated_before_the_attach_are_not_candidates() {
 /// The kernel takes allocation probes out one grace period at a time, seconds for all of
 /// them: the recording still ends when `--duration` says, and they come out meanwhile.
 #[test]
+fn a_table_of_many_live_blocks_is_read_whole_and_once() {
+    // More blocks than a batch holds: the table's readers each read a range of its
+    // buckets, and a reader's last batch runs into the next one's range.
+    let held: u64 = 150_000;
+    let dir = scratch("leaks-many");
+    let output = run(
+        record(&dir, &["--events", "alloc", "--leak-min-age", "0"])
+            .arg("--")
+            .arg(compile_workload("alloc_loop"))
+            .args(["0", &held.to_string(), "300"]),
+    );
+    assert!(output.status.success(), "{}", stderr_line(&output));
+    let report = read_json(&dir.join("report.json"));
+    // The holding loop's blocks are 64 bytes each; its array of pointers is one block.
+    let holding: Vec<_> = candidates_from(&report, "main")
+        .into_iter()
+        .filter(|candidate| candidate["count"].as_f64() > Some(1.0))
+        .collect();
+    assert_eq!(holding.len(), 1, "{:#}", report["leaks"]);
+    assert_eq!(holding[0]["count"].as_f64(), Some(held as f64));
+    assert_eq!(holding[0]["bytes"].as_f64(), Some((held * 64) as f64));
+}
+
+#[test]
 fn a_duration_ends_the_recording_on_time_while_the_probes_come_out() {
     let dir = scratch("leaks-duration");
     let mut idle = Command::new("sleep").arg("30").spawn().unwrap();

@@ -12,9 +12,6 @@ pub mod syscalls;
 pub use block_io::{IoOp, IoRow, IoTable};
 pub use completeness::{Completeness, end_name};
 pub use latency::Latency;
-pub use leaks::{
-    LeakGroup, LeakOptions, LiveSummary, growth_per_second, summarize_live,
-    without_replaced_programs,
-};
+pub use leaks::{LeakGroup, LeakOptions, LiveSummary, growth_per_second, summarize_live};
 pub use stacks::{StackCounts, StackKey};
 pub use syscalls::{SlowCall, SyscallLatencies, SyscallSummary, summarize_syscalls};

@@ -417,7 +417,7 @@ impl Collector {
     }
 
     /// When each process last started a program, for
-    /// [`crate::aggregate::without_replaced_programs`].
+    /// [`crate::aggregate::summarize_live`].
     pub(super) fn program_starts(&self) -> &HashMap<u32, u64> {
         &self.program_starts
     }

@@ -11,7 +11,7 @@ use super::{
     collector::{Collector, LiveWindow},
 };
 use crate::{
-    aggregate::{LeakOptions, summarize_live, summarize_syscalls, without_replaced_programs},
+    aggregate::{LeakOptions, summarize_live, summarize_syscalls},
     analyze::{Observations, analyze},
     attach::{AllocTables, LossCounters, SyscallTables},
     exit::Failure,
@@ -169,10 +169,9 @@ impl MetricsEndpoint {
             Vec::new()
         };
         let allocations = events.alloc.then(|| {
-            let live =
-                without_replaced_programs(tables.allocations.live(), collector.program_starts());
             let live = summarize_live(
-                &live,
+                &tables.allocations.live(),
+                collector.program_starts(),
                 super::session::monotonic_now_ns(),
                 leak_options(options),
             );

@@ -17,7 +17,7 @@ use super::{
     live::{Live, METRICS_WINDOW, MetricsEndpoint, Snapshots, Tables, leak_options},
 };
 use crate::{
-    aggregate::{summarize_live, summarize_syscalls, without_replaced_programs},
+    aggregate::{summarize_live, summarize_syscalls},
     allocators,
     analyze::Check,
     attach::{self, AllocTables, ProbeSettings, Probes, check_privileges},
@@ -299,9 +299,13 @@ fn read_allocations(
     options: &RecordOptions,
     stopped_ns: u64,
 ) -> Allocations {
-    let live = without_replaced_programs(tables.live(), collector.program_starts());
     Allocations {
-        live: summarize_live(&live, stopped_ns, leak_options(options)),
+        live: summarize_live(
+            &tables.live(),
+            collector.program_starts(),
+            stopped_ns,
+            leak_options(options),
+        ),
         alloc_calls: tables.total(AllocCounter::Allocations),
         free_calls: tables.total(AllocCounter::Frees),
     }
