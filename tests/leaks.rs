@@ -286,12 +286,10 @@ fn a_table_of_many_live_blocks_is_read_whole_and_once() {
     // buckets, and a reader's last batch runs into the next one's range.
     let held: u64 = 150_000;
     let dir = scratch("leaks-many");
-    let output = run(
-        record(&dir, &["--events", "alloc", "--leak-min-age", "0"])
-            .arg("--")
-            .arg(compile_workload("alloc_loop"))
-            .args(["0", &held.to_string(), "300"]),
-    );
+    let output = run(record(&dir, &["--events", "alloc", "--leak-min-age", "0"])
+        .arg("--")
+        .arg(compile_workload("alloc_loop"))
+        .args(["0", &held.to_string(), "300"]));
     assert!(output.status.success(), "{}", stderr_line(&output));
     let report = read_json(&dir.join("report.json"));
     // The holding loop's blocks are 64 bytes each; its array of pointers is one block.

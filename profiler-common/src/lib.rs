@@ -183,7 +183,8 @@ pub mod program_names {
     pub const PROCESS_EXEC: &str = "process_exec";
     /// raw tracepoint `sched_process_fork`: a target's new process becomes a target.
     pub const PROCESS_FORK: &str = "process_fork";
-    /// raw tracepoint `sched_process_exit`: a followed process leaves the targets.
+    /// raw tracepoint `sched_process_exit`: a thread frees its syscall slot, and a
+    /// followed process leaves the targets.
     pub const PROCESS_EXIT: &str = "process_exit";
     /// uprobe on a started command's entry point: stops it until its tables are loaded.
     pub const HOLD_AT_ENTRY: &str = "hold_at_entry";

@@ -4,13 +4,13 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_RB_FORCE_WAKEUP,
-    helpers::{bpf_get_current_comm, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use profiler_common::{EventKind, LossCounter, ProcessStart, TARGET_FOLLOWED};
 
-use crate::{EVENTS, TARGET_TGIDS, count_loss, current_thread, header, now_ns, stacks};
+use crate::{EVENTS, TARGET_TGIDS, count_loss, current_thread, header, now_ns, stacks, syscalls};
 
 /// Set by userspace from the kernel's BTF: the offset of `tgid` in `task_struct`.
 #[unsafe(no_mangle)]
@@ -64,12 +64,14 @@ pub fn report_start(tgid: u32) {
     record.submit(u64::from(BPF_RB_FORCE_WAKEUP));
 }
 
-/// A followed process's last thread ended: its slots in the target, mapping and Python
-/// tables are free again, so that a script that starts thousands of short commands
-/// does not fill them.
+/// A thread ended: its syscall slot is free again. When it was a followed process's
+/// leader, the process's slots in the target, mapping and Python tables are free too, so
+/// that a script that starts thousands of short commands does not fill them.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn process_exit(_ctx: RawTracePointContext) -> u32 {
-    let (tgid, tid) = current_thread();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    syscalls::forget_thread(pid_tgid);
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     // The group leader's exit stands for the process's: a leader that ends before its
     // other threads (pthread_exit in main) stops their sampling early.
     // SAFETY: the value is a u8 of this map.

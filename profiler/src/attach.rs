@@ -514,6 +514,11 @@ impl Probes {
         if events.cpu {
             self.attach_cpu_sampler(targets)?;
         }
+        // Before the syscall programs: a thread's syscall slot marks it as a target's
+        // until the thread exits.
+        if events.syscalls || self.settings.follow_children {
+            self.attach_raw_tracepoint(program_names::PROCESS_EXIT, "sched_process_exit")?;
+        }
         if events.syscalls {
             // Exit first: a call whose entry was not seen is ignored, never miscounted.
             self.attach_raw_tracepoint(program_names::SYSCALL_EXIT, "sys_exit")?;
@@ -541,9 +546,9 @@ impl Probes {
         if self.settings.uses_unwind_tables() || self.settings.follow_children {
             self.attach_raw_tracepoint(program_names::PROCESS_EXEC, "sched_process_exec")?;
         }
-        // Exit first: a followed process is never left in the table for want of it.
+        // After the exit program: a followed process is never left in the table for
+        // want of it.
         if self.settings.follow_children {
-            self.attach_raw_tracepoint(program_names::PROCESS_EXIT, "sched_process_exit")?;
             self.attach_raw_tracepoint(program_names::PROCESS_FORK, "sched_process_fork")?;
         }
         Ok(())
