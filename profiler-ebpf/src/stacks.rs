@@ -259,10 +259,21 @@ fn step(stack: &mut UserStack) -> Result<(), StackEnd> {
         cfa_rule::ROOT => return Err(StackEnd::Root),
         _ => return Err(StackEnd::NoUnwindInfo),
     };
-    let return_address = read_user(cfa.wrapping_sub(8))?;
-    if row.rbp_offset != 0 {
-        stack.bp = read_user(cfa.wrapping_add_signed(i64::from(row.rbp_offset) * 8))?;
-    }
+    let return_address = match row.rbp_offset {
+        0 => read_user(cfa.wrapping_sub(8))?,
+        // `push rbp` right after the call, as every frame-pointer prologue does: the
+        // saved rbp and the return address are read in one call to the helper, which
+        // costs about as much as reading either.
+        SAVED_RBP_BELOW_RETURN_ADDRESS => {
+            let [saved_rbp, return_address] = read_user::<[u64; 2]>(cfa.wrapping_sub(16))?;
+            stack.bp = saved_rbp;
+            return_address
+        }
+        saved_at => {
+            stack.bp = read_user(cfa.wrapping_add_signed(i64::from(saved_at) * 8))?;
+            read_user(cfa.wrapping_sub(8))?
+        }
+    };
     if return_address == 0 {
         return Err(StackEnd::Root);
     }
@@ -292,10 +303,14 @@ fn resume_interrupted(stack: &mut UserStack) -> Result<(), StackEnd> {
     Ok(())
 }
 
+/// Where a frame-pointer prologue saves rbp: the word below the return address, in
+/// words from the CFA.
+const SAVED_RBP_BELOW_RETURN_ADDRESS: i8 = -2;
+
 #[inline(always)]
-fn read_user(address: u64) -> Result<u64, StackEnd> {
+fn read_user<T>(address: u64) -> Result<T, StackEnd> {
     // SAFETY: the helper checks the user address.
-    unsafe { bpf_probe_read_user(address as *const u64) }.map_err(|_| StackEnd::UnreadableMemory)
+    unsafe { bpf_probe_read_user(address as *const T) }.map_err(|_| StackEnd::UnreadableMemory)
 }
 
 /// Rows remembered on each CPU: most frames of a sample are return addresses that

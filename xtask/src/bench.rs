@@ -3,8 +3,10 @@
 //! service in the same run; then its cost per traced syscall, side by side with
 //! libbpf-tools `syscount` ([`crate::bench_syscalls`]); then its cost per malloc+free
 //! pair next to bpftrace and heaptrack ([`crate::bench_alloc`]); then how complete and
-//! how costly its unwinding is, next to perf's DWARF mode ([`crate::bench_unwind`]); last,
-//! its Python frames next to py-spy's ([`crate::bench_python`]).
+//! how costly its unwinding is, next to perf's DWARF mode ([`crate::bench_unwind`]); its
+//! Python frames next to py-spy's ([`crate::bench_python`]); its load-test mode next to
+//! py-spy's ([`crate::bench_loadtest`]); last, what 999 Hz sampling costs the sampled
+//! thread next to perf's ([`crate::bench_slowdown`]).
 //!
 //! The service is the demo's model-server with one worker per CPU, so that any CPU the
 //! profiler takes shows up as lost throughput. Each configuration runs `--runs` times,
@@ -54,6 +56,8 @@ pub enum Part {
     Python,
     /// Load-test mode on a gunicorn service against py-spy --subprocesses.
     Loadtest,
+    /// What sampling at 999 Hz costs the interrupted thread, against perf record -g.
+    Slowdown,
 }
 
 pub fn run(duration: u32, runs: u32, only: Option<Part>) -> anyhow::Result<()> {
@@ -97,6 +101,10 @@ pub fn run(duration: u32, runs: u32, only: Option<Part>) -> anyhow::Result<()> {
     }
     if selected(Part::Loadtest) {
         results["loadtest"] = crate::bench_loadtest::run(&bench.dir, runs)?;
+    }
+    if selected(Part::Slowdown) {
+        // Four rounds per run: a round's three cases take about 12 s together.
+        results["slowdown"] = crate::bench_slowdown::run(&bench.dir, (runs * 4).max(8))?;
     }
     let path = bench.dir.join("results.json");
     fs::write(&path, serde_json::to_string_pretty(&results)?)?;

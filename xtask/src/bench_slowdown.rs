@@ -1,0 +1,178 @@
+//! The slowdown part of `cargo xtask bench`: what sampling at 999 Hz costs the thread it
+//! interrupts, ours against `perf record -g`, measured so that the difference can be
+//! told from zero, or with the smallest difference this machine resolves.
+//!
+//! A service's throughput cannot tell them apart here: with the tool's own work on the
+//! same CPUs, requests per second spread ±6 % between rounds. So the target is one
+//! thread (`tests/workloads/spin_rate.c`, 24 frames deep) pinned to the last CPU and
+//! the tools to the first: what a sampler costs the target shows as wall time per
+//! iteration of its loop, and the tools' own work does not. Rounds interleave the
+//! three cases; each round's slowdowns are taken against that round's unsampled run,
+//! and the difference between the two tools is averaged over the rounds with its 95 %
+//! confidence interval.
+
+use std::{path::Path, process::Command};
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use crate::{FRAME_POINTERS, bench_syscalls::run_loop, compile_c, profiler_binary, root};
+
+const FREQUENCY: &str = "999";
+const SECONDS: &str = "3";
+const DEPTH: &str = "24";
+
+/// The cases of a round, in the order they run.
+#[derive(Clone, Copy)]
+enum Sampler {
+    None,
+    Profiler,
+    PerfFramePointers,
+}
+
+impl Sampler {
+    const ALL: [Sampler; 3] = [Sampler::None, Sampler::Profiler, Sampler::PerfFramePointers];
+
+    fn label(self) -> &'static str {
+        match self {
+            Sampler::None => "unsampled",
+            Sampler::Profiler => "profiler -F 999",
+            Sampler::PerfFramePointers => "perf record -g -F 999",
+        }
+    }
+}
+
+/// Runs `rounds` interleaved rounds and returns the results section.
+pub fn run(dir: &Path, rounds: u32) -> anyhow::Result<Value> {
+    let workload = dir.join("spin_rate");
+    compile_c(
+        &root().join("tests/workloads/spin_rate.c"),
+        &workload,
+        FRAME_POINTERS,
+    )?;
+    let cpus = std::thread::available_parallelism()?.get();
+    anyhow::ensure!(
+        cpus >= 2,
+        "the slowdown bench pins the target and the tools apart: it needs 2 CPUs"
+    );
+    let target_cpu = (cpus - 1).to_string();
+    let mut ns_per_batch: Vec<[f64; 3]> = Vec::new();
+    for round in 1..=rounds {
+        let mut measured = [0.0; 3];
+        for (index, sampler) in Sampler::ALL.into_iter().enumerate() {
+            println!(
+                "bench: slowdown, round {round} of {rounds}: {}",
+                sampler.label()
+            );
+            measured[index] = spin_under(sampler, &workload, &target_cpu, dir)?;
+        }
+        ns_per_batch.push(measured);
+    }
+    let slowdown = |case: usize| -> Vec<f64> {
+        ns_per_batch
+            .iter()
+            .map(|round| (round[case] / round[0] - 1.0) * 100.0)
+            .collect()
+    };
+    let (ours, perf) = (slowdown(1), slowdown(2));
+    let difference: Vec<f64> = ours.iter().zip(&perf).map(|(a, b)| a - b).collect();
+    let (ours_mean, ours_half) = mean_and_half_width(&ours);
+    let (perf_mean, perf_half) = mean_and_half_width(&perf);
+    let (difference_mean, difference_half) = mean_and_half_width(&difference);
+    Ok(json!({
+        "workload": format!("tests/workloads/spin_rate.c, one thread {DEPTH} frames deep pinned to CPU {target_cpu}, the tools to CPU 0; {SECONDS} s a run, {rounds} interleaved rounds"),
+        "profiler_slowdown_percent": ours_mean,
+        "profiler_slowdown_ci95_percent": ours_half,
+        "perf_slowdown_percent": perf_mean,
+        "perf_slowdown_ci95_percent": perf_half,
+        "difference_points": difference_mean,
+        "difference_ci95_points": difference_half,
+        // Whether the interval around the difference leaves out zero; if not, the
+        // half-width is the smallest difference these rounds could have shown.
+        "difference_resolved": difference_mean.abs() > difference_half,
+        "rounds_ns_per_million": ns_per_batch.iter().map(|round| {
+            Sampler::ALL.iter().zip(round).map(|(sampler, ns)| (sampler.label().to_owned(), json!(ns))).collect::<serde_json::Map<_, _>>()
+        }).collect::<Vec<_>>(),
+    }))
+}
+
+/// The workload's wall nanoseconds per million iterations under `sampler`.
+fn spin_under(
+    sampler: Sampler,
+    workload: &Path,
+    target_cpu: &str,
+    dir: &Path,
+) -> anyhow::Result<f64> {
+    let mut command = Command::new("taskset");
+    command.args(["-c", "0"]);
+    match sampler {
+        Sampler::None => {}
+        Sampler::Profiler => {
+            command
+                .arg(profiler_binary())
+                .args(["record", "-F", FREQUENCY, "-o"])
+                .arg(dir.join("slowdown.svg"))
+                .arg("--");
+        }
+        Sampler::PerfFramePointers => {
+            command
+                .args(["perf", "record", "-q", "-g", "-F", FREQUENCY, "-o"])
+                .arg(dir.join("slowdown-perf.data"))
+                .arg("--");
+        }
+    }
+    command
+        .args(["taskset", "-c", target_cpu])
+        .arg(workload)
+        .args([SECONDS, DEPTH]);
+    let output = run_loop(&mut command)?;
+    output
+        .lines()
+        .find_map(|line| line.trim().parse().ok())
+        .with_context(|| format!("spin_rate printed no rate: {output}"))
+}
+
+/// The mean of `values` and the half-width of its 95 % confidence interval (Student's
+/// t, as the rounds are few).
+fn mean_and_half_width(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, f64::INFINITY);
+    }
+    let variance = values
+        .iter()
+        .map(|value| (value - mean).powi(2))
+        .sum::<f64>()
+        / (n - 1.0);
+    (
+        mean,
+        t_quantile_975(values.len() - 1) * (variance / n).sqrt(),
+    )
+}
+
+/// The 97.5 % quantile of Student's t with `degrees` degrees of freedom.
+fn t_quantile_975(degrees: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    TABLE.get(degrees.wrapping_sub(1)).copied().unwrap_or(1.96)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_narrows_with_more_rounds_of_the_same_spread() {
+        let few = mean_and_half_width(&[1.0, 3.0, 1.0, 3.0]);
+        let many = mean_and_half_width(&[1.0, 3.0, 1.0, 3.0, 1.0, 3.0, 1.0, 3.0]);
+        assert_eq!(few.0, 2.0);
+        assert_eq!(many.0, 2.0);
+        assert!(many.1 < few.1);
+        // Four values of standard deviation 1.155: 3.182 * 1.155 / 2.
+        assert!((few.1 - 1.8376).abs() < 1e-3, "{}", few.1);
+    }
+}
