@@ -5,4 +5,6 @@ use which::which;
 fn main() {
     let bpf_linker = which("bpf-linker").expect("bpf-linker not found: run `cargo xtask setup`");
     println!("cargo:rerun-if-changed={}", bpf_linker.to_str().unwrap());
+    // Kept global, so that the verifier checks it once by itself (see its comment).
+    println!("cargo:rustc-link-arg=--export=find_unwind_row");
 }

@@ -234,12 +234,15 @@ fn step(stack: &mut UserStack) -> Result<(), StackEnd> {
     let row = match remembered_row(lookup, tag) {
         Some(row) => row,
         None => {
-            let mapping = find_mapping(stack.tgid, lookup)?;
-            let address = lookup.wrapping_sub(mapping.bias);
-            if address > u64::from(u32::MAX) {
-                return Err(StackEnd::NoUnwindInfo);
+            let found = find_unwind_row(stack.tgid, lookup);
+            let row = row_from_bits(found);
+            if row.cfa_rule == 0 {
+                return Err(if found == NO_MAPPING {
+                    StackEnd::UnknownMapping
+                } else {
+                    StackEnd::NoUnwindInfo
+                });
             }
-            let row = find_row(mapping, address as u32).ok_or(StackEnd::NoUnwindInfo)?;
             remember_row(lookup, tag, row);
             row
         }
@@ -342,11 +345,7 @@ fn row_slot(address: u64, tag: u64) -> u32 {
 
 #[inline(always)]
 fn row_check(address: u64, tag: u64, row: UnwindRow) -> u64 {
-    let bits = u64::from(row.address)
-        | u64::from(row.cfa_offset) << 32
-        | u64::from(row.cfa_rule) << 48
-        | u64::from(row.rbp_offset as u8) << 56;
-    (address ^ tag.rotate_left(29) ^ bits).wrapping_mul(0xff51_afd7_ed55_8ccd) | 1
+    (address ^ tag.rotate_left(29) ^ row_bits(row)).wrapping_mul(0xff51_afd7_ed55_8ccd) | 1
 }
 
 /// The row found earlier for `address` in the process and generation `tag`.
@@ -377,6 +376,49 @@ fn remember_row(address: u64, tag: u64, row: UnwindRow) {
                 check: row_check(address, tag, row),
             };
         }
+    }
+}
+
+/// What [`find_unwind_row`] returns when `address` is in no mapping of the process; any
+/// other value without a CFA rule means its mapping has no row for it.
+const NO_MAPPING: u64 = 0;
+const NO_ROW: u64 = 1;
+
+/// The unwind row for `address` in process `tgid`, as [`row_bits`], or [`NO_MAPPING`]
+/// or [`NO_ROW`].
+///
+/// A global function, which the verifier checks once by itself: inlined into the
+/// unwinding loop's step, its two searches were checked at every state the loop
+/// reached them in, most of the time each unwinding program took to load.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn find_unwind_row(tgid: u32, address: u64) -> u64 {
+    let Ok(mapping) = find_mapping(tgid, address) else {
+        return NO_MAPPING;
+    };
+    let offset = address.wrapping_sub(mapping.bias);
+    if offset > u64::from(u32::MAX) {
+        return NO_ROW;
+    }
+    find_row(mapping, offset as u32).map_or(NO_ROW, row_bits)
+}
+
+/// A row in one word: its fields side by side, the CFA rule (never 0) in bits 48..56.
+#[inline(always)]
+fn row_bits(row: UnwindRow) -> u64 {
+    u64::from(row.address)
+        | u64::from(row.cfa_offset) << 32
+        | u64::from(row.cfa_rule) << 48
+        | u64::from(row.rbp_offset as u8) << 56
+}
+
+#[inline(always)]
+fn row_from_bits(bits: u64) -> UnwindRow {
+    UnwindRow {
+        address: bits as u32,
+        cfa_offset: (bits >> 32) as u16,
+        cfa_rule: (bits >> 48) as u8,
+        rbp_offset: (bits >> 56) as u8 as i8,
     }
 }
 
