@@ -19,8 +19,8 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    FRAME_POINTERS, bench::median, bench_syscalls::run_loop, compile_c, output, profiler_binary,
-    root, setup::apt_install,
+    bench::median, bench_syscalls::run_loop, compile_workload, output, profiler_binary,
+    setup::apt_install,
 };
 
 /// Pairs per traced run: a few seconds under the slowest tracer here.
@@ -75,12 +75,7 @@ pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
-    let workload = dir.join("alloc_loop");
-    compile_c(
-        &root().join("tests/workloads/alloc_loop.c"),
-        &workload,
-        FRAME_POINTERS,
-    )?;
+    let workload = compile_workload(dir, "alloc_loop")?;
     let libc = libc_path()?;
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); Tracer::ALL.len()];
     for run in 1..=runs {

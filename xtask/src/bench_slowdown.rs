@@ -16,7 +16,7 @@ use std::{path::Path, process::Command};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::{FRAME_POINTERS, bench_syscalls::run_loop, compile_c, profiler_binary, root};
+use crate::{bench_syscalls::run_loop, compile_workload, profiler_binary};
 
 const FREQUENCY: &str = "999";
 const SECONDS: &str = "3";
@@ -44,12 +44,7 @@ impl Sampler {
 
 /// Runs `rounds` interleaved rounds and returns the results section.
 pub fn run(dir: &Path, rounds: u32) -> anyhow::Result<Value> {
-    let workload = dir.join("spin_rate");
-    compile_c(
-        &root().join("tests/workloads/spin_rate.c"),
-        &workload,
-        FRAME_POINTERS,
-    )?;
+    let workload = compile_workload(dir, "spin_rate")?;
     let cpus = std::thread::available_parallelism()?.get();
     anyhow::ensure!(
         cpus >= 2,

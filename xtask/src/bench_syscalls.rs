@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::{FRAME_POINTERS, bench::median, compile_c, profiler_binary, root, setup::apt_install};
+use crate::{bench::median, compile_workload, profiler_binary, setup::apt_install};
 
 const SYSCOUNT: &str = "/usr/sbin/syscount";
 const LOOP_SECONDS: f64 = 3.0;
@@ -62,12 +62,7 @@ pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
     if !Path::new(SYSCOUNT).exists() {
         apt_install(&["libbpf-tools"])?;
     }
-    let waits = dir.join("waits");
-    compile_c(
-        &root().join("tests/workloads/waits.c"),
-        &waits,
-        FRAME_POINTERS,
-    )?;
+    let waits = compile_workload(dir, "waits")?;
     let mut results: Vec<Vec<LoopRun>> = vec![Vec::new(); Tracer::ALL.len()];
     for run in 1..=runs {
         for (index, tracer) in Tracer::ALL.into_iter().enumerate() {

@@ -29,7 +29,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    FRAME_POINTERS, NO_FRAME_POINTERS, bench::median, compile_c, output, profiler_binary, root,
+    NO_FRAME_POINTERS, bench::median, compile_c, compile_workload, output, profiler_binary, root,
     setup::apt_install,
 };
 
@@ -304,12 +304,7 @@ const DEEP_DEPTH: u32 = 88;
 /// the same frame-pointer build. In a steady workload the DWARF unwinder finds most
 /// rows in its per-CPU cache, as it does here.
 fn cost_per_frame(dir: &Path, duration: Duration, runs: u32) -> anyhow::Result<Value> {
-    let workload = dir.join("recursion");
-    compile_c(
-        &root().join("tests/workloads/recursion.c"),
-        &workload,
-        FRAME_POINTERS,
-    )?;
+    let workload = compile_workload(dir, "recursion")?;
     let threads = std::thread::available_parallelism()?.get().to_string();
     let methods = ["fp", "dwarf"];
     let mut per_frame = Vec::new();

@@ -149,6 +149,18 @@ const FRAME_POINTERS: &[&str] = &["-fno-omit-frame-pointer", "-mno-omit-leaf-fra
 /// Compiler flags that leave frame pointers out, as distributions build.
 const NO_FRAME_POINTERS: &[&str] = &["-fomit-frame-pointer"];
 
+/// Compiles `tests/workloads/NAME.c` with frame pointers into `dir`, and returns the
+/// binary's path.
+fn compile_workload(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let binary = dir.join(name);
+    compile_c(
+        &root().join(format!("tests/workloads/{name}.c")),
+        &binary,
+        FRAME_POINTERS,
+    )?;
+    Ok(binary)
+}
+
 /// Compiles a C program at -O2 with debug information and `frame_pointer_flags`.
 fn compile_c(source: &Path, binary: &Path, frame_pointer_flags: &[&str]) -> anyhow::Result<()> {
     std::fs::create_dir_all(binary.parent().unwrap())?;
