@@ -107,6 +107,9 @@ pub mod map_names {
     pub const THREAD_TIMER_FIRINGS: &str = "THREAD_TIMER_FIRINGS";
     /// `PerCpuArray<u64>` indexed by [`crate::LossCounter`].
     pub const LOSS_COUNTERS: &str = "LOSS_COUNTERS";
+    /// `PerCpuArray<StealClock>` of one entry: each CPU's steal clock, as the CPU
+    /// samples read it.
+    pub const STEAL_CLOCKS: &str = "STEAL_CLOCKS";
     /// `PerCpuArray<SyscallStats>` indexed by syscall number.
     pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
     /// `PerCpuHashMap<u32, u64>`: failed calls per [`crate::errno_key`].
@@ -212,6 +215,8 @@ pub mod global_names {
     /// `u64`: offset in the kernel's `task_struct` of `pid` (the thread id), from the
     /// kernel's BTF, which off-CPU spans are matched by as threads are switched in.
     pub const TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
+    /// [`crate::StealClockLayout`]: where a CPU's steal clock is, from the kernel's BTF.
+    pub const STEAL_CLOCK_LAYOUT: &str = "STEAL_CLOCK_LAYOUT";
     /// `u64`: for `--cgroup`, the id of the target cgroup on the v2 hierarchy (its
     /// directory's inode); 0 when processes are chosen otherwise.
     pub const TARGET_CGROUP_ID: &str = "TARGET_CGROUP_ID";
@@ -430,6 +435,53 @@ pub struct CpuSample {
     pub header: EventHeader,
     /// The thread's stacks when the sample fired.
     pub stacks: Stacks,
+}
+
+/// Offsets in kernel structures, from the kernel's BTF, through which the CPU samples
+/// read the time a hypervisor stole from a CPU. All 0 when the kernel keeps no such
+/// clock, as without `CONFIG_PARAVIRT_TIME_ACCOUNTING`, whose threads' CPU time counts
+/// stolen time as the timers do.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StealClockLayout {
+    /// `task_struct.se.cfs_rq`: the run queue of the running task's group on its CPU.
+    pub task_cfs_rq: u64,
+    /// `cfs_rq.rq`: the CPU's run queue that group run queue belongs to.
+    pub cfs_rq_rq: u64,
+    /// `rq.cpu`: the run queue's CPU, which proves the offsets right.
+    pub rq_cpu: u64,
+    /// From the run queue to the nanoseconds stolen from its CPU, wrapping: KVM's
+    /// per-CPU `steal_time.steal`, which the host brings up to date each time it gives
+    /// the CPU back, or else `rq.prev_steal_time_rq`, which the run queue's clock brings
+    /// up to date at its next tick or switch.
+    pub steal_ns_from_rq: u64,
+}
+
+impl StealClockLayout {
+    /// Whether every offset is known.
+    pub fn is_known(&self) -> bool {
+        self.task_cfs_rq != 0
+            && self.cfs_rq_rq != 0
+            && self.rq_cpu != 0
+            && self.steal_ns_from_rq != 0
+    }
+}
+
+/// One CPU's steal clock as the CPU samples follow it, in
+/// [`map_names::STEAL_CLOCKS`]. A virtual CPU's timers count the time its host ran
+/// something else, which the kernel leaves out of the threads' CPU time; the samples
+/// that stand for stolen time are left out (see the BPF side's `steal` module).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StealClock {
+    /// The CPU's run queue, once found; 0 until then.
+    pub run_queue: u64,
+    /// The steal clock when the CPU's timer last fired.
+    pub last_steal_ns: u64,
+    /// Stolen nanoseconds owed by target samples on this CPU.
+    pub owed_ns: u64,
+    /// Samples left out for stolen time.
+    pub samples_left_out: u64,
 }
 
 /// A target's syscall that took at least [`global_names::SLOW_SYSCALL_NS`].
@@ -893,6 +945,10 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessMappings {}
     // SAFETY: as above; the padding is a named field, always written as zero.
     unsafe impl aya::Pod for super::PythonProcess {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StealClock {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StealClockLayout {}
 }
 
 #[cfg(test)]

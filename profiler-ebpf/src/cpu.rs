@@ -25,7 +25,7 @@ use profiler_common::{CpuSample, EventKind, LossCounter};
 use crate::{
     EVENTS, count_loss, current_thread, header, is_target, now_ns,
     stacks::{self, Unwinder},
-    wakeup_flag,
+    steal, wakeup_flag,
 };
 
 /// How many periods of a thread's CPU time the CPU timers cover before its own timer
@@ -69,25 +69,26 @@ pub fn sample_cpu(ctx: PerfEventContext) -> u32 {
             1
         }
     };
-    if firings > YOUNG_THREAD_PERIODS {
+    if firings > YOUNG_THREAD_PERIODS && !steal::pays_stolen_period(steal::period_ns(&ctx)) {
         sample(&ctx);
     }
     0
 }
 
 /// Fires on each CPU's timer for whatever runs there; samples target threads that have
-/// not yet run [`YOUNG_THREAD_PERIODS`] periods.
+/// not yet run [`YOUNG_THREAD_PERIODS`] periods. It also follows the CPU's steal clock,
+/// every period.
 #[perf_event]
 pub fn sample_cpu_fill(ctx: PerfEventContext) -> u32 {
     let (tgid, tid) = current_thread();
-    if !is_target(tgid) {
-        return 0;
-    }
+    let on_target = is_target(tgid);
     // SAFETY: read only.
-    let firings = unsafe { THREAD_TIMER_FIRINGS.get(&tid) }
-        .copied()
-        .unwrap_or(0);
-    if firings < YOUNG_THREAD_PERIODS {
+    let young = on_target
+        && unsafe { THREAD_TIMER_FIRINGS.get(&tid) }
+            .copied()
+            .unwrap_or(0)
+            < YOUNG_THREAD_PERIODS;
+    if !steal::period_ended(steal::period_ns(&ctx), on_target, young) && young {
         sample(&ctx);
     }
     0

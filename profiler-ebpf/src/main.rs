@@ -10,6 +10,7 @@ mod follow;
 mod offcpu;
 mod python;
 mod stacks;
+mod steal;
 mod syscalls;
 
 use aya_ebpf::{

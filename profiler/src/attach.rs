@@ -33,11 +33,13 @@ use aya::{
 use profiler_common::{
     AllocCounter, CpuSample, LiveAllocation, LiveAllocationKey, LossCounter, MAX_EVENTS_RING_BYTES,
     MAX_LIVE_ALLOCATIONS, MAX_SYSCALLS, MAX_TARGETS, ProcessMappings, PythonProcess,
-    RING_WAKEUP_FRACTION, SAMPLE_INTERVAL_DRAWS, SyscallStats, TARGET_FOLLOWED, TARGET_NAMED,
-    global_names, map_names, program_names,
+    RING_WAKEUP_FRACTION, SAMPLE_INTERVAL_DRAWS, StealClock, StealClockLayout, SyscallStats,
+    TARGET_FOLLOWED, TARGET_NAMED, global_names, map_names, program_names,
 };
 
-use crate::{allocators::ProbePoint, cgroup::CgroupId, exit::Failure, kernel_btf, tracefs};
+use crate::{
+    allocators::ProbePoint, cgroup::CgroupId, exit::Failure, kernel_btf, steal_clock, tracefs,
+};
 
 static BPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
@@ -407,6 +409,10 @@ impl Probes {
                 .unwrap_or(0)
         };
         let task_fsbase_offset = offset(&["thread", "fsbase"]);
+        let steal_clock_layout = match &kernel_types {
+            Some(types) if events.cpu => steal_clock::layout(types),
+            _ => StealClockLayout::default(),
+        };
         let task_tgid_offset = if settings.follow_children {
             offset(&["tgid"])
         } else {
@@ -450,6 +456,7 @@ impl Probes {
             .override_global(global_names::TASK_FSBASE_OFFSET, &task_fsbase_offset, true)
             .override_global(global_names::TASK_TGID_OFFSET, &task_tgid_offset, true)
             .override_global(global_names::TASK_PID_OFFSET, &task_pid_offset, true)
+            .override_global(global_names::STEAL_CLOCK_LAYOUT, &steal_clock_layout, true)
             .override_global(global_names::TARGET_CGROUP_ID, &cgroup_id, true)
             .override_global(global_names::TARGET_CGROUP_LEVEL, &cgroup_level, true)
             .override_global(global_names::TARGET_ALL_BUT, &all_but, true)
@@ -899,6 +906,14 @@ impl Probes {
         ))
     }
 
+    /// Takes the CPUs' steal clocks, readable after [`Probes::detach`].
+    pub fn take_steal_clocks(&mut self) -> Result<StealClocks, Failure> {
+        let map = self.take_map(map_names::STEAL_CLOCKS)?;
+        Ok(StealClocks(
+            PerCpuArray::try_from(map).map_err(map_failure)?,
+        ))
+    }
+
     /// Takes the in-kernel syscall tables, readable after [`Probes::detach`].
     pub fn take_syscall_tables(&mut self) -> Result<SyscallTables, Failure> {
         Ok(SyscallTables {
@@ -997,6 +1012,19 @@ fn sum_over_cpus(counters: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
         .get(&index, 0)
         .map(|per_cpu| per_cpu.iter().sum())
         .unwrap_or(0)
+}
+
+/// Each CPU's steal clock, as the CPU samples followed it.
+pub struct StealClocks(PerCpuArray<MapData, StealClock>);
+
+impl StealClocks {
+    /// CPU samples left out, over all CPUs, for time the hypervisor stole.
+    pub fn samples_left_out(&self) -> u64 {
+        self.0
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().map(|clock| clock.samples_left_out).sum())
+            .unwrap_or(0)
+    }
 }
 
 /// The syscall counters the BPF side keeps, summed over CPUs.

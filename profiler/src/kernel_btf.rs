@@ -1,6 +1,7 @@
 //! Field offsets of kernel structures, from the kernel's own type information
-//! (`/sys/kernel/btf/vmlinux`), for the one kernel field the BPF programs read by offset:
-//! a thread's TLS base, which CPython's thread states are found through.
+//! (`/sys/kernel/btf/vmlinux`), for the kernel fields the BPF programs read by offset:
+//! a thread's TLS base, which CPython's thread states are found through, its ids, and
+//! the run queue and per-CPU variables a CPU's steal clock is read through.
 
 use std::{collections::HashMap, fs};
 
@@ -11,7 +12,12 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
 const KIND_TYPE_TAG: u32 = 18;
+
+/// The section of per-CPU variables, whose offsets are from each CPU's per-CPU base.
+const PER_CPU_SECTION: &[u8] = b".data..percpu";
 
 /// One member of a struct or union: its name, type and offset in bits.
 struct Member {
@@ -29,6 +35,15 @@ enum Type {
     },
     /// A typedef or qualifier of another type.
     Alias(u32),
+    /// A global variable.
+    Variable {
+        name: u32,
+    },
+    /// A data section: its variables' type ids and offsets.
+    Section {
+        name: u32,
+        variables: Vec<(u32, u32)>,
+    },
     Other,
 }
 
@@ -92,6 +107,16 @@ impl Btf {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     (Type::Alias(size_or_type), 0)
                 }
+                KIND_VAR => (Type::Variable { name }, 4),
+                KIND_DATASEC => {
+                    let variables = (0..vlen)
+                        .map(|index| {
+                            let entry = at + index * 12;
+                            Some((u32_at(entry)?, u32_at(entry + 4)?))
+                        })
+                        .collect::<Option<Vec<_>>>()?;
+                    (Type::Section { name, variables }, vlen * 12)
+                }
                 _ => (Type::Other, extra_bytes(kind, vlen)?),
             };
             types.push(parsed);
@@ -131,6 +156,29 @@ impl Btf {
         bits.is_multiple_of(8).then_some(bits / 8)
     }
 
+    /// The offset of per-CPU variable `name` from each CPU's per-CPU base, or `None` if
+    /// the kernel has no such variable.
+    pub fn per_cpu_offset(&self, name: &str) -> Option<u64> {
+        self.types.iter().find_map(|ty| match ty {
+            Type::Section {
+                name: section,
+                variables,
+            } if self.string(*section) == PER_CPU_SECTION => {
+                variables.iter().find_map(|&(type_id, offset)| {
+                    match self.types.get(type_id as usize)? {
+                        Type::Variable { name: variable }
+                            if self.string(*variable) == name.as_bytes() =>
+                        {
+                            Some(u64::from(offset))
+                        }
+                        _ => None,
+                    }
+                })
+            }
+            _ => None,
+        })
+    }
+
     /// The struct or union a type id stands for, through typedefs and qualifiers.
     fn resolve(&self, mut id: usize) -> Option<&Type> {
         for _ in 0..16 {
@@ -146,8 +194,8 @@ impl Btf {
 /// Bytes that follow the common header for the kinds skipped over.
 fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
     Some(match kind {
-        // int, var, decl_tag
-        1 | 14 | 17 => 4,
+        // int, decl_tag
+        1 | 17 => 4,
         // ptr, fwd, func, float
         2 | 7 | 12 | 16 => 0,
         // array
@@ -156,8 +204,8 @@ fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
         6 => vlen * 8,
         // func_proto
         13 => vlen * 8,
-        // datasec, enum64
-        15 | 19 => vlen * 12,
+        // enum64
+        19 => vlen * 12,
         _ => return None,
     })
 }
@@ -179,5 +227,15 @@ mod tests {
             "{offset} {thread}"
         );
         assert_eq!(types.member_offset("task_struct", &["no_such_field"]), None);
+    }
+
+    #[test]
+    fn per_cpu_variables_lie_inside_the_per_cpu_area() {
+        let types = Btf::read().unwrap();
+        let run_queues = types.per_cpu_offset("runqueues").unwrap();
+        let cpu_number = types.per_cpu_offset("cpu_number").unwrap();
+        assert_ne!(run_queues, cpu_number);
+        assert!(run_queues < 1 << 24, "{run_queues}");
+        assert_eq!(types.per_cpu_offset("no_such_variable"), None);
     }
 }

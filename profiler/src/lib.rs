@@ -5,7 +5,7 @@
 //! 1. [`target`]: the processes to profile, existing or started by us, or those of a
 //!    [`cgroup`];
 //! 2. [`attach`]: loading the BPF programs and attaching them to the kernel, with the
-//!    tracepoint layouts from [`tracefs`];
+//!    tracepoint layouts from [`tracefs`] and the CPUs' [`steal_clock`];
 //! 3. [`stream`]: draining the ring buffer the programs write to;
 //! 4. [`unwind`]: compiling the targets' call-frame information into the tables the
 //!    kernel unwinds user stacks with, from the targets' [`memory_map`]s;
@@ -42,6 +42,7 @@ pub mod python;
 pub mod record;
 pub mod render;
 pub mod report;
+pub mod steal_clock;
 pub mod stream;
 pub mod symbolize;
 pub mod syscall_names;

@@ -289,6 +289,9 @@ pub struct Report {
     pub process_names: BTreeMap<u32, String>,
     /// Everything lost.
     pub losses: Losses,
+    /// CPU samples left out for time a hypervisor stole from the CPUs, which the
+    /// kernel leaves out of the threads' CPU time too.
+    pub steal_samples_left_out: u64,
     /// How complete the stacks were.
     pub stack_quality: StackQuality,
     /// The symbolized on-CPU stacks.

@@ -110,6 +110,7 @@ pub(super) struct Finished<'o> {
     pub(super) targets: Vec<TargetProcess>,
     pub(super) duration: Duration,
     pub(super) losses: Losses,
+    pub(super) steal_samples_left_out: u64,
     pub(super) syscalls: Vec<SyscallSummary>,
     pub(super) allocations: Option<Allocations>,
     pub(super) stop: StopReason,
@@ -388,6 +389,7 @@ impl Collector {
             threads,
             process_names: self.process_names.clone().into_iter().collect(),
             losses: Losses::default(),
+            steal_samples_left_out: 0,
             stack_quality: StackQuality::default(),
             profile,
             analysis,
@@ -523,6 +525,7 @@ impl Collector {
             threads: self.cpu.threads().collect(),
             process_names: self.process_names.into_iter().collect(),
             losses: finished.losses,
+            steal_samples_left_out: finished.steal_samples_left_out,
             stack_quality: StackQuality {
                 tables: self
                     .unwind_tables

@@ -109,6 +109,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
     let mut stream = EventStream::new(probes.take_events()?)
         .map_err(|error| Failure::Other(anyhow::anyhow!("watching the ring buffer: {error}")))?;
     let losses = probes.take_loss_counters()?;
+    let steal_clocks = probes.take_steal_clocks()?;
     let syscall_tables = probes.take_syscall_tables()?;
     let alloc_tables = probes.take_alloc_tables()?;
     probes.attach(&pids)?;
@@ -244,6 +245,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         targets,
         duration,
         losses,
+        steal_samples_left_out: steal_clocks.samples_left_out(),
         syscalls,
         allocations,
         stop,

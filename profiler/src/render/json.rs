@@ -60,6 +60,7 @@ pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
         "cpu": {
             "samples": analysis.samples,
             "lost": losses.cpu(),
+            "steal_left_out": report.steal_samples_left_out,
             "frequency_hz": report.probes.frequency_hz,
             "threads": report.threads.iter().map(|&((pid, tid), samples)| {
                 json!({"pid": pid, "tid": tid, "samples": samples})

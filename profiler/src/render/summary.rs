@@ -295,8 +295,12 @@ fn cpu_text(report: &Report, top: usize) -> String {
     let analysis = &report.analysis;
     let threads = report.threads.len();
     let lost = report.losses.cpu();
+    let stolen = match report.steal_samples_left_out {
+        0 => String::new(),
+        left_out => format!("; {left_out} left out for time the hypervisor stole"),
+    };
     let mut out = format!(
-        "\nOn-CPU at {} Hz: {} samples from {} thread{}, {} lost.\n",
+        "\nOn-CPU at {} Hz: {} samples from {} thread{}, {} lost{stolen}.\n",
         report.probes.frequency_hz,
         analysis.samples,
         threads,
