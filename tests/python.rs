@@ -142,6 +142,38 @@ fn assert_share(run: &Run, version: &str, qualname: &str, phase: &str) {
     );
 }
 
+/// Asserts that the thread-per-request workload's samples that found a Python thread
+/// state were walked to their first frame, and that those that found none came from
+/// the request threads' time outside `handle_request`: starting, before the thread
+/// state is bound, and ending, while it is torn down (5 to 10 % of a 1 ms thread here,
+/// more when the host is busy).
+fn assert_request_threads_walked(run: &Run, version: &str) {
+    let python = &run.report["python"];
+    let ends = python["cpu_stack_ends"].as_object().unwrap();
+    let count = |end: &str| ends.get(end).and_then(Value::as_u64).unwrap_or(0) as f64;
+    let total: f64 = ends
+        .values()
+        .map(|count| count.as_u64().unwrap() as f64)
+        .sum();
+    let unbound = count("no_thread_state");
+    assert!(
+        count("root") >= 0.98 * (total - unbound),
+        "{version}: {} of {} Python stacks with a thread state walked: {python}",
+        count("root"),
+        total - unbound
+    );
+    let truth = |key: &str| run.truth[key].as_f64().unwrap();
+    let outside =
+        (truth("process_ns") - truth("main_thread_ns") - truth("request_ns")) / truth("process_ns");
+    let bound = total * outside + 3.0 * (total * outside * (1.0 - outside)).sqrt();
+    assert!(
+        unbound <= bound,
+        "{version}: {unbound} of {total} samples found no thread state; the request \
+         threads spent {:.1}% of the CPU time outside handle_request",
+        outside * 100.0
+    );
+}
+
 /// Asserts that at least `share` of the CPU samples' Python stacks were walked to their
 /// first frame.
 fn assert_walked(run: &Run, version: &str, share: f64) {
@@ -357,9 +389,7 @@ fn short_lived_threads_of_a_thread_per_request_server_keep_their_frames() {
             used_ns,
             199.0,
         );
-        // A thread of 1 ms spends about 5 % of it starting, before its Python thread
-        // state is bound (`no_thread_state`), and ending, while it is torn down.
-        assert_walked(&run, version, 0.9);
+        assert_request_threads_walked(&run, version);
         assert_share(&run, version, "Model.predict", "predict");
         assert_share(&run, version, "parse", "parse");
     }

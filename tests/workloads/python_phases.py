@@ -91,9 +91,11 @@ def released(deadline):
 
 
 def handle_request(model, payload, predictions):
+    start = time.thread_time_ns()
     features = timed("parse", parse, payload)[:64]
     for _ in range(predictions):
         timed("predict", model.predict, features)
+    add("request_ns", time.thread_time_ns() - start)
 
 
 def thread_per_request(deadline):
