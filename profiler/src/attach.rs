@@ -891,10 +891,12 @@ impl Probes {
     pub fn take_python_processes(
         &mut self,
     ) -> Result<Option<HashMap<MapData, u32, PythonProcess>>, Failure> {
-        let map = self.take_map(map_names::PYTHON_PROCESSES)?;
+        // Left in place when unused: a map taken and dropped closes the descriptor the
+        // programs, not loaded yet, were relocated against.
         if !self.walks_python {
             return Ok(None);
         }
+        let map = self.take_map(map_names::PYTHON_PROCESSES)?;
         HashMap::try_from(map).map(Some).map_err(map_failure)
     }
 
