@@ -210,27 +210,39 @@ extern "C" fn step_callback(_index: u64, slot: *mut c_void) -> i64 {
         return 1;
     };
     // SAFETY: the per-CPU value `unwind_user` initialised.
-    match step(unsafe { &mut *stack }) {
+    let stack = unsafe { &mut *stack };
+    // Most frames' rows are remembered, and most of those are plain: such a frame is
+    // stepped over in the same call, which saves a callback's call and return, each
+    // return through a thunk here. The full step is not repeated: checking it twice
+    // per call would double the verifier's time.
+    match step(stack).and_then(|()| step_remembered(stack)) {
         Ok(()) => 0,
         Err(end) => {
-            // SAFETY: as above.
-            unsafe { (*stack).end = end as u32 };
+            stack.end = end as u32;
             1
         }
+    }
+}
+
+/// Records the current frame and moves to its caller, if its row is remembered and
+/// its CFA is a register plus an offset; leaves every other frame to [`step`].
+#[inline(always)]
+fn step_remembered(stack: &mut UserStack) -> Result<(), StackEnd> {
+    let (lookup, tag) = row_key(stack);
+    match remembered_row(lookup, tag) {
+        Some(row) if row.cfa_rule == cfa_rule::RSP || row.cfa_rule == cfa_rule::RBP => {
+            record_frame(stack)?;
+            to_caller(stack, row)
+        }
+        _ => Ok(()),
     }
 }
 
 /// Records the current frame and moves to its caller.
 #[inline(always)]
 fn step(stack: &mut UserStack) -> Result<(), StackEnd> {
-    let depth = stack.depth as usize;
-    let Some(frame) = stack.frames.get_mut(depth) else {
-        return Err(StackEnd::DepthLimit);
-    };
-    *frame = stack.pc;
-    stack.depth += 1;
-    let lookup = stack.pc.wrapping_sub(u64::from(stack.after_call));
-    let tag = (u64::from(stack.tgid) << 32) | u64::from(stack.generation);
+    record_frame(stack)?;
+    let (lookup, tag) = row_key(stack);
     let row = match remembered_row(lookup, tag) {
         Some(row) => row,
         None => {
@@ -247,6 +259,32 @@ fn step(stack: &mut UserStack) -> Result<(), StackEnd> {
             row
         }
     };
+    to_caller(stack, row)
+}
+
+#[inline(always)]
+fn record_frame(stack: &mut UserStack) -> Result<(), StackEnd> {
+    let Some(frame) = stack.frames.get_mut(stack.depth as usize) else {
+        return Err(StackEnd::DepthLimit);
+    };
+    *frame = stack.pc;
+    stack.depth += 1;
+    Ok(())
+}
+
+/// The address whose row the current frame needs, and the process and generation of
+/// its mappings the row is remembered under.
+#[inline(always)]
+fn row_key(stack: &UserStack) -> (u64, u64) {
+    (
+        stack.pc.wrapping_sub(u64::from(stack.after_call)),
+        (u64::from(stack.tgid) << 32) | u64::from(stack.generation),
+    )
+}
+
+/// Moves from the current frame to its caller by the frame's row.
+#[inline(always)]
+fn to_caller(stack: &mut UserStack, row: UnwindRow) -> Result<(), StackEnd> {
     let cfa = match row.cfa_rule {
         cfa_rule::RSP => stack.sp.wrapping_add(u64::from(row.cfa_offset)),
         cfa_rule::RBP => stack.bp.wrapping_add(u64::from(row.cfa_offset)),
