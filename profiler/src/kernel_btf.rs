@@ -3,7 +3,7 @@
 //! a thread's TLS base, which CPython's thread states are found through, its ids, and
 //! the run queue and per-CPU variables a CPU's steal clock is read through.
 
-use std::{collections::HashMap, fs};
+use std::fs;
 
 const BTF_MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
@@ -133,15 +133,11 @@ impl Btf {
     /// The byte offset of `path` (`["thread", "fsbase"]`) inside the kernel's struct
     /// `name`, or `None` if it has no such member.
     pub fn member_offset(&self, name: &str, path: &[&str]) -> Option<u64> {
-        let mut by_name: HashMap<&[u8], usize> = HashMap::new();
-        for (id, ty) in self.types.iter().enumerate() {
-            if let Type::Aggregate { name, members } = ty
-                && !members.is_empty()
-            {
-                by_name.entry(self.string(*name)).or_insert(id);
-            }
-        }
-        let mut type_id = *by_name.get(name.as_bytes())?;
+        // A scan, not a map of every name: a recording asks for a handful of offsets.
+        let mut type_id = self.types.iter().position(|ty| {
+            matches!(ty, Type::Aggregate { name: found, members }
+                if !members.is_empty() && self.string(*found) == name.as_bytes())
+        })?;
         let mut bits = 0u64;
         for part in path {
             let Type::Aggregate { members, .. } = self.resolve(type_id)? else {
