@@ -3,15 +3,14 @@
 //! A `cpu-clock` timer counts the wall time a thread is current, so on a virtual CPU it
 //! also counts the time the host ran something else. The kernel leaves that time out of
 //! the threads' CPU time (`CONFIG_PARAVIRT_TIME_ACCOUNTING`): without this module a
-//! thread on a busy host holds more samples than its CPU time, and the code it runs
-//! where the host takes the CPU back (a wake-up's `_raw_spin_unlock_irqrestore`) holds
-//! a share it never ran.
+//! thread on a busy host holds more samples than its CPU time, and the code it ran
+//! when the host took the CPU away holds a share it never ran.
 //!
 //! Each CPU's timer fires every period whatever runs there, and reads the CPU's
 //! steal clock: the time stolen in a period that ends on a target thread belongs to that
 //! thread, as the period itself does. When this timer samples the thread (a young one),
 //! the sample is left out with the odds of the stolen share of its period, so that the
-//! stolen time comes out of the code it inflated. Otherwise the thread's own timer
+//! stolen time comes out of the period it inflated. Otherwise the thread's own timer
 //! samples it, and the time is owed: the CPU's next target samples pay it a period at a
 //! time by being left out. Both are counted.
 
