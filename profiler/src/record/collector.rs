@@ -338,10 +338,9 @@ impl Collector {
     /// The CPU samples of `window` since its last look, named, and the samples of each
     /// thread among them; the window starts over.
     pub(super) fn take_window(&mut self, window: LiveWindow) -> (Profile, ThreadSamples) {
-        let counts = self
-            .windows
-            .insert(window, StackCounts::default())
-            .unwrap_or_default();
+        let counts = self.windows.remove(&window).unwrap_or_default();
+        self.windows
+            .insert(window, StackCounts::with_capacity(counts.distinct_stacks()));
         self.name_new_stacks();
         let profile = self.live_stacks.profile(&counts, &self.process_names);
         (profile, counts.threads().collect())
