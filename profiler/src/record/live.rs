@@ -92,8 +92,8 @@ impl Snapshots {
             .and_then(|file| file.write_with(|writer| svg::write(&lines, &labels, writer)));
         let json_written = self.json.as_ref().map(|path| {
             let mut document = json::document(&report, Duration::ZERO);
-            document["stop_reason"] = json!("interval");
-            document["interval"] = json!({
+            document.fields["stop_reason"] = json!("interval");
+            document.fields["interval"] = json!({
                 "index": index,
                 "start_s": self.since.as_secs_f64(),
                 "end_s": elapsed.as_secs_f64(),

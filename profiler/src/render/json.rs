@@ -7,6 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use serde::ser::{Serialize, SerializeMap as _, Serializer};
 use serde_json::{Value, json};
 
 use crate::{
@@ -15,12 +16,29 @@ use crate::{
     python::{PythonFunction, PythonReport},
     render::folded::frame_label,
     report::{Report, StackQuality, StopReason},
-    symbolize::{Frame, ObjectFile, Origin, Profile, ProfileBuilder},
+    symbolize::{Frame, ObjectFile, Origin, Profile, ProfileBuilder, Stack},
 };
+
+/// The JSON document of a report.
+pub struct Document<'r> {
+    /// Every field, except that `cpu.stacks` is null here: the stacks are written from
+    /// the profile as they are. A `Value` for each of a long recording's hundreds of
+    /// thousands of frame ids took a fifth of the profiler's stop.
+    pub fields: Value,
+    stacks: &'r [Stack],
+}
 
 /// The JSON document of a report; `stop_to_svg` is the time from the stop to a written
 /// SVG.
-pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
+pub fn document(report: &Report, stop_to_svg: Duration) -> Document<'_> {
+    Document {
+        fields: fields(report, stop_to_svg),
+        stacks: &report.profile.stacks,
+    }
+}
+
+/// Every field of the document, `cpu.stacks` left null.
+fn fields(report: &Report, stop_to_svg: Duration) -> Value {
     let analysis = &report.analysis;
     let function = |share: &FunctionShare| {
         with(
@@ -83,12 +101,7 @@ pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
                 "hotspot": step.hotspot,
             }))).collect::<Vec<_>>(),
             "frames": report.profile.frames.iter().map(frame_fields).collect::<Vec<_>>(),
-            "stacks": report.profile.stacks.iter().map(|stack| json!({
-                "frames": stack.frames,
-                "samples": stack.count,
-                "pid": stack.origin.pid,
-                "tid": stack.origin.tid,
-            })).collect::<Vec<_>>(),
+            "stacks": Value::Null,
         },
         "syscalls": report.syscalls.iter().map(|syscall| with(json!({
             "name": syscall.name,
@@ -177,9 +190,73 @@ pub fn document(report: &Report, stop_to_svg: Duration) -> Value {
 }
 
 /// Writes `document` pretty-printed, with a final newline.
-pub fn write(document: &Value, writer: &mut impl std::io::Write) -> std::io::Result<()> {
+pub fn write(document: &Document<'_>, writer: &mut impl std::io::Write) -> std::io::Result<()> {
     serde_json::to_writer_pretty(&mut *writer, document)?;
     writeln!(writer)
+}
+
+impl Serialize for Document<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let cpu = Replacing {
+            fields: &self.fields["cpu"],
+            key: "stacks",
+            value: &StackList(self.stacks),
+        };
+        Replacing {
+            fields: &self.fields,
+            key: "cpu",
+            value: &cpu,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// An object with the value of one key written by `value` instead, in the object's
+/// own key order.
+struct Replacing<'a, V> {
+    fields: &'a Value,
+    key: &'a str,
+    value: &'a V,
+}
+
+impl<V: Serialize> Serialize for Replacing<'_, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Value::Object(object) = self.fields else {
+            return self.fields.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(object.len()))?;
+        for (name, value) in object {
+            if name == self.key {
+                map.serialize_entry(name, self.value)?;
+            } else {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// `cpu.stacks`.
+struct StackList<'a>(&'a [Stack]);
+
+impl Serialize for StackList<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(StackEntry))
+    }
+}
+
+struct StackEntry<'a>(&'a Stack);
+
+impl Serialize for StackEntry<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Sorted, as every other object of the document is.
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("frames", &self.0.frames)?;
+        map.serialize_entry("pid", &self.0.origin.pid)?;
+        map.serialize_entry("samples", &self.0.count)?;
+        map.serialize_entry("tid", &self.0.origin.tid)?;
+        map.end()
+    }
 }
 
 /// The on-CPU profile of a JSON report, as [`document`] wrote it in `cpu.frames` and
