@@ -1,7 +1,7 @@
 //! What a profile means: each function's share of on-CPU time, the hotspots above a
 //! threshold, the hot path through them, and the `--fail-on` rules of a load-test gate.
 
-use std::{collections::HashMap, fmt, str::FromStr};
+use std::{fmt, str::FromStr};
 
 use crate::{
     aggregate::{Latency, SyscallSummary},
@@ -466,6 +466,25 @@ pub fn analyze(
     }
 }
 
+/// Where a function sits in one stack of the profile, for the hot path.
+#[derive(Clone, Copy)]
+struct Place {
+    /// The stack's index.
+    stack: u32,
+    /// The frame its deepest call there calls, or [`Place::NO_CALLEE`] at the leaf.
+    callee: u32,
+    /// The stack's weight.
+    count: u64,
+}
+
+impl Place {
+    const NO_CALLEE: u32 = u32::MAX;
+
+    fn callee(frame: Option<&usize>) -> u32 {
+        frame.map_or(Place::NO_CALLEE, |&frame| frame as u32)
+    }
+}
+
 /// Follows the heaviest callee from the heaviest root, and keeps the path down to its
 /// deepest hotspot; empty when there is no hotspot on it.
 ///
@@ -485,48 +504,65 @@ fn hot_path(
     if hotspots.is_empty() {
         return path;
     }
-    let mut on_path: Vec<usize> = Vec::new();
-    // The stacks each function is in, with the index of the frame below its deepest
-    // call, by frame id: one pass, where looking for each step's function in every
-    // stack was a pass per step (6 % of the profiler's steady CPU in a load test).
-    let mut below_deepest: Vec<Vec<(usize, usize)>> = vec![Vec::new(); profile.frames.len()];
+    // The stacks each function is in, each with the frame below its deepest call there
+    // and the stack's weight, by frame id: one pass, where looking for each step's
+    // function in every stack was a pass per step (6 % of the profiler's steady CPU in
+    // a load test), and each step reads its list alone.
+    let mut places_of: Vec<Vec<Place>> = vec![Vec::new(); profile.frames.len()];
     for (index, stack) in profile.stacks.iter().enumerate() {
         for (position, &frame) in stack.frames.iter().enumerate() {
-            let places = &mut below_deepest[frame];
+            let callee = Place::callee(stack.frames.get(position + 1));
+            let places = &mut places_of[frame];
             match places.last_mut() {
-                Some(last) if last.0 == index => last.1 = position + 1,
-                _ => places.push((index, position + 1)),
+                Some(last) if last.stack == index as u32 => last.callee = callee,
+                _ => places.push(Place {
+                    stack: index as u32,
+                    callee,
+                    count: stack.count,
+                }),
             }
         }
     }
     let mut hotspots_left = hotspots.len();
-    // Each stack followed, with the index of its next frame.
-    let mut followed: Vec<(usize, usize)> =
-        (0..profile.stacks.len()).map(|stack| (stack, 0)).collect();
+    let mut on_path = vec![false; profile.frames.len()];
+    // The weight under each callee of the current step, and which callees have one.
+    let mut callee_weights = vec![0u64; profile.frames.len()];
+    let mut callees: Vec<usize> = Vec::new();
+    // The roots, then the places of the last function on the path.
+    let mut followed: Vec<Place> = profile
+        .stacks
+        .iter()
+        .enumerate()
+        .map(|(index, stack)| Place {
+            stack: index as u32,
+            callee: Place::callee(stack.frames.first()),
+            count: stack.count,
+        })
+        .collect();
     // Each step adds a function not on the path yet, so the walk ends.
     loop {
-        let mut callees: HashMap<usize, u64> = HashMap::new();
-        for &(stack, next) in &followed {
-            let stack = &profile.stacks[stack];
-            if let Some(&frame) = stack.frames.get(next)
-                && !on_path.contains(&frame)
-            {
-                *callees.entry(frame).or_default() += stack.count;
+        for place in &followed {
+            let callee = place.callee as usize;
+            if place.callee != Place::NO_CALLEE && !on_path[callee] {
+                if callee_weights[callee] == 0 {
+                    callees.push(callee);
+                }
+                callee_weights[callee] += place.count;
             }
         }
-        let Some(next) = callees
-            .into_iter()
-            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
-            .map(|(frame, _)| frame)
-        else {
+        let heaviest = callees
+            .iter()
+            .copied()
+            .max_by(|&a, &b| callee_weights[a].cmp(&callee_weights[b]).then(b.cmp(&a)));
+        callees
+            .drain(..)
+            .for_each(|callee| callee_weights[callee] = 0);
+        let Some(next) = heaviest else {
             break;
         };
         // A function joins the path once, so its places are needed once.
-        followed = std::mem::take(&mut below_deepest[next]);
-        let count = followed
-            .iter()
-            .map(|&(stack, _)| profile.stacks[stack].count)
-            .sum();
+        followed = std::mem::take(&mut places_of[next]);
+        let count = followed.iter().map(|place| place.count).sum();
         let frame = &profile.frames[next];
         let hotspot = hotspots.iter().any(|hotspot| hotspot.frame == *frame);
         path.push(PathStep {
@@ -534,7 +570,7 @@ fn hot_path(
             share: share(count),
             hotspot,
         });
-        on_path.push(next);
+        on_path[next] = true;
         hotspots_left -= usize::from(hotspot);
         // No step after the last hotspot is kept.
         if hotspots_left == 0 {
