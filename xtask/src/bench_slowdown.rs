@@ -103,19 +103,26 @@ fn compare_rounds(rounds: &[[SpinRate; 3]]) -> Value {
     };
     let (ours, perf) = (slowdown(1), slowdown(2));
     let difference: Vec<f64> = ours.iter().zip(&perf).map(|(a, b)| a - b).collect();
-    let (ours_mean, ours_half) = mean_and_half_width(&ours);
-    let (perf_mean, perf_half) = mean_and_half_width(&perf);
-    let (difference_mean, difference_half) = mean_and_half_width(&difference);
+    comparison(
+        mean_and_half_width(&ours),
+        mean_and_half_width(&perf),
+        mean_and_half_width(&difference),
+    )
+}
+
+/// Both tools' slowdowns and their difference, each a mean and the half-width of its
+/// 95 % interval.
+fn comparison(ours: (f64, f64), perf: (f64, f64), difference: (f64, f64)) -> Value {
     json!({
-        "profiler_slowdown_percent": ours_mean,
-        "profiler_slowdown_ci95_percent": ours_half,
-        "perf_slowdown_percent": perf_mean,
-        "perf_slowdown_ci95_percent": perf_half,
-        "difference_points": difference_mean,
-        "difference_ci95_points": difference_half,
+        "profiler_slowdown_percent": ours.0,
+        "profiler_slowdown_ci95_percent": ours.1,
+        "perf_slowdown_percent": perf.0,
+        "perf_slowdown_ci95_percent": perf.1,
+        "difference_points": difference.0,
+        "difference_ci95_points": difference.1,
         // Whether the interval around the difference leaves out zero; if not, the
         // half-width is the smallest difference these rounds could have shown.
-        "difference_resolved": difference_mean.abs() > difference_half,
+        "difference_resolved": difference.0.abs() > difference.1,
     })
 }
 
@@ -128,41 +135,36 @@ fn compare_fast_windows(rounds: &[[SpinRate; 3]]) -> Value {
         .flatten()
         .flat_map(|rate| rate.windows.iter().copied())
         .fold(f64::INFINITY, f64::min);
-    // Each case's fast windows: their mean and the standard error of the mean.
+    // Each case's fast windows: their mean, the half-width of its 95 % interval, and
+    // how many there were.
     let fast = |case: usize| -> (f64, f64, usize) {
         let windows: Vec<f64> = rounds
             .iter()
             .flat_map(|round| round[case].windows.iter().copied())
             .filter(|&window| window <= fastest * FAST_SPEED_BAND)
             .collect();
-        let n = windows.len() as f64;
-        let mean = windows.iter().sum::<f64>() / n;
-        let variance = windows.iter().map(|w| (w - mean).powi(2)).sum::<f64>() / (n - 1.0);
-        (mean, (variance / n).sqrt(), windows.len())
+        let (mean, half) = mean_and_half_width(&windows);
+        (mean, half, windows.len())
     };
     let [unsampled, ours, perf] = [fast(0), fast(1), fast(2)];
-    // Slowdown in percent and its standard error, to first order.
-    let slowdown = |(mean, error, _): (f64, f64, usize)| -> (f64, f64) {
+    // Slowdown in percent and its half-width, to first order.
+    let slowdown = |(mean, half, _): (f64, f64, usize)| -> (f64, f64) {
         let ratio = mean / unsampled.0;
-        let relative = ((error / mean).powi(2) + (unsampled.1 / unsampled.0).powi(2)).sqrt();
+        let relative = ((half / mean).powi(2) + (unsampled.1 / unsampled.0).powi(2)).sqrt();
         ((ratio - 1.0) * 100.0, ratio * relative * 100.0)
     };
-    let ((ours_percent, ours_error), (perf_percent, perf_error)) = (slowdown(ours), slowdown(perf));
-    let difference = ours_percent - perf_percent;
-    // The unsampled windows are common to both slowdowns; counting their error twice
+    let (ours_slowdown, perf_slowdown) = (slowdown(ours), slowdown(perf));
+    // The unsampled windows are common to both slowdowns; counting their spread twice
     // only widens the interval.
-    let difference_half = 1.96 * (ours_error.powi(2) + perf_error.powi(2)).sqrt();
-    json!({
-        "fastest_window_ns_per_million": fastest,
-        "windows_kept": {"unsampled": unsampled.2, "profiler": ours.2, "perf": perf.2},
-        "profiler_slowdown_percent": ours_percent,
-        "profiler_slowdown_ci95_percent": 1.96 * ours_error,
-        "perf_slowdown_percent": perf_percent,
-        "perf_slowdown_ci95_percent": 1.96 * perf_error,
-        "difference_points": difference,
-        "difference_ci95_points": difference_half,
-        "difference_resolved": difference.abs() > difference_half,
-    })
+    let difference = (
+        ours_slowdown.0 - perf_slowdown.0,
+        (ours_slowdown.1.powi(2) + perf_slowdown.1.powi(2)).sqrt(),
+    );
+    let mut compared = comparison(ours_slowdown, perf_slowdown, difference);
+    compared["fastest_window_ns_per_million"] = json!(fastest);
+    compared["windows_kept"] =
+        json!({"unsampled": unsampled.2, "profiler": ours.2, "perf": perf.2});
+    compared
 }
 
 /// The workload's wall nanoseconds per million iterations, over its run and over each
