@@ -438,7 +438,7 @@ pub struct CpuSample {
 }
 
 /// Offsets in kernel structures, from the kernel's BTF, through which the CPU samples
-/// read the time a hypervisor stole from a CPU. All 0 when the kernel keeps no such
+/// find the ones a hypervisor's steal delayed. All 0 when the kernel keeps no steal
 /// clock, as without `CONFIG_PARAVIRT_TIME_ACCOUNTING`, whose threads' CPU time counts
 /// stolen time as the timers do.
 #[repr(C)]
@@ -455,6 +455,11 @@ pub struct StealClockLayout {
     /// the CPU back, or else `rq.prev_steal_time_rq`, which the run queue's clock brings
     /// up to date at its next tick or switch.
     pub steal_ns_from_rq: u64,
+    /// `bpf_perf_event_data_kern.event`: the perf event behind a perf event program's
+    /// context.
+    pub context_event: u64,
+    /// `perf_event.hw.hrtimer._softexpires`: when a `cpu-clock` event's timer was due.
+    pub event_timer_due: u64,
 }
 
 impl StealClockLayout {
@@ -464,22 +469,25 @@ impl StealClockLayout {
             && self.cfs_rq_rq != 0
             && self.rq_cpu != 0
             && self.steal_ns_from_rq != 0
+            && self.context_event != 0
+            && self.event_timer_due != 0
     }
 }
 
 /// One CPU's steal clock as the CPU samples follow it, in
 /// [`map_names::STEAL_CLOCKS`]. A virtual CPU's timers count the time its host ran
 /// something else, which the kernel leaves out of the threads' CPU time; the samples
-/// that stand for stolen time are left out (see the BPF side's `steal` module).
+/// whose timers came due in stolen time are left out (see the BPF side's `steal`
+/// module).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StealClock {
     /// The CPU's run queue, once found; 0 until then.
     pub run_queue: u64,
-    /// The steal clock when the CPU's timer last fired.
+    /// The steal clock when a sample last read it on this CPU.
     pub last_steal_ns: u64,
-    /// Stolen nanoseconds owed by target samples on this CPU.
-    pub owed_ns: u64,
+    /// When a sample last saw the steal clock move (`bpf_ktime_get_ns`).
+    pub steal_seen_ns: u64,
     /// Samples left out for stolen time.
     pub samples_left_out: u64,
 }

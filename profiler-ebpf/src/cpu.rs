@@ -69,26 +69,26 @@ pub fn sample_cpu(ctx: PerfEventContext) -> u32 {
             1
         }
     };
-    if firings > YOUNG_THREAD_PERIODS && !steal::pays_stolen_period(steal::period_ns(&ctx)) {
+    if firings > YOUNG_THREAD_PERIODS && !steal::came_due_in_stolen_time(&ctx) {
         sample(&ctx);
     }
     0
 }
 
 /// Fires on each CPU's timer for whatever runs there; samples target threads that have
-/// not yet run [`YOUNG_THREAD_PERIODS`] periods. It also follows the CPU's steal clock,
-/// every period.
+/// not yet run [`YOUNG_THREAD_PERIODS`] periods.
 #[perf_event]
 pub fn sample_cpu_fill(ctx: PerfEventContext) -> u32 {
     let (tgid, tid) = current_thread();
-    let on_target = is_target(tgid);
+    if !is_target(tgid) {
+        return 0;
+    }
     // SAFETY: read only.
-    let young = on_target
-        && unsafe { THREAD_TIMER_FIRINGS.get(&tid) }
-            .copied()
-            .unwrap_or(0)
-            < YOUNG_THREAD_PERIODS;
-    if !steal::period_ended(steal::period_ns(&ctx), on_target, young) && young {
+    let young = unsafe { THREAD_TIMER_FIRINGS.get(&tid) }
+        .copied()
+        .unwrap_or(0)
+        < YOUNG_THREAD_PERIODS;
+    if young && !steal::came_due_in_stolen_time(&ctx) {
         sample(&ctx);
     }
     0

@@ -1,31 +1,23 @@
 //! The time a hypervisor stole from a virtual CPU, left out of the CPU samples.
 //!
 //! A `cpu-clock` timer counts the wall time a thread is current, so on a virtual CPU it
-//! also counts the time the host ran something else. The kernel leaves that time out of
-//! the threads' CPU time (`CONFIG_PARAVIRT_TIME_ACCOUNTING`): without this module a
-//! thread on a busy host holds more samples than its CPU time, and the code it ran
-//! when the host took the CPU away holds a share it never ran.
-//!
-//! Each CPU's timer fires every period whatever runs there, and reads the CPU's
-//! steal clock: the time stolen in a period that ends on a target thread belongs to that
-//! thread, as the period itself does. When this timer samples the thread (a young one),
-//! the sample is left out with the odds of the stolen share of its period, so that the
-//! stolen time comes out of the period it inflated. Otherwise the thread's own timer
-//! samples it, and the time is owed: the CPU's next target samples pay it a period at a
-//! time by being left out. Both are counted.
+//! also counts the time the host ran something else, which the kernel leaves out of
+//! the threads' CPU time (`CONFIG_PARAVIRT_TIME_ACCOUNTING`). A timer that comes due
+//! while the host holds the vCPU fires when the host gives it back, on whatever the
+//! thread runs then: mostly where the host took the vCPU away (a wake-up, a thread's
+//! start or exit), whose share that sample would inflate. So a sample whose timer fired
+//! more than [`LATE_NS`] after it was due, with the CPU's steal clock moving in between,
+//! is left out, and counted; every other sample came due in the thread's own CPU time
+//! and stands for a period of it.
 
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::bpf_perf_event_data,
-    helpers::{
-        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_probe_read_kernel,
-        generated::bpf_get_current_task,
-    },
-    macros::map,
-    maps::PerCpuArray,
+    EbpfContext as _, helpers::bpf_get_smp_processor_id, helpers::bpf_probe_read_kernel,
+    helpers::generated::bpf_get_current_task, macros::map, maps::PerCpuArray,
     programs::PerfEventContext,
 };
 use profiler_common::{StealClock, StealClockLayout};
+
+use crate::now_ns;
 
 /// Set by userspace from the kernel's BTF; all 0 turns the correction off.
 #[unsafe(no_mangle)]
@@ -34,39 +26,38 @@ static STEAL_CLOCK_LAYOUT: StealClockLayout = StealClockLayout {
     cfs_rq_rq: 0,
     rq_cpu: 0,
     steal_ns_from_rq: 0,
+    context_event: 0,
+    event_timer_due: 0,
 };
+
+/// How late a timer fires, at the most, when no steal delays it: on this nested VM the
+/// timer interrupt comes 8 to 64 µs after it is due, and seldom over 100 µs.
+const LATE_NS: u64 = 100_000;
 
 /// Each CPU's steal clock, read by userspace for the samples left out.
 #[map]
 static STEAL_CLOCKS: PerCpuArray<StealClock> = PerCpuArray::with_max_entries(1, 0);
 
-/// The timer's period in nanoseconds: one sample stands for this much time.
+/// Called before a target thread is sampled: whether the sample's timer came due in
+/// time stolen from the CPU, which the sample would then stand for. Such a sample is
+/// left out and counted.
 #[inline(always)]
-pub fn period_ns(ctx: &PerfEventContext) -> u64 {
-    // SAFETY: a perf event program's context is a `bpf_perf_event_data`, whose
-    // `sample_period` the verifier lets it read.
-    unsafe { (*ctx.as_ptr().cast::<bpf_perf_event_data>()).sample_period }
-}
-
-/// Called by a CPU's timer at every firing. The time stolen since its last firing is
-/// owed if the period ended on a target thread; if `samples` (the timer samples that
-/// thread), the sample pays it at once: it is left out with the odds of the share of
-/// its own period that was stolen, the sample that the stolen time made.
-/// Returns whether the sample is left out.
-#[inline(always)]
-pub fn period_ended(period_ns: u64, on_target: bool, samples: bool) -> bool {
+pub fn came_due_in_stolen_time(ctx: &PerfEventContext) -> bool {
     // SAFETY: a global written once by userspace before the programs load.
     let layout = unsafe { core::ptr::read_volatile(&raw const STEAL_CLOCK_LAYOUT) };
-    if layout.steal_ns_from_rq == 0 {
+    if layout.event_timer_due == 0 {
         return false;
     }
+    let now = now_ns();
+    let Some(due) = timer_due(ctx, &layout) else {
+        return false;
+    };
     let Some(clock) = STEAL_CLOCKS.get_ptr_mut(0) else {
         return false;
     };
     // SAFETY: this CPU's slot; the CPU's timers do not run at once on it.
     let clock = unsafe { &mut *clock };
-    let first = clock.run_queue == 0;
-    if first {
+    if clock.run_queue == 0 {
         match run_queue(&layout) {
             Some(run_queue) => clock.run_queue = run_queue,
             None => return false,
@@ -78,38 +69,28 @@ pub fn period_ended(period_ns: u64, on_target: bool, samples: bool) -> bool {
     }) else {
         return false;
     };
-    // A timer delayed by a long steal fires once, for one period: no more than a
-    // period was sampled, so no more is owed.
-    let stolen_ns = steal_ns.saturating_sub(clock.last_steal_ns).min(period_ns);
+    // Read at every sample, so that a move is seen by the first sample after it.
+    if clock.last_steal_ns != 0 && steal_ns != clock.last_steal_ns {
+        clock.steal_seen_ns = now;
+    }
     clock.last_steal_ns = steal_ns;
-    if !on_target || first {
-        return false;
-    }
-    if !samples {
-        clock.owed_ns += stolen_ns;
-        return false;
-    }
-    // SAFETY: a helper without arguments.
-    let draw = u64::from(unsafe { bpf_get_prandom_u32() });
-    let left_out = draw * period_ns < stolen_ns << 32;
+    let left_out = now.saturating_sub(due) > LATE_NS && clock.steal_seen_ns >= due;
     clock.samples_left_out += u64::from(left_out);
     left_out
 }
 
-/// Whether a target sample on this CPU is left out, paying one period of stolen time.
+/// When the timer that fired this program was due, in `bpf_ktime_get_ns` time (both
+/// are `CLOCK_MONOTONIC`); the program runs before the timer is moved on.
 #[inline(always)]
-pub fn pays_stolen_period(period_ns: u64) -> bool {
-    let Some(clock) = STEAL_CLOCKS.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's slot; the CPU's timers do not run at once on it.
-    let clock = unsafe { &mut *clock };
-    if clock.owed_ns < period_ns {
-        return false;
-    }
-    clock.owed_ns -= period_ns;
-    clock.samples_left_out += 1;
-    true
+fn timer_due(ctx: &PerfEventContext, layout: &StealClockLayout) -> Option<u64> {
+    // The context is the kernel's `bpf_perf_event_data_kern`, three pointers, of which
+    // the verifier lets a program read only the user-facing view: copied whole.
+    // SAFETY: the helper checks the read.
+    let pointers: [u64; 3] =
+        unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const [u64; 3]) }.ok()?;
+    let event = *pointers.get((layout.context_event / 8) as usize)?;
+    // SAFETY: the helper checks the read.
+    unsafe { bpf_probe_read_kernel(event.wrapping_add(layout.event_timer_due) as *const u64) }.ok()
 }
 
 /// This CPU's run queue, through the running task's group run queue, or `None` if the

@@ -131,7 +131,8 @@ impl Btf {
     }
 
     /// The byte offset of `path` (`["thread", "fsbase"]`) inside the kernel's struct
-    /// `name`, or `None` if it has no such member.
+    /// `name`, or `None` if it has no such member. A part of the path is also looked
+    /// for inside the unnamed structs and unions at its level, as C reaches them.
     pub fn member_offset(&self, name: &str, path: &[&str]) -> Option<u64> {
         // A scan, not a map of every name: a recording asks for a handful of offsets.
         let mut type_id = self.types.iter().position(|ty| {
@@ -140,16 +141,36 @@ impl Btf {
         })?;
         let mut bits = 0u64;
         for part in path {
-            let Type::Aggregate { members, .. } = self.resolve(type_id)? else {
-                return None;
-            };
-            let member = members
-                .iter()
-                .find(|member| self.string(member.name) == part.as_bytes())?;
-            bits += u64::from(member.bit_offset);
-            type_id = member.type_id as usize;
+            let (member_bits, member_type) = self.find_member(type_id, part.as_bytes(), 0)?;
+            bits += member_bits;
+            type_id = member_type;
         }
         bits.is_multiple_of(8).then_some(bits / 8)
+    }
+
+    /// The bit offset and type of member `name` of aggregate `type_id`, directly or in
+    /// one of its unnamed members, `depth` such members down.
+    fn find_member(&self, type_id: usize, name: &[u8], depth: u32) -> Option<(u64, usize)> {
+        const MAX_UNNAMED_DEPTH: u32 = 4;
+        let Type::Aggregate { members, .. } = self.resolve(type_id)? else {
+            return None;
+        };
+        if let Some(member) = members
+            .iter()
+            .find(|member| self.string(member.name) == name)
+        {
+            return Some((u64::from(member.bit_offset), member.type_id as usize));
+        }
+        if depth == MAX_UNNAMED_DEPTH {
+            return None;
+        }
+        members
+            .iter()
+            .filter(|member| member.name == 0)
+            .find_map(|member| {
+                let (bits, found) = self.find_member(member.type_id as usize, name, depth + 1)?;
+                Some((u64::from(member.bit_offset) + bits, found))
+            })
     }
 
     /// The offset of per-CPU variable `name` from each CPU's per-CPU base, or `None` if
@@ -223,6 +244,19 @@ mod tests {
             "{offset} {thread}"
         );
         assert_eq!(types.member_offset("task_struct", &["no_such_field"]), None);
+    }
+
+    #[test]
+    fn members_of_unnamed_unions_are_found_where_c_finds_them() {
+        let types = Btf::read().unwrap();
+        // `hrtimer` sits in an unnamed struct in an unnamed union, both at offset 0.
+        assert_eq!(types.member_offset("hw_perf_event", &["hrtimer"]), Some(0));
+        let hw = types.member_offset("perf_event", &["hw"]).unwrap();
+        let expiry = types.member_offset("hrtimer", &["_softexpires"]).unwrap();
+        assert_eq!(
+            types.member_offset("perf_event", &["hw", "hrtimer", "_softexpires"]),
+            Some(hw + expiry)
+        );
     }
 
     #[test]

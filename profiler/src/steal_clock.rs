@@ -1,6 +1,7 @@
-//! Where the CPU samples read the time a hypervisor stole from each CPU, which they
-//! leave out as the kernel leaves it out of the threads' CPU time (see the BPF side's
-//! `steal` module).
+//! Where the CPU samples read the time a hypervisor stole from each CPU, and when
+//! their timers were due, to leave out those that came due in stolen time as the
+//! kernel leaves that time out of the threads' CPU time (see the BPF side's `steal`
+//! module).
 //!
 //! The kernel keeps the stolen time in each run queue (`rq.prev_steal_time_rq`), but
 //! brings it up to date only at the queue's next tick or switch: a sample that fires as
@@ -24,6 +25,8 @@ pub fn layout(types: &Btf) -> StealClockLayout {
         cfs_rq_rq: member("cfs_rq", &["rq"]),
         rq_cpu: member("rq", &["cpu"]),
         steal_ns_from_rq: kvm_steal_counter_from_rq(types).unwrap_or(run_queue_clock),
+        context_event: member("bpf_perf_event_data_kern", &["event"]),
+        event_timer_due: member("perf_event", &["hw", "hrtimer", "_softexpires"]),
     };
     if layout.is_known() {
         layout
