@@ -443,26 +443,25 @@ impl Collector {
         // are named as they were: each address's frames once, however many stacks
         // hold it.
         let mut cpu_stacks = std::mem::take(&mut self.live_stacks);
-        let new_names = self
-            .symbolizer
-            .resolve_new(
-                &self.maps,
-                self.cpu
-                    .stacks()
-                    .chain(self.offcpu.stacks())
-                    .map(|(key, _)| key)
-                    .chain(self.slow_calls.iter().map(|call| &call.stack))
-                    .chain(candidate_stacks),
-                cpu_stacks.names(),
-            )
-            .with_python(self.python.functions().to_vec());
-        let unnamed_cpu_stacks = self
+        let unnamed_cpu_stacks: Vec<StackKey> = self
             .cpu
             .stacks()
             .map(|(key, _)| key)
             .filter(|key| !cpu_stacks.has(key))
             .cloned()
             .collect();
+        let new_names = self
+            .symbolizer
+            .resolve_new(
+                &self.maps,
+                unnamed_cpu_stacks
+                    .iter()
+                    .chain(self.offcpu.stacks().map(|(key, _)| key))
+                    .chain(self.slow_calls.iter().map(|call| &call.stack))
+                    .chain(candidate_stacks),
+                cpu_stacks.names(),
+            )
+            .with_python(self.python.functions().to_vec());
         cpu_stacks.add(new_names, unnamed_cpu_stacks);
         let profile = cpu_stacks.profile(&self.cpu, &self.process_names);
         let names = cpu_stacks.into_names();
