@@ -5,10 +5,10 @@
 //!
 //! The kernel keeps the stolen time in each run queue (`rq.prev_steal_time_rq`), but
 //! brings it up to date only at the queue's next tick or switch: a sample that fires as
-//! the host gives the CPU back would see the steal a tick late, and leave out a later
-//! sample than the one the steal made. Under KVM the host writes the CPU's steal
-//! counter itself (`steal_time.steal`, a per-CPU variable) each time it gives the CPU
-//! back, so a sample reads it there when the kernel takes its steal time from KVM.
+//! the host gives the CPU back would not see the steal yet, and stay in. Under KVM the
+//! host writes the CPU's steal counter itself (`steal_time.steal`, a per-CPU variable)
+//! each time it gives the CPU back, so a sample reads it there when the kernel takes
+//! its steal time from KVM.
 
 use profiler_common::StealClockLayout;
 
