@@ -22,6 +22,7 @@ use blazesym::symbolize::{
     source::{Elf, Kernel, Process, Source},
 };
 use object::{Object as _, ObjectSymbol as _};
+use smallvec::SmallVec;
 
 use crate::{
     aggregate::{StackCounts, StackKey},
@@ -334,6 +335,9 @@ fn origin(key: &StackKey) -> Origin {
     }
 }
 
+/// The frame ids of one address, root first: one, or one per inlined function.
+type FrameIds = SmallVec<[usize; 2]>;
+
 /// CPU stacks named once each, for the live views, which make profiles of the same
 /// stacks every few seconds: each stack is kept as indices into a table of distinct
 /// frames, so a profile of any counts is built without naming a stack or hashing a
@@ -348,8 +352,8 @@ pub struct NamedStacks {
     /// What the Python merge makes of each of `frames`.
     roles: Vec<python::NativeRole>,
     frame_ids: foldhash::HashMap<Frame, usize>,
-    user_frames: foldhash::HashMap<(u32, u64), Vec<usize>>,
-    kernel_frames: foldhash::HashMap<u64, Vec<usize>>,
+    user_frames: foldhash::HashMap<(u32, u64), FrameIds>,
+    kernel_frames: foldhash::HashMap<u64, FrameIds>,
     python_frames: foldhash::HashMap<u32, usize>,
     stacks: foldhash::HashMap<StackKey, Vec<usize>>,
 }
@@ -375,7 +379,7 @@ impl NamedStacks {
     pub fn add(&mut self, names: Names, keys: Vec<StackKey>) {
         self.names.merge(names);
         for key in keys {
-            let native: Vec<Vec<usize>> = lookup_addresses(&key.user)
+            let native: Vec<FrameIds> = lookup_addresses(&key.user)
                 .rev()
                 .map(|address| self.user_frame_ids(key.tgid, address))
                 .collect();
@@ -407,22 +411,22 @@ impl NamedStacks {
         id
     }
 
-    fn user_frame_ids(&mut self, tgid: u32, address: u64) -> Vec<usize> {
+    fn user_frame_ids(&mut self, tgid: u32, address: u64) -> FrameIds {
         if let Some(ids) = self.user_frames.get(&(tgid, address)) {
             return ids.clone();
         }
         let frames = self.names.user_frames(tgid, address);
-        let ids: Vec<usize> = frames.into_iter().map(|frame| self.intern(frame)).collect();
+        let ids: FrameIds = frames.into_iter().map(|frame| self.intern(frame)).collect();
         self.user_frames.insert((tgid, address), ids.clone());
         ids
     }
 
-    fn kernel_frame_ids(&mut self, address: u64) -> Vec<usize> {
+    fn kernel_frame_ids(&mut self, address: u64) -> FrameIds {
         if let Some(ids) = self.kernel_frames.get(&address) {
             return ids.clone();
         }
         let frames = self.names.kernel_frames(address);
-        let ids: Vec<usize> = frames.into_iter().map(|frame| self.intern(frame)).collect();
+        let ids: FrameIds = frames.into_iter().map(|frame| self.intern(frame)).collect();
         self.kernel_frames.insert(address, ids.clone());
         ids
     }

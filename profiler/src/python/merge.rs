@@ -67,8 +67,8 @@ pub fn python_frame(function: &PythonFunction) -> Frame {
 /// k-th interpreter call from the root runs the k-th group of Python frames from the
 /// root. When the native stack did not reach its root, the groups are paired from the
 /// innermost instead, and groups with no native frame left are put at the root.
-pub fn interleave<F>(
-    native: Vec<Vec<F>>,
+pub fn interleave<F, N: AsRef<[F]> + IntoIterator<Item = F>>(
+    native: Vec<N>,
     python: &[PythonFrameRef],
     python_frame: impl Fn(&PythonFrameRef) -> F,
     role: impl Fn(&F) -> NativeRole,
@@ -83,6 +83,7 @@ pub fn interleave<F>(
         .enumerate()
         .filter(|(_, frames)| {
             frames
+                .as_ref()
                 .first()
                 .is_some_and(|frame| role(frame) == NativeRole::Eval)
         })
