@@ -113,14 +113,12 @@ impl FollowedProcesses {
     pub(super) fn due(&self) -> bool {
         let interval = if self.waiting() {
             WAITING_LOOK_INTERVAL
-        } else if self
-            .processes
-            .values()
-            .any(|followed| followed.started.elapsed() < YOUNG_PROCESS)
-        {
-            LOOK_INTERVAL
         } else {
-            OLD_PROCESS_INTERVAL
+            self.processes
+                .values()
+                .map(|followed| followed.look_interval(self.probe_allocators))
+                .min()
+                .unwrap_or(OLD_PROCESS_INTERVAL)
         };
         self.looked_at.is_none_or(|at| at.elapsed() >= interval)
     }
