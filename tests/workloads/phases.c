@@ -45,12 +45,26 @@ __attribute__((noinline)) static uint64_t spin(uint64_t iterations, uint64_t see
 
 static uint64_t hot_weight = 3;
 
-__attribute__((noinline)) void hot_phase(void) { sink += spin(hot_weight * 1000000, sink); }
-__attribute__((noinline)) void cold_phase(void) { sink += spin(1000000, sink); }
+// Each phase's length varies from round to round, 0.5 to 1.5 times its mean: rounds of
+// one fixed length near a multiple of the sampling period would be sampled at the same
+// point every time, and the split would depend on where that point fell (see the
+// README's limits), as the host's speed moves the length about.
+static __thread uint64_t jitter;
+
+static uint64_t jittered(uint64_t iterations) {
+    jitter = jitter * 6364136223846793005u + 1442695040888963407u;
+    return iterations / 2 + (jitter >> 33) % iterations;
+}
+
+__attribute__((noinline)) void hot_phase(void) {
+    sink += spin(jittered(hot_weight * 1000000), sink);
+}
+__attribute__((noinline)) void cold_phase(void) { sink += spin(jittered(1000000), sink); }
 
 static void *worker(void *arg) {
     long index = (long)arg;
     tids[index] = (pid_t)syscall(SYS_gettid);
+    jitter = (uint64_t)index + 1;
     while (!stop) {
         uint64_t t0 = thread_cpu_ns();
         hot_phase();
