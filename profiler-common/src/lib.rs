@@ -101,6 +101,10 @@ pub fn latency_bucket_range(index: usize) -> (u64, u64) {
 pub mod map_names {
     /// `HashMap<u32, u8>`: the tgids being profiled.
     pub const TARGET_TGIDS: &str = "TARGET_TGIDS";
+    /// `Array<u64>` of one entry: changed by userspace whenever the set of targets may
+    /// have grown, so that the BPF side's cached verdicts about threads are reached
+    /// again.
+    pub const TARGETS_EPOCH: &str = "TARGETS_EPOCH";
     /// `RingBuf` of records, each starting with an [`crate::EventHeader`].
     pub const EVENTS: &str = "EVENTS";
     /// `LruHashMap<u32, u32>`: how often each thread's own CPU timer fired.

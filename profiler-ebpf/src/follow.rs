@@ -10,7 +10,10 @@ use aya_ebpf::{
 };
 use profiler_common::{EventKind, LossCounter, ProcessStart, TARGET_FOLLOWED};
 
-use crate::{EVENTS, TARGET_TGIDS, count_loss, current_thread, header, now_ns, stacks, syscalls};
+use crate::{
+    EVENTS, TARGET_TGIDS, count_loss, current_thread, forget_verdict, header, now_ns, stacks,
+    syscalls,
+};
 
 /// Set by userspace from the kernel's BTF: the offset of `tgid` in `task_struct`.
 #[unsafe(no_mangle)]
@@ -64,12 +67,13 @@ pub fn report_start(tgid: u32) {
     record.submit(u64::from(BPF_RB_FORCE_WAKEUP));
 }
 
-/// A thread ended: its syscall slot is free again. When it was a followed process's
+/// A thread ended: its verdict and syscall slots are free again. When it was a followed process's
 /// leader, the process's slots in the target, mapping and Python tables are free too, so
 /// that a script that starts thousands of short commands does not fill them.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn process_exit(_ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    forget_verdict(pid_tgid);
     syscalls::forget_thread(pid_tgid);
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     // The group leader's exit stands for the process's: a leader that ends before its

@@ -20,7 +20,7 @@ use aya_ebpf::{
         generated::bpf_get_current_ancestor_cgroup_id,
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use profiler_common::{
@@ -93,6 +93,83 @@ fn is_target(tgid: u32) -> bool {
     }
     let _ = TARGET_TGIDS.insert(&tgid, &TARGET_FOLLOWED, u64::from(BPF_NOEXIST));
     true
+}
+
+/// Set by userspace to a new value whenever the set of targets may have grown: a
+/// verdict in [`THREAD_VERDICTS`] holds for the epoch it was reached in only. Targets
+/// the programs add (a target's fork, a process found in the target cgroup) need no new
+/// epoch: no verdict about their threads can exist yet, or it was reached by the same
+/// cgroup test.
+#[map]
+static TARGETS_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Slots of the tables kept per thread ([`THREAD_VERDICTS`], the syscalls in flight),
+/// indexed by thread id modulo this power of two: with the default pid_max of 32768 no
+/// two threads share one.
+const THREAD_SLOTS: u32 = 1 << 16;
+
+/// Whether a thread is a target's, as last found.
+#[repr(C)]
+struct ThreadVerdict {
+    /// tgid << 32 | tid of the thread the verdict is about.
+    pid_tgid: u64,
+    /// The epoch the verdict was reached in, shifted left by one, with 1 in the low bit
+    /// for a target's thread.
+    stamp: u64,
+}
+
+/// Verdicts by thread id modulo [`THREAD_SLOTS`]. Every syscall and context switch of
+/// every thread on the machine asks whether it is a target's; most are not (a load
+/// generator beside the service makes more syscalls than the service), and a hash
+/// lookup by tgid is most of what such a thread pays. A slot is cleared as its thread
+/// exits, before its ids can be another's.
+#[map]
+static THREAD_VERDICTS: Array<ThreadVerdict> = Array::with_max_entries(THREAD_SLOTS, 0);
+
+/// [`is_target`] for the thread `pid_tgid`, from its cached verdict while the set of
+/// targets has not grown since.
+#[inline(always)]
+fn is_target_thread(pid_tgid: u64) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    let epoch = TARGETS_EPOCH.get(0).copied().unwrap_or(0);
+    let Some(verdict) = THREAD_VERDICTS.get_ptr_mut(pid_tgid as u32 & (THREAD_SLOTS - 1)) else {
+        return is_target(tgid);
+    };
+    // SAFETY: an array slot written by its own thread only, but for two live threads
+    // whose ids share it (possible when pid_max exceeds THREAD_SLOTS), which then take
+    // it in turns: a torn read matches neither one's ids.
+    unsafe {
+        if (*verdict).pid_tgid == pid_tgid && (*verdict).stamp >> 1 == epoch {
+            return (*verdict).stamp & 1 == 1;
+        }
+        let target = is_target(tgid);
+        (*verdict).pid_tgid = pid_tgid;
+        (*verdict).stamp = epoch << 1 | u64::from(target);
+        target
+    }
+}
+
+/// Whether the thread `tid`, not running here, is known not to be a target's: a
+/// verdict of this epoch says so. A thread with no verdict yet is not known.
+#[inline(always)]
+fn is_known_non_target(tid: u32) -> bool {
+    let epoch = TARGETS_EPOCH.get(0).copied().unwrap_or(0);
+    THREAD_VERDICTS
+        .get(tid & (THREAD_SLOTS - 1))
+        .is_some_and(|verdict| verdict.pid_tgid as u32 == tid && verdict.stamp == epoch << 1)
+}
+
+/// Forgets the verdict about the exiting thread `pid_tgid`.
+#[inline(always)]
+fn forget_verdict(pid_tgid: u64) {
+    if let Some(verdict) = THREAD_VERDICTS.get_ptr_mut(pid_tgid as u32 & (THREAD_SLOTS - 1)) {
+        // SAFETY: as in is_target_thread.
+        unsafe {
+            if (*verdict).pid_tgid == pid_tgid {
+                (*verdict).pid_tgid = 0;
+            }
+        }
+    }
 }
 
 #[inline(always)]

@@ -20,7 +20,10 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_NO_PREALLOC, task_struct},
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_get_task_stack},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        generated::bpf_get_task_stack,
+    },
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{HashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
@@ -28,7 +31,7 @@ use aya_ebpf::{
 use profiler_common::{EventKind, LossCounter, OffCpuSpan, Stacks};
 
 use crate::{
-    EVENTS, count_loss, current_thread, header, is_target, now_ns,
+    EVENTS, count_loss, header, is_known_non_target, is_target_thread, now_ns,
     stacks::{self, STACK_BYTES, Unwinder},
     wakeup_flag,
 };
@@ -104,9 +107,12 @@ const TASK_STOPPED_OR_TRACED: u32 = 0x4 | 0x8;
 /// `(preempt, prev, next, prev_state)`.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
-    let now = now_ns();
-    let (tgid, tid) = current_thread();
-    if tid != 0 && is_target(tgid) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // The clock is read only for a switch that involves a target: most do not.
+    let mut now = 0;
+    if tid != 0 && is_target_thread(pid_tgid) {
+        now = now_ns();
         let state = ctx.arg::<u32>(3);
         switch_out(ctx.as_ptr(), tgid, tid, now, state);
     }
@@ -119,7 +125,11 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
 /// last moment its user stacks are those it left the CPU with.
 #[raw_tracepoint(tracepoint = "rseq_update")]
 pub fn rseq_update(ctx: RawTracePointContext) -> u32 {
-    let (tgid, tid) = current_thread();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target_thread(pid_tgid) {
+        return 0;
+    }
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let Some(entry) = OFFCPU_STARTS.get_ptr_mut(&tid) else {
         return 0;
     };
@@ -186,6 +196,8 @@ fn switch_out(ctx: *mut c_void, tgid: u32, tid: u32, now: u64, state: u32) -> Op
     Some(())
 }
 
+/// Ends the off-CPU span of `next`, if it is a target's, at `now`, or at the clock
+/// read here if `now` is 0.
 #[inline(always)]
 fn switch_in(next: *mut task_struct, now: u64) -> Option<()> {
     // SAFETY: `next` is the tracepoint's task; the helper checks the address.
@@ -193,6 +205,9 @@ fn switch_in(next: *mut task_struct, now: u64) -> Option<()> {
         let offset = core::ptr::read_volatile(&raw const TASK_PID_OFFSET);
         bpf_probe_read_kernel(next.cast::<u8>().add(offset as usize).cast::<u32>()).ok()?
     };
+    if is_known_non_target(tid) {
+        return None;
+    }
     let entry = OFFCPU_STARTS.get_ptr_mut(&tid)?;
     // SAFETY: a map value of the thread being switched in, which runs nowhere: the
     // helper reads its kernel stack where it stopped.
@@ -200,6 +215,7 @@ fn switch_in(next: *mut task_struct, now: u64) -> Option<()> {
         if (*entry).phase != Phase::Off as u32 {
             return None;
         }
+        let now = if now == 0 { now_ns() } else { now };
         // SAFETY: reading a global that userspace set before loading.
         if now.saturating_sub((*entry).start_ns)
             < core::ptr::read_volatile(&raw const OFFCPU_MIN_NS)

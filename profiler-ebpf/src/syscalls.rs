@@ -16,20 +16,17 @@ use profiler_common::{
 };
 
 use crate::{
-    EVENTS, count_loss, header, is_target, now_ns,
+    EVENTS, THREAD_SLOTS, count_loss, header, is_target_thread, now_ns,
     stacks::{self, Unwinder},
     wakeup_flag,
 };
 
-/// Slots for calls in flight, indexed by thread id modulo this power of two. Two target
-/// threads whose ids share a slot and are in a syscall at once lose one call, counted
-/// as [`LossCounter::SyscallSlotTaken`]; with the default pid_max of 32768 none can.
-const START_SLOTS: u32 = 1 << 16;
-
 /// Distinct (syscall, errno) pairs counted.
 const ERRNO_KEYS: u32 = 4096;
 
-/// A target thread's call in flight.
+/// A target thread's call in flight, in its thread's slot. Two target threads whose ids
+/// share a slot and are in a syscall at once lose one call, counted as
+/// [`LossCounter::SyscallSlotTaken`].
 #[repr(C)]
 struct CallStart {
     /// tgid << 32 | tid of the caller, so a stale slot never matches another process.
@@ -40,7 +37,7 @@ struct CallStart {
 }
 
 #[map]
-static SYSCALL_STARTS: Array<CallStart> = Array::with_max_entries(START_SLOTS, 0);
+static SYSCALL_STARTS: Array<CallStart> = Array::with_max_entries(THREAD_SLOTS, 0);
 
 #[map]
 static SYSCALL_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
@@ -55,26 +52,22 @@ static SLOW_SYSCALL_NS: u64 = u64::MAX;
 /// The slot of the calling thread's call in flight.
 #[inline(always)]
 fn call_slot(pid_tgid: u64) -> Option<*mut CallStart> {
-    SYSCALL_STARTS.get_ptr_mut(pid_tgid as u32 & (START_SLOTS - 1))
+    SYSCALL_STARTS.get_ptr_mut(pid_tgid as u32 & (THREAD_SLOTS - 1))
 }
 
 /// Notes the start of every syscall of a target thread.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn syscall_enter(ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target_thread(pid_tgid) {
+        return 0;
+    }
     let Some(slot) = call_slot(pid_tgid) else {
         return 0;
     };
+    let nr: u64 = ctx.arg(1);
     // SAFETY: an array slot; only the thread(s) owning the slot write it.
     unsafe {
-        // A slot that holds the caller's ids holds its last call, which was a target's:
-        // the table of targets is looked up at a thread's first call only (a hash lookup
-        // is 55 ns of the 450 tracing adds to a call here). The slot is freed when the
-        // thread exits, before its ids can be another's.
-        if (*slot).pid_tgid != pid_tgid && !is_target((pid_tgid >> 32) as u32) {
-            return 0;
-        }
-        let nr: u64 = ctx.arg(1);
         if (*slot).start_ns != 0 && (*slot).pid_tgid != pid_tgid {
             count_loss(LossCounter::SyscallSlotTaken);
         }
@@ -85,8 +78,8 @@ pub fn syscall_enter(ctx: RawTracePointContext) -> u32 {
     0
 }
 
-/// Frees the exiting thread `pid_tgid`'s slot, so that a thread that gets the same ids
-/// later is not taken for a target's by it.
+/// Frees the exiting thread `pid_tgid`'s slot, so that a call of a thread that gets the
+/// same ids later is not timed from it.
 #[inline(always)]
 pub fn forget_thread(pid_tgid: u64) {
     if let Some(slot) = call_slot(pid_tgid) {

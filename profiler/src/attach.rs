@@ -272,7 +272,7 @@ type MapUse = fn(&ProbeSettings) -> bool;
 /// per-CPU syscall table takes over a megabyte per CPU, the kernel builds the live
 /// allocation table's 4 Mi buckets (64 MiB, 68 ms of the start here) even when no block
 /// ever goes in, and preallocated maps cost their full size whether used or not.
-const MAPS_BY_USE: [(&str, MapUse); 10] = [
+const MAPS_BY_USE: [(&str, MapUse); 11] = [
     ("SYSCALL_STATS", |settings| settings.events.syscalls),
     ("SYSCALL_STARTS", |settings| settings.events.syscalls),
     (map_names::SYSCALL_ERRNOS, |settings| {
@@ -280,6 +280,9 @@ const MAPS_BY_USE: [(&str, MapUse); 10] = [
     }),
     ("IO_STARTS", |settings| settings.events.io),
     ("OFFCPU_STARTS", |settings| settings.events.offcpu),
+    ("THREAD_VERDICTS", |settings| {
+        settings.events.syscalls || settings.events.offcpu
+    }),
     ("ALLOC_CALLS", |settings| settings.events.alloc),
     (map_names::LIVE_ALLOCATIONS, |settings| {
         settings.events.alloc
@@ -361,6 +364,8 @@ pub struct Probes {
     ebpf: Ebpf,
     settings: ProbeSettings,
     targets: HashMap<MapData, u32, u8>,
+    /// The BPF side's targets epoch, and the value it was last set to.
+    targets_epoch: (Array<MapData, u64>, u64),
     /// Whether the kernel's type information told where a thread's TLS base is, which
     /// the Python walk needs.
     walks_python: bool,
@@ -472,6 +477,10 @@ impl Probes {
             .take_map(map_names::TARGET_TGIDS)
             .ok_or_else(|| missing(map_names::TARGET_TGIDS))?;
         let targets = HashMap::try_from(targets).map_err(map_failure)?;
+        let targets_epoch = ebpf
+            .take_map(map_names::TARGETS_EPOCH)
+            .ok_or_else(|| missing(map_names::TARGETS_EPOCH))?;
+        let targets_epoch = Array::try_from(targets_epoch).map_err(map_failure)?;
         let thread_firings = ebpf
             .take_map(map_names::THREAD_TIMER_FIRINGS)
             .ok_or_else(|| missing(map_names::THREAD_TIMER_FIRINGS))?;
@@ -483,6 +492,7 @@ impl Probes {
             ebpf,
             settings: *settings,
             targets,
+            targets_epoch: (targets_epoch, 0),
             walks_python: task_fsbase_offset != 0,
             thread_timers: StdHashMap::new(),
             thread_firings,
@@ -506,7 +516,25 @@ impl Probes {
                     ))
                 }
                 error => map_failure(error),
-            })
+            })?;
+        self.new_targets_epoch()
+    }
+
+    /// With `--cgroup`, has the programs look again at every thread's cgroup, so that
+    /// a process moved into the group since is found; called every drain tick.
+    pub fn look_for_cgroup_joiners(&mut self) -> Result<(), Failure> {
+        if self.settings.cgroup.is_none() {
+            return Ok(());
+        }
+        self.new_targets_epoch()
+    }
+
+    /// Has the programs find again, for every thread, whether it is a target's: the
+    /// set of targets may have grown.
+    fn new_targets_epoch(&mut self) -> Result<(), Failure> {
+        let (map, epoch) = &mut self.targets_epoch;
+        *epoch += 1;
+        map.set(0, &*epoch, 0).map_err(map_failure)
     }
 
     /// Whether process `tgid` is a target already, named or followed since its fork.
@@ -521,9 +549,9 @@ impl Probes {
         if events.cpu {
             self.attach_cpu_sampler(targets)?;
         }
-        // Before the syscall programs: a thread's syscall slot marks it as a target's
-        // until the thread exits.
-        if events.syscalls || self.settings.follow_children {
+        // Before the syscall and off-CPU programs: the verdicts they cache about a
+        // thread, and its syscall slot, must go when the thread exits.
+        if events.syscalls || events.offcpu || self.settings.follow_children {
             self.attach_raw_tracepoint(program_names::PROCESS_EXIT, "sched_process_exit")?;
         }
         if events.syscalls {

@@ -413,6 +413,7 @@ async fn watch(
     let mut snapshot_tick = every(options.interval);
     let mut metrics_tick = every(options.metrics_addr.map(|_| METRICS_WINDOW));
     let mut timer_failed = false;
+    let mut cgroup_failed = false;
     let deadline = sleep(options.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     loop {
@@ -457,6 +458,14 @@ async fn watch(
             }
         }
         probes.release_ended_thread_timers();
+        if let Err(error) = probes.look_for_cgroup_joiners()
+            && !cgroup_failed
+        {
+            cgroup_failed = true;
+            eprintln!(
+                "profiler: warning: processes moved into the cgroup from now on are not found: {error}"
+            );
+        }
         // Every tick, for libraries mapped since; and at once when a process started,
         // so that a forked child gets the probes before it execs and they stay.
         let started = collector.take_processes_started();
