@@ -187,6 +187,62 @@ fn a_thread_blocked_on_a_lock_shows_off_cpu_with_its_stack() {
     );
 }
 
+/// The off-CPU time under kernel functions whose names satisfy `matches`.
+fn kernel_offcpu_ns(report: &Value, matches: impl Fn(&str) -> bool) -> u64 {
+    report["offcpu"]["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|function| function["kernel"] == true)
+        .filter(|function| function["name"].as_str().is_some_and(&matches))
+        .map(|function| function["total_ns"].as_u64().unwrap())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn blocked_kernel_stacks_name_the_wait_and_keep_the_scheduler_when_asked() {
+    // By default the kernel stack is read as the wait ends: the futex wait is on it,
+    // the scheduler's own functions are not.
+    let recorded = recorded();
+    let lock_wait_ns = truth_u64(recorded, "lock_wait_ns") as f64;
+    let futex_ns = kernel_offcpu_ns(&recorded.report, |name| name.contains("futex_wait"));
+    assert!(
+        futex_ns as f64 >= 0.95 * lock_wait_ns,
+        "{futex_ns} ns under futex_wait, {lock_wait_ns} ns waited for the lock"
+    );
+    assert_eq!(
+        kernel_offcpu_ns(&recorded.report, |name| name == "__schedule"),
+        0
+    );
+    // Taken as the thread blocks, it keeps them, with the same time.
+    let dir = scratch("waits-scheduler-frames");
+    let truth = dir.join("truth.json");
+    let output = run(
+        record(&dir, &["--events", "offcpu", "--offcpu-scheduler-frames"])
+            .arg("--")
+            .arg(compile_workload("waits"))
+            .arg(&truth)
+            .arg(&dir),
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let (report, truth) = (read_json(&dir.join("report.json")), read_json(&truth));
+    let lock_wait_ns = truth["lock_wait_ns"].as_u64().unwrap();
+    assert_close(
+        "wait_for_lock off-CPU time",
+        offcpu_function(&report, "wait_for_lock")["total_ns"]
+            .as_u64()
+            .unwrap(),
+        lock_wait_ns,
+        0.05,
+    );
+    let schedule_ns = kernel_offcpu_ns(&report, |name| name == "__schedule");
+    assert!(
+        schedule_ns as f64 >= 0.95 * lock_wait_ns as f64,
+        "{schedule_ns} ns under __schedule, {lock_wait_ns} ns waited for the lock"
+    );
+}
+
 /// The off-CPU entry of the function `name`.
 fn offcpu_function<'r>(report: &'r Value, name: &str) -> &'r Value {
     entries_where(&report["offcpu"]["functions"], "name", name)

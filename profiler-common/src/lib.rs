@@ -203,6 +203,9 @@ pub mod global_names {
     pub const SLOW_SYSCALL_NS: &str = "SLOW_SYSCALL_NS";
     /// `u64`: off-CPU spans shorter than this, in ns, are dropped in the kernel.
     pub const OFFCPU_MIN_NS: &str = "OFFCPU_MIN_NS";
+    /// `u64`: 1 to take a blocking thread's kernel stack as it blocks, with the
+    /// scheduler's own functions; 0 to read it from the task as its span ends.
+    pub const OFFCPU_SCHEDULER_FRAMES: &str = "OFFCPU_SCHEDULER_FRAMES";
     /// `[u32; TracepointField::COUNT]`: where each tracepoint field sits in its record.
     pub const TRACEPOINT_FIELDS: &str = "TRACEPOINT_FIELDS";
     /// `u64`: the mean bytes between sampled allocations; 0 tracks every allocation.

@@ -219,6 +219,9 @@ pub struct ProbeSettings {
     pub slow_syscall: Duration,
     /// Off-CPU spans shorter than this are dropped in the kernel.
     pub offcpu_min: Duration,
+    /// Whether a blocking thread's kernel stack is taken as it blocks, with the
+    /// scheduler's own functions on it, rather than read as its span ends.
+    pub offcpu_scheduler_frames: bool,
     /// Mean bytes between sampled allocations; 0 tracks every allocation.
     pub alloc_sample_bytes: u64,
     /// How CPU, off-CPU and slow-syscall stacks are unwound.
@@ -249,6 +252,7 @@ impl Default for ProbeSettings {
             follow_children: false,
             slow_syscall: Duration::from_millis(10),
             offcpu_min: Duration::from_millis(1),
+            offcpu_scheduler_frames: false,
             alloc_sample_bytes: 0,
             unwind: UnwindMethod::Dwarf,
             cgroup: None,
@@ -404,6 +408,7 @@ impl Probes {
         };
         let slow_syscall_ns = settings.slow_syscall.as_nanos() as u64;
         let offcpu_min_ns = settings.offcpu_min.as_nanos() as u64;
+        let offcpu_scheduler_frames = u64::from(settings.offcpu_scheduler_frames);
         let walk_frame_pointers = u64::from(settings.unwind == UnwindMethod::Fp);
         // Without it the kernel finds no Python thread state, and Python frames are off.
         let kernel_types = kernel_btf::Btf::read();
@@ -447,6 +452,11 @@ impl Probes {
         loader
             .override_global(global_names::SLOW_SYSCALL_NS, &slow_syscall_ns, true)
             .override_global(global_names::OFFCPU_MIN_NS, &offcpu_min_ns, true)
+            .override_global(
+                global_names::OFFCPU_SCHEDULER_FRAMES,
+                &offcpu_scheduler_frames,
+                true,
+            )
             .override_global(global_names::TRACEPOINT_FIELDS, &field_offsets, true)
             .override_global(
                 global_names::ALLOC_SAMPLE_BYTES,

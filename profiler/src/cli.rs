@@ -130,6 +130,13 @@ struct RecordArgs {
     #[arg(long, value_name = "US", default_value_t = 1000.0, value_parser = parse_non_negative)]
     offcpu_min_us: f64,
 
+    /// Take a blocking thread's kernel stack as it blocks, so that off-CPU stacks keep
+    /// the scheduler's own functions (schedule, io_schedule, mutex_lock's slow path).
+    /// By default it is read as the wait ends, without them, which costs far less:
+    /// a loaded service blocks briefly thousands of times a second.
+    #[arg(long)]
+    offcpu_scheduler_frames: bool,
+
     /// Write the off-CPU flame graph SVG here (with --events offcpu).
     #[arg(long, value_name = "FILE.svg", default_value = "offcpu.svg")]
     offcpu_output: PathBuf,
@@ -234,6 +241,7 @@ impl RecordArgs {
                     || matches!(target, TargetSpec::Command(_) | TargetSpec::Cgroup(_)),
                 slow_syscall: Duration::from_secs_f64(self.slow_ms / 1e3),
                 offcpu_min: Duration::from_secs_f64(self.offcpu_min_us / 1e6),
+                offcpu_scheduler_frames: self.offcpu_scheduler_frames,
                 alloc_sample_bytes: self.alloc_sample_bytes,
                 unwind: self.unwind,
                 cgroup: None,
