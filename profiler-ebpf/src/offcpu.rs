@@ -71,8 +71,9 @@ struct SwitchOut {
     /// 1 if `stacks` holds the current span's kernel stack.
     has_kernel_stack: u32,
     _padding: u32,
-    /// The user registers the thread left the CPU with, when its user stacks wait: if
-    /// they differ where the stacks are taken, the thread ran user code in between.
+    /// The user registers the thread left the CPU with, read as a long span whose user
+    /// stacks wait ends: if they differ where the stacks are taken, the thread ran user
+    /// code in between.
     user_pc: u64,
     user_sp: u64,
     stacks: Stacks,
@@ -198,10 +199,6 @@ fn switch_out(ctx: *mut c_void, tgid: u32, tid: u32, now: u64, state: u32) -> Op
         }
         (*entry).has_kernel_stack = u32::from(take_kernel_stack);
         (*entry).has_user_stacks = u32::from(take_user_stacks);
-        if !take_user_stacks && let Some((pc, sp)) = stacks::user_registers() {
-            (*entry).user_pc = pc;
-            (*entry).user_sp = sp;
-        }
     }
     Some(())
 }
@@ -243,6 +240,12 @@ fn switch_in(next: *mut task_struct, now: u64) -> Option<()> {
             ) as i32;
         }
         if (*entry).has_user_stacks == 0 {
+            // Read here, for the few long spans, not at every switch out: the thread has
+            // not run since, so they are still those it left the CPU with. Unread, they
+            // match nothing, and the span is counted as lost where its stacks are taken.
+            let (pc, sp) = stacks::task_user_registers(next).unwrap_or((0, 0));
+            (*entry).user_pc = pc;
+            (*entry).user_sp = sp;
             (*entry).phase = Phase::OwesUserStacks as u32;
             return None;
         }

@@ -12,7 +12,7 @@
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, pt_regs},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, pt_regs, task_struct},
     btf_maps::{self, ArrayOfMaps},
     helpers::{
         bpf_get_stack, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
@@ -159,9 +159,19 @@ pub unsafe fn capture_user(ctx: *mut c_void, stacks: *mut Stacks, unwinder: Unwi
 /// The running thread's user instruction and stack pointers: what it will resume with.
 #[inline(always)]
 pub fn user_registers() -> Option<(u64, u64)> {
+    // SAFETY: the helper returns the running task's BTF pointer.
+    task_user_registers(unsafe { bpf_get_current_task_btf() })
+}
+
+/// The user instruction and stack pointers `task` entered the kernel with: what it will
+/// resume with.
+///
+/// `task` must be a trusted BTF pointer, such as a BTF tracepoint's argument.
+#[inline(always)]
+pub fn task_user_registers(task: *mut task_struct) -> Option<(u64, u64)> {
     // SAFETY: the helpers check every kernel address they read.
     unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
         Some((
             bpf_probe_read_kernel(&raw const (*regs).rip).ok()?,
             bpf_probe_read_kernel(&raw const (*regs).rsp).ok()?,
