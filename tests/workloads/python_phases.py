@@ -51,13 +51,17 @@ def respond(scores):
 
 
 def request_loop(deadline):
-    """A request handler: predict holds about two thirds of the CPU."""
+    """A request handler: predict holds about two thirds of the CPU.
+
+    Requests vary in size around the same mean, so that a request's length cannot stay
+    in step with the sampling period and put the samples in one phase more often than
+    its time says."""
     model = Model(48)
     payload = ",".join(str(i) for i in range(48))
     while time.monotonic() < deadline:
-        features = timed("parse", parse, payload * 6)[:48]
+        features = timed("parse", parse, payload * random.randint(4, 8))[:48]
         scores = timed("predict", model.predict, features)
-        timed("respond", respond, scores * 40)
+        timed("respond", respond, scores * random.randint(30, 50))
 
 
 def digest(data):
