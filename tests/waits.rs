@@ -187,6 +187,45 @@ fn a_thread_blocked_on_a_lock_shows_off_cpu_with_its_stack() {
     );
 }
 
+#[test]
+fn cpu_samples_carry_kernel_frames_as_often_as_the_thread_runs_in_the_kernel() {
+    // A getppid() loop runs about half its time in the kernel, by its own account.
+    let dir = scratch("kernel-share");
+    let truth = dir.join("truth.json");
+    let output = run(record(&dir, &["-F", "999"])
+        .arg("--")
+        .arg(compile_workload("waits"))
+        .args(["--noise", "2"])
+        .arg(&truth));
+    assert_eq!(output.status.code(), Some(0));
+    let (report, truth) = (read_json(&dir.join("report.json")), read_json(&truth));
+    let (user_ns, system_ns) = (
+        truth["user_ns"].as_f64().unwrap(),
+        truth["system_ns"].as_f64().unwrap(),
+    );
+    let measured = system_ns / (user_ns + system_ns);
+    // Every sample taken in the kernel is under the syscall entry: the kernel
+    // function with the largest total holds them all.
+    let functions = report["cpu"]["functions"].as_array().unwrap();
+    let in_kernel = functions
+        .iter()
+        .filter(|function| function["kernel"] == true)
+        .map(|function| function["total"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let samples = report["cpu"]["samples"].as_f64().unwrap();
+    // The kernel's split is itself sampled, on its ticks: both bounds count.
+    let ticks = (user_ns + system_ns) / 4e6;
+    let bound = 3.0
+        * ((measured * (1.0 - measured)) / samples + (measured * (1.0 - measured)) / ticks).sqrt();
+    assert!(
+        (in_kernel - measured).abs() <= bound,
+        "{:.1}% of the samples in the kernel, the workload measured {:.1}% (bound {:.1} points)",
+        in_kernel * 100.0,
+        measured * 100.0,
+        bound * 100.0
+    );
+}
+
 /// The off-CPU time under kernel functions whose names satisfy `matches`.
 fn kernel_offcpu_ns(report: &Value, matches: impl Fn(&str) -> bool) -> u64 {
     report["offcpu"]["functions"]

@@ -16,6 +16,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::bpf_perf_event_data,
     macros::{map, perf_event},
     maps::{LruHashMap, ProgramArray},
     programs::PerfEventContext,
@@ -114,7 +115,15 @@ pub fn sample_cpu_stacks(ctx: PerfEventContext) -> u32 {
     // SAFETY: `sample` points at a reserved, writable CpuSample in the ring buffer.
     unsafe {
         (*sample).header = header(EventKind::CpuSample, tgid, tid, now_ns());
-        stacks::capture(ctx.as_ptr(), &raw mut (*sample).stacks, Unwinder::Cpu, tgid);
+        // A sample taken in user mode has no kernel stack; the helper would still set
+        // up a call chain to find that out.
+        let regs = &(*ctx.as_ptr().cast::<bpf_perf_event_data>()).regs;
+        if regs.cs & 3 == 3 {
+            (*sample).stacks.kernel_bytes = 0;
+        } else {
+            stacks::capture_kernel(ctx.as_ptr(), &raw mut (*sample).stacks);
+        }
+        stacks::capture_user(ctx.as_ptr(), &raw mut (*sample).stacks, Unwinder::Cpu, tgid);
     }
     entry.submit(wakeup_flag());
     0

@@ -16,8 +16,9 @@
 // stacks are read as the threads are switched back in.
 // The truth file gets the counts and the measured means and waits, as JSON.
 //
-// waits --noise SECONDS calls getppid() for that long instead, as a process that must
-// not be counted.
+// waits --noise SECONDS [TRUTH_FILE] calls getppid() for that long instead, as a
+// process that must not be counted, or as one that runs half in the kernel; it prints
+// the calls it made, and writes them to TRUTH_FILE with its user and system CPU time.
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <poll.h>
@@ -28,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #define GETPPID_CALLS 100000
@@ -107,7 +109,7 @@ static void *cpu_sharer(void *wait_ns) {
     return NULL;
 }
 
-static int noise(double seconds) {
+static int noise(double seconds, const char *truth_path) {
     int64_t end = now_ns() + (int64_t)(seconds * 1e9);
     long calls = 0;
     while (now_ns() < end) {
@@ -115,13 +117,23 @@ static int noise(double seconds) {
         calls += 1000;
     }
     printf("%ld\n", calls);
+    if (truth_path == NULL) return 0;
+    struct rusage usage;
+    if (getrusage(RUSAGE_SELF, &usage) != 0) abort();
+    FILE *truth = fopen(truth_path, "w");
+    if (truth == NULL) abort();
+    fprintf(truth, "{\"calls\": %ld, \"user_ns\": %lld, \"system_ns\": %lld}\n", calls,
+            (long long)usage.ru_utime.tv_sec * 1000000000LL + usage.ru_utime.tv_usec * 1000LL,
+            (long long)usage.ru_stime.tv_sec * 1000000000LL + usage.ru_stime.tv_usec * 1000LL);
+    fclose(truth);
     return 0;
 }
 
 int main(int argc, char **argv) {
-    if (argc == 3 && strcmp(argv[1], "--noise") == 0) return noise(atof(argv[2]));
+    if ((argc == 3 || argc == 4) && strcmp(argv[1], "--noise") == 0)
+        return noise(atof(argv[2]), argc == 4 ? argv[3] : NULL);
     if (argc != 3) {
-        fprintf(stderr, "usage: waits TRUTH_FILE DIR | waits --noise SECONDS\n");
+        fprintf(stderr, "usage: waits TRUTH_FILE DIR | waits --noise SECONDS [TRUTH_FILE]\n");
         return 2;
     }
 
