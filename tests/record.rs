@@ -496,7 +496,18 @@ fn the_least_capabilities_profile_another_users_process_whole() {
     let output = record_with_capabilities(
         &dir,
         &LEAST_CAPABILITIES,
-        &["--pid", &pid, "--duration", "2", "--events", "cpu,offcpu"],
+        // 499 Hz: at 99 the 2 s gave about 270 samples next to a CPU hog, whose spread
+        // (3 points) made the bound 1.5 σ.
+        &[
+            "--pid",
+            &pid,
+            "--duration",
+            "2",
+            "--events",
+            "cpu,offcpu",
+            "-F",
+            "499",
+        ],
     );
     workload.wait().unwrap();
     assert_eq!(output.status.code(), Some(0));
@@ -1090,7 +1101,15 @@ fn a_service_in_a_container_is_profiled_whole_until_it_exits() {
     let unshare = container.id().to_string();
     let output = run(&mut record(
         &dir,
-        &["--pid", &unshare, "--children", "--duration", "8"],
+        &[
+            "--pid",
+            &unshare,
+            "--children",
+            "--duration",
+            "8",
+            "-F",
+            "199",
+        ],
     ));
     assert!(container.wait().unwrap().success());
     assert_eq!(output.status.code(), Some(TARGET_EXITED));
