@@ -368,6 +368,61 @@ fn fail_on_rules_exit_3_when_fired_and_0_when_not() {
 }
 
 #[test]
+fn a_misspelt_rule_is_reported_unmatched_and_fails_the_run_when_strict() {
+    let dir = scratch("rules-unmatched");
+    let phases = phases_binary().to_str().unwrap().to_owned();
+    let truth = dir.join("truth.json");
+    let workload = ["--", &phases, "1", "0.5", "0", truth.to_str().unwrap()];
+    let rules = ["--fail-on", "hot_phase>99%", "--fail-on", "hot_phsae>60%"];
+
+    let lenient = run(record(&dir, &rules).args(workload));
+    assert_eq!(lenient.status.code(), Some(0));
+    let outcomes = report(&dir)["rules"].clone();
+    assert_eq!(outcomes[0]["matched"], true);
+    assert_eq!(outcomes[1]["matched"], false);
+    assert_eq!(outcomes[1]["fired"], false);
+    let summary = String::from_utf8_lossy(&lenient.stdout);
+    assert!(
+        summary.contains("UNMATCHED  hot_phsae>60%: no sampled function is named hot_phsae"),
+        "{summary}"
+    );
+
+    let strict = run(record(&dir, &rules).arg("--strict-rules").args(workload));
+    assert_eq!(strict.status.code(), Some(RULE_FIRED));
+    assert!(stderr_line(&strict).contains("hot_phsae>60% (matched nothing)"));
+    let outcomes = report(&dir)["rules"].clone();
+    assert_eq!(outcomes[0]["fired"], false);
+    assert_eq!(outcomes[1]["fired"], true);
+    assert_eq!(outcomes[1]["matched"], false);
+}
+
+#[test]
+fn a_malformed_rule_is_a_usage_error_before_anything_runs() {
+    let dir = scratch("rules-malformed");
+    for rule in [
+        "predict>>60%",
+        "predict>=60%",
+        "operator<>5%",
+        "io:.p99>5ms",
+    ] {
+        let output = run(profiler()
+            .args(["record", "--fail-on", rule, "-o"])
+            .arg(dir.join("flame.svg"))
+            .args(["--", "true"]));
+        assert_eq!(output.status.code(), Some(USAGE), "{rule}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr
+                .lines()
+                .next()
+                .is_some_and(|line| line.contains(&format!("malformed rule `{rule}`"))),
+            "{stderr}"
+        );
+        assert!(!dir.join("flame.svg").exists());
+    }
+}
+
+#[test]
 fn a_pid_that_does_not_exist_fails_before_anything_is_loaded() {
     let dir = scratch("no-pid");
     let output = run(&mut record(
@@ -951,6 +1006,9 @@ fn a_prometheus_server_scrapes_the_shares_while_recording() {
     );
     let fired = prometheus.query("max_over_time(profiler_rule_fired{rule=\"hot_phase>50%\"}[5m])");
     assert_eq!(fired, 1.0);
+    let matched =
+        prometheus.query("max_over_time(profiler_rule_matched{rule=\"hot_phase>50%\"}[5m])");
+    assert_eq!(matched, 1.0);
     let samples = prometheus.query("max_over_time(profiler_cpu_samples_total[5m])");
     assert!(samples > 0.0 && samples <= report(&dir)["cpu"]["samples"].as_f64().unwrap());
     let calls = prometheus.query(

@@ -39,6 +39,7 @@ fn recorded() -> &'static Recorded {
             .spawn()
             .unwrap();
         let truth = dir.join("truth.json");
+        let disk_rule = format!("io:{}.p99>1us", disk_of(&dir));
         let output = run(record(
             &dir,
             &[
@@ -48,6 +49,14 @@ fn recorded() -> &'static Recorded {
                 "clock_nanosleep.p50>20ms",
                 "--fail-on",
                 "read.p99>1s",
+                "--fail-on",
+                "io.p99>1us",
+                "--fail-on",
+                &disk_rule,
+                "--fail-on",
+                "io.p99>10s",
+                "--fail-on",
+                "io:nosuchdisk.p99>1us",
             ],
         )
         .arg("--")
@@ -67,6 +76,22 @@ fn recorded() -> &'static Recorded {
             output,
         }
     })
+}
+
+/// The disk that holds `path`, as the block tracepoints name it: a partition's requests
+/// are its disk's.
+fn disk_of(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(path).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let device = fs::canonicalize(format!("/sys/dev/block/{major}:{minor}"))
+        .unwrap_or_else(|error| panic!("{major}:{minor} is not a block device: {error}"));
+    let disk = if device.join("partition").exists() {
+        device.parent().unwrap().to_owned()
+    } else {
+        device
+    };
+    disk.file_name().unwrap().to_string_lossy().into_owned()
 }
 
 fn syscall<'r>(report: &'r Value, name: &str) -> &'r Value {
@@ -360,6 +385,60 @@ fn latency_rules_fire_on_the_measured_quantile() {
     assert_eq!(rules[0]["fired"], true);
     assert!(rules[0]["value_ns"].as_u64().unwrap() > 20_000_000);
     assert_eq!(rules[1]["fired"], false);
+}
+
+#[test]
+fn io_rules_fire_on_block_request_latency_and_hold_under_a_looser_limit() {
+    let recorded = recorded();
+    let io_rules: Vec<&Value> = recorded.report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| rule["kind"] == "io")
+        .collect();
+    let outcome = |rule: &Value| (rule["matched"] == true, rule["fired"] == true);
+    // io.p99>1us, io:DISK.p99>1us, io.p99>10s, io:nosuchdisk.p99>1us.
+    assert_eq!(
+        io_rules
+            .iter()
+            .map(|rule| outcome(rule))
+            .collect::<Vec<_>>(),
+        vec![(true, true), (true, true), (true, false), (false, false)],
+        "{io_rules:?}"
+    );
+    assert_eq!(io_rules[1]["device"], disk_of(&recorded.dir));
+    // The workload waited for every write and flush in an fdatasync it timed.
+    let sync_max_ns = truth_u64(recorded, "sync_max_ns");
+    let rows = recorded.report["io"].as_array().unwrap();
+    for row in rows
+        .iter()
+        .filter(|row| row["op"] == "write" || row["op"] == "flush")
+    {
+        let max = row["max_ns"].as_u64().unwrap();
+        assert!(
+            max <= sync_max_ns,
+            "a request of {max} ns outlasted the longest fdatasync, {sync_max_ns} ns"
+        );
+    }
+    // Every device's p99 is one distribution's: between its rows' own.
+    let p99s: Vec<u64> = rows
+        .iter()
+        .map(|row| row["p99_ns"].as_u64().unwrap())
+        .collect();
+    let observed = io_rules[0]["value_ns"].as_u64().unwrap();
+    assert!(
+        (*p99s.iter().min().unwrap()..=*p99s.iter().max().unwrap()).contains(&observed),
+        "io.p99 {observed} ns against the rows' {p99s:?}"
+    );
+    assert!(
+        sync_max_ns < 10_000_000_000,
+        "an fdatasync took {sync_max_ns} ns"
+    );
+    let summary = String::from_utf8_lossy(&recorded.output.stdout);
+    assert!(
+        summary.contains("UNMATCHED  io:nosuchdisk.p99>1us: no block request went to nosuchdisk"),
+        "{summary}"
+    );
 }
 
 #[test]

@@ -1,12 +1,11 @@
 //! What a profile means: each function's share of on-CPU time, the hotspots above a
 //! threshold, the hot path through them, and the `--fail-on` rules of a load-test gate.
 
-use std::{fmt, str::FromStr};
+mod rules;
 
-use crate::{
-    aggregate::{Latency, SyscallSummary},
-    symbolize::{Frame, Profile},
-};
+pub use rules::{Check, Observations, Quantile, Rule, RuleOutcome, split_at_operator};
+
+use crate::symbolize::{Frame, Profile};
 
 /// Functions that every thread passes through, so they always hold (nearly) all of the
 /// time and would drown out the real hotspots.
@@ -51,175 +50,6 @@ pub fn is_process_root(name: &str) -> bool {
     PROCESS_ROOTS.contains(&name)
         || name.starts_with("std::rt::lang_start::")
         || name.starts_with("std::sys::pal::unix::thread::Thread::new::thread_start")
-}
-
-/// A load-test gate, as `--fail-on` takes it.
-///
-/// - `NAME>PCT%` fires when the functions named NAME hold more than PCT % of the on-CPU
-///   samples, for example `predict>60%`.
-/// - `SYSCALL.QUANTILE>DURATION` fires when that syscall's latency quantile (`p50`,
-///   `p90`, `p99`, `p999` or `max`) is above DURATION (`ns`, `us`, `ms` or `s`), for
-///   example `read.p99>50ms`.
-/// - `leak>SIZE` fires when the leak candidates hold more than SIZE (`B`, `KiB`, `MiB`,
-///   `GiB`, or `KB`, `MB`, `GB` in powers of ten), for example `leak>10MiB`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rule {
-    /// The rule as the user wrote it.
-    pub text: String,
-    /// What it checks.
-    pub check: Check,
-}
-
-/// What a [`Rule`] checks.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Check {
-    /// A function's share of on-CPU samples.
-    CpuShare {
-        /// Function name, matched exactly or as the last segment of a path.
-        function: String,
-        /// The share (0 to 1) that the function must exceed for the rule to fire.
-        limit: f64,
-    },
-    /// A syscall's latency.
-    Latency {
-        /// The syscall's name.
-        syscall: String,
-        /// Which point of the distribution.
-        quantile: Quantile,
-        /// The duration it must exceed for the rule to fire, in nanoseconds.
-        limit_ns: u64,
-    },
-    /// The bytes held by leak candidates.
-    Leak {
-        /// The bytes they must exceed for the rule to fire.
-        limit_bytes: u64,
-    },
-}
-
-/// A point of a latency distribution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Quantile {
-    /// The median.
-    P50,
-    /// The 90th percentile.
-    P90,
-    /// The 99th percentile.
-    P99,
-    /// The 99.9th percentile.
-    P999,
-    /// The longest.
-    Max,
-}
-
-impl Quantile {
-    fn parse(text: &str) -> Option<Quantile> {
-        Some(match text {
-            "p50" => Quantile::P50,
-            "p90" => Quantile::P90,
-            "p99" => Quantile::P99,
-            "p999" | "p99.9" => Quantile::P999,
-            "max" => Quantile::Max,
-            _ => return None,
-        })
-    }
-
-    /// The point of `latency` this quantile names.
-    pub fn of(self, latency: &Latency) -> u64 {
-        match self {
-            Quantile::P50 => latency.quantile(0.5),
-            Quantile::P90 => latency.quantile(0.9),
-            Quantile::P99 => latency.quantile(0.99),
-            Quantile::P999 => latency.quantile(0.999),
-            Quantile::Max => latency.max(),
-        }
-    }
-}
-
-impl FromStr for Rule {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let malformed = || {
-            format!(
-                "malformed rule `{text}`: expected NAME>PCT% (like predict>60%), SYSCALL.QUANTILE>DURATION (like read.p99>50ms) or leak>SIZE (like leak>10MiB)"
-            )
-        };
-        let (subject, limit) = text.rsplit_once('>').ok_or_else(malformed)?;
-        let (subject, limit) = (subject.trim(), limit.trim());
-        if subject.is_empty() {
-            return Err(malformed());
-        }
-        let latency = subject
-            .rsplit_once('.')
-            .and_then(|(syscall, quantile)| Some((syscall, Quantile::parse(quantile)?)));
-        let leak_limit = (subject == "leak").then(|| parse_bytes(limit)).flatten();
-        let check = match (latency, parse_duration_ns(limit)) {
-            _ if leak_limit.is_some() => Check::Leak {
-                limit_bytes: leak_limit.unwrap_or_default(),
-            },
-            (Some((syscall, quantile)), Some(limit_ns)) if !syscall.is_empty() => Check::Latency {
-                syscall: syscall.to_owned(),
-                quantile,
-                limit_ns,
-            },
-            _ => {
-                let percent: f64 = limit
-                    .trim_end_matches('%')
-                    .trim()
-                    .parse()
-                    .map_err(|_| malformed())?;
-                if !(0.0..=100.0).contains(&percent) {
-                    return Err(malformed());
-                }
-                Check::CpuShare {
-                    function: subject.to_owned(),
-                    limit: percent / 100.0,
-                }
-            }
-        };
-        Ok(Rule {
-            text: text.to_owned(),
-            check,
-        })
-    }
-}
-
-/// `50ms`, `1.5s`, `200us`, `800ns` → nanoseconds.
-fn parse_duration_ns(text: &str) -> Option<u64> {
-    scaled_number(text, |unit| match unit {
-        "ns" => Some(1.0),
-        "us" | "µs" => Some(1e3),
-        "ms" => Some(1e6),
-        "s" => Some(1e9),
-        _ => None,
-    })
-}
-
-/// `10MiB`, `512KB`, `4096` → bytes; binary and decimal units both, as `ls` and `free`
-/// print them.
-fn parse_bytes(text: &str) -> Option<u64> {
-    scaled_number(text, |unit| match unit {
-        "" | "B" => Some(1.0),
-        "K" | "KiB" => Some(1024.0),
-        "M" | "MiB" => Some(1024.0 * 1024.0),
-        "G" | "GiB" => Some(1024.0 * 1024.0 * 1024.0),
-        "KB" | "kB" => Some(1e3),
-        "MB" => Some(1e6),
-        "GB" => Some(1e9),
-        _ => None,
-    })
-}
-
-/// A non-negative number followed by a unit, times the scale `unit_scale` gives that
-/// unit (`None` for a unit it does not know), rounded.
-fn scaled_number(text: &str, unit_scale: impl Fn(&str) -> Option<f64>) -> Option<u64> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let scale = unit_scale(unit.trim())?;
-    let value: f64 = number.parse().ok()?;
-    (value >= 0.0).then(|| (value * scale).round() as u64)
 }
 
 /// Whether a frame's function is the one `function` names: the same name, or a path
@@ -272,18 +102,6 @@ fn strip_parameters(name: &str) -> &str {
     }
 }
 
-/// How a rule came out.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RuleOutcome {
-    /// The rule.
-    pub rule: Rule,
-    /// What was measured: the share (0 to 1) of samples with a matching frame, the
-    /// latency in nanoseconds, or the bytes leak candidates hold.
-    pub observed: f64,
-    /// Whether `observed` is above the rule's limit.
-    pub fired: bool,
-}
-
 /// Settings for [`analyze`].
 #[derive(Clone, Debug)]
 pub struct AnalysisOptions {
@@ -291,6 +109,9 @@ pub struct AnalysisOptions {
     pub hotspot_threshold: f64,
     /// Gates to evaluate.
     pub rules: Vec<Rule>,
+    /// Whether a rule whose subject matched nothing recorded counts as fired
+    /// (`--strict-rules`), so that a misspelt gate fails closed.
+    pub strict_rules: bool,
 }
 
 impl Default for AnalysisOptions {
@@ -298,6 +119,7 @@ impl Default for AnalysisOptions {
         AnalysisOptions {
             hotspot_threshold: 0.6,
             rules: Vec::new(),
+            strict_rules: false,
         }
     }
 }
@@ -352,15 +174,6 @@ impl Analysis {
     pub fn any_rule_fired(&self) -> bool {
         self.rules.iter().any(|outcome| outcome.fired)
     }
-}
-
-/// What rules other than CPU shares are judged on.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Observations<'a> {
-    /// Every syscall traced, for latency rules.
-    pub syscalls: &'a [SyscallSummary],
-    /// Bytes held by leak candidates, for leak rules.
-    pub leaked_bytes: u64,
 }
 
 /// Computes shares, hotspots, the hot path and the rules' outcomes; latency and leak
@@ -426,35 +239,7 @@ pub fn analyze(
         .collect();
     let hot_path = hot_path(profile, &hotspots, &share);
 
-    let rules = options
-        .rules
-        .iter()
-        .map(|rule| {
-            let (observed, limit) = match &rule.check {
-                Check::CpuShare { function, limit } => (matching_share(profile, function), *limit),
-                Check::Latency {
-                    syscall,
-                    quantile,
-                    limit_ns,
-                } => {
-                    let observed = observations
-                        .syscalls
-                        .iter()
-                        .find(|summary| summary.name == *syscall)
-                        .map_or(0, |summary| quantile.of(&summary.latency));
-                    (observed as f64, *limit_ns as f64)
-                }
-                Check::Leak { limit_bytes } => {
-                    (observations.leaked_bytes as f64, *limit_bytes as f64)
-                }
-            };
-            RuleOutcome {
-                rule: rule.clone(),
-                observed,
-                fired: observed > limit,
-            }
-        })
-        .collect();
+    let rules = rules::judge(&options.rules, profile, observations, options.strict_rules);
 
     Analysis {
         samples,
@@ -582,16 +367,13 @@ fn hot_path(
     path
 }
 
-impl fmt::Display for Rule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbolize::ProfileBuilder;
+    use crate::{
+        aggregate::{Latency, SyscallSummary},
+        symbolize::ProfileBuilder,
+    };
 
     fn profile(stacks: &[(&str, u64)]) -> Profile {
         let mut builder = ProfileBuilder::default();
@@ -739,72 +521,6 @@ mod tests {
         );
         assert!(analysis.hotspots.is_empty());
         assert!(analysis.hot_path.is_empty());
-    }
-
-    fn check(text: &str) -> Check {
-        text.parse::<Rule>().unwrap().check
-    }
-
-    #[test]
-    fn rules_parse_and_reject_malformed_text() {
-        let share = |function: &str, limit: f64| Check::CpuShare {
-            function: function.to_owned(),
-            limit,
-        };
-        assert_eq!(check("predict>60%"), share("predict", 0.6));
-        assert_eq!(check("a::b > 5"), share("a::b", 0.05));
-        assert_eq!(
-            check("core.model.predict>60%"),
-            share("core.model.predict", 0.6)
-        );
-        assert_eq!(
-            check("read.p99>50ms"),
-            Check::Latency {
-                syscall: "read".to_owned(),
-                quantile: Quantile::P99,
-                limit_ns: 50_000_000,
-            }
-        );
-        assert!(matches!(
-            check("fdatasync.max > 1.5s"),
-            Check::Latency {
-                quantile: Quantile::Max,
-                limit_ns: 1_500_000_000,
-                ..
-            }
-        ));
-        assert!(matches!(
-            check("futex.p999>200us"),
-            Check::Latency {
-                quantile: Quantile::P999,
-                limit_ns: 200_000,
-                ..
-            }
-        ));
-        assert_eq!(
-            check("leak>10MiB"),
-            Check::Leak {
-                limit_bytes: 10 << 20
-            }
-        );
-        assert_eq!(
-            check("leak > 1.5MB"),
-            Check::Leak {
-                limit_bytes: 1_500_000
-            }
-        );
-        // A function called `leak` can still have a CPU rule.
-        assert_eq!(check("leak>50%"), share("leak", 0.5));
-        for bad in [
-            "predict",
-            ">60%",
-            "predict>abc",
-            "predict>150%",
-            "read.p99>50parsecs",
-            ".p99>5ms",
-        ] {
-            assert!(bad.parse::<Rule>().is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -195,11 +195,19 @@ struct RecordArgs {
 
     /// Exit with code 3 if NAME holds more than PCT % of on-CPU time (NAME>PCT%), if a
     /// syscall's latency quantile is above a duration (SYSCALL.p50|p90|p99|p999|max>DURATION,
-    /// like read.p99>50ms; needs --events syscalls), or if leak candidates hold more than
-    /// a size (leak>SIZE, like leak>10MiB; needs --events alloc); repeatable. NAME
-    /// matches a function exactly or as its last path segment.
+    /// like read.p99>50ms; needs --events syscalls), if block requests' latency is
+    /// (io.p99>50ms for every device, io:DEVICE.p99>50ms for one; needs --events io), or
+    /// if leak candidates hold more than a size (leak>SIZE, like leak>10MiB; needs
+    /// --events alloc); repeatable. NAME matches a function exactly or as its last path
+    /// segment; a < or > in it that pairs with nothing is written \< or \>. A rule whose
+    /// subject matched nothing recorded is reported unmatched.
     #[arg(long = "fail-on", value_name = "RULE")]
     fail_on: Vec<Rule>,
+
+    /// Count a --fail-on rule that matched nothing recorded (a misspelt function or
+    /// syscall, a device without requests) as fired, so that a gate fails closed.
+    #[arg(long)]
+    strict_rules: bool,
 
     /// Rows in each table of the terminal summary, and functions with a series in the
     /// metrics.
@@ -259,6 +267,7 @@ impl RecordArgs {
             analysis: AnalysisOptions {
                 hotspot_threshold: self.hotspot_threshold / 100.0,
                 rules: self.fail_on,
+                strict_rules: self.strict_rules,
             },
             top: self.top,
             interval: self.interval,

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, fmt, str::FromStr};
 
 use crate::{
-    analyze::{AnalysisOptions, Observations, analyze, matching_share},
+    analyze::{AnalysisOptions, Observations, analyze, matching_share, split_at_operator},
     symbolize::{Frame, Profile, ProfileBuilder},
 };
 
@@ -25,22 +25,25 @@ impl FromStr for GrowthRule {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let malformed =
-            || format!("malformed rule `{text}`: expected NAME>+Npt, like predict>+5pt");
-        let (function, limit) = text.rsplit_once('>').ok_or_else(malformed)?;
+        let malformed = || {
+            format!(
+                "malformed rule `{text}`: expected NAME>+Npt, like predict>+5pt; write a < or > of NAME that pairs with nothing as \\< or \\>"
+            )
+        };
+        let (function, limit) = split_at_operator(text).ok_or_else(malformed)?;
         let limit = limit.trim().strip_prefix('+').ok_or_else(malformed)?;
         let limit = limit
             .strip_suffix("pts")
             .or_else(|| limit.strip_suffix("pt"))
             .ok_or_else(malformed)?;
         let limit_points: f64 = limit.trim().parse().map_err(|_| malformed())?;
-        let function = function.trim();
+        let function = function.trim().to_owned();
         if function.is_empty() || !(0.0..=100.0).contains(&limit_points) {
             return Err(malformed());
         }
         Ok(GrowthRule {
             text: text.to_owned(),
-            function: function.to_owned(),
+            function,
             limit_points,
         })
     }
@@ -227,6 +230,8 @@ mod tests {
         let rule: GrowthRule = "model::predict>+5pt".parse().unwrap();
         assert_eq!(rule.function, "model::predict");
         assert_eq!(rule.limit_points, 5.0);
+        let template: GrowthRule = "Cache<int>::get>+1pt".parse().unwrap();
+        assert_eq!(template.function, "Cache<int>::get");
         assert_eq!(
             "predict > +2.5pts"
                 .parse::<GrowthRule>()
@@ -240,6 +245,7 @@ mod tests {
             ">+5pt",
             "predict>+x pt",
             "predict",
+            "predict>>+5pt",
         ] {
             assert!(malformed.parse::<GrowthRule>().is_err(), "{malformed}");
         }

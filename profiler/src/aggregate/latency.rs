@@ -49,6 +49,13 @@ impl Latency {
         }
     }
 
+    /// Adds every duration of `other`, as one distribution of both.
+    pub fn add(&mut self, other: &Latency) {
+        // Both grow to what they hold, so adding cannot go out of range.
+        let _ = self.histogram.add(&other.histogram);
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+
     /// Raises the maximum to one known from elsewhere (the kernel keeps the exact one).
     pub fn observe_max(&mut self, ns: u64) {
         self.max_ns = self.max_ns.max(ns);

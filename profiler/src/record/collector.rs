@@ -12,8 +12,8 @@ use profiler_common::{EventHeader, StackEnd, Stacks};
 use super::{RecordOptions, TargetSpec};
 use crate::{
     aggregate::{
-        Completeness, IoTable, LiveSummary, SlowCall, StackCounts, StackKey, SyscallLatencies,
-        SyscallSummary, growth_per_second,
+        Completeness, IoRow, IoTable, LiveSummary, SlowCall, StackCounts, StackKey,
+        SyscallLatencies, SyscallSummary, growth_per_second,
     },
     allocators,
     analyze::{AnalysisOptions, Observations, analyze},
@@ -423,6 +423,11 @@ impl Collector {
         &self.program_starts
     }
 
+    /// Block requests so far, per device and operation.
+    pub(super) fn io_rows(&self) -> Vec<IoRow> {
+        self.io.rows()
+    }
+
     /// Off-CPU nanoseconds so far.
     pub(super) fn offcpu_ns(&self) -> u64 {
         self.offcpu.total()
@@ -485,9 +490,12 @@ impl Collector {
                 self.name_leaks(allocations, &names, options.leak_min_age, finished.duration)
             },
         );
+        let io = self.io.rows();
         let observations = Observations {
             syscalls: &finished.syscalls,
+            io: &io,
             leaked_bytes: leaks.candidate_bytes(),
+            allocation_calls: leaks.alloc_calls,
         };
         let analysis = analyze(&profile, &observations, &options.analysis);
         let offcpu_profile =
@@ -542,7 +550,7 @@ impl Collector {
             syscalls: finished.syscalls,
             slow_calls,
             slow_call_count: self.slow_call_count,
-            io: self.io.rows(),
+            io,
             offcpu,
             leaks,
             stop: finished.stop,

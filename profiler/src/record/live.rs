@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{Router, http::header, routing::get};
+use profiler_common::AllocCounter;
 use serde_json::json;
 
 use super::{
@@ -187,9 +188,16 @@ impl MetricsEndpoint {
             (collector.cpu_samples(), Vec::new())
         } else {
             let so_far = collector.cpu_so_far();
+            let io = collector.io_rows();
             let observations = Observations {
                 syscalls: &syscalls,
+                io: &io,
                 leaked_bytes: allocations.map_or(0, |held| held.leak_candidates),
+                allocation_calls: if events.alloc {
+                    tables.allocations.total(AllocCounter::Allocations)
+                } else {
+                    0
+                },
             };
             let analysis = analyze(&so_far, &observations, &options.analysis);
             (analysis.samples, analysis.rules)

@@ -324,8 +324,8 @@ pub(super) fn monotonic_now_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// Latency rules need syscall tracing and a syscall that exists; leak rules need
-/// allocation tracking; interval snapshots, CPU samples; `--all`, no allocation probes.
+/// Latency rules need syscall tracing and a syscall that exists; IO rules, block IO
+/// tracing; leak rules, allocation tracking; interval snapshots, CPU samples; `--all`, no allocation probes.
 fn check_options(options: &RecordOptions) -> Result<(), Failure> {
     if options.probes.all && options.probes.events.alloc {
         return Err(Failure::Usage(
@@ -341,6 +341,11 @@ fn check_options(options: &RecordOptions) -> Result<(), Failure> {
         if matches!(rule.check, Check::Leak { .. }) && !options.probes.events.alloc {
             return Err(Failure::Usage(format!(
                 "rule `{rule}` needs allocation tracking: add --events alloc"
+            )));
+        }
+        if matches!(rule.check, Check::BlockIo { .. }) && !options.probes.events.io {
+            return Err(Failure::Usage(format!(
+                "rule `{rule}` needs block IO tracing: add --events io"
             )));
         }
         if let Check::Latency { syscall, .. } = &rule.check {

@@ -416,29 +416,35 @@ fn stacks(quality: &StackQuality) -> Value {
 }
 
 fn rule(outcome: &RuleOutcome) -> Value {
-    match &outcome.rule.check {
+    let mut rule = match &outcome.rule.check {
         Check::CpuShare { limit, .. } => json!({
-            "rule": outcome.rule.text,
             "kind": "cpu",
             "share": outcome.observed,
             "limit": limit,
-            "fired": outcome.fired,
         }),
         Check::Latency { limit_ns, .. } => json!({
-            "rule": outcome.rule.text,
             "kind": "latency",
             "value_ns": outcome.observed as u64,
             "limit_ns": limit_ns,
-            "fired": outcome.fired,
+        }),
+        Check::BlockIo {
+            device, limit_ns, ..
+        } => json!({
+            "kind": "io",
+            "device": device,
+            "value_ns": outcome.observed as u64,
+            "limit_ns": limit_ns,
         }),
         Check::Leak { limit_bytes } => json!({
-            "rule": outcome.rule.text,
             "kind": "leak",
             "bytes": outcome.observed as u64,
             "limit_bytes": limit_bytes,
-            "fired": outcome.fired,
         }),
-    }
+    };
+    rule["rule"] = json!(outcome.rule.text);
+    rule["matched"] = json!(outcome.matched);
+    rule["fired"] = json!(outcome.fired);
+    rule
 }
 
 fn stop_reason(stop: StopReason) -> Value {

@@ -220,18 +220,24 @@ impl Collector for LiveMetrics {
                     .encode_gauge(&share(function))?;
             }
         }
-        {
-            let mut family = encoder.encode_descriptor(
+        for (name, help, state_of) in [
+            (
                 "rule_fired",
                 "1 if the --fail-on rule would fire on everything recorded so far.",
-                None,
-                MetricType::Gauge,
-            )?;
+                (|outcome: &RuleOutcome| outcome.fired) as fn(&RuleOutcome) -> bool,
+            ),
+            (
+                "rule_matched",
+                "1 if the --fail-on rule's subject (function, syscall, device, allocations) was recorded so far; a rule at 0 cannot fire but under --strict-rules.",
+                |outcome: &RuleOutcome| outcome.matched,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for outcome in &state.rules {
                 let labels = [("rule", outcome.rule.text.as_str())];
                 family
                     .encode_family(&labels)?
-                    .encode_gauge(&u64::from(outcome.fired))?;
+                    .encode_gauge(&u64::from(state_of(outcome)))?;
             }
         }
         if !state.syscalls.is_empty() {

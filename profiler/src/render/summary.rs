@@ -23,7 +23,13 @@ pub fn exit_reason(report: &Report) -> Option<String> {
         .rules
         .iter()
         .filter(|outcome| outcome.fired)
-        .map(|outcome| format!("{} ({})", outcome.rule, observed(outcome)))
+        .map(|outcome| {
+            if outcome.matched {
+                format!("{} ({})", outcome.rule, observed(outcome))
+            } else {
+                format!("{} (matched nothing)", outcome.rule)
+            }
+        })
         .collect();
     if !fired.is_empty() {
         return Some(format!("rule fired: {}", fired.join(", ")));
@@ -128,7 +134,7 @@ pub fn duration(ns: u64) -> String {
 pub fn observed(outcome: &RuleOutcome) -> String {
     match outcome.rule.check {
         Check::CpuShare { .. } => percent(outcome.observed).trim().to_owned(),
-        Check::Latency { .. } => duration(outcome.observed as u64),
+        Check::Latency { .. } | Check::BlockIo { .. } => duration(outcome.observed as u64),
         Check::Leak { .. } => bytes(outcome.observed as u64),
     }
 }
@@ -505,31 +511,71 @@ fn rules_text(report: &Report) -> String {
     }
     let mut out = "\nRules:\n".to_owned();
     for outcome in rules {
-        let verdict = if outcome.fired { "FIRED" } else { "ok   " };
-        out += &match &outcome.rule.check {
-            Check::CpuShare { function, limit } => format!(
-                "  {verdict}  {}: {function} holds {} of on-CPU time, limit {}\n",
-                outcome.rule,
-                observed(outcome),
-                percent(*limit).trim(),
-            ),
-            Check::Latency {
-                syscall, limit_ns, ..
-            } => format!(
-                "  {verdict}  {}: {syscall} measured {}, limit {}\n",
-                outcome.rule,
-                observed(outcome),
-                duration(*limit_ns),
-            ),
-            Check::Leak { limit_bytes } => format!(
-                "  {verdict}  {}: leak candidates hold {}, limit {}\n",
-                outcome.rule,
-                observed(outcome),
-                bytes(*limit_bytes),
-            ),
+        let verdict = match (outcome.fired, outcome.matched) {
+            (true, _) => "FIRED",
+            (false, true) => "ok",
+            (false, false) => "UNMATCHED",
         };
+        let finding = match (outcome.matched, outcome.fired) {
+            (true, _) => measured(outcome),
+            (false, false) => unmatched(&outcome.rule.check),
+            (false, true) => format!("{} (--strict-rules)", unmatched(&outcome.rule.check)),
+        };
+        out += &format!("  {verdict:<9}  {}: {finding}\n", outcome.rule);
+    }
+    if rules
+        .iter()
+        .any(|outcome| !outcome.matched && !outcome.fired)
+    {
+        out += "  A rule that matched nothing cannot fire: check its name, or make it fail the run with --strict-rules.\n";
     }
     out
+}
+
+/// What a matched rule measured, against its limit.
+fn measured(outcome: &RuleOutcome) -> String {
+    let observed = observed(outcome);
+    match &outcome.rule.check {
+        Check::CpuShare { function, limit } => format!(
+            "{function} holds {observed} of on-CPU time, limit {}",
+            percent(*limit).trim()
+        ),
+        Check::Latency {
+            syscall, limit_ns, ..
+        } => format!(
+            "{syscall} measured {observed}, limit {}",
+            duration(*limit_ns)
+        ),
+        Check::BlockIo {
+            device, limit_ns, ..
+        } => format!(
+            "block requests {} measured {observed}, limit {}",
+            device
+                .as_ref()
+                .map_or("of every device".to_owned(), |device| format!(
+                    "to {device}"
+                )),
+            duration(*limit_ns)
+        ),
+        Check::Leak { limit_bytes } => format!(
+            "leak candidates hold {observed}, limit {}",
+            bytes(*limit_bytes)
+        ),
+    }
+}
+
+/// Why a rule that matched nothing had nothing to judge.
+fn unmatched(check: &Check) -> String {
+    match check {
+        Check::CpuShare { function, .. } => format!("no sampled function is named {function}"),
+        Check::Latency { syscall, .. } => format!("{syscall} was not called"),
+        Check::BlockIo {
+            device: Some(device),
+            ..
+        } => format!("no block request went to {device}"),
+        Check::BlockIo { device: None, .. } => "no block request was made".to_owned(),
+        Check::Leak { .. } => "no allocation was traced".to_owned(),
+    }
 }
 
 fn losses_text(report: &Report) -> String {
