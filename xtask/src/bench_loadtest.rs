@@ -29,9 +29,8 @@ use serde_json::{Value, json};
 use crate::{
     bench::{median, timed_with_rss},
     bench_python::PY_SPY_VERSION,
-    bench_unwind::which_python,
-    output, profiler_binary, root, run_checked,
-    setup::apt_install,
+    output, profiler_binary, root,
+    setup::{apt_install, python_venv},
 };
 
 /// The service's Python packages, pinned so that a new machine measures the same service.
@@ -196,21 +195,9 @@ pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
 /// unless they are already there.
 fn install_service(dir: &Path) -> anyhow::Result<PathBuf> {
     let venv = dir.join("loadtest-venv");
-    let marker = venv.join("installed.txt");
-    let wanted = format!("{} py-spy=={PY_SPY_VERSION}", PACKAGES.join(" "));
-    if fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
-        println!(
-            "bench: installing {wanted} from PyPI into {}",
-            venv.display()
-        );
-        run_checked(Command::new(which_python()).args(["-m", "venv"]).arg(&venv))?;
-        run_checked(
-            Command::new(venv.join("bin/pip"))
-                .args(["install", "--quiet"])
-                .args(wanted.split(' ')),
-        )?;
-        fs::write(&marker, &wanted)?;
-    }
+    let mut packages: Vec<String> = PACKAGES.iter().map(|package| package.to_string()).collect();
+    packages.push(format!("py-spy=={PY_SPY_VERSION}"));
+    python_venv(&venv, &packages)?;
     Ok(venv)
 }
 

@@ -29,7 +29,8 @@ use serde_json::{Value, json};
 use crate::{
     bench::{median, timed},
     bench_unwind::{bpf_ns_per_sample, record_child, which_python},
-    output, profiler_binary, root, run_checked,
+    output, profiler_binary, root,
+    setup::python_venv,
 };
 
 /// py-spy from PyPI, pinned so that a new machine measures the same tool.
@@ -203,21 +204,8 @@ pub fn run(dir: &Path, duration: Duration, runs: u32) -> anyhow::Result<Value> {
 /// version is already there.
 fn install_py_spy(dir: &Path) -> anyhow::Result<PathBuf> {
     let venv = dir.join("py-spy-venv");
-    let py_spy = venv.join("bin/py-spy");
-    let installed = output(Command::new(&py_spy).arg("--version")).unwrap_or_default();
-    if installed.trim() != format!("py-spy {PY_SPY_VERSION}") {
-        println!(
-            "bench: installing py-spy {PY_SPY_VERSION} from PyPI into {}",
-            venv.display()
-        );
-        run_checked(Command::new(which_python()).args(["-m", "venv"]).arg(&venv))?;
-        run_checked(Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            &format!("py-spy=={PY_SPY_VERSION}"),
-        ]))?;
-    }
-    Ok(py_spy)
+    python_venv(&venv, &[format!("py-spy=={PY_SPY_VERSION}")])?;
+    Ok(venv.join("bin/py-spy"))
 }
 
 struct PythonBench {

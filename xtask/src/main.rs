@@ -20,6 +20,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use setup::Purpose;
 
 #[derive(Parser)]
 #[command(
@@ -33,8 +34,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what is missing: pinned toolchains, rust-src, bpf-linker, C compiler, and
-    /// the tracefs, bpffs and debugfs mounts.
+    /// Install what is missing for the tests and everything else: pinned toolchains,
+    /// rust-src, bpf-linker, C compiler, Go and Prometheus, speedscope's schema and a
+    /// JSON Schema validator, and the tracefs, bpffs and debugfs mounts.
     Setup,
     /// Set up, then build everything in release mode (BPF object included).
     Build,
@@ -63,18 +65,18 @@ enum Task {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Setup => setup::run(),
+        Task::Setup => setup::run(Purpose::Test),
         Task::Build => {
-            setup::run()?;
+            setup::run(Purpose::Build)?;
             build()
         }
         Task::Test => {
-            setup::run()?;
+            setup::run(Purpose::Test)?;
             require_root("the tests load BPF programs")?;
             cargo(&["test", "--release", "--", "--test-threads=1"])
         }
         Task::Demo { duration } => {
-            setup::run()?;
+            setup::run(Purpose::Build)?;
             build()?;
             demo::run(duration)
         }
@@ -83,15 +85,24 @@ fn main() -> anyhow::Result<()> {
             runs,
             only,
         } => {
-            setup::run()?;
+            setup::run(Purpose::Build)?;
             build()?;
             bench::run(duration, runs, only)
         }
     }
 }
 
+/// Builds everything in release mode; the compiler's output goes to target/build.log
+/// and is shown only if the build fails.
 fn build() -> anyhow::Result<()> {
-    cargo(&["build", "--release"])
+    let log = root().join("target/build.log");
+    println!("build: cargo build --release (output in {})", log.display());
+    run_logged(
+        &log,
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release"])
+            .current_dir(root()),
+    )
 }
 
 /// The workspace root.
@@ -122,6 +133,34 @@ pub fn run_checked(command: &mut Command) -> anyhow::Result<()> {
         .with_context(|| format!("starting {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command to completion with its output appended to `log`, failing unless it
+/// succeeds; a failure shows the log's last lines and where the rest is.
+pub fn run_logged(log: &Path, command: &mut Command) -> anyhow::Result<()> {
+    std::fs::create_dir_all(log.parent().unwrap_or(Path::new(".")))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let status = command
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for line in &lines[lines.len().saturating_sub(30)..] {
+            eprintln!("  {line}");
+        }
+        bail!(
+            "{command:?} failed: {status}; its output is in {}",
+            log.display()
+        );
     }
     Ok(())
 }

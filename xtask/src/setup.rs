@@ -1,27 +1,66 @@
-//! `cargo xtask setup`: installs what is missing, and nothing that is already there.
+//! `cargo xtask setup`: installs what is missing, and nothing that is already there;
+//! each task asks for what it needs and no more ([`Purpose`]).
 //!
 //! Versions are pinned here and in rust-toolchain.toml, so that a fresh machine gets
-//! exactly what the last green build had.
+//! exactly what the last green build had. Each step prints one line; what the
+//! installers print goes to `target/setup.log`.
 
-use std::{fs, path::Path, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::Context as _;
 
-use crate::{output, root, run_checked};
+use crate::{bench_unwind::which_python, output, root, run_logged};
+
+/// What the set-up is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Purpose {
+    /// Building the profiler and running the demo.
+    Build,
+    /// Running the test suite, which checks the outputs with their real consumers.
+    Test,
+}
+
+/// The speedscope release whose file-format schema the tests check `--speedscope`
+/// files against, from the npm registry, with the SHA-256 of its tarball.
+const SPEEDSCOPE: (&str, &str) = (
+    "1.25.0",
+    "2831f1e0d26df914b477e522d78b8485511495a6af81a0b88158f8b48f9e0d03",
+);
+
+/// The JSON Schema validator the tests use, from PyPI.
+const JSONSCHEMA_VERSION: &str = "4.23.0";
+
+/// Where the tests find what [`Purpose::Test`] installs beside the packages.
+pub fn test_deps() -> PathBuf {
+    root().join("target/test-deps")
+}
+
+/// The log of what the installers printed.
+fn setup_log() -> PathBuf {
+    root().join("target/setup.log")
+}
 
 /// The bpf-linker release; it loads the LLVM of whichever rustc runs it, so it works with
 /// the pinned nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.10.3";
 
-/// Debian packages the build and the tests need, by the command that shows each is there.
-/// The tests check the profiler's outputs with the real consumers: `go tool pprof` reads
+/// Debian packages, by the command that shows each is there, and what needs them. The
+/// tests check the profiler's outputs with the real consumers: `go tool pprof` reads
 /// its pprof profiles and a Prometheus server scrapes its metrics, both at the versions
 /// of Debian 12 pinned here.
-const PACKAGES: &[(&str, &str)] = &[
-    ("cc", "gcc"),
-    ("setpriv", "util-linux"),
-    ("go", "golang-go=2:1.19~1"),
-    ("prometheus", "prometheus=2.42.0+ds-5+deb12u1"),
+const PACKAGES: &[(&str, &str, Purpose)] = &[
+    ("cc", "gcc", Purpose::Build),
+    ("setpriv", "util-linux", Purpose::Test),
+    ("go", "golang-go=2:1.19~1", Purpose::Test),
+    (
+        "prometheus",
+        "prometheus=2.42.0+ds-5+deb12u1",
+        Purpose::Test,
+    ),
 ];
 
 /// Kernel filesystems the probes use, with where they go.
@@ -31,10 +70,17 @@ const MOUNTS: &[(&str, &str)] = &[
     ("debugfs", "/sys/kernel/debug"),
 ];
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(purpose: Purpose) -> anyhow::Result<()> {
     ebpf_nightly()?;
     bpf_linker()?;
-    packages()?;
+    packages(purpose)?;
+    if purpose >= Purpose::Test {
+        speedscope_schema()?;
+        python_venv(
+            &test_deps().join("venv"),
+            &[format!("jsonschema=={JSONSCHEMA_VERSION}")],
+        )?;
+    }
     mounts();
     Ok(())
 }
@@ -55,15 +101,18 @@ fn ebpf_nightly() -> anyhow::Result<()> {
     });
     if !has_rust_src {
         println!("setup: installing {nightly} with rust-src");
-        run_checked(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            nightly,
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]))?;
+        run_logged(
+            &setup_log(),
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                nightly,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]),
+        )?;
     }
     Ok(())
 }
@@ -72,7 +121,8 @@ fn bpf_linker() -> anyhow::Result<()> {
     let installed = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if !installed.contains(BPF_LINKER_VERSION) {
         println!("setup: installing bpf-linker {BPF_LINKER_VERSION}");
-        run_checked(
+        run_logged(
+            &setup_log(),
             Command::new("cargo")
                 .args([
                     "install",
@@ -87,13 +137,15 @@ fn bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn packages() -> anyhow::Result<()> {
+fn packages(purpose: Purpose) -> anyhow::Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(command, _)| {
-            output(Command::new("sh").args(["-c", &format!("command -v {command}")])).is_none()
+        .filter(|(command, _, needed_for)| {
+            *needed_for <= purpose
+                && output(Command::new("sh").args(["-c", &format!("command -v {command}")]))
+                    .is_none()
         })
-        .map(|(_, package)| *package)
+        .map(|(_, package, _)| *package)
         .collect();
     if !missing.is_empty() {
         apt_install(&missing)?;
@@ -104,8 +156,12 @@ fn packages() -> anyhow::Result<()> {
 /// Installs Debian packages; `apt-get update` first, since a fresh machine has no lists.
 pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     println!("setup: installing {}", packages.join(" "));
-    run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_checked(
+    run_logged(
+        &setup_log(),
+        Command::new("apt-get").args(["update", "-qq"]),
+    )?;
+    run_logged(
+        &setup_log(),
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(packages)
@@ -126,10 +182,71 @@ fn mounts() {
         });
         if !present {
             println!("setup: mounting {kind} at {target}");
-            if let Err(error) = run_checked(Command::new("mount").args(["-t", kind, kind, target]))
-            {
+            if let Err(error) = run_logged(
+                &setup_log(),
+                Command::new("mount").args(["-t", kind, kind, target]),
+            ) {
                 eprintln!("setup: warning: {error}");
             }
         }
     }
+}
+
+/// A virtual environment at `venv` with `packages` (pinned, as pip takes them),
+/// installed from PyPI unless they are already there.
+pub fn python_venv(venv: &Path, packages: &[String]) -> anyhow::Result<()> {
+    let marker = venv.join("installed.txt");
+    let wanted = packages.join(" ");
+    if fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(());
+    }
+    println!(
+        "setup: installing {wanted} from PyPI into {}",
+        venv.display()
+    );
+    run_logged(
+        &setup_log(),
+        Command::new(which_python()).args(["-m", "venv"]).arg(venv),
+    )?;
+    run_logged(
+        &setup_log(),
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet"])
+            .args(packages),
+    )?;
+    fs::write(&marker, &wanted)?;
+    Ok(())
+}
+
+/// speedscope's file-format schema, from the pinned npm tarball, checked against its
+/// hash, at `test_deps()/speedscope-schema.json`.
+fn speedscope_schema() -> anyhow::Result<()> {
+    let (version, sha256) = SPEEDSCOPE;
+    let schema = test_deps().join("speedscope-schema.json");
+    let marker = test_deps().join("speedscope-version.txt");
+    if schema.exists() && fs::read_to_string(&marker).ok().as_deref() == Some(version) {
+        return Ok(());
+    }
+    println!("setup: fetching speedscope {version}'s file-format schema from the npm registry");
+    fs::create_dir_all(test_deps())?;
+    // Python's standard library fetches, hashes and unpacks: no curl or npm needed.
+    let fetch = format!(
+        r#"
+import hashlib, io, sys, tarfile, urllib.request
+data = urllib.request.urlopen("https://registry.npmjs.org/speedscope/-/speedscope-{version}.tgz").read()
+if hashlib.sha256(data).hexdigest() != "{sha256}":
+    sys.exit("speedscope-{version}.tgz: unexpected SHA-256")
+member = tarfile.open(fileobj=io.BytesIO(data)).extractfile("package/dist/release/file-format-schema.json")
+open(sys.argv[1], "wb").write(member.read())
+"#
+    );
+    run_logged(
+        &setup_log(),
+        Command::new(which_python())
+            .args(["-c", &fetch])
+            .arg(&schema),
+    )
+    .context("fetching speedscope's schema")?;
+    fs::write(&marker, version)?;
+    Ok(())
 }
