@@ -15,7 +15,7 @@ use serde_json::Value;
 mod common;
 use common::{
     RULE_FIRED, assert_sampled_for_its_cpu_time, container_root, read_json, record, run, scratch,
-    workload_source,
+    speedscope, speedscope_path, speedscope_weights, workload_source,
 };
 
 /// How far a function's share may be from its measured share, in points.
@@ -52,6 +52,7 @@ fn python(version: &str) -> PathBuf {
 /// A recording of `mode` on `version` for `seconds`, with `args`: its report, the
 /// workload's own measurements and the collapsed stacks.
 struct Run {
+    dir: PathBuf,
     report: Value,
     truth: Value,
     folded: Vec<(String, u64)>,
@@ -92,6 +93,7 @@ fn read_run(dir: &Path, truth_path: &Path, exit_code: Option<i32>) -> Run {
         })
         .collect();
     Run {
+        dir: dir.to_owned(),
         report: read_json(&dir.join("report.json")),
         truth: read_json(truth_path),
         folded,
@@ -226,6 +228,25 @@ fn predict_holds_its_measured_share_and_the_gate_fires() {
             )
         );
         assert_eq!(function["module"], "python_phases", "{function}");
+        // speedscope shows the same function by its qualified name, file and line.
+        let document = speedscope(&speedscope_path(&run.dir));
+        let frames = document["shared"]["frames"].as_array().unwrap();
+        let predict = frames
+            .iter()
+            .find(|frame| frame["name"] == name_on(version, "Model.predict"))
+            .unwrap_or_else(|| panic!("{version}: no Model.predict frame in speedscope"));
+        assert!(
+            predict["file"]
+                .as_str()
+                .unwrap()
+                .ends_with("python_phases.py")
+        );
+        assert_eq!(predict["line"], line);
+        let weights = speedscope_weights(&document);
+        assert_eq!(
+            weights.iter().map(|(_, weight)| weight).sum::<u64>(),
+            run.report["cpu"]["samples"].as_u64().unwrap()
+        );
         // The interpreter's own plumbing gives way to the Python frames, but where a
         // sample caught the walk at a frame being pushed.
         let plumbing = run.weight(|stack| stack.contains("_PyEval_EvalFrameDefault"));

@@ -21,7 +21,8 @@ mod common;
 use common::{
     INPUT, INTERRUPTED, NO_TARGET, OUTPUT, PRIVILEGES, RULE_FIRED, TARGET_EXITED, USAGE,
     assert_sampled_for_its_cpu_time, compile_workload, container_root, entries_where, in_container,
-    pprof_row, pprof_top, profiler, read_json, record, run, scratch, stderr_line, thread_samples,
+    pprof_row, pprof_top, profiler, read_json, record, run, scratch, speedscope, speedscope_path,
+    speedscope_weights, stderr_line, thread_samples,
 };
 
 /// The `phases` workload, compiled once.
@@ -177,6 +178,20 @@ fn every_thread_is_sampled_including_threads_started_after_the_attach() {
             thread_samples * 8 >= samples,
             "thread {tid} has {thread_samples} of {samples} samples"
         );
+    }
+    // The speedscope file has a profile per thread, each weighing what the report
+    // counts for that thread.
+    let weights = speedscope_weights(&speedscope(&speedscope_path(&dir)));
+    assert_eq!(
+        weights.iter().map(|(_, weight)| weight).sum::<u64>(),
+        samples
+    );
+    for tid in truth.tids() {
+        let (_, weight) = weights
+            .iter()
+            .find(|(name, _)| name.ends_with(&format!(" thread {tid}")))
+            .unwrap_or_else(|| panic!("no speedscope profile for thread {tid}: {weights:?}"));
+        assert_eq!(*weight, thread_samples(&report, tid), "thread {tid}");
     }
 }
 
@@ -873,6 +888,17 @@ fn interval_snapshots_cover_the_recording_and_add_up_to_it() {
         let svg = fs::read_to_string(dir.join(format!("flame.{:03}.svg", index + 1))).unwrap();
         assert!(svg.contains(&format!("(interval {}: ", index + 1)));
         svg_frame_titles(&svg);
+        // Every on-CPU output asked for has its snapshot, with the interval's samples.
+        let numbered = format!("profile.speedscope.{:03}.json", index + 1);
+        let weights = speedscope_weights(&speedscope(&dir.join(numbered)));
+        let weight: u64 = weights.iter().map(|(_, weight)| weight).sum();
+        assert_eq!(weight, samples(snapshot));
+        for numbered in [
+            format!("stacks.{:03}.folded", index + 1),
+            format!("cpu.pb.{:03}.gz", index + 1),
+        ] {
+            assert!(dir.join(&numbered).exists(), "{numbered}");
+        }
     }
     assert!(
         (start - duration).abs() < 1e-6,

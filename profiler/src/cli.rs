@@ -11,7 +11,11 @@ use crate::{
     diff::{DiffOptions, diff},
     exit::{Failure, code},
     record::{RecordOptions, TargetSpec, record},
-    render::{OutputPaths, summary},
+    render::{
+        OutputPath, OutputPaths, folded::Folded, json::JsonReport, pprof, speedscope::Speedscope,
+        summary, svg::FlameGraph,
+    },
+    report::ProfileKind,
 };
 
 const EXIT_CODES: &str = "\
@@ -189,6 +193,12 @@ struct RecordArgs {
     #[arg(long, value_name = "FILE")]
     pprof: Option<PathBuf>,
 
+    /// Also write the on-CPU samples as a speedscope file (https://www.speedscope.app,
+    /// `npx speedscope FILE`): a sampled profile per thread, frames with their files
+    /// and, for Python, lines.
+    #[arg(long, value_name = "FILE")]
+    speedscope: Option<PathBuf>,
+
     /// Flag every function holding at least PCT % of on-CPU time (process roots excepted).
     #[arg(long, value_name = "PCT", default_value_t = 60.0, value_parser = parse_percent)]
     hotspot_threshold: f64,
@@ -233,7 +243,31 @@ struct RecordArgs {
 }
 
 impl RecordArgs {
+    /// The outputs asked for, flame graphs first, each where its option says.
+    fn outputs(&self) -> OutputPaths {
+        let mut outputs = vec![
+            OutputPath::new(FlameGraph(ProfileKind::Cpu), &self.output),
+            OutputPath::new(FlameGraph(ProfileKind::OffCpu), &self.offcpu_output),
+            OutputPath::new(FlameGraph(ProfileKind::Leaks), &self.leaks_output),
+        ];
+        let optional = [
+            self.folded
+                .as_ref()
+                .map(|path| OutputPath::new(Folded, path)),
+            self.json
+                .as_ref()
+                .map(|path| OutputPath::new(JsonReport, path)),
+            self.speedscope
+                .as_ref()
+                .map(|path| OutputPath::new(Speedscope, path)),
+        ];
+        outputs.extend(optional.into_iter().flatten());
+        outputs.extend(self.pprof.iter().flat_map(|path| pprof::outputs_at(path)));
+        OutputPaths(outputs)
+    }
+
     fn into_options(self) -> RecordOptions {
+        let outputs = self.outputs();
         let target = match (self.all, self.cgroup, self.command.is_empty()) {
             (true, _, _) => TargetSpec::All,
             (false, Some(cgroup), _) => TargetSpec::Cgroup(cgroup),
@@ -256,14 +290,7 @@ impl RecordArgs {
                 all: matches!(target, TargetSpec::All),
             },
             leak_min_age: Duration::from_secs_f64(self.leak_min_age),
-            outputs: OutputPaths {
-                svg: self.output,
-                offcpu_svg: self.offcpu_output,
-                leaks_svg: self.leaks_output,
-                folded: self.folded,
-                json: self.json,
-                pprof: self.pprof,
-            },
+            outputs,
             analysis: AnalysisOptions {
                 hotspot_threshold: self.hotspot_threshold / 100.0,
                 rules: self.fail_on,

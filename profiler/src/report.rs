@@ -8,7 +8,7 @@ use profiler_common::LossCounter;
 use crate::{
     aggregate::{Completeness, IoRow, SyscallSummary},
     analyze::{Analysis, FunctionShare},
-    attach::{BpfCost, LossCounters, ProbeSettings},
+    attach::{BpfCost, EventSet, LossCounters, ProbeSettings},
     exit::code,
     python::PythonReport,
     symbolize::{Frame, Profile},
@@ -19,6 +19,28 @@ use crate::{
 /// Slow calls kept with their stacks: the slowest this many. Every slow call's duration
 /// counts in its syscall's distribution regardless.
 pub const SLOW_CALLS_KEPT: usize = 1000;
+
+/// One of a recording's profiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileKind {
+    /// On-CPU samples.
+    Cpu,
+    /// Time off the CPU, in nanoseconds.
+    OffCpu,
+    /// Bytes held by leak candidates.
+    Leaks,
+}
+
+impl ProfileKind {
+    /// Whether a recording of `events` makes this profile.
+    pub fn recorded_in(self, events: EventSet) -> bool {
+        match self {
+            ProfileKind::Cpu => events.cpu,
+            ProfileKind::OffCpu => events.offcpu,
+            ProfileKind::Leaks => events.alloc,
+        }
+    }
+}
 
 /// One process's part of the CPU samples.
 #[derive(Clone, Debug, PartialEq)]
@@ -319,6 +341,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// The `kind` profile.
+    pub fn profile_of(&self, kind: ProfileKind) -> &Profile {
+        match kind {
+            ProfileKind::Cpu => &self.profile,
+            ProfileKind::OffCpu => &self.offcpu.profile,
+            ProfileKind::Leaks => &self.leaks.profile,
+        }
+    }
+
     /// The exit code the recording ends with: a fired rule first, since gates depend on
     /// it, then an interruption, then a `--pid` target that went away early.
     pub fn exit_code(&self) -> u8 {

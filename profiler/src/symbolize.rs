@@ -88,7 +88,7 @@ pub struct Stack {
 }
 
 /// The process and thread a stack was recorded in, where it is one thread's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Origin {
     /// The process.
     pub pid: Option<u32>,

@@ -110,8 +110,53 @@ pub fn record(dir: &Path, args: &[&str]) -> Command {
         .arg(dir.join("leaks.svg"))
         .arg("--pprof")
         .arg(dir.join("cpu.pb.gz"))
+        .arg("--speedscope")
+        .arg(speedscope_path(dir))
         .args(args);
     command
+}
+
+/// The speedscope file `record` wrote in `dir`.
+pub fn speedscope_path(dir: &Path) -> PathBuf {
+    dir.join("profile.speedscope.json")
+}
+
+/// The speedscope `file`, once it has passed the file-format schema that the npm
+/// speedscope package ships (`cargo xtask setup` fetches it, and a JSON Schema
+/// validator).
+pub fn speedscope(file: &Path) -> Value {
+    let deps = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-deps");
+    let validate = "import json, sys, jsonschema; \
+        jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))";
+    let output = Command::new(deps.join("venv/bin/python"))
+        .args(["-c", validate])
+        .arg(file)
+        .arg(deps.join("speedscope-schema.json"))
+        .output()
+        .expect("the tests' Python venv: `cargo xtask setup` makes it");
+    assert!(
+        output.status.success(),
+        "{} does not pass speedscope's schema: {}",
+        file.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    read_json(file)
+}
+
+/// The sample weights of each profile of a speedscope document, by profile name.
+pub fn speedscope_weights(document: &Value) -> Vec<(String, u64)> {
+    document["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|profile| {
+            let weights = profile["weights"].as_array().unwrap();
+            (
+                profile["name"].as_str().unwrap().to_owned(),
+                weights.iter().map(|weight| weight.as_u64().unwrap()).sum(),
+            )
+        })
+        .collect()
 }
 
 /// Runs `command`, echoing its output for the test log.

@@ -1,11 +1,10 @@
 //! Views of a recording while it runs: the `--interval` snapshots, and the
 //! `--metrics-addr` endpoint that a Prometheus server scrapes.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, http::header, routing::get};
 use profiler_common::AllocCounter;
-use serde_json::json;
 
 use super::{
     RecordOptions,
@@ -17,9 +16,9 @@ use crate::{
     attach::{AllocTables, LossCounters, SyscallTables},
     exit::Failure,
     render::{
-        OutputFile, folded, json, numbered,
+        Interval,
         prometheus::{self, HeldBytes, LiveMetrics, MetricsState},
-        summary, svg,
+        write_interval,
     },
     report::{Losses, TargetProcess},
 };
@@ -48,11 +47,9 @@ impl Live {
     }
 }
 
-/// `--interval`: the flame graph and the JSON report of each interval, in numbered files
-/// next to the outputs.
+/// `--interval`: each interval's on-CPU outputs, in numbered files next to the
+/// recording's.
 pub(super) struct Snapshots {
-    svg: PathBuf,
-    json: Option<PathBuf>,
     written: u32,
     /// When the current interval started, from the start of the recording.
     since: Duration,
@@ -61,8 +58,6 @@ pub(super) struct Snapshots {
 impl Snapshots {
     pub(super) fn new(options: &RecordOptions) -> Option<Self> {
         options.interval.map(|_| Snapshots {
-            svg: options.outputs.svg.clone(),
-            json: options.outputs.json.clone(),
             written: 0,
             since: Duration::ZERO,
         })
@@ -78,36 +73,14 @@ impl Snapshots {
         elapsed: Duration,
     ) {
         self.written += 1;
-        let index = self.written;
         let span = elapsed.saturating_sub(self.since);
         let report = collector.interval_report(options, targets, span);
-        let mut labels = summary::flame_graph_labels(&report);
-        labels.title += &format!(
-            " (interval {index}: {:.1} s to {:.1} s)",
-            self.since.as_secs_f64(),
-            elapsed.as_secs_f64()
-        );
-        let lines = folded::lines(&report.profile, 1);
-        let svg_written = OutputFile::create(&numbered(&self.svg, index))
-            .map_err(anyhow::Error::from)
-            .and_then(|file| file.write_with(|writer| svg::write(&lines, &labels, writer)));
-        let json_written = self.json.as_ref().map(|path| {
-            let mut document = json::document(&report, Duration::ZERO);
-            document.fields["stop_reason"] = json!("interval");
-            document.fields["interval"] = json!({
-                "index": index,
-                "start_s": self.since.as_secs_f64(),
-                "end_s": elapsed.as_secs_f64(),
-            });
-            OutputFile::create(&numbered(path, index))
-                .map_err(anyhow::Error::from)
-                .and_then(|file| file.write_with(|writer| json::write(&document, writer)))
-        });
-        for result in [Some(svg_written), json_written].into_iter().flatten() {
-            if let Err(error) = result {
-                eprintln!("profiler: warning: interval {index}: {error:#}");
-            }
-        }
+        let interval = Interval {
+            index: self.written,
+            start: self.since,
+            end: elapsed,
+        };
+        write_interval(&options.outputs, &report, interval);
         self.since = elapsed;
     }
 }

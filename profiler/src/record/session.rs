@@ -23,7 +23,7 @@ use crate::{
     attach::{self, AllocTables, ProbeSettings, Probes, check_privileges},
     cgroup::{self, Cgroup},
     exit::Failure,
-    render::{OutputFiles, folded, json, pprof, summary, svg},
+    render::{OutputFiles, summary},
     report::{Losses, Report, SelfCost, StopReason, TargetProcess},
     stream::EventStream,
     syscall_names::syscall_number,
@@ -503,43 +503,14 @@ impl Signals {
     }
 }
 
-/// Writes the flame graphs, the collapsed stacks, the JSON report and the summary, in
-/// that order, so the report can say how long it took from the stop to a written SVG.
+/// Writes every output, then the summary that lists them.
 fn write_outputs(
     report: &Report,
     outputs: OutputFiles,
     stopped: Instant,
     top: usize,
 ) -> Result<(), Failure> {
-    let mut written = Vec::new();
-    let folded_lines = folded::lines(&report.profile, 1);
-    if let Some(file) = outputs.svg {
-        let labels = summary::flame_graph_labels(report);
-        written.push(file.write_with(|writer| svg::write(&folded_lines, &labels, writer))?);
-    }
-    if let Some(file) = outputs.offcpu_svg {
-        // Blocked time is drawn in microseconds: nanoseconds would make every width a
-        // ten-digit number.
-        let lines = folded::lines(&report.offcpu.profile, 1000);
-        let labels = summary::offcpu_flame_graph_labels(report);
-        written.push(file.write_with(|writer| svg::write(&lines, &labels, writer))?);
-    }
-    if let Some(file) = outputs.leaks_svg {
-        let lines = folded::lines(&report.leaks.profile, 1);
-        let labels = summary::leaks_flame_graph_labels(report);
-        written.push(file.write_with(|writer| svg::write(&lines, &labels, writer))?);
-    }
-    let stop_to_svg = stopped.elapsed();
-    if let Some(file) = outputs.folded {
-        written.push(file.write_with(|writer| folded::write(&folded_lines, writer))?);
-    }
-    if let Some(file) = outputs.json {
-        let document = json::document(report, stop_to_svg);
-        written.push(file.write_with(|writer| json::write(&document, writer))?);
-    }
-    for (kind, file) in outputs.pprof {
-        written.push(file.write_with(|writer| pprof::write(report, kind, writer))?);
-    }
+    let written = outputs.write(report, stopped)?;
     summary::print(report, &written, top);
     Ok(())
 }

@@ -28,7 +28,7 @@ pub fn write_svg(
         .lines()
         .map(str::to_owned)
         .collect();
-    svg::write(&lines, labels, writer)
+    svg::draw(&lines, labels, writer)
 }
 
 /// The terminal table: the `top` largest moves in inclusive share, then the gates.

@@ -7,7 +7,26 @@ use std::{
     io::{self, Write},
 };
 
-use crate::symbolize::{Frame, Profile};
+use super::{Output, Written};
+use crate::{
+    attach::EventSet,
+    symbolize::{Frame, Profile},
+};
+
+/// The on-CPU profile's collapsed stacks (`--folded`).
+#[derive(Clone, Copy, Debug)]
+pub struct Folded;
+
+impl Output for Folded {
+    fn applies_to(&self, _events: EventSet) -> bool {
+        // Written even without CPU samples, empty: a script reading it finds the file.
+        true
+    }
+
+    fn write(&self, written: &Written<'_>, mut writer: &mut dyn Write) -> io::Result<()> {
+        write(&lines(&written.report.profile, 1), &mut writer)
+    }
+}
 
 /// The collapsed lines of a profile, one per distinct path whatever thread ran it, with
 /// its weight divided by `unit` (and rounded; paths that round to 0 are left out),

@@ -5,19 +5,44 @@
 //! first. Every section is present whatever `--events` says, empty when not recorded.
 //! The README documents every field.
 
-use std::{sync::Arc, time::Duration};
+use std::{io, sync::Arc, time::Duration};
 
 use serde::ser::{Serialize, SerializeMap as _, Serializer};
 use serde_json::{Value, json};
 
+use super::{Output, Written};
 use crate::{
     aggregate::{Completeness, Latency},
     analyze::{Check, FunctionShare, RuleOutcome},
+    attach::EventSet,
     python::{PythonFunction, PythonReport},
     render::folded::frame_label,
     report::{Report, StackQuality, StopReason},
     symbolize::{Frame, ObjectFile, Origin, Profile, ProfileBuilder, Stack},
 };
+
+/// The JSON report (`--json`).
+#[derive(Clone, Copy, Debug)]
+pub struct JsonReport;
+
+impl Output for JsonReport {
+    fn applies_to(&self, _events: EventSet) -> bool {
+        true
+    }
+
+    fn write(&self, written: &Written<'_>, mut writer: &mut dyn io::Write) -> io::Result<()> {
+        let mut document = document(written.report, written.stop_to_svg);
+        if let Some(interval) = written.interval {
+            document.fields["stop_reason"] = json!("interval");
+            document.fields["interval"] = json!({
+                "index": interval.index,
+                "start_s": interval.start.as_secs_f64(),
+                "end_s": interval.end.as_secs_f64(),
+            });
+        }
+        write(&document, &mut writer)
+    }
+}
 
 /// The JSON document of a report.
 pub struct Document<'r> {
@@ -190,7 +215,7 @@ fn fields(report: &Report, stop_to_svg: Duration) -> Value {
 }
 
 /// Writes `document` pretty-printed, with a final newline.
-pub fn write(document: &Document<'_>, writer: &mut impl std::io::Write) -> std::io::Result<()> {
+pub fn write(document: &Document<'_>, writer: &mut impl io::Write) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *writer, document)?;
     writeln!(writer)
 }

@@ -1,5 +1,6 @@
-//! Writing a recording out: the flame graph, collapsed stacks, the JSON report, pprof
-//! profiles and the terminal summary.
+//! Writing a recording out: the flame graphs, collapsed stacks, the JSON report, pprof
+//! profiles, speedscope files, each an [`Output`]; and the terminal summary and the
+//! live metrics.
 //!
 //! Output files are opened before the recording starts ([`OutputFiles::create`]), so
 //! that a path that can't be written fails at once instead of after the recording.
@@ -9,45 +10,107 @@ pub mod folded;
 pub mod json;
 pub mod pprof;
 pub mod prometheus;
+pub mod speedscope;
 pub mod summary;
 pub mod svg;
 
 use std::{
+    fmt,
     fs::File,
-    io::{BufWriter, Write as _},
+    io::{self, BufWriter, Write},
     path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
-use crate::{attach::EventSet, exit::Failure, render::pprof::PprofKind};
+use crate::{
+    attach::EventSet,
+    exit::Failure,
+    report::{ProfileKind, Report},
+};
 
-/// Where to write each output; `None` leaves that output out.
+/// One way of writing a finished recording to a file. A new format is a new module
+/// with one of these, and a line where the command line names its file.
+pub trait Output: fmt::Debug + Send + Sync {
+    /// Whether a recording of `events` gives this output anything to write.
+    fn applies_to(&self, events: EventSet) -> bool;
+
+    /// Whether this is a flame graph: those are written first, so that the JSON report
+    /// can say how soon after the stop they were there.
+    fn is_flame_graph(&self) -> bool {
+        false
+    }
+
+    /// Writes `written.report` in this format.
+    fn write(&self, written: &Written<'_>, writer: &mut dyn Write) -> io::Result<()>;
+}
+
+/// What an output is written from.
+pub struct Written<'r> {
+    /// The recording, or one `--interval` of it.
+    pub report: &'r Report,
+    /// How long after the stop the flame graphs were written; zero for an interval.
+    pub stop_to_svg: Duration,
+    /// Which interval the report covers, for `--interval` snapshots.
+    pub interval: Option<Interval>,
+}
+
+/// An `--interval` snapshot's place in the recording.
+#[derive(Clone, Copy, Debug)]
+pub struct Interval {
+    /// 1 for the first.
+    pub index: u32,
+    /// Its start, from the start of the recording.
+    pub start: Duration,
+    /// Its end, from the start of the recording.
+    pub end: Duration,
+}
+
+/// An output and the file it goes to.
 #[derive(Clone, Debug)]
-pub struct OutputPaths {
-    /// The on-CPU flame graph SVG, written when CPU samples are recorded.
-    pub svg: PathBuf,
-    /// The off-CPU flame graph SVG, written when off-CPU time is recorded.
-    pub offcpu_svg: PathBuf,
-    /// The flame graph of leaked bytes, written when allocations are tracked.
-    pub leaks_svg: PathBuf,
-    /// Collapsed stacks, as `flamegraph.pl` and inferno read them.
-    pub folded: Option<PathBuf>,
-    /// The machine-readable report.
-    pub json: Option<PathBuf>,
-    /// The pprof profiles: the on-CPU one here, the others next to it
-    /// ([`pprof::PprofKind::path`]).
-    pub pprof: Option<PathBuf>,
+pub struct OutputPath {
+    /// The format.
+    pub output: Arc<dyn Output>,
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl OutputPath {
+    /// `output` into `path`.
+    pub fn new(output: impl Output + 'static, path: impl Into<PathBuf>) -> Self {
+        OutputPath {
+            output: Arc::new(output),
+            path: path.into(),
+        }
+    }
+}
+
+/// The outputs asked for, in the order they are written.
+#[derive(Clone, Debug)]
+pub struct OutputPaths(pub Vec<OutputPath>);
+
+impl OutputPaths {
+    /// The flame graphs only, at their default paths, as `profiler record` with no
+    /// output option writes them.
+    pub fn flame_graphs() -> Self {
+        OutputPaths(vec![
+            OutputPath::new(svg::FlameGraph(ProfileKind::Cpu), "flamegraph.svg"),
+            OutputPath::new(svg::FlameGraph(ProfileKind::OffCpu), "offcpu.svg"),
+            OutputPath::new(svg::FlameGraph(ProfileKind::Leaks), "leaks.svg"),
+        ])
+    }
+
+    /// The outputs of a recording of `events`: those with something to write.
+    fn applying_to(&self, events: EventSet) -> impl Iterator<Item = &OutputPath> {
+        self.0
+            .iter()
+            .filter(move |output| output.output.applies_to(events))
+    }
 }
 
 impl Default for OutputPaths {
     fn default() -> Self {
-        OutputPaths {
-            svg: PathBuf::from("flamegraph.svg"),
-            offcpu_svg: PathBuf::from("offcpu.svg"),
-            leaks_svg: PathBuf::from("leaks.svg"),
-            folded: None,
-            json: None,
-            pprof: None,
-        }
+        OutputPaths::flame_graphs()
     }
 }
 
@@ -104,7 +167,7 @@ impl OutputFile {
     /// Writes the whole file through `write` and flushes it.
     pub fn write_with(
         self,
-        write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+        write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
     ) -> anyhow::Result<PathBuf> {
         let mut writer = BufWriter::new(self.file);
         write(&mut writer)
@@ -114,43 +177,73 @@ impl OutputFile {
     }
 }
 
-/// Every output file, opened.
-pub struct OutputFiles {
-    /// The on-CPU flame graph SVG.
-    pub svg: Option<OutputFile>,
-    /// The off-CPU flame graph SVG.
-    pub offcpu_svg: Option<OutputFile>,
-    /// The leaked-bytes flame graph SVG.
-    pub leaks_svg: Option<OutputFile>,
-    /// Collapsed stacks.
-    pub folded: Option<OutputFile>,
-    /// The JSON report.
-    pub json: Option<OutputFile>,
-    /// The pprof profile of each recorded kind.
-    pub pprof: Vec<(PprofKind, OutputFile)>,
-}
+/// Every output file of a recording, opened, in the order they are written.
+pub struct OutputFiles(Vec<(Arc<dyn Output>, OutputFile)>);
 
 impl OutputFiles {
     /// Opens (creating or truncating) every output that `events` calls for, failing on
     /// the first that can't be.
     pub fn create(paths: &OutputPaths, events: EventSet) -> Result<Self, Failure> {
-        let optional = |path: &Option<PathBuf>| path.as_deref().map(OutputFile::create).transpose();
-        let when = |wanted: bool, path: &Path| wanted.then(|| OutputFile::create(path)).transpose();
-        Ok(OutputFiles {
-            svg: when(events.cpu, &paths.svg)?,
-            offcpu_svg: when(events.offcpu, &paths.offcpu_svg)?,
-            leaks_svg: when(events.alloc, &paths.leaks_svg)?,
-            folded: optional(&paths.folded)?,
-            json: optional(&paths.json)?,
-            pprof: match &paths.pprof {
-                Some(path) => PprofKind::recorded(events)
-                    .map(|kind| Ok((kind, OutputFile::create(&kind.path(path))?)))
-                    .collect::<Result<_, Failure>>()?,
-                None => Vec::new(),
-            },
-        })
+        paths
+            .applying_to(events)
+            .map(|output| Ok((output.output.clone(), OutputFile::create(&output.path)?)))
+            .collect::<Result<_, Failure>>()
+            .map(OutputFiles)
+    }
+
+    /// Writes every output of `report`, the flame graphs first, and returns the paths
+    /// written. The time from `stopped` to the flame graphs on disk goes into the
+    /// outputs written after them.
+    pub fn write(self, report: &Report, stopped: Instant) -> anyhow::Result<Vec<PathBuf>> {
+        let (flame_graphs, others): (Vec<_>, Vec<_>) = self
+            .0
+            .into_iter()
+            .partition(|(output, _)| output.is_flame_graph());
+        let mut written = Written {
+            report,
+            stop_to_svg: Duration::ZERO,
+            interval: None,
+        };
+        let mut paths = Vec::new();
+        for (output, file) in flame_graphs {
+            paths.push(file.write_with(|writer| output.write(&written, writer))?);
+        }
+        written.stop_to_svg = stopped.elapsed();
+        for (output, file) in others {
+            paths.push(file.write_with(|writer| output.write(&written, writer))?);
+        }
+        Ok(paths)
     }
 }
+
+/// Writes each output of `paths` that an interval's report has something for, to its
+/// numbered file ([`numbered`]). A file that can't be written is reported and the others
+/// are still written.
+pub fn write_interval(paths: &OutputPaths, report: &Report, interval: Interval) {
+    let written = Written {
+        report,
+        stop_to_svg: Duration::ZERO,
+        interval: Some(interval),
+    };
+    for output in paths.applying_to(INTERVAL_EVENTS) {
+        let result = OutputFile::create(&numbered(&output.path, interval.index))
+            .map_err(anyhow::Error::from)
+            .and_then(|file| file.write_with(|writer| output.output.write(&written, writer)));
+        if let Err(error) = result {
+            eprintln!("profiler: warning: interval {}: {error:#}", interval.index);
+        }
+    }
+}
+
+/// What an interval's report holds: its CPU samples, and nothing else is gathered per
+/// interval.
+const INTERVAL_EVENTS: EventSet = EventSet {
+    cpu: true,
+    syscalls: false,
+    io: false,
+    offcpu: false,
+    alloc: false,
+};
 
 #[cfg(test)]
 mod tests {

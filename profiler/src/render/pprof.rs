@@ -16,68 +16,59 @@ use std::{
 use flate2::{Compression, write::GzEncoder};
 use prost::Message as _;
 
+use super::{Output, OutputPath, Written};
 use crate::{
     attach::EventSet,
-    report::Report,
+    report::{ProfileKind, Report},
     symbolize::{Frame, ObjectFile, Origin},
 };
 
-/// Which profile of a recording.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PprofKind {
-    /// On-CPU samples, and the CPU time they stand for.
-    Cpu,
-    /// Time off the CPU.
-    OffCpu,
-    /// Bytes and blocks held by leak candidates.
-    Leaks,
+/// The gzipped pprof profile of one kind (`--pprof`).
+#[derive(Clone, Copy, Debug)]
+pub struct Pprof(pub ProfileKind);
+
+/// Every kind's pprof output when `--pprof` names `path`: the on-CPU profile at `path`,
+/// the others with `-offcpu` or `-leaks` after the file's stem (`cpu.pb.gz` →
+/// `cpu-offcpu.pb.gz`). Each is written when its kind is recorded.
+pub fn outputs_at(path: &Path) -> [OutputPath; 3] {
+    [ProfileKind::Cpu, ProfileKind::OffCpu, ProfileKind::Leaks]
+        .map(|kind| OutputPath::new(Pprof(kind), path_of(kind, path)))
 }
 
-impl PprofKind {
-    /// The kinds `events` records, in the order they are written.
-    pub fn recorded(events: EventSet) -> impl Iterator<Item = PprofKind> {
-        [
-            (events.cpu, PprofKind::Cpu),
-            (events.offcpu, PprofKind::OffCpu),
-            (events.alloc, PprofKind::Leaks),
-        ]
-        .into_iter()
-        .filter_map(|(recorded, kind)| recorded.then_some(kind))
-    }
-
-    /// Where the `kind` profile goes when `--pprof` names `path`: the on-CPU profile
-    /// at `path`, the others with `-offcpu` or `-leaks` after the file's stem
-    /// (`cpu.pb.gz` → `cpu-offcpu.pb.gz`).
-    pub fn path(self, path: &Path) -> PathBuf {
-        let suffix = match self {
-            PprofKind::Cpu => return path.to_owned(),
-            PprofKind::OffCpu => "-offcpu",
-            PprofKind::Leaks => "-leaks",
-        };
-        let name = path
-            .file_name()
-            .map_or_else(String::new, |name| name.to_string_lossy().into_owned());
-        let (stem, extensions) = match name.find('.') {
-            Some(dot) if dot > 0 => name.split_at(dot),
-            _ => (name.as_str(), ""),
-        };
-        path.with_file_name(format!("{stem}{suffix}{extensions}"))
-    }
+fn path_of(kind: ProfileKind, path: &Path) -> PathBuf {
+    let suffix = match kind {
+        ProfileKind::Cpu => return path.to_owned(),
+        ProfileKind::OffCpu => "-offcpu",
+        ProfileKind::Leaks => "-leaks",
+    };
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |name| name.to_string_lossy().into_owned());
+    let (stem, extensions) = match name.find('.') {
+        Some(dot) if dot > 0 => name.split_at(dot),
+        _ => (name.as_str(), ""),
+    };
+    path.with_file_name(format!("{stem}{suffix}{extensions}"))
 }
 
-/// Writes the `kind` profile of `report`, gzipped.
-pub fn write(report: &Report, kind: PprofKind, writer: &mut impl Write) -> io::Result<()> {
-    let mut encoder = GzEncoder::new(writer, Compression::default());
-    encoder.write_all(&profile(report, kind).encode_to_vec())?;
-    encoder.finish()?;
-    Ok(())
+impl Output for Pprof {
+    fn applies_to(&self, events: EventSet) -> bool {
+        self.0.recorded_in(events)
+    }
+
+    fn write(&self, written: &Written<'_>, writer: &mut dyn Write) -> io::Result<()> {
+        let mut encoder = GzEncoder::new(writer, Compression::default());
+        encoder.write_all(&profile(written.report, self.0).encode_to_vec())?;
+        encoder.finish()?;
+        Ok(())
+    }
 }
 
 /// The `kind` profile of `report`.
-fn profile(report: &Report, kind: PprofKind) -> Profile {
+fn profile(report: &Report, kind: ProfileKind) -> Profile {
     let mut builder = Builder::default();
     match kind {
-        PprofKind::Cpu => {
+        ProfileKind::Cpu => {
             let period = 1_000_000_000 / i64::from(report.probes.frequency_hz.max(1));
             builder.sample_types(&[("samples", "count"), ("cpu", "nanoseconds")]);
             builder.profile.period_type = Some(builder.value_type("cpu", "nanoseconds"));
@@ -93,7 +84,7 @@ fn profile(report: &Report, kind: PprofKind) -> Profile {
                 );
             }
         }
-        PprofKind::OffCpu => {
+        ProfileKind::OffCpu => {
             builder.sample_types(&[("offcpu", "nanoseconds")]);
             let profile = &report.offcpu.profile;
             for stack in &profile.stacks {
@@ -101,7 +92,7 @@ fn profile(report: &Report, kind: PprofKind) -> Profile {
                 builder.sample(report, frames, stack.origin, vec![stack.count as i64]);
             }
         }
-        PprofKind::Leaks => {
+        ProfileKind::Leaks => {
             // Go's heap profiles name these so; pprof's views know them.
             builder.sample_types(&[("inuse_objects", "count"), ("inuse_space", "bytes")]);
             for candidate in &report.leaks.candidates {
@@ -399,18 +390,23 @@ mod tests {
 
     #[test]
     fn each_kind_has_its_file_next_to_the_named_one() {
-        let path = Path::new("out/cpu.pb.gz");
-        assert_eq!(PprofKind::Cpu.path(path), path);
+        let paths: Vec<PathBuf> = outputs_at(Path::new("out/cpu.pb.gz"))
+            .into_iter()
+            .map(|output| output.path)
+            .collect();
         assert_eq!(
-            PprofKind::OffCpu.path(path),
-            Path::new("out/cpu-offcpu.pb.gz")
+            paths,
+            [
+                "out/cpu.pb.gz",
+                "out/cpu-offcpu.pb.gz",
+                "out/cpu-leaks.pb.gz"
+            ]
+            .map(PathBuf::from)
         );
         assert_eq!(
-            PprofKind::Leaks.path(Path::new("profile")),
+            path_of(ProfileKind::Leaks, Path::new("profile")),
             Path::new("profile-leaks")
         );
-        let kinds: Vec<PprofKind> = PprofKind::recorded(EventSet::ALL).collect();
-        assert_eq!(kinds, [PprofKind::Cpu, PprofKind::OffCpu, PprofKind::Leaks]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The flame graph, drawn by inferno from the collapsed stacks.
+//! The flame graphs, drawn by inferno from the collapsed stacks.
 
 use std::io::{self, Write};
 
@@ -6,6 +6,45 @@ use inferno::flamegraph::{
     self,
     color::{MultiPalette, Palette},
 };
+
+use super::{Output, Written, folded, summary};
+use crate::{attach::EventSet, report::ProfileKind};
+
+/// The flame graph of one of a recording's profiles (`-o`, `--offcpu-output`,
+/// `--leaks-output`).
+#[derive(Clone, Copy, Debug)]
+pub struct FlameGraph(pub ProfileKind);
+
+impl Output for FlameGraph {
+    fn applies_to(&self, events: EventSet) -> bool {
+        self.0.recorded_in(events)
+    }
+
+    fn is_flame_graph(&self) -> bool {
+        true
+    }
+
+    fn write(&self, written: &Written<'_>, mut writer: &mut dyn Write) -> io::Result<()> {
+        let report = written.report;
+        let (mut labels, unit) = match self.0 {
+            ProfileKind::Cpu => (summary::flame_graph_labels(report), 1),
+            // Blocked time is drawn in microseconds: nanoseconds would make every width
+            // a ten-digit number.
+            ProfileKind::OffCpu => (summary::offcpu_flame_graph_labels(report), 1000),
+            ProfileKind::Leaks => (summary::leaks_flame_graph_labels(report), 1),
+        };
+        if let Some(interval) = written.interval {
+            labels.title += &format!(
+                " (interval {}: {:.1} s to {:.1} s)",
+                interval.index,
+                interval.start.as_secs_f64(),
+                interval.end.as_secs_f64()
+            );
+        }
+        let lines = folded::lines(report.profile_of(self.0), unit);
+        draw(&lines, &labels, &mut writer)
+    }
+}
 
 /// What the flame graph's title and legend say.
 pub struct FlameGraphLabels {
@@ -19,7 +58,7 @@ pub struct FlameGraphLabels {
 
 /// Draws the flame graph of `folded_lines`. With no samples at all it still writes a valid
 /// SVG that says so, since inferno refuses empty input.
-pub fn write(
+pub fn draw(
     folded_lines: &[String],
     labels: &FlameGraphLabels,
     writer: &mut impl Write,
