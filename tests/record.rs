@@ -438,6 +438,37 @@ fn a_malformed_rule_is_a_usage_error_before_anything_runs() {
 }
 
 #[test]
+fn every_option_that_help_lists_is_in_the_reference() {
+    let reference =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/reference.md"))
+            .unwrap();
+    let documented = |option: &str| {
+        reference.match_indices(option).any(|(at, _)| {
+            !reference[at + option.len()..]
+                .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+        })
+    };
+    for command in ["record", "diff"] {
+        let help = run(profiler().args([command, "--help"]));
+        let help = String::from_utf8_lossy(&help.stdout);
+        let options: Vec<&str> = help
+            .lines()
+            .map(str::trim_start)
+            .filter(|line| line.starts_with('-'))
+            .flat_map(|line| line.split([' ', ',', '=', '<']))
+            .filter(|word| word.starts_with("--") && word.len() > 2)
+            .collect();
+        assert!(options.len() > 3, "{command} --help: {help}");
+        for option in options.into_iter().filter(|&option| option != "--help") {
+            assert!(
+                documented(option),
+                "`profiler {command} {option}` is not in docs/reference.md"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_pid_that_does_not_exist_fails_before_anything_is_loaded() {
     let dir = scratch("no-pid");
     let output = run(&mut record(
@@ -510,7 +541,7 @@ fn an_unwritable_output_fails_before_recording() {
     workload.wait().unwrap();
 }
 
-/// The capabilities the README documents as enough, for a Kubernetes securityContext.
+/// The capabilities docs/reference.md documents as enough, for a Kubernetes securityContext.
 const LEAST_CAPABILITIES: [&str; 5] = ["bpf", "perfmon", "sys_ptrace", "dac_read_search", "syslog"];
 
 /// `profiler record` run as nobody with exactly `capabilities`, writing into `dir`.

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-/// Documented exit codes of `profiler`. The README lists the same table.
+/// Documented exit codes of `profiler`. docs/reference.md lists the same table.
 pub mod code {
     /// The recording ran to its end and no rule fired.
     pub const SUCCESS: u8 = 0;

@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-/// Exit codes, as documented in the README and `profiler record --help`.
+/// Exit codes, as documented in docs/reference.md and `profiler record --help`.
 pub const USAGE: i32 = 2;
 pub const RULE_FIRED: i32 = 3;
 pub const NO_TARGET: i32 = 4;

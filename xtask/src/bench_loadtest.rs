@@ -5,7 +5,7 @@
 //! each sample), and next to nothing attached.
 //!
 //! Each round runs, interleaved: the service alone, the profiler for a short and for a
-//! long recording, the same with syscalls and off-CPU time traced too (the README's
+//! long recording, the same with syscalls and off-CPU time traced too (docs/load-test.md's
 //! load-test command plus `offcpu`), and py-spy for the long one. The service's CPU is
 //! read from /proc over each tool's run; the profiler's cost is its process CPU (GNU
 //! time) plus its BPF programs' run time (its report; with syscalls traced the kernel

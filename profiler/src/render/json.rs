@@ -3,7 +3,7 @@
 //! Shares are fractions from 0 to 1 of the target's on-CPU samples; `functions` is sorted
 //! by `total`, largest first. Durations are integer nanoseconds, stacks are listed root
 //! first. Every section is present whatever `--events` says, empty when not recorded.
-//! The README documents every field.
+//! docs/reference.md documents every field.
 
 use std::{io, sync::Arc, time::Duration};
 
