@@ -1394,3 +1394,127 @@ fn ctrl_c_writes_everything_and_detaches_every_probe() {
     workload.kill().unwrap();
     workload.wait().unwrap();
 }
+
+/// A tmux server of the test's own, on its own socket, killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// Runs `command` in a detached 150 × 40 session named `top`.
+    fn start(test: &str, command: &str) -> Tmux {
+        let tmux = Tmux {
+            socket: format!("profiler-test-{test}"),
+        };
+        let _ = tmux.run(&["kill-server"]);
+        let output = tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            "150",
+            "-y",
+            "40",
+            command,
+        ]);
+        assert!(output.status.success(), "tmux: {output:?}");
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux: `cargo xtask setup` installs it")
+    }
+
+    fn pane(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn top_shows_the_function_at_its_measured_share_and_quits_cleanly() {
+    let dir = scratch("top");
+    let mut workload = start_phases(&dir, 2, 14.0, 0);
+    let exit_file = dir.join("exit-code");
+    let command = format!(
+        "{} top -F 199 --pid {}; echo $? > {}; sleep 60",
+        env!("CARGO_BIN_EXE_profiler"),
+        workload.id(),
+        exit_file.display()
+    );
+    let tmux = Tmux::start("top", &command);
+    // The header says how long it has recorded: wait for a whole recent window.
+    let recorded_for = |pane: &str| -> Option<u64> {
+        let header = pane
+            .lines()
+            .find(|line| line.starts_with("profiler top: "))?;
+        let (_, after) = header.split_once(")   ")?;
+        after.split_once(" s, ")?.0.trim().parse().ok()
+    };
+    let started = Instant::now();
+    let pane = loop {
+        let pane = tmux.pane();
+        if recorded_for(&pane).is_some_and(|seconds| seconds >= 7) {
+            break pane;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no full window on the screen: {pane}"
+        );
+        sleep(Duration::from_millis(250));
+    };
+    // %SELF(5s) %TOTAL(5s) %SELF(all) %TOTAL(all) FUNCTION
+    let row = pane
+        .lines()
+        .find(|line| line.trim_end().ends_with(" hot_phase"))
+        .unwrap_or_else(|| panic!("no hot_phase row: {pane}"));
+    let shares: Vec<f64> = row
+        .split_whitespace()
+        .filter_map(|field| field.strip_suffix('%')?.parse::<f64>().ok())
+        .collect();
+    assert_eq!(shares.len(), 4, "{row}");
+
+    assert!(tmux.run(&["send-keys", "-t", "top", "q"]).status.success());
+    let code = loop {
+        if let Ok(code) = fs::read_to_string(&exit_file) {
+            break code;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "top did not quit: {}",
+            tmux.pane()
+        );
+        sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code.trim(), "0", "top's exit code");
+    let alternate = tmux.run(&["display", "-p", "-t", "top", "#{alternate_on}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&alternate.stdout).trim(),
+        "0",
+        "the terminal is restored"
+    );
+    assert!(
+        !tmux.pane().contains("%TOTAL(5s)"),
+        "the view is gone: {}",
+        tmux.pane()
+    );
+
+    // The workload ran the same mix throughout: the window's share is its whole run's.
+    assert!(workload.wait().unwrap().success());
+    let truth = Truth::read(&dir.join("truth.json")).hot_share();
+    let recent_total = shares[1] / 100.0;
+    assert!(
+        (recent_total - truth).abs() <= 0.05,
+        "hot_phase {recent_total:.3} over the last 5 s in top, {truth:.3} by the workload"
+    );
+}

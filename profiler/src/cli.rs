@@ -5,12 +5,12 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::{
-    analyze::{AnalysisOptions, Rule},
-    attach::{EventSet, ProbeSettings, UnwindMethod},
+    analyze::Rule,
+    attach::{EventSet, UnwindMethod},
     compare::GrowthRule,
     diff::{DiffOptions, diff},
     exit::{Failure, code},
-    record::{RecordOptions, TargetSpec, record},
+    record::{RecordOptions, TargetSpec, View, record},
     render::{
         OutputPath, OutputPaths, folded::Folded, json::JsonReport, pprof, speedscope::Speedscope,
         summary, svg::FlameGraph,
@@ -58,6 +58,20 @@ enum Command {
     )]
     Record(Box<RecordArgs>),
 
+    /// Watch where processes spend their CPU time, live: a full-screen view refreshed
+    /// every second of the functions by their own and inclusive share over the last 5
+    /// seconds and since the start, the processes when there are several, the
+    /// --fail-on rules' state and anything lost.
+    ///
+    /// Keys: q (or Esc, Ctrl-C) quits, p (or space) holds the screen while the
+    /// recording goes on, 1 to 4 sort by that column. Nothing is written; the exit code
+    /// is record's (0 on q, 3 if a rule fired).
+    #[command(
+        after_help = EXIT_CODES,
+        group(ArgGroup::new("target").required(true).args(["pids", "command", "cgroup", "all"])),
+    )]
+    Top(Box<TopArgs>),
+
     /// Compare the on-CPU profiles of two recordings' JSON reports (`record --json`):
     /// write a differential flame graph (widths from NEW, red where stacks grew, blue
     /// where they shrank) and print the functions whose inclusive share moved most.
@@ -95,30 +109,14 @@ struct DiffArgs {
 
 #[derive(Debug, Args)]
 struct RecordArgs {
-    /// Profile this running process; repeat for several.
-    #[arg(short, long = "pid", value_name = "PID")]
-    pids: Vec<u32>,
+    #[command(flatten)]
+    targets: TargetArgs,
 
-    /// With --pid: also profile the processes each PID started, theirs in turn, and
-    /// those they start while recording (a gunicorn master and its workers).
-    #[arg(long, requires = "pids", conflicts_with = "command")]
-    children: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
 
-    /// Profile every process on the machine, kernel threads included, each stack under
-    /// its process's root frame. Records until --duration or Ctrl-C.
-    #[arg(short, long, conflicts_with = "children")]
-    all: bool,
-
-    /// Profile every process of this cgroup (v2) and of the groups below it, those that
-    /// join while recording included: a container, a Kubernetes pod, a systemd unit.
-    /// PATH is a directory under the v2 mount, or a path from its root as
-    /// /proc/PID/cgroup gives it. Records until --duration or Ctrl-C.
-    #[arg(long, value_name = "PATH", conflicts_with = "children")]
-    cgroup: Option<PathBuf>,
-
-    /// Stop after this many seconds (default: when stopped or when the targets exit).
-    #[arg(short, long, value_name = "SECS", value_parser = parse_duration)]
-    duration: Option<Duration>,
+    #[command(flatten)]
+    gates: GateArgs,
 
     /// What to record, a comma list: cpu (on-CPU samples), syscalls (counts, errors,
     /// latency, slow calls with stacks), io (block requests), offcpu (blocked time by
@@ -160,20 +158,6 @@ struct RecordArgs {
     #[arg(long, value_name = "FILE.svg", default_value = "leaks.svg")]
     leaks_output: PathBuf,
 
-    /// How user stacks are unwound: `dwarf` follows the binaries' call-frame
-    /// information in the kernel, and is complete on binaries without frame pointers
-    /// (most distribution packages, Rust release builds); `fp` walks frame pointers,
-    /// which is cheaper and complete only on binaries built with them. Allocation
-    /// stacks are always unwound with `dwarf`.
-    #[arg(long, value_name = "METHOD", value_enum, default_value_t = UnwindMethod::Dwarf)]
-    unwind: UnwindMethod,
-
-    /// CPU samples per second of each thread's CPU time: a thread that runs for 2 s
-    /// takes about 2 × HZ samples.
-    #[arg(short = 'F', long, value_name = "HZ", default_value_t = 99,
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    frequency: u32,
-
     /// Write the flame graph SVG here.
     #[arg(short, long, value_name = "FILE.svg", default_value = "flamegraph.svg")]
     output: PathBuf,
@@ -203,22 +187,6 @@ struct RecordArgs {
     #[arg(long, value_name = "PCT", default_value_t = 60.0, value_parser = parse_percent)]
     hotspot_threshold: f64,
 
-    /// Exit with code 3 if NAME holds more than PCT % of on-CPU time (NAME>PCT%), if a
-    /// syscall's latency quantile is above a duration (SYSCALL.p50|p90|p99|p999|max>DURATION,
-    /// like read.p99>50ms; needs --events syscalls), if block requests' latency is
-    /// (io.p99>50ms for every device, io:DEVICE.p99>50ms for one; needs --events io), or
-    /// if leak candidates hold more than a size (leak>SIZE, like leak>10MiB; needs
-    /// --events alloc); repeatable. NAME matches a function exactly or as its last path
-    /// segment; a < or > in it that pairs with nothing is written \< or \>. A rule whose
-    /// subject matched nothing recorded is reported unmatched.
-    #[arg(long = "fail-on", value_name = "RULE")]
-    fail_on: Vec<Rule>,
-
-    /// Count a --fail-on rule that matched nothing recorded (a misspelt function or
-    /// syscall, a device without requests) as fired, so that a gate fails closed.
-    #[arg(long)]
-    strict_rules: bool,
-
     /// Rows in each table of the terminal summary, and functions with a series in the
     /// metrics.
     #[arg(long, value_name = "N", default_value_t = 10)]
@@ -236,10 +204,109 @@ struct RecordArgs {
     /// the profiler's own CPU.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct TopArgs {
+    #[command(flatten)]
+    targets: TargetArgs,
+
+    #[command(flatten)]
+    sampling: SamplingArgs,
+
+    #[command(flatten)]
+    gates: GateArgs,
+}
+
+impl TopArgs {
+    fn into_options(self) -> RecordOptions {
+        let mut options = base_options(self.targets, self.sampling, self.gates);
+        options.view = View::Top;
+        options.outputs = OutputPaths(Vec::new());
+        options
+    }
+}
+
+/// What to profile, and for how long: `record` and `top` take the same.
+#[derive(Debug, Args)]
+struct TargetArgs {
+    /// Profile this running process; repeat for several.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+
+    /// With --pid: also profile the processes each PID started, theirs in turn, and
+    /// those they start while recording (a gunicorn master and its workers).
+    #[arg(long, requires = "pids", conflicts_with = "command")]
+    children: bool,
+
+    /// Profile every process on the machine, kernel threads included, each stack under
+    /// its process's root frame. Records until --duration or Ctrl-C.
+    #[arg(short, long, conflicts_with = "children")]
+    all: bool,
+
+    /// Profile every process of this cgroup (v2) and of the groups below it, those that
+    /// join while recording included: a container, a Kubernetes pod, a systemd unit.
+    /// PATH is a directory under the v2 mount, or a path from its root as
+    /// /proc/PID/cgroup gives it. Records until --duration or Ctrl-C.
+    #[arg(long, value_name = "PATH", conflicts_with = "children")]
+    cgroup: Option<PathBuf>,
+
+    /// Stop after this many seconds (default: when stopped or when the targets exit).
+    #[arg(short, long, value_name = "SECS", value_parser = parse_duration)]
+    duration: Option<Duration>,
 
     /// Start this command and profile it until it exits.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
+}
+
+impl TargetArgs {
+    fn target(self) -> TargetSpec {
+        match (self.all, self.cgroup, self.command.is_empty()) {
+            (true, _, _) => TargetSpec::All,
+            (false, Some(cgroup), _) => TargetSpec::Cgroup(cgroup),
+            (false, None, true) => TargetSpec::Pids(self.pids),
+            (false, None, false) => TargetSpec::Command(self.command),
+        }
+    }
+}
+
+/// How stacks are sampled.
+#[derive(Debug, Args)]
+struct SamplingArgs {
+    /// CPU samples per second of each thread's CPU time: a thread that runs for 2 s
+    /// takes about 2 × HZ samples.
+    #[arg(short = 'F', long, value_name = "HZ", default_value_t = 99,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    frequency: u32,
+
+    /// How user stacks are unwound: `dwarf` follows the binaries' call-frame
+    /// information in the kernel, and is complete on binaries without frame pointers
+    /// (most distribution packages, Rust release builds); `fp` walks frame pointers,
+    /// which is cheaper and complete only on binaries built with them. Allocation
+    /// stacks are always unwound with `dwarf`.
+    #[arg(long, value_name = "METHOD", value_enum, default_value_t = UnwindMethod::Dwarf)]
+    unwind: UnwindMethod,
+}
+
+/// The load-test gates.
+#[derive(Debug, Args)]
+struct GateArgs {
+    /// Exit with code 3 if NAME holds more than PCT % of on-CPU time (NAME>PCT%), if a
+    /// syscall's latency quantile is above a duration (SYSCALL.p50|p90|p99|p999|max>DURATION,
+    /// like read.p99>50ms; needs --events syscalls), if block requests' latency is
+    /// (io.p99>50ms for every device, io:DEVICE.p99>50ms for one; needs --events io), or
+    /// if leak candidates hold more than a size (leak>SIZE, like leak>10MiB; needs
+    /// --events alloc); repeatable. NAME matches a function exactly or as its last path
+    /// segment; a < or > in it that pairs with nothing is written \< or \>. A rule whose
+    /// subject matched nothing recorded is reported unmatched.
+    #[arg(long = "fail-on", value_name = "RULE")]
+    fail_on: Vec<Rule>,
+
+    /// Count a --fail-on rule that matched nothing recorded (a misspelt function or
+    /// syscall, a device without requests) as fired, so that a gate fails closed.
+    #[arg(long)]
+    strict_rules: bool,
 }
 
 impl RecordArgs {
@@ -268,40 +335,38 @@ impl RecordArgs {
 
     fn into_options(self) -> RecordOptions {
         let outputs = self.outputs();
-        let target = match (self.all, self.cgroup, self.command.is_empty()) {
-            (true, _, _) => TargetSpec::All,
-            (false, Some(cgroup), _) => TargetSpec::Cgroup(cgroup),
-            (false, None, true) => TargetSpec::Pids(self.pids),
-            (false, None, false) => TargetSpec::Command(self.command),
-        };
-        RecordOptions {
-            duration: self.duration,
-            probes: ProbeSettings {
-                events: self.events,
-                frequency_hz: self.frequency,
-                follow_children: self.children
-                    || matches!(target, TargetSpec::Command(_) | TargetSpec::Cgroup(_)),
-                slow_syscall: Duration::from_secs_f64(self.slow_ms / 1e3),
-                offcpu_min: Duration::from_secs_f64(self.offcpu_min_us / 1e6),
-                offcpu_scheduler_frames: self.offcpu_scheduler_frames,
-                alloc_sample_bytes: self.alloc_sample_bytes,
-                unwind: self.unwind,
-                cgroup: None,
-                all: matches!(target, TargetSpec::All),
-            },
-            leak_min_age: Duration::from_secs_f64(self.leak_min_age),
-            outputs,
-            analysis: AnalysisOptions {
-                hotspot_threshold: self.hotspot_threshold / 100.0,
-                rules: self.fail_on,
-                strict_rules: self.strict_rules,
-            },
-            top: self.top,
-            interval: self.interval,
-            metrics_addr: self.metrics_addr,
-            ..RecordOptions::new(target)
-        }
+        let mut options = base_options(self.targets, self.sampling, self.gates);
+        let probes = &mut options.probes;
+        probes.events = self.events;
+        probes.slow_syscall = Duration::from_secs_f64(self.slow_ms / 1e3);
+        probes.offcpu_min = Duration::from_secs_f64(self.offcpu_min_us / 1e6);
+        probes.offcpu_scheduler_frames = self.offcpu_scheduler_frames;
+        probes.alloc_sample_bytes = self.alloc_sample_bytes;
+        options.leak_min_age = Duration::from_secs_f64(self.leak_min_age);
+        options.outputs = outputs;
+        options.analysis.hotspot_threshold = self.hotspot_threshold / 100.0;
+        options.top = self.top;
+        options.interval = self.interval;
+        options.metrics_addr = self.metrics_addr;
+        options
     }
+}
+
+/// What `record` and `top` share: the targets, the sampling, the gates; every other
+/// option at its default.
+fn base_options(targets: TargetArgs, sampling: SamplingArgs, gates: GateArgs) -> RecordOptions {
+    let (children, duration) = (targets.children, targets.duration);
+    let mut options = RecordOptions::new(targets.target());
+    let target = &options.target;
+    options.probes.follow_children =
+        children || matches!(target, TargetSpec::Command(_) | TargetSpec::Cgroup(_));
+    options.probes.all = matches!(target, TargetSpec::All);
+    options.probes.frequency_hz = sampling.frequency;
+    options.probes.unwind = sampling.unwind;
+    options.duration = duration;
+    options.analysis.rules = gates.fail_on;
+    options.analysis.strict_rules = gates.strict_rules;
+    options
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -335,7 +400,8 @@ fn parse_percent(text: &str) -> Result<f64, String> {
 /// Runs the command line and returns the process's exit code.
 pub fn run() -> u8 {
     match Cli::parse().command {
-        Command::Record(args) => run_record(*args),
+        Command::Record(args) => run_record(args.into_options()),
+        Command::Top(args) => run_record(args.into_options()),
         Command::Diff(args) => run_diff(args),
     }
 }
@@ -370,7 +436,7 @@ fn run_diff(args: DiffArgs) -> u8 {
     }
 }
 
-fn run_record(args: RecordArgs) -> u8 {
+fn run_record(options: RecordOptions) -> u8 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -381,7 +447,7 @@ fn run_record(args: RecordArgs) -> u8 {
             return code::ERROR;
         }
     };
-    match runtime.block_on(record(args.into_options())) {
+    match runtime.block_on(record(options)) {
         Ok(report) => {
             if let Some(reason) = summary::exit_reason(&report) {
                 eprintln!("profiler: {reason}");

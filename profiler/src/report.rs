@@ -93,6 +93,8 @@ pub enum StopReason {
     Interrupted,
     /// SIGTERM.
     Terminated,
+    /// The user quit `profiler top`.
+    Quit,
 }
 
 /// A process that was profiled.
@@ -360,7 +362,9 @@ impl Report {
             StopReason::Interrupted => code::INTERRUPTED,
             StopReason::Terminated => code::TERMINATED,
             StopReason::TargetsExited(None) => code::TARGET_EXITED,
-            StopReason::TargetsExited(Some(_)) | StopReason::Duration => code::SUCCESS,
+            StopReason::TargetsExited(Some(_)) | StopReason::Duration | StopReason::Quit => {
+                code::SUCCESS
+            }
         }
     }
 }

@@ -85,6 +85,8 @@ pub(super) enum LiveWindow {
     Interval,
     /// `--metrics-addr` refreshes.
     Metrics,
+    /// `profiler top`'s refreshes.
+    Top,
 }
 
 /// Adds a record's stack to `counts` with `weight`; a stack not seen before may hold

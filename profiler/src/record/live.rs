@@ -7,8 +7,9 @@ use axum::{Router, http::header, routing::get};
 use profiler_common::AllocCounter;
 
 use super::{
-    RecordOptions,
+    RecordOptions, View,
     collector::{Collector, LiveWindow},
+    top::TopView,
 };
 use crate::{
     aggregate::{LeakOptions, summarize_live, summarize_syscalls},
@@ -31,6 +32,7 @@ pub(super) const METRICS_WINDOW: Duration = Duration::from_secs(5);
 pub(super) struct Live {
     pub(super) snapshots: Option<Snapshots>,
     pub(super) metrics: Option<MetricsEndpoint>,
+    pub(super) top: Option<TopView>,
 }
 
 impl Live {
@@ -42,6 +44,9 @@ impl Live {
         }
         if options.metrics_addr.is_some() {
             windows.push(LiveWindow::Metrics);
+        }
+        if options.view == View::Top {
+            windows.push(LiveWindow::Top);
         }
         windows
     }

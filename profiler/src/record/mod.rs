@@ -8,6 +8,7 @@ mod collector;
 mod follow;
 mod live;
 mod session;
+mod top;
 
 use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -27,6 +28,16 @@ pub enum TargetSpec {
     Cgroup(PathBuf),
     /// Every process on the machine, kernel threads included.
     All,
+}
+
+/// How a recording is shown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum View {
+    /// The summary on stdout once it ends (`profiler record`).
+    #[default]
+    Summary,
+    /// The full-screen live view while it runs, and nothing after (`profiler top`).
+    Top,
 }
 
 /// Everything `profiler record` needs to know.
@@ -50,6 +61,8 @@ pub struct RecordOptions {
     pub interval: Option<Duration>,
     /// Serve Prometheus metrics here while recording.
     pub metrics_addr: Option<SocketAddr>,
+    /// How the recording is shown.
+    pub view: View,
 }
 
 impl RecordOptions {
@@ -65,6 +78,7 @@ impl RecordOptions {
             top: 10,
             interval: None,
             metrics_addr: None,
+            view: View::Summary,
         }
     }
 }

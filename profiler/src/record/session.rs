@@ -7,14 +7,16 @@ use std::time::{Duration, Instant};
 use profiler_common::{AllocCounter, DRAIN_INTERVAL_MS};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
+    sync::mpsc::UnboundedReceiver,
     time::{MissedTickBehavior, interval, interval_at, sleep},
 };
 
 use super::{
-    RecordOptions, TargetSpec,
+    RecordOptions, TargetSpec, View,
     collector::{Allocations, Collector, Finished},
     follow::{FollowedProcesses, WAITING_LOOK_INTERVAL},
     live::{Live, METRICS_WINDOW, MetricsEndpoint, Snapshots, Tables, leak_options},
+    top::{self, Key, TopView},
 };
 use crate::{
     aggregate::{summarize_live, summarize_syscalls},
@@ -61,6 +63,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
             Some(address) => Some(MetricsEndpoint::serve(address).await?),
             None => None,
         },
+        top: None,
     };
     let mut pids: Vec<u32> = match &options.target {
         TargetSpec::Pids(pids) if options.probes.follow_children => trees_of(pids),
@@ -184,6 +187,11 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         .probes
         .follow_children
         .then(|| FollowedProcesses::new(options.probes.events.alloc));
+    if options.view == View::Top {
+        let cgroup = cgroup.as_ref().map(|cgroup| cgroup.path.as_str());
+        let label = summary::targets_label(options.probes.all, cgroup, &targets);
+        live.top = Some(TopView::start(label, options.probes.frequency_hz)?);
+    }
     let stop = watch(
         &options,
         &mut signals,
@@ -198,6 +206,8 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
         },
     )
     .await;
+    // The terminal is given back before anything else is printed.
+    live.top = None;
     for failure in followed_processes
         .iter()
         .flat_map(|followed| &followed.failures)
@@ -258,7 +268,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
             ..SelfCost::default()
         },
     });
-    write_outputs(&report, outputs, stopped, options.top)?;
+    write_outputs(&report, outputs, stopped, (options.top, options.view))?;
     closing_probes.wait();
     Ok(report)
 }
@@ -364,6 +374,14 @@ fn check_options(options: &RecordOptions) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The next key typed into `profiler top`; never without its view.
+async fn next_key(keys: Option<&mut UnboundedReceiver<Key>>) -> Option<Key> {
+    match keys {
+        Some(keys) => keys.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Returns once every process `exits` watches has exited; never without a watch.
 async fn exited(exits: Option<&ExitWatch>) {
     match exits {
@@ -417,6 +435,8 @@ async fn watch(
     };
     let mut snapshot_tick = every(options.interval);
     let mut metrics_tick = every(options.metrics_addr.map(|_| METRICS_WINDOW));
+    let mut top_tick = every(live.top.as_ref().map(|_| top::REFRESH));
+    let mut keys = live.top.as_mut().and_then(TopView::take_keys);
     let mut timer_failed = false;
     let mut cgroup_failed = false;
     let deadline = sleep(options.duration.unwrap_or(Duration::MAX / 4));
@@ -446,6 +466,18 @@ async fn watch(
                     metrics.refresh(collector, options, watched.tables, stream.malformed());
                 }
                 None
+            }
+            _ = top_tick.tick(), if live.top.is_some() => {
+                stream.drain(|event| collector.add(event));
+                if let Some(top) = &mut live.top {
+                    let elapsed = watched.started.elapsed();
+                    top.refresh(collector, options, watched.tables, stream.malformed(), elapsed);
+                }
+                None
+            }
+            Some(key) = next_key(keys.as_mut()) => {
+                let quit = live.top.as_mut().is_some_and(|top| top.press(key));
+                quit.then_some(StopReason::Quit)
             }
             () = &mut deadline, if options.duration.is_some() => Some(StopReason::Duration),
             _ = signals.interrupt.recv() => Some(StopReason::Interrupted),
@@ -508,10 +540,12 @@ fn write_outputs(
     report: &Report,
     outputs: OutputFiles,
     stopped: Instant,
-    top: usize,
+    (top, view): (usize, View),
 ) -> Result<(), Failure> {
     let written = outputs.write(report, stopped)?;
-    summary::print(report, &written, top);
+    if view == View::Summary {
+        summary::print(report, &written, top);
+    }
     Ok(())
 }
 

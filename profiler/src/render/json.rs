@@ -477,6 +477,7 @@ fn stop_reason(stop: StopReason) -> Value {
         StopReason::Duration => json!("duration"),
         StopReason::Interrupted => json!("sigint"),
         StopReason::Terminated => json!("sigterm"),
+        StopReason::Quit => json!("quit"),
         StopReason::TargetsExited(_) => json!("targets_exited"),
     }
 }

@@ -13,6 +13,7 @@ pub mod prometheus;
 pub mod speedscope;
 pub mod summary;
 pub mod svg;
+pub mod top;
 
 use std::{
     fmt,

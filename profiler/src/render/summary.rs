@@ -6,7 +6,7 @@ use crate::{
     analyze::{Check, FunctionShare, RuleOutcome, is_process_root},
     python::PythonReport,
     render::svg::FlameGraphLabels,
-    report::{Report, StackQuality, StopReason},
+    report::{Report, StackQuality, StopReason, TargetProcess},
     symbolize::Frame,
 };
 
@@ -40,7 +40,7 @@ pub fn exit_reason(report: &Report) -> Option<String> {
         StopReason::TargetsExited(None) => {
             Some("the target exited before the recording's end; outputs written".to_owned())
         }
-        StopReason::TargetsExited(Some(_)) | StopReason::Duration => None,
+        StopReason::TargetsExited(Some(_)) | StopReason::Duration | StopReason::Quit => None,
     }
 }
 
@@ -640,16 +640,19 @@ pub fn leaks_flame_graph_labels(report: &Report) -> FlameGraphLabels {
 }
 
 fn target_label(report: &Report) -> String {
-    if report.probes.all {
+    targets_label(report.probes.all, report.cgroup.as_deref(), &report.targets)
+}
+
+/// What was profiled, in a few words: `model-server (pid 4242)`, `3 processes (pids
+/// ...)`, a cgroup, or the whole machine.
+pub fn targets_label(all: bool, cgroup: Option<&str>, targets: &[TargetProcess]) -> String {
+    if all {
         return "the whole machine".to_owned();
     }
-    if let Some(cgroup) = &report.cgroup {
-        return format!(
-            "cgroup {cgroup} ({} processes at the start)",
-            report.targets.len()
-        );
+    if let Some(cgroup) = cgroup {
+        return format!("cgroup {cgroup} ({} processes at the start)", targets.len());
     }
-    match report.targets.as_slice() {
+    match targets {
         [one] => match one.namespace_pid {
             Some(inner) => format!(
                 "{} (pid {}, {inner} in its pid namespace)",
@@ -677,6 +680,7 @@ fn stop_label(stop: StopReason) -> String {
         StopReason::Terminated => {
             "terminated by SIGTERM; everything gathered was written".to_owned()
         }
+        StopReason::Quit => "quit from profiler top".to_owned(),
         StopReason::TargetsExited(Some(status)) => format!("the command exited ({status})"),
         StopReason::TargetsExited(None) => {
             "the target exited before the report's end; everything gathered was written".to_owned()
