@@ -511,11 +511,7 @@ fn rules_text(report: &Report) -> String {
     }
     let mut out = "\nRules:\n".to_owned();
     for outcome in rules {
-        let verdict = match (outcome.fired, outcome.matched) {
-            (true, _) => "FIRED",
-            (false, true) => "ok",
-            (false, false) => "UNMATCHED",
-        };
+        let verdict = verdict(outcome);
         let finding = match (outcome.matched, outcome.fired) {
             (true, _) => measured(outcome),
             (false, false) => unmatched(&outcome.rule.check),
@@ -530,6 +526,16 @@ fn rules_text(report: &Report) -> String {
         out += "  A rule that matched nothing cannot fire: check its name, or make it fail the run with --strict-rules.\n";
     }
     out
+}
+
+/// A rule's state in a word: `FIRED`, `ok`, or `UNMATCHED` when its subject was not
+/// recorded (and it did not fire under `--strict-rules`).
+pub fn verdict(outcome: &RuleOutcome) -> &'static str {
+    match (outcome.fired, outcome.matched) {
+        (true, _) => "FIRED",
+        (false, true) => "ok",
+        (false, false) => "UNMATCHED",
+    }
 }
 
 /// What a matched rule measured, against its limit.

@@ -12,7 +12,7 @@ use ratatui::{
     widgets::{Cell, Paragraph, Row, Table},
 };
 
-use super::summary::observed;
+use super::summary::{observed, verdict};
 use crate::analyze::RuleOutcome;
 
 /// Which column the functions are sorted by.
@@ -142,14 +142,10 @@ pub fn draw(frame: &mut Frame<'_>, state: &TopState) {
         }),
     ];
     for outcome in &state.rules {
-        let verdict = match (outcome.fired, outcome.matched) {
-            (true, _) => "FIRED",
-            (false, true) => "ok",
-            (false, false) => "unmatched",
-        };
         header.push(Line::from(format!(
-            "Rule {}: {verdict} ({})",
+            "Rule {}: {} ({})",
             outcome.rule,
+            verdict(outcome),
             observed(outcome)
         )));
     }
