@@ -386,14 +386,16 @@ fn forked_child(parent: u32) -> u32 {
     panic!("process {parent} forked no child");
 }
 
-/// Threads of about 1 ms of CPU each, a fifth of the sampling period at 199 Hz: the
-/// samples still add up to the process's CPU time, and each phase holds its share.
+/// Threads of about 1 ms of CPU each, half the sampling period at 499 Hz (sampled that
+/// fast for the shares' bound: about 2,900 samples): the samples still add up to the
+/// process's CPU time, and each phase holds its share.
 #[test]
 fn short_lived_threads_of_a_thread_per_request_server_keep_their_frames() {
+    const FREQUENCY_HZ: u32 = 499;
     for version in VERSIONS {
-        let run = profile(version, "threads", "6", &["-F", "199"]);
+        let run = profile(version, "threads", "6", &["-F", &FREQUENCY_HZ.to_string()]);
         assert!(run.truth["threads_started"].as_u64().unwrap() >= 500);
-        let sampled_s = run.report["cpu"]["samples"].as_f64().unwrap() / 199.0;
+        let sampled_s = run.report["cpu"]["samples"].as_f64().unwrap() / f64::from(FREQUENCY_HZ);
         let process_s = run.truth["process_ns"].as_f64().unwrap() / 1e9;
         assert!(
             (sampled_s - process_s).abs() <= 0.1 * process_s,
@@ -408,7 +410,7 @@ fn short_lived_threads_of_a_thread_per_request_server_keep_their_frames() {
             &run.report,
             pid,
             used_ns,
-            199.0,
+            f64::from(FREQUENCY_HZ),
         );
         assert_request_threads_walked(&run, version);
         assert_share(&run, version, "Model.predict", "predict");

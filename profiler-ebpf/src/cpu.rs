@@ -2,8 +2,9 @@
 //!
 //! Two timers sample a target thread, each over its own part of the thread's CPU time,
 //! so that every part is sampled once at the asked rate:
-//! - a `cpu-clock` timer of the thread itself ([`sample_cpu`]), inherited by the threads
-//!   it starts, which samples the thread's own CPU time wherever it runs;
+//! - a `cpu-clock` timer of the thread itself ([`sample_cpu`]), opened by userspace for
+//!   each thread (not inherited), which samples the thread's own CPU time wherever it
+//!   runs;
 //! - a `cpu-clock` timer of each CPU ([`sample_cpu_fill`]), which covers each thread's
 //!   first [`YOUNG_THREAD_PERIODS`] periods.
 //!
