@@ -18,10 +18,11 @@ use crate::analyze::RuleOutcome;
 /// Which column the functions are sorted by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TopSort {
-    /// Own samples over the recent window.
+    /// Own samples over the recent window: where the time goes now, as `perf top` and
+    /// `py-spy top` sort by default (by total, a service's outer frames lead at 100 %).
+    #[default]
     RecentSelf,
     /// Samples with the function anywhere on the stack, over the recent window.
-    #[default]
     RecentTotal,
     /// Own samples since the start.
     AllSelf,
@@ -288,7 +289,7 @@ mod tests {
         let text = screen(&state);
         let hot = text.find("hot").unwrap();
         assert!(hot < text.find("cold").unwrap(), "{text}");
-        assert!(text.contains("%TOTAL(5s)▼"), "{text}");
+        assert!(text.contains("%SELF(5s)▼"), "{text}");
         assert!(text.contains("  70.0%"), "{text}");
 
         state.sort = TopSort::AllTotal;
