@@ -14,7 +14,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
@@ -23,9 +23,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::{
-    FRAME_POINTERS, compile_c, output, profiler_binary, require_root, root, setup::apt_install,
-};
+use crate::{FRAME_POINTERS, compile_c, profiler_binary, require_root, root};
 
 const FREQUENCIES: [u32; 2] = [99, 999];
 
@@ -62,11 +60,6 @@ pub enum Part {
 
 pub fn run(duration: u32, runs: u32, only: Option<Part>) -> anyhow::Result<()> {
     require_root("the profiler and perf attach to the kernel")?;
-    if output(Command::new("perf").arg("--version")).is_none()
-        || !Path::new("/usr/bin/time").exists()
-    {
-        apt_install(&["linux-perf", "time"])?;
-    }
     let dir = root().join("target/bench");
     fs::create_dir_all(&dir)?;
     let server = dir.join("model-server");

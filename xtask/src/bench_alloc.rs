@@ -18,10 +18,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::{
-    bench::median, bench_syscalls::run_loop, compile_workload, output, profiler_binary,
-    setup::apt_install,
-};
+use crate::{bench::median, bench_syscalls::run_loop, compile_workload, profiler_binary};
 
 /// Pairs per traced run: a few seconds under the slowest tracer here.
 const TRACED_PAIRS: u32 = 200_000;
@@ -67,14 +64,6 @@ impl Tracer {
 
 /// Runs every tracer `runs` times, interleaved, and returns the results section.
 pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
-    let missing: Vec<&str> = [("bpftrace", "bpftrace"), ("heaptrack", "heaptrack")]
-        .into_iter()
-        .filter(|(binary, _)| output(Command::new(binary).arg("--version")).is_none())
-        .map(|(_, package)| package)
-        .collect();
-    if !missing.is_empty() {
-        apt_install(&missing)?;
-    }
     let workload = compile_workload(dir, "alloc_loop")?;
     let libc = libc_path()?;
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); Tracer::ALL.len()];

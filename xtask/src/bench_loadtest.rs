@@ -29,8 +29,8 @@ use serde_json::{Value, json};
 use crate::{
     bench::{median, timed_with_rss},
     bench_python::PY_SPY_VERSION,
-    output, profiler_binary, root,
-    setup::{apt_install, python_venv},
+    profiler_binary, root,
+    setup::python_venv,
 };
 
 /// The service's Python packages, pinned so that a new machine measures the same service.
@@ -129,9 +129,6 @@ impl Measurement {
 
 /// Runs every tool `runs` times, interleaved, and returns the results section.
 pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
-    if output(Command::new("wrk").arg("--version")).is_none() {
-        apt_install(&["wrk"])?;
-    }
     let venv = install_service(dir)?;
     let mut service = Service::start(&venv, dir)?;
     let mut all: Vec<Vec<Measurement>> = vec![Vec::new(); Tool::ALL.len()];

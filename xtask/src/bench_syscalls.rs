@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::{bench::median, compile_workload, profiler_binary, setup::apt_install};
+use crate::{bench::median, compile_workload, profiler_binary};
 
 const SYSCOUNT: &str = "/usr/sbin/syscount";
 const LOOP_SECONDS: f64 = 3.0;
@@ -59,9 +59,6 @@ struct LoopRun {
 
 /// Runs every tracer `runs` times, interleaved, and returns the results section.
 pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
-    if !Path::new(SYSCOUNT).exists() {
-        apt_install(&["libbpf-tools"])?;
-    }
     let waits = compile_workload(dir, "waits")?;
     let mut results: Vec<Vec<LoopRun>> = vec![Vec::new(); Tracer::ALL.len()];
     for run in 1..=runs {

@@ -30,7 +30,6 @@ use serde_json::{Value, json};
 
 use crate::{
     NO_FRAME_POINTERS, bench::median, compile_c, compile_workload, output, profiler_binary, root,
-    setup::apt_install,
 };
 
 const REDIS_PORT: &str = "6390";
@@ -39,9 +38,6 @@ const SHARE_TOLERANCE: f64 = 0.03;
 
 /// Runs the three measurements and returns the results section.
 pub fn run(dir: &Path, server: &Path, duration: Duration, runs: u32) -> anyhow::Result<Value> {
-    if output(Command::new("redis-benchmark").arg("--version")).is_none() {
-        apt_install(&["redis-server", "redis-tools"])?;
-    }
     let server_without_frame_pointers = dir.join("model-server-no-fp");
     compile_c(
         &root().join("demo/model_server.c"),

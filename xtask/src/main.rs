@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
             runs,
             only,
         } => {
-            setup::run(Purpose::Build)?;
+            setup::run(Purpose::Bench)?;
             build()?;
             bench::run(duration, runs, only)
         }

@@ -15,13 +15,22 @@ use anyhow::Context as _;
 
 use crate::{bench_unwind::which_python, output, root, run_logged};
 
-/// What the set-up is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// What the set-up is for. Each purpose needs what [`Purpose::Build`] installs, and its
+/// own on top.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
     /// Building the profiler and running the demo.
     Build,
     /// Running the test suite, which checks the outputs with their real consumers.
     Test,
+    /// Running `cargo xtask bench`, which measures the peer tools beside the profiler.
+    Bench,
+}
+
+impl Purpose {
+    fn needs(self, installed_for: Purpose) -> bool {
+        installed_for == Purpose::Build || installed_for == self
+    }
 }
 
 /// The speedscope release whose file-format schema the tests check `--speedscope`
@@ -56,11 +65,33 @@ const PACKAGES: &[(&str, &str, Purpose)] = &[
     ("cc", "gcc", Purpose::Build),
     ("setpriv", "util-linux", Purpose::Test),
     ("go", "golang-go=2:1.19~1", Purpose::Test),
+    ("tmux", "tmux=3.3a-3", Purpose::Test),
     (
         "prometheus",
         "prometheus=2.42.0+ds-5+deb12u1",
         Purpose::Test,
     ),
+    ("perf", "linux-perf=6.1.192-3", Purpose::Bench),
+    ("/usr/bin/time", "time=1.9-0.2", Purpose::Bench),
+    ("wrk", "wrk=4.1.0-3+b2", Purpose::Bench),
+    ("tmux", "tmux=3.3a-3", Purpose::Bench),
+    (
+        "/usr/sbin/syscount",
+        "libbpf-tools=0.26.0+ds-1",
+        Purpose::Bench,
+    ),
+    (
+        "redis-server",
+        "redis-server=5:7.0.15-1~deb12u10",
+        Purpose::Bench,
+    ),
+    (
+        "redis-benchmark",
+        "redis-tools=5:7.0.15-1~deb12u10",
+        Purpose::Bench,
+    ),
+    ("bpftrace", "bpftrace=0.17.0-1", Purpose::Bench),
+    ("heaptrack", "heaptrack=1.4.0-2", Purpose::Bench),
 ];
 
 /// Kernel filesystems the probes use, with where they go.
@@ -74,7 +105,7 @@ pub fn run(purpose: Purpose) -> anyhow::Result<()> {
     ebpf_nightly()?;
     bpf_linker()?;
     packages(purpose)?;
-    if purpose >= Purpose::Test {
+    if purpose == Purpose::Test {
         speedscope_schema()?;
         python_venv(
             &test_deps().join("venv"),
@@ -141,7 +172,7 @@ fn packages(purpose: Purpose) -> anyhow::Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
         .filter(|(command, _, needed_for)| {
-            *needed_for <= purpose
+            purpose.needs(*needed_for)
                 && output(Command::new("sh").args(["-c", &format!("command -v {command}")]))
                     .is_none()
         })
@@ -154,7 +185,7 @@ fn packages(purpose: Purpose) -> anyhow::Result<()> {
 }
 
 /// Installs Debian packages; `apt-get update` first, since a fresh machine has no lists.
-pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     println!("setup: installing {}", packages.join(" "));
     run_logged(
         &setup_log(),
