@@ -44,9 +44,13 @@ fn python(version: &str) -> PathBuf {
         .filter(|binary| binary.exists())
         .collect();
     installed.sort();
-    installed
-        .pop()
-        .unwrap_or_else(|| panic!("no pyenv CPython {version}: `cargo xtask setup` installs it"))
+    installed.pop().unwrap_or_else(|| {
+        panic!(
+            "no pyenv CPython {version} under {}: the Python tests need pyenv's 3.10 to \
+                 3.13 (`pyenv install {version}`; setup cannot, python.org being out of reach)",
+            root.display()
+        )
+    })
 }
 
 /// A recording of `mode` on `version` for `seconds`, with `args`: its report, the

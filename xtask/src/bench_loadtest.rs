@@ -13,6 +13,11 @@
 //! adding their own clock reads to every traced syscall). The difference between the
 //! long and the short recording is the steady cost, without start-up and stop, which
 //! the goals are about.
+//!
+//! Last in each round, the live views: `profiler top` and `py-spy top`, each in a tmux
+//! session of its own for the long recording's time, their CPU read from /proc (ours
+//! with its BPF programs' run time, from their file descriptors) and their last screen
+//! kept in `target/bench/loadtest-*-top.txt`.
 
 use std::{
     fs,
@@ -69,16 +74,35 @@ enum Tool {
     Unprofiled,
     Profiler(Events, Duration),
     PySpy,
+    Top(Viewer),
+}
+
+/// A live full-screen view of the service.
+#[derive(Clone, Copy, PartialEq)]
+enum Viewer {
+    Profiler,
+    PySpy,
+}
+
+impl Viewer {
+    fn name(self) -> &'static str {
+        match self {
+            Viewer::Profiler => "profiler",
+            Viewer::PySpy => "py-spy",
+        }
+    }
 }
 
 impl Tool {
-    const ALL: [Tool; 6] = [
+    const ALL: [Tool; 8] = [
         Tool::Unprofiled,
         Tool::Profiler(Events::Cpu, SHORT),
         Tool::Profiler(Events::Cpu, LONG),
         Tool::Profiler(Events::CpuSyscallsOffCpu, SHORT),
         Tool::Profiler(Events::CpuSyscallsOffCpu, LONG),
         Tool::PySpy,
+        Tool::Top(Viewer::Profiler),
+        Tool::Top(Viewer::PySpy),
     ];
 
     fn label(self) -> String {
@@ -90,13 +114,17 @@ impl Tool {
                 duration.as_secs()
             ),
             Tool::PySpy => format!("py-spy {PY_SPY_VERSION} record --subprocesses --rate {RATE}"),
+            Tool::Top(Viewer::Profiler) => format!("profiler top --children -F {RATE}"),
+            Tool::Top(Viewer::PySpy) => {
+                format!("py-spy {PY_SPY_VERSION} top --subprocesses --rate {RATE}")
+            }
         }
     }
 
     fn duration(self) -> Duration {
         match self {
             Tool::Profiler(_, duration) => duration,
-            Tool::Unprofiled | Tool::PySpy => LONG,
+            Tool::Unprofiled | Tool::PySpy | Tool::Top(_) => LONG,
         }
     }
 }
@@ -140,7 +168,17 @@ pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
     }
     service.stop();
     let medians: Vec<Measurement> = all.iter().map(|runs| Measurement::median(runs)).collect();
-    let [unprofiled, short, long, short_traced, long_traced, py_spy] = medians[..] else {
+    let [
+        unprofiled,
+        short,
+        long,
+        short_traced,
+        long_traced,
+        py_spy,
+        profiler_top,
+        py_spy_top,
+    ] = medians[..]
+    else {
         bail!("one median per tool");
     };
     // Run by run, then the median: the slope of the profiler's CPU over the service's.
@@ -176,6 +214,8 @@ pub fn run(dir: &Path, runs: u32) -> anyhow::Result<Value> {
         "profiler_short": summary(short),
         "profiler_long": summary(long),
         "py_spy": summary(py_spy),
+        "profiler_top": summary(profiler_top),
+        "py_spy_top": summary(py_spy_top),
         "profiler_steady_share_of_service_cpu": steady_share,
         "profiler_steady_share_by_run": steady,
         "profiler_fixed_cpu_s": short.tool_cpu - per_second * SHORT.as_secs_f64(),
@@ -280,6 +320,27 @@ impl Service {
                     .arg(dir.join("loadtest-py-spy.txt"));
                 timed_with_rss(&py_spy, Stdio::null())?
             }
+            Tool::Top(viewer) => {
+                let command = match viewer {
+                    Viewer::Profiler => format!(
+                        "exec {} top --pid {pid} --children -F {RATE}",
+                        profiler_binary().display()
+                    ),
+                    Viewer::PySpy => format!(
+                        "exec {} top --pid {pid} --subprocesses --rate {RATE}",
+                        venv.join("bin/py-spy").display()
+                    ),
+                };
+                let view = LiveView::start(&command)?;
+                sleep(tool.duration());
+                let cost = view.cost()?;
+                fs::write(
+                    dir.join(format!("loadtest-{}-top.txt", viewer.name())),
+                    view.screen()?,
+                )?;
+                view.quit();
+                cost
+            }
         };
         let service_cpu = self.cpu_seconds() - before;
         let said = String::from_utf8_lossy(&load.wait_with_output()?.stdout).into_owned();
@@ -348,6 +409,95 @@ fn milliseconds(value: &str) -> Option<f64> {
 }
 
 /// The kernel's BPF run-time statistics, on while this lives (`kernel.bpf_stats_enabled`).
+/// A live view running in a detached tmux session of its own, quit on drop.
+struct LiveView {
+    /// The view's process: the session's shell `exec`s it.
+    pid: u32,
+}
+
+impl LiveView {
+    const SOCKET: &str = "profiler-bench";
+
+    fn start(command: &str) -> anyhow::Result<LiveView> {
+        let _ = Self::tmux(&["kill-server"]);
+        Self::tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            "160",
+            "-y",
+            "50",
+            command,
+        ])?;
+        let pid = Self::tmux(&["list-panes", "-t", "top", "-F", "#{pane_pid}"])?
+            .trim()
+            .parse()
+            .context("tmux's pane pid")?;
+        Ok(LiveView { pid })
+    }
+
+    fn tmux(args: &[&str]) -> anyhow::Result<String> {
+        let said = Command::new("tmux")
+            .args(["-L", Self::SOCKET])
+            .args(args)
+            .output()
+            .context("running tmux")?;
+        if !said.status.success() {
+            bail!("tmux {args:?}: {}", String::from_utf8_lossy(&said.stderr));
+        }
+        Ok(String::from_utf8_lossy(&said.stdout).into_owned())
+    }
+
+    /// The view's CPU since it started, its BPF programs' run time included, in seconds,
+    /// and its peak resident memory in MiB.
+    fn cost(&self) -> anyhow::Result<(f64, f64)> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .context("the live view has exited")?;
+        let fields: Vec<f64> = stat[stat.rfind(')').context("/proc stat")? + 2..]
+            .split_whitespace()
+            .map(|field| field.parse().unwrap_or(0.0))
+            .collect();
+        let ticks_per_s = 100.0;
+        let process_cpu = (fields[11] + fields[12]) / ticks_per_s;
+        // A BPF program's file descriptor reports its run time while the kernel's
+        // statistics are on, which the profiler turns on for itself in this mode.
+        let bpf_ns: f64 = fs::read_dir(format!("/proc/{}/fdinfo", self.pid))?
+            .flatten()
+            .filter_map(|entry| fs::read_to_string(entry.path()).ok())
+            .filter(|info| info.contains("prog_type:"))
+            .filter_map(|info| {
+                field_after(&info, "run_time_ns:").and_then(|value| value.parse::<f64>().ok())
+            })
+            .sum();
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let peak_kib: f64 = field_after(&status, "VmHWM:")
+            .and_then(|value| value.parse().ok())
+            .context("no VmHWM")?;
+        Ok((process_cpu + bpf_ns / 1e9, peak_kib / 1024.0))
+    }
+
+    fn screen(&self) -> anyhow::Result<String> {
+        Self::tmux(&["capture-pane", "-p", "-t", "top"])
+    }
+
+    /// Sends `q`, as a user would, and waits up to 5 s for the view to end.
+    fn quit(self) {
+        let _ = Self::tmux(&["send-keys", "-t", "top", "q"]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < deadline {
+            sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for LiveView {
+    fn drop(&mut self) {
+        let _ = Self::tmux(&["kill-server"]);
+    }
+}
+
 struct BpfStatistics;
 
 const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
