@@ -58,28 +58,38 @@ pub struct ProcessShare {
 impl Report {
     /// Each sampled process's part of the CPU samples, most samples first.
     pub fn processes(&self) -> Vec<ProcessShare> {
-        let mut processes: Vec<ProcessShare> = Vec::new();
-        for &((pid, _), samples) in &self.threads {
-            match processes.iter_mut().find(|process| process.pid == pid) {
-                Some(process) => {
-                    process.samples += samples;
-                    process.threads += 1;
-                }
-                None => processes.push(ProcessShare {
-                    pid,
-                    name: self
-                        .process_names
-                        .get(&pid)
-                        .cloned()
-                        .unwrap_or_else(|| "?".to_owned()),
-                    samples,
-                    threads: 1,
-                }),
-            }
-        }
-        processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
-        processes
+        process_shares(self.threads.iter().copied(), |pid| {
+            self.process_names
+                .get(&pid)
+                .cloned()
+                .unwrap_or_else(|| "?".to_owned())
+        })
     }
+}
+
+/// Each process's part of `threads`' CPU samples (by `(pid, tid)`), most samples first,
+/// named by `name`.
+pub fn process_shares(
+    threads: impl IntoIterator<Item = ((u32, u32), u64)>,
+    mut name: impl FnMut(u32) -> String,
+) -> Vec<ProcessShare> {
+    let mut processes: Vec<ProcessShare> = Vec::new();
+    for ((pid, _), samples) in threads {
+        match processes.iter_mut().find(|process| process.pid == pid) {
+            Some(process) => {
+                process.samples += samples;
+                process.threads += 1;
+            }
+            None => processes.push(ProcessShare {
+                pid,
+                name: name(pid),
+                samples,
+                threads: 1,
+            }),
+        }
+    }
+    processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
+    processes
 }
 
 /// Why the recording stopped.

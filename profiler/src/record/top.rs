@@ -29,9 +29,9 @@ use crate::{
     exit::Failure,
     render::{
         summary::display_name,
-        top::{TopFunction, TopProcess, TopSort, TopState, draw},
+        top::{TopFunction, TopSort, TopState, draw},
     },
-    report::Losses,
+    report::{Losses, process_shares},
     symbolize::Profile,
 };
 
@@ -221,7 +221,18 @@ impl TopView {
             })
             .collect();
         state.sort_functions();
-        state.processes = processes(&self.threads, &mut self.process_names);
+        let names = &mut self.process_names;
+        state.processes = process_shares(
+            self.threads
+                .iter()
+                .map(|(&thread, &samples)| (thread, samples)),
+            |pid| {
+                names
+                    .entry(pid)
+                    .or_insert_with(|| crate::target::process_name(pid))
+                    .clone()
+            },
+        );
         if !options.analysis.rules.is_empty() {
             let so_far = collector.cpu_so_far();
             state.rules = analyze(&so_far, &Observations::default(), &options.analysis).rules;
@@ -271,36 +282,4 @@ fn key_of(event: &Event) -> Option<Key> {
         }
         _ => None,
     }
-}
-
-/// Each process's share of `threads`' samples, largest first.
-fn processes(
-    threads: &HashMap<(u32, u32), u64>,
-    names: &mut HashMap<u32, String>,
-) -> Vec<TopProcess> {
-    let total: u64 = threads.values().sum();
-    let mut by_pid: HashMap<u32, (u64, usize)> = HashMap::new();
-    for (&(pid, _), &samples) in threads {
-        let entry = by_pid.entry(pid).or_default();
-        entry.0 += samples;
-        entry.1 += 1;
-    }
-    let mut processes: Vec<TopProcess> = by_pid
-        .into_iter()
-        .map(|(pid, (samples, threads))| TopProcess {
-            pid,
-            name: names
-                .entry(pid)
-                .or_insert_with(|| crate::target::process_name(pid))
-                .clone(),
-            share: if total == 0 {
-                0.0
-            } else {
-                samples as f64 / total as f64
-            },
-            threads,
-        })
-        .collect();
-    processes.sort_by(|a, b| b.share.total_cmp(&a.share).then(a.pid.cmp(&b.pid)));
-    processes
 }

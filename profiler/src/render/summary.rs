@@ -103,12 +103,13 @@ fn cost_text(report: &Report) -> String {
         ),
     };
     format!(
-        "{recording}, {:.2} s of it to start in {:.0} ms, {:.1} MiB of kernel memory; then {:.0} ms to name the stacks of {} processes.\n",
+        "{recording}, {:.2} s of it to start in {:.0} ms, {:.1} MiB of kernel memory; then {:.0} ms to name the stacks of {} process{}.\n",
         cost.start_cpu.as_secs_f64(),
         cost.start_wall.as_secs_f64() * 1e3,
         cost.kernel_memory_bytes as f64 / f64::from(1 << 20),
         cost.naming.as_secs_f64() * 1e3,
-        cost.named_processes
+        cost.named_processes,
+        if cost.named_processes == 1 { "" } else { "es" }
     )
 }
 

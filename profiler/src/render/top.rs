@@ -13,7 +13,7 @@ use ratatui::{
 };
 
 use super::summary::{observed, verdict};
-use crate::analyze::RuleOutcome;
+use crate::{analyze::RuleOutcome, report::ProcessShare};
 
 /// Which column the functions are sorted by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,19 +64,6 @@ pub struct TopFunction {
     pub all_total: f64,
 }
 
-/// One process's part of the samples since the start.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TopProcess {
-    /// Its pid.
-    pub pid: u32,
-    /// Its command name.
-    pub name: String,
-    /// Its share (0 to 1) of the samples.
-    pub share: f64,
-    /// Its threads sampled.
-    pub threads: usize,
-}
-
 /// Everything the screen shows.
 #[derive(Clone, Debug, Default)]
 pub struct TopState {
@@ -95,7 +82,7 @@ pub struct TopState {
     /// Functions, sorted by `sort`.
     pub functions: Vec<TopFunction>,
     /// Processes by share, when there are several.
-    pub processes: Vec<TopProcess>,
+    pub processes: Vec<ProcessShare>,
     /// The `--fail-on` rules, judged on everything so far.
     pub rules: Vec<RuleOutcome>,
     /// Records lost, by counter, where any were.
@@ -175,9 +162,13 @@ pub fn draw(frame: &mut Frame<'_>, state: &TopState) {
 }
 
 fn processes(state: &TopState) -> Table<'_> {
-    let rows = state.processes.iter().map(|process| {
+    let samples: u64 = state.processes.iter().map(|process| process.samples).sum();
+    let rows = state.processes.iter().map(move |process| {
         Row::new([
-            format!("{:>5.1}%", process.share * 100.0),
+            format!(
+                "{:>5.1}%",
+                process.samples as f64 / samples.max(1) as f64 * 100.0
+            ),
             process.pid.to_string(),
             process.threads.to_string(),
             process.name.clone(),
