@@ -24,7 +24,7 @@ impl Output for Folded {
     }
 
     fn write(&self, written: &Written<'_>, mut writer: &mut dyn Write) -> io::Result<()> {
-        write(&lines(&written.report.profile, 1), &mut writer)
+        write(written.cpu_folded(), &mut writer)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod svg;
 pub mod top;
 
 use std::{
+    cell::OnceCell,
     fmt,
     fs::File,
     io::{self, BufWriter, Write},
@@ -54,6 +55,26 @@ pub struct Written<'r> {
     pub stop_to_svg: Duration,
     /// Which interval the report covers, for `--interval` snapshots.
     pub interval: Option<Interval>,
+    /// The on-CPU profile's collapsed lines, made once for the flame graph and
+    /// `--folded`, which both need them.
+    cpu_folded: OnceCell<Vec<String>>,
+}
+
+impl<'r> Written<'r> {
+    fn new(report: &'r Report, interval: Option<Interval>) -> Written<'r> {
+        Written {
+            report,
+            stop_to_svg: Duration::ZERO,
+            interval,
+            cpu_folded: OnceCell::new(),
+        }
+    }
+
+    /// The on-CPU profile's collapsed lines ([`folded::lines`] of one sample each).
+    pub fn cpu_folded(&self) -> &[String] {
+        self.cpu_folded
+            .get_or_init(|| folded::lines(&self.report.profile, 1))
+    }
 }
 
 /// An `--interval` snapshot's place in the recording.
@@ -200,11 +221,7 @@ impl OutputFiles {
             .0
             .into_iter()
             .partition(|(output, _)| output.is_flame_graph());
-        let mut written = Written {
-            report,
-            stop_to_svg: Duration::ZERO,
-            interval: None,
-        };
+        let mut written = Written::new(report, None);
         let mut paths = Vec::new();
         for (output, file) in flame_graphs {
             paths.push(file.write_with(|writer| output.write(&written, writer))?);
@@ -221,11 +238,7 @@ impl OutputFiles {
 /// numbered file ([`numbered`]). A file that can't be written is reported and the others
 /// are still written.
 pub fn write_interval(paths: &OutputPaths, report: &Report, interval: Interval) {
-    let written = Written {
-        report,
-        stop_to_svg: Duration::ZERO,
-        interval: Some(interval),
-    };
+    let written = Written::new(report, Some(interval));
     for output in paths.applying_to(INTERVAL_EVENTS) {
         let result = OutputFile::create(&numbered(&output.path, interval.index))
             .map_err(anyhow::Error::from)

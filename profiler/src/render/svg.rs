@@ -41,8 +41,14 @@ impl Output for FlameGraph {
                 interval.end.as_secs_f64()
             );
         }
-        let lines = folded::lines(report.profile_of(self.0), unit);
-        draw(&lines, &labels, &mut writer)
+        match self.0 {
+            ProfileKind::Cpu => draw(written.cpu_folded(), &labels, &mut writer),
+            kind => draw(
+                &folded::lines(report.profile_of(kind), unit),
+                &labels,
+                &mut writer,
+            ),
+        }
     }
 }
 
