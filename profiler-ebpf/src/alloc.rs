@@ -385,8 +385,8 @@ fn capture_stack(pid_tgid: u64) -> u64 {
     }
     match ALLOC_STACKS_SEEN.insert(&id, &1, u64::from(BPF_NOEXIST)) {
         Ok(()) => stream_stack(stack, python, id, pid_tgid),
-        // Another CPU saw it first and streams it.
-        Err(errno) if errno == -17 => {}
+        // -EEXIST: another CPU saw it first and streams it.
+        Err(-17) => {}
         Err(_) => count_loss(LossCounter::AllocStackTableFull),
     }
     id
