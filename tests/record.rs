@@ -448,7 +448,7 @@ fn every_option_that_help_lists_is_in_the_reference() {
                 .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
         })
     };
-    for command in ["record", "diff"] {
+    for command in ["record", "top", "diff"] {
         let help = run(profiler().args([command, "--help"]));
         let help = String::from_utf8_lossy(&help.stdout);
         let options: Vec<&str> = help
