@@ -184,14 +184,40 @@ pub fn analyze(
     options: &AnalysisOptions,
 ) -> Analysis {
     let samples = profile.samples();
-    let share = |count: u64| {
-        if samples == 0 {
-            0.0
-        } else {
-            count as f64 / samples as f64
-        }
-    };
+    let share = |count: u64| share_of(count, samples);
 
+    let functions = function_shares(profile);
+
+    let is_hotspot = |function: &FunctionShare| {
+        samples > 0
+            && function.total_share >= options.hotspot_threshold
+            && function.frame.process.is_none()
+            && !is_process_root(&function.frame.name)
+    };
+    let hotspots: Vec<FunctionShare> = functions
+        .iter()
+        .filter(|f| is_hotspot(f))
+        .cloned()
+        .collect();
+    let hot_path = hot_path(profile, &hotspots, &share);
+
+    let rules = rules::judge(&options.rules, profile, observations, options.strict_rules);
+
+    Analysis {
+        samples,
+        hotspot_threshold: options.hotspot_threshold,
+        functions,
+        hotspots,
+        hot_path,
+        rules,
+    }
+}
+
+/// Each function's own and inclusive samples and shares, most inclusive first (then
+/// most own, then by name); a function that recurses counts once per stack.
+pub fn function_shares(profile: &Profile) -> Vec<FunctionShare> {
+    let samples = profile.samples();
+    let share = |count: u64| share_of(count, samples);
     let mut self_samples = vec![0u64; profile.frames.len()];
     let mut total_samples = vec![0u64; profile.frames.len()];
     let mut seen = vec![usize::MAX; profile.frames.len()];
@@ -225,29 +251,15 @@ pub fn analyze(
             .then(b.self_samples.cmp(&a.self_samples))
             .then_with(|| a.frame.name.cmp(&b.frame.name))
     });
+    functions
+}
 
-    let is_hotspot = |function: &FunctionShare| {
-        samples > 0
-            && function.total_share >= options.hotspot_threshold
-            && function.frame.process.is_none()
-            && !is_process_root(&function.frame.name)
-    };
-    let hotspots: Vec<FunctionShare> = functions
-        .iter()
-        .filter(|f| is_hotspot(f))
-        .cloned()
-        .collect();
-    let hot_path = hot_path(profile, &hotspots, &share);
-
-    let rules = rules::judge(&options.rules, profile, observations, options.strict_rules);
-
-    Analysis {
-        samples,
-        hotspot_threshold: options.hotspot_threshold,
-        functions,
-        hotspots,
-        hot_path,
-        rules,
+/// `count` as a share (0 to 1) of `samples`; 0 of none.
+fn share_of(count: u64, samples: u64) -> f64 {
+    if samples == 0 {
+        0.0
+    } else {
+        count as f64 / samples as f64
     }
 }
 

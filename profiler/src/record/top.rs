@@ -25,7 +25,7 @@ use super::{
     live::{METRICS_WINDOW, Tables},
 };
 use crate::{
-    analyze::{AnalysisOptions, Observations, analyze, is_process_root},
+    analyze::{Observations, analyze, function_shares, is_process_root},
     exit::Failure,
     render::{
         summary::display_name,
@@ -61,16 +61,11 @@ impl Counts {
     /// The counts of a window's profile; process roots, which every sample passes
     /// through, are left out as the hotspots leave them.
     fn of(profile: &Profile) -> Counts {
-        let analysis = analyze(
-            profile,
-            &Observations::default(),
-            &AnalysisOptions::default(),
-        );
         let mut counts = Counts {
-            samples: analysis.samples,
+            samples: profile.samples(),
             ..Counts::default()
         };
-        for function in analysis.functions.iter().filter(|function| {
+        for function in function_shares(profile).iter().filter(|function| {
             function.frame.process.is_none() && !is_process_root(&function.frame.name)
         }) {
             let entry = counts
