@@ -360,25 +360,15 @@ impl Service {
     /// The CPU time of the master and its workers, in seconds.
     fn cpu_seconds(&self) -> f64 {
         let master = self.master.id();
-        let ticks = |stat: &str| -> Option<(u32, f64)> {
-            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-            let parent = fields.get(1)?.parse().ok()?;
-            let user: f64 = fields.get(11)?.parse().ok()?;
-            let system: f64 = fields.get(12)?.parse().ok()?;
-            Some((parent, user + system))
-        };
-        let ticks_per_s = 100.0;
         fs::read_dir("/proc")
             .into_iter()
             .flatten()
             .filter_map(|entry| {
                 let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-                let (parent, ticks) =
-                    ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
-                (pid == master || parent == master).then_some(ticks)
+                let (parent, seconds) = process_cpu(pid)?;
+                (pid == master || parent == master).then_some(seconds)
             })
-            .sum::<f64>()
-            / ticks_per_s
+            .sum()
     }
 
     fn stop(&mut self) {
@@ -386,6 +376,17 @@ impl Service {
         unsafe { libc::kill(self.master.id() as i32, libc::SIGTERM) };
         let _ = self.master.wait();
     }
+}
+
+/// Process `pid`'s parent and its user and system CPU so far in seconds, from /proc.
+fn process_cpu(pid: u32) -> Option<(u32, f64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let parent = fields.get(1)?.parse().ok()?;
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    let ticks_per_s = 100.0;
+    Some((parent, (user + system) / ticks_per_s))
 }
 
 /// The first word after `label` on the line where `label` starts.
@@ -453,14 +454,7 @@ impl LiveView {
     /// The view's CPU since it started, its BPF programs' run time included, in seconds,
     /// and its peak resident memory in MiB.
     fn cost(&self) -> anyhow::Result<(f64, f64)> {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .context("the live view has exited")?;
-        let fields: Vec<f64> = stat[stat.rfind(')').context("/proc stat")? + 2..]
-            .split_whitespace()
-            .map(|field| field.parse().unwrap_or(0.0))
-            .collect();
-        let ticks_per_s = 100.0;
-        let process_cpu = (fields[11] + fields[12]) / ticks_per_s;
+        let (_, process_cpu) = process_cpu(self.pid).context("the live view has exited")?;
         // A BPF program's file descriptor reports its run time while the kernel's
         // statistics are on, which the profiler turns on for itself in this mode.
         let bpf_ns: f64 = fs::read_dir(format!("/proc/{}/fdinfo", self.pid))?

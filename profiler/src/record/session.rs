@@ -268,7 +268,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
             ..SelfCost::default()
         },
     });
-    write_outputs(&report, outputs, stopped, (options.top, options.view))?;
+    write_outputs(&report, outputs, stopped, options.top, options.view)?;
     closing_probes.wait();
     Ok(report)
 }
@@ -540,7 +540,8 @@ fn write_outputs(
     report: &Report,
     outputs: OutputFiles,
     stopped: Instant,
-    (top, view): (usize, View),
+    top: usize,
+    view: View,
 ) -> Result<(), Failure> {
     let written = outputs.write(report, stopped)?;
     if view == View::Summary {

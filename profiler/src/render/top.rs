@@ -199,15 +199,13 @@ fn functions(state: &TopState) -> Table<'_> {
         .iter()
         .position(|&sort| sort == state.sort)
         .unwrap_or(0);
-    let header = Row::new(titles.into_iter().enumerate().map(|(column, title)| {
-        let title = if column == sorted {
+    let header = bold_row(titles.into_iter().enumerate().map(|(column, title)| {
+        if column == sorted {
             format!("{title}▼")
         } else {
             title
-        };
-        Cell::from(title)
-    }))
-    .style(Style::new().add_modifier(Modifier::BOLD));
+        }
+    }));
     let rows = state.functions.iter().map(|function| {
         Row::new([
             percent(function.recent_self),
@@ -230,7 +228,7 @@ fn functions(state: &TopState) -> Table<'_> {
     .header(header)
 }
 
-fn bold_row<const N: usize>(titles: [&str; N]) -> Row<'_> {
+fn bold_row<'a, T: Into<Cell<'a>>>(titles: impl IntoIterator<Item = T>) -> Row<'a> {
     Row::new(titles).style(Style::new().add_modifier(Modifier::BOLD))
 }
 
