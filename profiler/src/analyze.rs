@@ -5,7 +5,7 @@ mod rules;
 
 pub use rules::{Check, Observations, Quantile, Rule, RuleOutcome, split_at_operator};
 
-use crate::symbolize::{Frame, Profile};
+use crate::profile::{Frame, Profile};
 
 /// Functions that every thread passes through, so they always hold (nearly) all of the
 /// time and would drown out the real hotspots.
@@ -55,10 +55,10 @@ pub fn is_process_root(name: &str) -> bool {
 /// Whether a frame's function is the one `function` names: the same name, or a path
 /// (`model::predict`, `core.model.predict`) whose last segments are that name. A Python
 /// frame also answers to its qualified name and its module path
-/// ([`crate::python::PythonFunction::is_named`]).
+/// ([`crate::profile::SourceFunction::is_named`]).
 pub fn function_matches(function: &str, frame: &Frame) -> bool {
-    if let Some(python) = &frame.python {
-        return python.is_named(function);
+    if let Some(source) = &frame.source {
+        return source.is_named(function);
     }
     // A process's root frame names a process, not a function.
     frame.process.is_none() && name_matches(function, &frame.name)
@@ -384,7 +384,7 @@ mod tests {
     use super::*;
     use crate::{
         aggregate::{Latency, SyscallSummary},
-        symbolize::ProfileBuilder,
+        profile::ProfileBuilder,
     };
 
     fn profile(stacks: &[(&str, u64)]) -> Profile {

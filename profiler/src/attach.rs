@@ -924,7 +924,7 @@ impl Probes {
     }
 
     /// Takes the table of Python processes to walk, for
-    /// [`crate::python::PythonFrames::connect`]; `None` when the kernel's type
+    /// [`crate::runtime::python::PythonFrames::connect`]; `None` when the kernel's type
     /// information does not say where threads keep their TLS base.
     pub fn take_python_processes(
         &mut self,

@@ -5,7 +5,7 @@ use std::{collections::HashMap, fmt, str::FromStr};
 
 use crate::{
     analyze::{AnalysisOptions, Observations, analyze, matching_share, split_at_operator},
-    symbolize::{Frame, Profile, ProfileBuilder},
+    profile::{Frame, Profile, ProfileBuilder},
 };
 
 /// A gate on growth, as `profiler diff --fail-on` takes it: `NAME>+Npt` fires when the

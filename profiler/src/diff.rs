@@ -6,8 +6,8 @@ use std::{fs, path::Path, path::PathBuf};
 use crate::{
     compare::{Comparison, GrowthRule, compare},
     exit::Failure,
+    profile::Profile,
     render::{OutputFile, differential, json, svg::FlameGraphLabels},
-    symbolize::Profile,
 };
 
 /// Everything `profiler diff` needs to know.

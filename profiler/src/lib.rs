@@ -11,9 +11,10 @@
 //!    kernel unwinds user stacks with, from the targets' [`memory_map`]s;
 //! 5. [`aggregate`]: weighing distinct stacks, latency distributions, syscall and IO
 //!    tables;
-//! 6. [`symbolize`]: naming frames, and syscalls and errnos ([`syscall_names`]);
-//!    [`python`] names the Python frames the kernel walked and puts them in place (it
-//!    finds each thread's state through [`kernel_btf`]);
+//! 6. [`symbolize`]: naming frames, and syscalls and errnos ([`syscall_names`]), into
+//!    the [`profile`] every later step reads; each language [`runtime`] names the
+//!    frames the kernel walked of its code and puts them in place (Python finds each
+//!    thread's state through [`kernel_btf`]);
 //! 7. [`analyze`]: shares, hotspots and `--fail-on` rules;
 //! 8. [`render`]: flame graphs, collapsed stacks, JSON report, pprof profiles, Prometheus
 //!    metrics and terminal summary, from the finished [`report`] (or, for the live views,
@@ -38,10 +39,11 @@ pub mod elf;
 pub mod exit;
 pub mod kernel_btf;
 pub mod memory_map;
-pub mod python;
+pub mod profile;
 pub mod record;
 pub mod render;
 pub mod report;
+pub mod runtime;
 pub mod steal_clock;
 pub mod stream;
 pub mod symbolize;

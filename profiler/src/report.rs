@@ -10,8 +10,8 @@ use crate::{
     analyze::{Analysis, FunctionShare},
     attach::{BpfCost, EventSet, LossCounters, ProbeSettings},
     exit::code,
-    python::PythonReport,
-    symbolize::{Frame, Profile},
+    profile::{Frame, Profile},
+    runtime::python::PythonReport,
     target::ExitStatus,
     unwind::TableStats,
 };

@@ -28,132 +28,9 @@ use crate::{
     aggregate::{StackCounts, StackKey},
     elf,
     memory_map::{FileId, Mapping, MemoryMaps, read_mappings},
-    python::{self, PythonFunction},
+    profile::{Frame, ObjectFile, Origin, Profile, ProfileBuilder, SourceFunction, Stack},
+    runtime::python,
 };
-
-/// A named frame of a symbolized stack.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Frame {
-    /// Demangled function name, or `[unknown]`.
-    pub name: String,
-    /// Whether the frame is in the kernel.
-    pub kernel: bool,
-    /// The Python function, for a Python frame.
-    pub python: Option<PythonFunction>,
-    /// The pid, for the root frame that names a process in a profile of several.
-    pub process: Option<u32>,
-    /// The file a native user frame's code was mapped from, where it was one.
-    pub object: Option<Arc<ObjectFile>>,
-}
-
-/// A file that code was mapped from.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ObjectFile {
-    /// Its path, as the process named it.
-    pub path: String,
-    /// Its GNU build id in hex, if it has one.
-    pub build_id: Option<String>,
-}
-
-impl Frame {
-    /// A native or kernel frame.
-    pub fn native(name: impl Into<String>, kernel: bool) -> Self {
-        Frame {
-            name: name.into(),
-            kernel,
-            python: None,
-            process: None,
-            object: None,
-        }
-    }
-
-    /// The root frame of process `pid` named `name`: `model-server [4242]`.
-    pub fn process(pid: u32, name: &str) -> Self {
-        Frame {
-            process: Some(pid),
-            ..Frame::native(format!("{name} [{pid}]"), false)
-        }
-    }
-}
-
-/// A symbolized stack and its weight: samples, or nanoseconds off the CPU.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Stack {
-    /// Indices into [`Profile::frames`], root first.
-    pub frames: Vec<usize>,
-    /// Weight of exactly this stack.
-    pub count: u64,
-    /// Where it was recorded.
-    pub origin: Origin,
-}
-
-/// The process and thread a stack was recorded in, where it is one thread's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Origin {
-    /// The process.
-    pub pid: Option<u32>,
-    /// The thread.
-    pub tid: Option<u32>,
-}
-
-/// Symbolized, counted stacks, with every distinct frame stored once.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Profile {
-    /// Distinct frames; stacks refer to them by index.
-    pub frames: Vec<Frame>,
-    /// Distinct stacks.
-    pub stacks: Vec<Stack>,
-}
-
-impl Profile {
-    /// Total weight over all stacks.
-    pub fn samples(&self) -> u64 {
-        self.stacks.iter().map(|stack| stack.count).sum()
-    }
-}
-
-/// Builds a [`Profile`], storing each distinct frame once.
-#[derive(Debug, Default)]
-pub struct ProfileBuilder {
-    profile: Profile,
-    frame_ids: foldhash::HashMap<Frame, usize>,
-}
-
-impl ProfileBuilder {
-    /// Adds a stack given as frames, root first, of no known origin.
-    pub fn push(&mut self, frames: impl IntoIterator<Item = Frame>, count: u64) {
-        self.push_from(Origin::default(), frames, count);
-    }
-
-    /// Adds a stack given as frames, root first, recorded in `origin`.
-    pub fn push_from(
-        &mut self,
-        origin: Origin,
-        frames: impl IntoIterator<Item = Frame>,
-        count: u64,
-    ) {
-        let frames = frames
-            .into_iter()
-            .map(|frame| {
-                let next = self.frame_ids.len();
-                *self.frame_ids.entry(frame.clone()).or_insert_with(|| {
-                    self.profile.frames.push(frame);
-                    next
-                })
-            })
-            .collect();
-        self.profile.stacks.push(Stack {
-            frames,
-            count,
-            origin,
-        });
-    }
-
-    /// The finished profile.
-    pub fn build(self) -> Profile {
-        self.profile
-    }
-}
 
 const UNKNOWN: &str = "[unknown]";
 
@@ -204,7 +81,7 @@ pub struct Names {
     user: foldhash::HashMap<(u32, u64), UserNames>,
     kernel: HashMap<u64, Vec<String>>,
     /// The Python functions stacks refer to, by [`python::PythonFrameRef::function`].
-    python: Vec<PythonFunction>,
+    python: Vec<SourceFunction>,
     /// Distinct user addresses without a name, by reason.
     pub unnamed: BTreeMap<Unnamed, u64>,
 }
@@ -226,7 +103,7 @@ impl Names {
     }
 
     /// Names the Python frames of stacks with `functions`.
-    pub fn with_python(self, functions: Vec<PythonFunction>) -> Self {
+    pub fn with_python(self, functions: Vec<SourceFunction>) -> Self {
         Names {
             python: functions,
             ..self
@@ -936,17 +813,5 @@ mod tests {
                 spelled(expected)
             );
         }
-    }
-
-    #[test]
-    fn profile_builder_stores_each_frame_once() {
-        let frame = |name: &str| Frame::native(name, false);
-        let mut builder = ProfileBuilder::default();
-        builder.push([frame("main"), frame("work")], 3);
-        builder.push([frame("main"), frame("idle")], 1);
-        let profile = builder.build();
-        assert_eq!(profile.frames.len(), 3);
-        assert_eq!(profile.stacks[1].frames, vec![0, 2]);
-        assert_eq!(profile.samples(), 4);
     }
 }

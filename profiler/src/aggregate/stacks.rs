@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, hash_map::Entry};
 
-use crate::python::PythonFrameRef;
+use crate::runtime::python::PythonFrameRef;
 
 /// A distinct raw stack: instruction pointers, innermost first, as the kernel gave them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::{fmt, str::FromStr};
 
 use crate::{
     aggregate::{IoRow, Latency, SyscallSummary},
-    symbolize::Profile,
+    profile::Profile,
 };
 
 use super::matching_share;

@@ -18,13 +18,14 @@ use crate::{
     allocators,
     analyze::{AnalysisOptions, Observations, analyze},
     memory_map::MemoryMaps,
-    python::{PythonFrames, PythonReport},
+    profile::{Frame, Origin, Profile, ProfileBuilder},
     report::{
         LeakCandidate, Leaks, Losses, NamedSlowCall, OffCpu, Report, SLOW_CALLS_KEPT, SelfCost,
         StackQuality, StopReason, TargetProcess,
     },
+    runtime::python::{PythonFrames, PythonReport},
     stream::Event,
-    symbolize::{Capture, Frame, NamedStacks, Names, Origin, Profile, ProfileBuilder, Symbolizer},
+    symbolize::{Capture, NamedStacks, Names, Symbolizer},
     syscall_names::syscall_name,
     target,
     unwind::UnwindTables,
@@ -287,7 +288,7 @@ impl Collector {
                 let function = stack
                     .iter()
                     .rev()
-                    .find(|frame| frame.python.is_some())
+                    .find(|frame| frame.source.is_some())
                     .or_else(|| {
                         stack
                             .iter()

@@ -27,12 +27,12 @@ use super::{
 use crate::{
     analyze::{Observations, analyze, function_shares, is_process_root},
     exit::Failure,
+    profile::Profile,
     render::{
         summary::display_name,
         top::{TopFunction, TopSort, TopState, draw},
     },
     report::{Losses, process_shares},
-    symbolize::Profile,
 };
 
 /// How often the screen is refreshed.

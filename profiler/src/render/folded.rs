@@ -10,7 +10,7 @@ use std::{
 use super::{Output, Written};
 use crate::{
     attach::EventSet,
-    symbolize::{Frame, Profile},
+    profile::{Frame, Profile},
 };
 
 /// The on-CPU profile's collapsed stacks (`--folded`).
@@ -74,7 +74,7 @@ pub fn frame_label(frame: &Frame) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbolize::{Origin, ProfileBuilder};
+    use crate::profile::{Origin, ProfileBuilder};
 
     #[test]
     fn stacks_collapse_root_first_with_kernel_frames_marked() {

@@ -15,10 +15,12 @@ use crate::{
     aggregate::{Completeness, Latency},
     analyze::{Check, FunctionShare, RuleOutcome},
     attach::EventSet,
-    python::{PythonFunction, PythonReport},
+    profile::{
+        Frame, Language, ObjectFile, Origin, Profile, ProfileBuilder, SourceFunction, Stack,
+    },
     render::folded::frame_label,
     report::{Report, StackQuality, StopReason},
-    symbolize::{Frame, ObjectFile, Origin, Profile, ProfileBuilder, Stack},
+    runtime::python::PythonReport,
 };
 
 /// The JSON report (`--json`).
@@ -334,7 +336,8 @@ fn frame_from_fields(fields: &Value) -> Option<Frame> {
     match fields["language"].as_str()? {
         "process" => frame.process = Some(u32::try_from(fields["pid"].as_u64()?).ok()?),
         "python" => {
-            frame.python = Some(PythonFunction {
+            frame.source = Some(SourceFunction {
+                language: Language::Python,
                 qualname: fields["function"].as_str()?.to_owned(),
                 file: fields["file"].as_str()?.to_owned(),
                 line: u32::try_from(fields["line"].as_u64()?).ok()?,
@@ -357,7 +360,7 @@ fn with(mut object: Value, extra: Value) -> Value {
 /// What names a function: its name, where it runs, and for Python functions their
 /// file, definition line and module.
 fn frame_fields(frame: &Frame) -> Value {
-    let language = match (&frame.python, frame.kernel, frame.process) {
+    let language = match (&frame.source, frame.kernel, frame.process) {
         (_, _, Some(_)) => "process",
         (Some(_), _, _) => "python",
         (None, true, _) => "kernel",
@@ -375,7 +378,7 @@ fn frame_fields(frame: &Frame) -> Value {
         fields["object"] = json!(object.path);
         fields["build_id"] = json!(object.build_id);
     }
-    if let Some(python) = &frame.python {
+    if let Some(python) = &frame.source {
         fields = with(
             fields,
             json!({

@@ -19,8 +19,8 @@ use prost::Message as _;
 use super::{Output, OutputPath, Written};
 use crate::{
     attach::EventSet,
+    profile::{Frame, ObjectFile, Origin},
     report::{ProfileKind, Report},
-    symbolize::{Frame, ObjectFile, Origin},
 };
 
 /// The gzipped pprof profile of one kind (`--pprof`).
@@ -191,7 +191,7 @@ impl Builder {
             return id;
         }
         let id = self.locations.len() as u64 + 1;
-        let (name, file, line) = match &frame.python {
+        let (name, file, line) = match &frame.source {
             Some(python) => (python.qualname.as_str(), python.file.as_str(), python.line),
             None => (frame.name.as_str(), "", 0),
         };

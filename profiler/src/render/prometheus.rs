@@ -21,7 +21,7 @@ use crate::{
         Analysis, Check, FunctionShare, Rule, RuleOutcome, function_matches, is_process_root,
         matching_share,
     },
-    symbolize::Profile,
+    profile::Profile,
 };
 
 /// Upper bounds of the syscall latency histograms' buckets, in seconds.
@@ -163,7 +163,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// The `function` label of a function: a Python function's qualified name, or the
 /// native name.
 fn function_label(function: &FunctionShare) -> &str {
-    match &function.frame.python {
+    match &function.frame.source {
         Some(python) => &python.qualname,
         None => &function.frame.name,
     }
@@ -324,7 +324,7 @@ mod tests {
     use super::*;
     use crate::{
         analyze::{AnalysisOptions, Observations, analyze},
-        symbolize::{Frame, ProfileBuilder},
+        profile::{Frame, ProfileBuilder},
     };
 
     #[test]

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::{Output, Written, summary};
 use crate::{
     attach::EventSet,
-    symbolize::{Frame, Origin, Profile},
+    profile::{Frame, Origin, Profile},
 };
 
 /// The on-CPU profile as a speedscope file.
@@ -102,7 +102,7 @@ fn document(profile: &Profile, process_names: &BTreeMap<u32, String>, title: &st
 /// A frame as speedscope shows it: a Python function by its qualified name, with its
 /// file and the line of its definition; a native one with the file it was mapped from.
 fn frame(frame: &Frame) -> Value {
-    match (&frame.python, &frame.object) {
+    match (&frame.source, &frame.object) {
         (Some(python), _) => json!({
             "name": python.qualname,
             "file": python.file,
@@ -134,7 +134,7 @@ fn thread_name(process_names: &BTreeMap<u32, String>, origin: Origin) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbolize::ProfileBuilder;
+    use crate::profile::ProfileBuilder;
 
     #[test]
     fn each_thread_is_a_profile_over_shared_frames_busiest_first() {

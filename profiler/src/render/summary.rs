@@ -4,10 +4,10 @@ use std::{io::Write as _, path::PathBuf};
 
 use crate::{
     analyze::{Check, FunctionShare, RuleOutcome, is_process_root},
-    python::PythonReport,
+    profile::Frame,
     render::svg::FlameGraphLabels,
     report::{Report, StackQuality, StopReason, TargetProcess},
-    symbolize::Frame,
+    runtime::python::PythonReport,
 };
 
 /// Prints the summary of a report to stdout.

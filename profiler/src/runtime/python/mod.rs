@@ -18,12 +18,15 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-pub use code::{PythonFunction, Unresolved, module_path};
+pub use code::{Unresolved, module_path};
 pub use interpreter::{Interpreter, Version};
 pub use merge::{NativeRole, interleave, native_role, python_frame};
 use profiler_common::{PythonEnd, PythonFrame, PythonProcess, PythonStack};
 
-use crate::memory_map::{FileId, Mapping};
+use crate::{
+    memory_map::{FileId, Mapping},
+    profile::{Language, SourceFunction},
+};
 
 /// A Python frame of an aggregated stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,8 +78,8 @@ pub struct PythonReport {
 pub struct PythonFrames {
     kernel: Option<BpfHashMap<MapData, u32, PythonProcess>>,
     processes: HashMap<u32, ProcessState>,
-    functions: Vec<PythonFunction>,
-    function_ids: HashMap<PythonFunction, u32>,
+    functions: Vec<SourceFunction>,
+    function_ids: HashMap<SourceFunction, u32>,
     /// Named code objects by process and what the kernel read of them: looked up for
     /// every Python frame of every sample, so with a fast hash.
     code_objects: foldhash::HashMap<(u32, PythonFrame), u32>,
@@ -213,7 +216,8 @@ impl PythonFrames {
             }
             Err(reason) => {
                 *self.report.unresolved.entry(reason.name()).or_default() += 1;
-                PythonFunction {
+                SourceFunction {
+                    language: Language::Python,
                     qualname: UNKNOWN_FUNCTION.to_owned(),
                     file: String::new(),
                     line: 0,
@@ -234,7 +238,7 @@ impl PythonFrames {
     }
 
     /// Every function named so far; [`PythonFrameRef::function`] indexes it.
-    pub fn functions(&self) -> &[PythonFunction] {
+    pub fn functions(&self) -> &[SourceFunction] {
         &self.functions
     }
 

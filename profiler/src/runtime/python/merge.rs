@@ -2,8 +2,8 @@
 //! gives way to the Python frames it was running, and the interpreter's call plumbing
 //! between them is left out.
 
-use super::{PythonFrameRef, PythonFunction};
-use crate::symbolize::Frame;
+use super::PythonFrameRef;
+use crate::profile::{Frame, SourceFunction};
 
 /// The interpreter's C function that runs Python frames.
 const EVAL_FUNCTION: &str = "_PyEval_EvalFrameDefault";
@@ -51,9 +51,9 @@ pub fn native_role(name: &str) -> NativeRole {
 }
 
 /// The frame of a Python function.
-pub fn python_frame(function: &PythonFunction) -> Frame {
+pub fn python_frame(function: &SourceFunction) -> Frame {
     Frame {
-        python: Some(function.clone()),
+        source: Some(function.clone()),
         ..Frame::native(function.label(), false)
     }
 }
@@ -147,6 +147,7 @@ fn root_first_groups(python: &[PythonFrameRef]) -> Vec<&[PythonFrameRef]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::Language;
 
     fn native(names: &[&str]) -> Vec<Vec<Frame>> {
         names
@@ -155,10 +156,11 @@ mod tests {
             .collect()
     }
 
-    fn functions(names: &[&str]) -> Vec<PythonFunction> {
+    fn functions(names: &[&str]) -> Vec<SourceFunction> {
         names
             .iter()
-            .map(|name| PythonFunction {
+            .map(|name| SourceFunction {
+                language: Language::Python,
                 qualname: (*name).to_owned(),
                 file: "/app/main.py".to_owned(),
                 line: 1,
@@ -185,7 +187,7 @@ mod tests {
     fn merge(
         native: Vec<Vec<Frame>>,
         python: &[PythonFrameRef],
-        functions: &[PythonFunction],
+        functions: &[SourceFunction],
         native_complete: bool,
     ) -> Vec<String> {
         let python_frame =

@@ -11,47 +11,7 @@ use std::{
 use profiler_common::PythonFrame;
 
 use super::interpreter::{Interpreter, ObjectLayout};
-
-/// A Python function, as its code object names it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PythonFunction {
-    /// `co_qualname`: `Model.predict`, `main.<locals>.work`.
-    pub qualname: String,
-    /// `co_filename`, as the interpreter spells it.
-    pub file: String,
-    /// `co_firstlineno`: the line of the definition.
-    pub line: u32,
-    /// The module the file is, `deepseek.core.model`, when its place can be told.
-    pub module: Option<String>,
-}
-
-impl PythonFunction {
-    /// The frame's label: `Model.predict (model.py:42)`.
-    pub fn label(&self) -> String {
-        if self.file.is_empty() {
-            return self.qualname.clone();
-        }
-        let file = Path::new(&self.file).file_name().map_or_else(
-            || self.file.clone(),
-            |name| name.to_string_lossy().into_owned(),
-        );
-        format!("{} ({file}:{})", self.qualname, self.line)
-    }
-
-    /// Whether `name` names this function: its qualified name, its last part, or the
-    /// module path followed by either.
-    pub fn is_named(&self, name: &str) -> bool {
-        let short = self.qualname.rsplit('.').next().unwrap_or(&self.qualname);
-        if name == self.qualname || name == short {
-            return true;
-        }
-        self.module.as_deref().is_some_and(|module| {
-            name.strip_prefix(module)
-                .and_then(|rest| rest.strip_prefix('.'))
-                .is_some_and(|rest| rest == self.qualname || rest == short)
-        })
-    }
-}
+use crate::profile::{Language, SourceFunction};
 
 /// Why a reported code object got no name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,7 +41,7 @@ pub fn read_function(
     memory: &fs::File,
     interpreter: &Interpreter,
     frame: &PythonFrame,
-) -> Result<PythonFunction, Unresolved> {
+) -> Result<SourceFunction, Unresolved> {
     let layout = &interpreter.objects;
     let read_u64 = |address: u64| -> Result<u64, Unresolved> {
         let mut bytes = [0; 8];
@@ -101,7 +61,8 @@ pub fn read_function(
         return Err(Unresolved::Replaced);
     }
     let filename = read_u64(frame.code + layout.code_filename)?;
-    Ok(PythonFunction {
+    Ok(SourceFunction {
+        language: Language::Python,
         qualname: read_string(memory, layout, qualname)?,
         file: read_string(memory, layout, filename)?,
         line: first_line,
@@ -213,8 +174,9 @@ pub fn module_path(file: &Path, root: &Path) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn function(qualname: &str, module: Option<&str>) -> PythonFunction {
-        PythonFunction {
+    fn function(qualname: &str, module: Option<&str>) -> SourceFunction {
+        SourceFunction {
+            language: Language::Python,
             qualname: qualname.to_owned(),
             file: "/srv/deepseek/core/model.py".to_owned(),
             line: 42,

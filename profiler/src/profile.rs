@@ -1,0 +1,207 @@
+//! The profile's data model: named frames, weighted stacks and where they were
+//! recorded. Everything that reads a profile (the analysis, every output format) reads
+//! these types, whatever runtime the frames came from.
+
+use std::{path::Path, sync::Arc};
+
+/// The language of a [`SourceFunction`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Language {
+    /// CPython's code objects.
+    Python,
+}
+
+impl Language {
+    /// The name the JSON report and the metrics give the language.
+    pub fn name(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+        }
+    }
+}
+
+/// A function of the program's own source, as its runtime names it: a Python function
+/// rather than the interpreter's C frame that ran it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SourceFunction {
+    /// Its language.
+    pub language: Language,
+    /// The qualified name: `Model.predict`, `main.<locals>.work`.
+    pub qualname: String,
+    /// The source file, as the runtime spells it.
+    pub file: String,
+    /// The line of the definition.
+    pub line: u32,
+    /// The module the file is, `deepseek.core.model`, when its place can be told.
+    pub module: Option<String>,
+}
+
+impl SourceFunction {
+    /// The frame's label: `Model.predict (model.py:42)`.
+    pub fn label(&self) -> String {
+        if self.file.is_empty() {
+            return self.qualname.clone();
+        }
+        let file = Path::new(&self.file).file_name().map_or_else(
+            || self.file.clone(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        format!("{} ({file}:{})", self.qualname, self.line)
+    }
+
+    /// Whether `name` names this function: its qualified name, its last part, or the
+    /// module path followed by either.
+    pub fn is_named(&self, name: &str) -> bool {
+        let short = self.qualname.rsplit('.').next().unwrap_or(&self.qualname);
+        if name == self.qualname || name == short {
+            return true;
+        }
+        self.module.as_deref().is_some_and(|module| {
+            name.strip_prefix(module)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .is_some_and(|rest| rest == self.qualname || rest == short)
+        })
+    }
+}
+
+/// A named frame of a symbolized stack.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Frame {
+    /// Demangled function name, or `[unknown]`.
+    pub name: String,
+    /// Whether the frame is in the kernel.
+    pub kernel: bool,
+    /// The source function, for a frame of an interpreted or compiled-at-run-time
+    /// language's code (a Python function).
+    pub source: Option<SourceFunction>,
+    /// The pid, for the root frame that names a process in a profile of several.
+    pub process: Option<u32>,
+    /// The file a native user frame's code was mapped from, where it was one.
+    pub object: Option<Arc<ObjectFile>>,
+}
+
+/// A file that code was mapped from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectFile {
+    /// Its path, as the process named it.
+    pub path: String,
+    /// Its GNU build id in hex, if it has one.
+    pub build_id: Option<String>,
+}
+
+impl Frame {
+    /// A native or kernel frame.
+    pub fn native(name: impl Into<String>, kernel: bool) -> Self {
+        Frame {
+            name: name.into(),
+            kernel,
+            source: None,
+            process: None,
+            object: None,
+        }
+    }
+
+    /// The root frame of process `pid` named `name`: `model-server [4242]`.
+    pub fn process(pid: u32, name: &str) -> Self {
+        Frame {
+            process: Some(pid),
+            ..Frame::native(format!("{name} [{pid}]"), false)
+        }
+    }
+}
+
+/// A symbolized stack and its weight: samples, or nanoseconds off the CPU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stack {
+    /// Indices into [`Profile::frames`], root first.
+    pub frames: Vec<usize>,
+    /// Weight of exactly this stack.
+    pub count: u64,
+    /// Where it was recorded.
+    pub origin: Origin,
+}
+
+/// The process and thread a stack was recorded in, where it is one thread's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Origin {
+    /// The process.
+    pub pid: Option<u32>,
+    /// The thread.
+    pub tid: Option<u32>,
+}
+
+/// Symbolized, counted stacks, with every distinct frame stored once.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Profile {
+    /// Distinct frames; stacks refer to them by index.
+    pub frames: Vec<Frame>,
+    /// Distinct stacks.
+    pub stacks: Vec<Stack>,
+}
+
+impl Profile {
+    /// Total weight over all stacks.
+    pub fn samples(&self) -> u64 {
+        self.stacks.iter().map(|stack| stack.count).sum()
+    }
+}
+
+/// Builds a [`Profile`], storing each distinct frame once.
+#[derive(Debug, Default)]
+pub struct ProfileBuilder {
+    profile: Profile,
+    frame_ids: foldhash::HashMap<Frame, usize>,
+}
+
+impl ProfileBuilder {
+    /// Adds a stack given as frames, root first, of no known origin.
+    pub fn push(&mut self, frames: impl IntoIterator<Item = Frame>, count: u64) {
+        self.push_from(Origin::default(), frames, count);
+    }
+
+    /// Adds a stack given as frames, root first, recorded in `origin`.
+    pub fn push_from(
+        &mut self,
+        origin: Origin,
+        frames: impl IntoIterator<Item = Frame>,
+        count: u64,
+    ) {
+        let frames = frames
+            .into_iter()
+            .map(|frame| {
+                let next = self.frame_ids.len();
+                *self.frame_ids.entry(frame.clone()).or_insert_with(|| {
+                    self.profile.frames.push(frame);
+                    next
+                })
+            })
+            .collect();
+        self.profile.stacks.push(Stack {
+            frames,
+            count,
+            origin,
+        });
+    }
+
+    /// The finished profile.
+    pub fn build(self) -> Profile {
+        self.profile
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_builder_stores_each_frame_once() {
+        let frame = |name: &str| Frame::native(name, false);
+        let mut builder = ProfileBuilder::default();
+        builder.push([frame("main"), frame("work")], 3);
+        builder.push([frame("main"), frame("idle")], 1);
+        let profile = builder.build();
+        assert_eq!(profile.frames.len(), 3);
+        assert_eq!(profile.stacks[1].frames, vec![0, 2]);
+        assert_eq!(profile.samples(), 4);
+    }
+}

@@ -1,0 +1,11 @@
+//! Language runtimes: finding them in the targets, walking and naming the frames of
+//! the program's own code, and the view that shows those frames in place of the
+//! runtime's native internals.
+//!
+//! A runtime is a module here. It finds its interpreter in a process's mappings, tells
+//! the kernel how to walk its frames, names what the kernel walked as
+//! [`crate::profile::SourceFunction`]s, and says what each native frame of a stack with
+//! its frames becomes: kept, replaced by source frames, or folded into the source frame
+//! that ran it.
+
+pub mod python;
