@@ -3,6 +3,7 @@
 //! `tests/workloads/python_phases.py`, which measures its own phases.
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -75,11 +76,16 @@ impl Run {
 }
 
 fn profile(version: &str, mode: &str, seconds: &str, args: &[&str]) -> Run {
-    let dir = scratch(&format!("python-{mode}-{version}"));
+    profile_on(&python(version), version, mode, seconds, args)
+}
+
+/// [`profile`] on the interpreter `python`, its scratch directory told apart by `label`.
+fn profile_on(python: &Path, label: &str, mode: &str, seconds: &str, args: &[&str]) -> Run {
+    let dir = scratch(&format!("python-{mode}-{label}"));
     let truth_path = dir.join("truth.json");
     let output = run(record(&dir, args)
         .arg("--")
-        .arg(python(version))
+        .arg(python)
         .arg(workload_source("python_phases.py"))
         .args([mode, seconds])
         .arg(&truth_path));
@@ -509,7 +515,13 @@ fn the_python_function_that_keeps_allocating_is_the_leak_candidate() {
 #[test]
 fn a_builtin_calling_back_into_python_keeps_the_order_of_its_frames() {
     for version in VERSIONS {
-        let run = profile(version, "callback", "2", &["-F", "499"]);
+        // With the interpreter's frames, sorted sits between rank and its key.
+        let run = profile(
+            version,
+            "callback",
+            "2",
+            &["-F", "499", "--python-internals"],
+        );
         assert_walked(&run, version, 0.98);
         assert_share(&run, version, "rank", "rank");
         let mixed = run.weight(|stack| {
@@ -522,6 +534,102 @@ fn a_builtin_calling_back_into_python_keeps_the_order_of_its_frames() {
         assert!(
             in_key > 100 && mixed as f64 >= 0.95 * in_key as f64,
             "{version}: {mixed} of {in_key} key_score samples under rank;builtin_sorted"
+        );
+        // In the Python view, the key function is called from rank.
+        let run = profile(version, "callback", "2", &["-F", "499"]);
+        assert_share(&run, version, "rank", "rank");
+        let called =
+            run.weight(|stack| stack.contains(";rank (") && stack.contains(";key_score ("));
+        let direct = run.weight(|stack| {
+            stack.split_once(";rank (").is_some_and(|(_, below)| {
+                below
+                    .split(';')
+                    .nth(1)
+                    .is_some_and(|callee| callee.starts_with("key_score ("))
+            })
+        });
+        assert!(
+            called > 100 && direct as f64 >= 0.95 * called as f64,
+            "{version}: {direct} of {called} key_score samples right under rank"
+        );
+        // A sample whose Python stack was not found keeps its native frames.
+        let internals =
+            run.weight(|stack| stack.contains(".py:") && stack.contains("builtin_sorted"));
+        assert_eq!(internals, 0, "{version}: sorted shows in the Python view");
+    }
+}
+
+/// A run's collapsed stacks with their user frames only (the kernel's differ from run
+/// to run), and the share of the samples each holds.
+fn user_stacks(run: &Run) -> BTreeMap<String, f64> {
+    let mut user: BTreeMap<String, f64> = BTreeMap::new();
+    for (stack, count) in &run.folded {
+        let frames: Vec<&str> = stack
+            .split(';')
+            .filter(|frame| !frame.ends_with("_[k]"))
+            .collect();
+        *user.entry(frames.join(";")).or_default() += *count as f64;
+    }
+    let total: f64 = user.values().sum();
+    user.values_mut().for_each(|share| *share /= total);
+    user
+}
+
+#[test]
+fn a_static_interpreter_and_a_shared_one_give_the_same_python_view_stacks() {
+    // Debian's python3.11 has the interpreter linked in and stripped; pyenv's 3.12
+    // loads it from libpython3.12.so.
+    let statically = profile_on(
+        Path::new("/usr/bin/python3.11"),
+        "debian-3.11",
+        "plain",
+        "3",
+        &["-F", "499"],
+    );
+    let shared = profile("3.12", "plain", "3", &["-F", "499"]);
+    let (statically, shared) = (user_stacks(&statically), user_stacks(&shared));
+    assert!(
+        statically.keys().any(|stack| stack.contains(";tally (")),
+        "{statically:#?}"
+    );
+    // Every stack that holds 3 % of one run is one of the other's.
+    for (one, other) in [(&statically, &shared), (&shared, &statically)] {
+        for (stack, share) in one.iter().filter(|(_, share)| **share >= 0.03) {
+            assert!(
+                other.contains_key(stack),
+                "{stack} holds {:.1}% of one run and is not in the other: {other:#?}",
+                share * 100.0
+            );
+        }
+    }
+}
+
+#[test]
+fn the_collectors_work_is_one_gc_frame_that_holds_its_measured_share() {
+    for version in VERSIONS {
+        let run = profile(version, "gc", "3", &["-F", "499"]);
+        let measured =
+            run.truth["gc"].as_f64().unwrap() / run.truth["process_ns"].as_f64().unwrap();
+        let functions = run.report["cpu"]["functions"].as_array().unwrap();
+        let collector = functions
+            .iter()
+            .find(|function| function["name"] == "[gc]")
+            .unwrap_or_else(|| panic!("{version}: no [gc] frame"));
+        let profiled = collector["total"].as_f64().unwrap();
+        assert!(
+            (profiled - measured).abs() <= TOLERANCE,
+            "{version}: [gc] holds {:.1}% in the profile, the workload measured {:.1}%",
+            profiled * 100.0,
+            measured * 100.0
+        );
+        // At exit, with no Python frame left, the interpreter's frames are all there is.
+        let internals = run.weight(|stack| {
+            stack.contains(".py:")
+                && (stack.contains("gc_collect_main") || stack.contains("visit_decref"))
+        });
+        assert_eq!(
+            internals, 0,
+            "{version}: the collector's own functions show"
         );
     }
 }

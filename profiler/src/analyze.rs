@@ -7,51 +7,6 @@ pub use rules::{Check, Observations, Quantile, Rule, RuleOutcome, split_at_opera
 
 use crate::profile::{Frame, Profile};
 
-/// Functions that every thread passes through, so they always hold (nearly) all of the
-/// time and would drown out the real hotspots.
-const PROCESS_ROOTS: &[&str] = &[
-    "_start",
-    "__libc_start_main",
-    "__libc_start_main_impl",
-    "__libc_start_call_main",
-    "main",
-    "start_thread",
-    "clone",
-    "clone3",
-    "__clone",
-    "__clone3",
-    "thread_start",
-    "std::rt::lang_start",
-    "std::rt::lang_start_internal",
-    // CPython's way from `main` to the script's first frame.
-    "Py_BytesMain",
-    "Py_Main",
-    "Py_RunMain",
-    "pymain_main",
-    "pymain_run_python",
-    "pymain_run_file",
-    "pymain_run_file_obj",
-    "pymain_run_module",
-    "pymain_run_command",
-    "_PyRun_AnyFileObject",
-    "_PyRun_SimpleFileObject",
-    "PyRun_AnyFileExFlags",
-    "PyRun_SimpleFileExFlags",
-    "pyrun_file",
-    "run_mod",
-    "run_eval_code_obj",
-    "PyEval_EvalCode",
-    "thread_run",
-    "pythread_wrapper",
-];
-
-/// Whether `name` is a process or thread entry point rather than real work.
-pub fn is_process_root(name: &str) -> bool {
-    PROCESS_ROOTS.contains(&name)
-        || name.starts_with("std::rt::lang_start::")
-        || name.starts_with("std::sys::pal::unix::thread::Thread::new::thread_start")
-}
-
 /// Whether a frame's function is the one `function` names: the same name, or a path
 /// (`model::predict`, `core.model.predict`) whose last segments are that name. A Python
 /// frame also answers to its qualified name and its module path
@@ -192,7 +147,7 @@ pub fn analyze(
         samples > 0
             && function.total_share >= options.hotspot_threshold
             && function.frame.process.is_none()
-            && !is_process_root(&function.frame.name)
+            && !function.frame.is_entry_point()
     };
     let hotspots: Vec<FunctionShare> = functions
         .iter()

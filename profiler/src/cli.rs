@@ -116,6 +116,9 @@ struct RecordArgs {
     sampling: SamplingArgs,
 
     #[command(flatten)]
+    view: ViewArgs,
+
+    #[command(flatten)]
     gates: GateArgs,
 
     /// What to record, a comma list: cpu (on-CPU samples), syscalls (counts, errors,
@@ -215,12 +218,15 @@ struct TopArgs {
     sampling: SamplingArgs,
 
     #[command(flatten)]
+    view: ViewArgs,
+
+    #[command(flatten)]
     gates: GateArgs,
 }
 
 impl TopArgs {
     fn into_options(self) -> RecordOptions {
-        let mut options = base_options(self.targets, self.sampling, self.gates);
+        let mut options = base_options(self.targets, self.sampling, self.view, self.gates);
         options.view = View::Top;
         options.outputs = OutputPaths(Vec::new());
         options
@@ -289,6 +295,18 @@ struct SamplingArgs {
     unwind: UnwindMethod,
 }
 
+/// How stacks are shown: `record` and `top` take the same.
+#[derive(Debug, Args)]
+struct ViewArgs {
+    /// Show every native frame of Python stacks, the interpreter's own included
+    /// (`_PyEval_EvalFrameDefault`'s callees, iterators, reference counting, pymalloc).
+    /// By default that work folds into the Python frame that ran it, the collector's
+    /// into a `[gc]` frame, and extension modules and other libraries (numpy, libc)
+    /// stay.
+    #[arg(long)]
+    python_internals: bool,
+}
+
 /// The load-test gates.
 #[derive(Debug, Args)]
 struct GateArgs {
@@ -335,7 +353,7 @@ impl RecordArgs {
 
     fn into_options(self) -> RecordOptions {
         let outputs = self.outputs();
-        let mut options = base_options(self.targets, self.sampling, self.gates);
+        let mut options = base_options(self.targets, self.sampling, self.view, self.gates);
         let probes = &mut options.probes;
         probes.events = self.events;
         probes.slow_syscall = Duration::from_secs_f64(self.slow_ms / 1e3);
@@ -354,7 +372,12 @@ impl RecordArgs {
 
 /// What `record` and `top` share: the targets, the sampling, the gates; every other
 /// option at its default.
-fn base_options(targets: TargetArgs, sampling: SamplingArgs, gates: GateArgs) -> RecordOptions {
+fn base_options(
+    targets: TargetArgs,
+    sampling: SamplingArgs,
+    view: ViewArgs,
+    gates: GateArgs,
+) -> RecordOptions {
     let (children, duration) = (targets.children, targets.duration);
     let mut options = RecordOptions::new(targets.target());
     let target = &options.target;
@@ -364,6 +387,7 @@ fn base_options(targets: TargetArgs, sampling: SamplingArgs, gates: GateArgs) ->
     options.probes.frequency_hz = sampling.frequency;
     options.probes.unwind = sampling.unwind;
     options.duration = duration;
+    options.python_internals = view.python_internals;
     options.analysis.rules = gates.fail_on;
     options.analysis.strict_rules = gates.strict_rules;
     options

@@ -34,6 +34,9 @@ pub struct SourceFunction {
     pub line: u32,
     /// The module the file is, `deepseek.core.model`, when its place can be told.
     pub module: Option<String>,
+    /// Whether it is a thread's or a server's entry point (`Thread.run`, a serve loop)
+    /// rather than the program's work, as its runtime knows them.
+    pub entry: bool,
 }
 
 impl SourceFunction {
@@ -64,6 +67,51 @@ impl SourceFunction {
     }
 }
 
+/// Functions that every thread passes through, so they always hold (nearly) all of the
+/// time and would drown out the real hotspots.
+const PROCESS_ROOTS: &[&str] = &[
+    "_start",
+    "__libc_start_main",
+    "__libc_start_main_impl",
+    "__libc_start_call_main",
+    "main",
+    "start_thread",
+    "clone",
+    "clone3",
+    "__clone",
+    "__clone3",
+    "thread_start",
+    "std::rt::lang_start",
+    "std::rt::lang_start_internal",
+    // CPython's way from `main` to the script's first frame.
+    "Py_BytesMain",
+    "Py_Main",
+    "Py_RunMain",
+    "pymain_main",
+    "pymain_run_python",
+    "pymain_run_file",
+    "pymain_run_file_obj",
+    "pymain_run_module",
+    "pymain_run_command",
+    "_PyRun_AnyFileObject",
+    "_PyRun_SimpleFileObject",
+    "PyRun_AnyFileExFlags",
+    "PyRun_SimpleFileExFlags",
+    "pyrun_file",
+    "run_mod",
+    "run_eval_code_obj",
+    "PyEval_EvalCode",
+    "thread_run",
+    "pythread_wrapper",
+];
+
+/// Whether `name` is a native process or thread entry point rather than real work.
+pub fn is_native_entry_point(name: &str) -> bool {
+    PROCESS_ROOTS.contains(&name)
+        || name.starts_with("std::rt::lang_start::")
+        || name.starts_with("std::sys::pal::unix::thread::Thread::new::thread_start")
+}
+
 /// A named frame of a symbolized stack.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Frame {
@@ -90,6 +138,16 @@ pub struct ObjectFile {
 }
 
 impl Frame {
+    /// Whether the frame is a process's, thread's or server's entry point rather than
+    /// real work: every thread passes through one, so it holds (nearly) all of the time
+    /// and would drown out the real hotspots.
+    pub fn is_entry_point(&self) -> bool {
+        match &self.source {
+            Some(source) => source.entry,
+            None => self.process.is_none() && !self.kernel && is_native_entry_point(&self.name),
+        }
+    }
+
     /// A native or kernel frame.
     pub fn native(name: impl Into<String>, kernel: bool) -> Self {
         Frame {

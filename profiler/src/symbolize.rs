@@ -82,6 +82,8 @@ pub struct Names {
     kernel: HashMap<u64, Vec<String>>,
     /// The Python functions stacks refer to, by [`python::PythonFrameRef::function`].
     python: Vec<SourceFunction>,
+    /// What the interpreter's native frames become in stacks with Python frames.
+    python_view: python::PythonView,
     /// Distinct user addresses without a name, by reason.
     pub unnamed: BTreeMap<Unnamed, u64>,
 }
@@ -97,15 +99,17 @@ impl Names {
         self.user.extend(other.user);
         self.kernel.extend(other.kernel);
         self.python = other.python;
+        self.python_view = other.python_view;
         for (reason, count) in other.unnamed {
             *self.unnamed.entry(reason).or_default() += count;
         }
     }
 
-    /// Names the Python frames of stacks with `functions`.
-    pub fn with_python(self, functions: Vec<SourceFunction>) -> Self {
+    /// Names the Python frames of stacks with `functions`, and shows them in `view`.
+    pub fn with_python(self, functions: Vec<SourceFunction>, view: python::PythonView) -> Self {
         Names {
             python: functions,
+            python_view: view,
             ..self
         }
     }
@@ -122,7 +126,8 @@ impl Names {
             native,
             &key.python,
             |frame| python::python_frame(&self.python[frame.function as usize]),
-            |frame| python::native_role(&frame.name),
+            |frame| self.python_view.role(frame),
+            Frame::native(python::COLLECTOR_FRAME, false),
             key.native_complete,
         );
         frames.extend(
@@ -228,6 +233,8 @@ pub struct NamedStacks {
     frames: Vec<Frame>,
     /// What the Python merge makes of each of `frames`.
     roles: Vec<python::NativeRole>,
+    /// The interpreters [`NamedStacks::roles`] were found with.
+    roles_interpreters: usize,
     frame_ids: foldhash::HashMap<Frame, usize>,
     user_frames: foldhash::HashMap<(u32, u64), FrameIds>,
     kernel_frames: foldhash::HashMap<u64, FrameIds>,
@@ -255,6 +262,14 @@ impl NamedStacks {
     /// of their addresses that [`NamedStacks::names`] did not.
     pub fn add(&mut self, names: Names, keys: Vec<StackKey>) {
         self.names.merge(names);
+        // A frame seen before its process's interpreter was found is the interpreter's
+        // all the same.
+        if self.names.python_view.interpreters() != self.roles_interpreters {
+            self.roles_interpreters = self.names.python_view.interpreters();
+            let view = &self.names.python_view;
+            self.roles = self.frames.iter().map(|frame| view.role(frame)).collect();
+        }
+        let collector = self.intern(Frame::native(python::COLLECTOR_FRAME, false));
         for key in keys {
             let native: Vec<FrameIds> = lookup_addresses(&key.user)
                 .rev()
@@ -268,6 +283,7 @@ impl NamedStacks {
                 &key.python,
                 |frame| self.python_frames[&frame.function],
                 |&id| self.roles[id],
+                collector,
                 key.native_complete,
             );
             for address in lookup_addresses(&key.kernel).rev() {
@@ -282,7 +298,7 @@ impl NamedStacks {
             return id;
         }
         let id = self.frames.len();
-        self.roles.push(python::native_role(&frame.name));
+        self.roles.push(self.names.python_view.role(&frame));
         self.frame_ids.insert(frame.clone(), id);
         self.frames.push(frame);
         id
@@ -746,6 +762,7 @@ mod tests {
         let names = Names {
             unnamed: BTreeMap::new(),
             python: Vec::new(),
+            python_view: python::PythonView::default(),
             user: [((1, 10), UserNames::unfiled(vec!["main".to_owned()]))]
                 .into_iter()
                 .collect(),
@@ -771,6 +788,7 @@ mod tests {
         let names = || Names {
             unnamed: BTreeMap::new(),
             python: Vec::new(),
+            python_view: python::PythonView::default(),
             user: [
                 ((1, 10), UserNames::unfiled(vec!["main".to_owned()])),
                 ((1, 20), UserNames::unfiled(vec!["work".to_owned()])),

@@ -9,6 +9,7 @@ process's CPU time, and what the mode adds (blocked time, leaked bytes, depth).
 Standard library only.
 """
 
+import gc
 import hashlib
 import json
 import os
@@ -205,6 +206,47 @@ def deep(deadline):
     recurse(depth, deadline)
 
 
+def tally(count):
+    total = 0
+    for i in range(count):
+        total += i % 7
+    return total
+
+
+def weigh(count):
+    total = 0.0
+    for i in range(count):
+        total += (i * 0.5) ** 2
+    return total
+
+
+def plain(deadline):
+    """Plain loops and calls, no comprehension: 3.12 inlines comprehensions into the
+    function that holds them, 3.11 does not, and this mode's stacks are meant to be the
+    same on both."""
+    while time.monotonic() < deadline:
+        timed("tally", tally, 20000)
+        timed("weigh", weigh, 10000)
+
+
+def churn(count):
+    """Makes reference cycles, which only the collector frees."""
+    for _ in range(count):
+        node = []
+        node.append(node)
+
+
+def collecting(deadline):
+    """Spends a measured share of its time in gc.collect() (automatic collection
+    off), which walks a heap of live containers each time."""
+    gc.disable()
+    live = [[i] for i in range(300_000)]
+    while time.monotonic() < deadline:
+        timed("churn", churn, 20000)
+        timed("gc", gc.collect)
+    TRUTH["live_containers"] = len(live)
+
+
 def forked(deadline):
     """A worker process forked from this one, as multiprocessing and gunicorn make
     them: the child runs the request loop and writes the measurements."""
@@ -225,6 +267,8 @@ MODES = {
     "leak": leak,
     "callback": callback,
     "deep": deep,
+    "plain": plain,
+    "gc": collecting,
 }
 
 

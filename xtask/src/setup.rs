@@ -65,6 +65,12 @@ const PACKAGES: &[(&str, &str, Purpose)] = &[
     ("cc", "gcc", Purpose::Build),
     ("setpriv", "util-linux", Purpose::Test),
     ("go", "golang-go=2:1.19~1", Purpose::Test),
+    // Debian's own CPython, linked statically and stripped, beside pyenv's shared ones.
+    (
+        "/usr/bin/python3.11",
+        "python3.11-minimal=3.11.2-6+deb12u6",
+        Purpose::Test,
+    ),
     ("tmux", "tmux=3.3a-3", Purpose::Test),
     (
         "prometheus",

@@ -121,11 +121,17 @@ pub(super) struct Finished<'o> {
 }
 
 impl Collector {
-    /// A collector that unwinds user stacks from tables if `uses_unwind_tables`, and
-    /// keeps the CPU samples of each of `windows` apart.
-    pub(super) fn new(uses_unwind_tables: bool, windows: &[LiveWindow]) -> Self {
+    /// A collector that unwinds user stacks from tables if `uses_unwind_tables`, keeps
+    /// the CPU samples of each of `windows` apart, and shows every native frame of
+    /// Python stacks if `python_internals`.
+    pub(super) fn new(
+        uses_unwind_tables: bool,
+        windows: &[LiveWindow],
+        python_internals: bool,
+    ) -> Self {
         Collector {
             unwind_tables: uses_unwind_tables.then(UnwindTables::default),
+            python: PythonFrames::new(python_internals),
             windows: windows
                 .iter()
                 .map(|&window| (window, StackCounts::default()))
@@ -367,7 +373,7 @@ impl Collector {
         let names = self
             .symbolizer
             .resolve_new(&self.maps, &stacks, self.live_stacks.names())
-            .with_python(self.python.functions().to_vec());
+            .with_python(self.python.functions().to_vec(), self.python.view().clone());
         self.live_stacks.add(names, stacks);
     }
 
@@ -469,7 +475,7 @@ impl Collector {
                     .chain(candidate_stacks),
                 cpu_stacks.names(),
             )
-            .with_python(self.python.functions().to_vec());
+            .with_python(self.python.functions().to_vec(), self.python.view().clone());
         cpu_stacks.add(new_names, unnamed_cpu_stacks);
         let profile = cpu_stacks.profile(&self.cpu, &self.process_names);
         let names = cpu_stacks.into_names();

@@ -63,6 +63,9 @@ pub struct RecordOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// How the recording is shown.
     pub view: View,
+    /// Show every native frame of stacks with Python frames, the interpreter's own
+    /// included, instead of folding the interpreter's work into the Python frames.
+    pub python_internals: bool,
 }
 
 impl RecordOptions {
@@ -79,6 +82,7 @@ impl RecordOptions {
             interval: None,
             metrics_addr: None,
             view: View::Summary,
+            python_internals: false,
         }
     }
 }

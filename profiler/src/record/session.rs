@@ -80,6 +80,7 @@ pub async fn record(options: RecordOptions) -> Result<Report, Failure> {
     let mut collector = Collector::new(
         options.probes.uses_unwind_tables(),
         &Live::windows(&options),
+        options.python_internals,
     );
     collector.cgroup = cgroup.as_ref().map(|cgroup| cgroup.path.clone());
     match &options.target {

@@ -25,7 +25,7 @@ use super::{
     live::{METRICS_WINDOW, Tables},
 };
 use crate::{
-    analyze::{Observations, analyze, function_shares, is_process_root},
+    analyze::{Observations, analyze, function_shares},
     exit::Failure,
     profile::Profile,
     render::{
@@ -65,9 +65,10 @@ impl Counts {
             samples: profile.samples(),
             ..Counts::default()
         };
-        for function in function_shares(profile).iter().filter(|function| {
-            function.frame.process.is_none() && !is_process_root(&function.frame.name)
-        }) {
+        for function in function_shares(profile)
+            .iter()
+            .filter(|function| function.frame.process.is_none() && !function.frame.is_entry_point())
+        {
             let entry = counts
                 .functions
                 .entry(display_name(&function.frame))

@@ -342,6 +342,7 @@ fn frame_from_fields(fields: &Value) -> Option<Frame> {
                 file: fields["file"].as_str()?.to_owned(),
                 line: u32::try_from(fields["line"].as_u64()?).ok()?,
                 module: fields["module"].as_str().map(str::to_owned),
+                entry: fields["entry"].as_bool().unwrap_or(false),
             })
         }
         _ => {}
@@ -362,7 +363,7 @@ fn with(mut object: Value, extra: Value) -> Value {
 fn frame_fields(frame: &Frame) -> Value {
     let language = match (&frame.source, frame.kernel, frame.process) {
         (_, _, Some(_)) => "process",
-        (Some(_), _, _) => "python",
+        (Some(source), _, _) => source.language.name(),
         (None, true, _) => "kernel",
         (None, false, _) => "native",
     };
@@ -378,14 +379,15 @@ fn frame_fields(frame: &Frame) -> Value {
         fields["object"] = json!(object.path);
         fields["build_id"] = json!(object.build_id);
     }
-    if let Some(python) = &frame.source {
+    if let Some(source) = &frame.source {
         fields = with(
             fields,
             json!({
-                "function": python.qualname,
-                "file": python.file,
-                "line": python.line,
-                "module": python.module,
+                "function": source.qualname,
+                "file": source.file,
+                "line": source.line,
+                "module": source.module,
+                "entry": source.entry,
             }),
         );
     }

@@ -18,8 +18,7 @@ use prometheus_client::{
 use crate::{
     aggregate::SyscallSummary,
     analyze::{
-        Analysis, Check, FunctionShare, Rule, RuleOutcome, function_matches, is_process_root,
-        matching_share,
+        Analysis, Check, FunctionShare, Rule, RuleOutcome, function_matches, matching_share,
     },
     profile::Profile,
 };
@@ -103,7 +102,7 @@ impl MetricsState {
         let candidates = window_analysis
             .functions
             .iter()
-            .filter(|share| share.frame.process.is_none() && !is_process_root(&share.frame.name));
+            .filter(|share| share.frame.process.is_none() && !share.frame.is_entry_point());
         let mut by_self: Vec<&FunctionShare> = candidates.clone().collect();
         by_self.sort_by(|a, b| b.self_share.total_cmp(&a.self_share));
         let by_inclusive = candidates.take(top);

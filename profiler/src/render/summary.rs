@@ -3,7 +3,7 @@
 use std::{io::Write as _, path::PathBuf};
 
 use crate::{
-    analyze::{Check, FunctionShare, RuleOutcome, is_process_root},
+    analyze::{Check, FunctionShare, RuleOutcome},
     profile::Frame,
     render::svg::FlameGraphLabels,
     report::{Report, StackQuality, StopReason, TargetProcess},
@@ -488,7 +488,7 @@ fn offcpu_text(report: &Report, top: usize) -> String {
     let waits: Vec<&FunctionShare> = offcpu
         .functions
         .iter()
-        .filter(|function| !function.frame.kernel && !is_process_root(&function.frame.name))
+        .filter(|function| !function.frame.kernel && !function.frame.is_entry_point())
         .take(top)
         .collect();
     if !waits.is_empty() {

@@ -67,6 +67,7 @@ pub fn read_function(
         file: read_string(memory, layout, filename)?,
         line: first_line,
         module: None,
+        entry: false,
     })
 }
 
@@ -181,6 +182,7 @@ mod tests {
             file: "/srv/deepseek/core/model.py".to_owned(),
             line: 42,
             module: module.map(str::to_owned),
+            entry: false,
         }
     }
 

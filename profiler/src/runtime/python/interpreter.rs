@@ -11,6 +11,7 @@ use std::{collections::HashMap, fs, os::unix::fs::FileExt as _, path::Path};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, ReadCache, SegmentFlags};
 use profiler_common::{PYTHON_EVERY_FRAME, PYTHON_NO_FIELD, PythonLayout, PythonProcess};
 
+use super::view;
 use crate::{
     memory_map::{FileId, Mapping},
     unwind::{Segment, bias},
@@ -56,6 +57,10 @@ pub struct Interpreter {
     pub version: Version,
     /// The file that holds it.
     pub file: FileId,
+    /// That file's path, as the process maps it.
+    pub path: String,
+    /// The function name prefixes of the extension modules built into it.
+    pub extension_prefixes: Vec<String>,
     /// What the kernel walks its frames with.
     pub kernel: PythonProcess,
     /// Address of `PyCode_Type`: every code object's type.
@@ -170,9 +175,23 @@ pub struct Symbols {
     runtime: Option<u64>,
     version: Option<u64>,
     code_type: Option<u64>,
+    /// The function name prefixes of the extension modules built into the file.
+    extension_prefixes: Vec<String>,
 }
 
 impl Symbols {
+    /// Keeps `address` if `name` is one of the symbols an interpreter is found by;
+    /// extension modules import them, and only the interpreter defines them.
+    fn note(&mut self, name: &str, address: u64) {
+        let slot = match name {
+            "_PyRuntime" => &mut self.runtime,
+            "Py_Version" => &mut self.version,
+            "PyCode_Type" => &mut self.code_type,
+            _ => return,
+        };
+        slot.get_or_insert(address);
+    }
+
     fn complete(&self) -> bool {
         self.runtime.is_some() && self.version.is_some() && self.code_type.is_some()
     }
@@ -252,6 +271,8 @@ pub fn detect(
         return Ok(Some(Interpreter {
             version,
             file: id.clone(),
+            path: path.to_string_lossy().into_owned(),
+            extension_prefixes: symbols.extension_prefixes,
             kernel: PythonProcess {
                 thread_state_key: runtime + layout.thread_state_key,
                 layout: kernel,
@@ -274,23 +295,31 @@ fn read_symbols(tgid: u32, mapping: &Mapping) -> Option<(Symbols, Vec<Segment>)>
     let cache = ReadCache::new(file);
     let elf = object::File::parse(&cache).ok()?;
     let mut symbols = Symbols::default();
-    // Extension modules import these symbols; only the interpreter defines them.
+    let mut init_functions = Vec::new();
+    // A built-in module's init function is exported, so that the dynamic symbols, a
+    // few thousand, hold them all.
     for symbol in elf
         .dynamic_symbols()
-        .chain(elf.symbols())
         .filter(|symbol| symbol.is_definition())
     {
-        let slot = match symbol.name() {
-            Ok("_PyRuntime") => &mut symbols.runtime,
-            Ok("Py_Version") => &mut symbols.version,
-            Ok("PyCode_Type") => &mut symbols.code_type,
-            _ => continue,
-        };
-        slot.get_or_insert(symbol.address());
-        // A shared libpython has all three among its few thousand dynamic symbols;
-        // its full symbol table is ten times longer, each name a read of the file.
-        if symbols.complete() {
-            break;
+        match symbol.name() {
+            Ok(name) if name.starts_with("PyInit_") => init_functions.push(name.to_owned()),
+            Ok(name) => symbols.note(name, symbol.address()),
+            Err(_) => {}
+        }
+    }
+    symbols.extension_prefixes =
+        view::extension_prefixes(init_functions.iter().map(String::as_str));
+    // A static interpreter may leave some of the three out of its dynamic symbols; the
+    // full symbol table is ten times longer, each name a read of the file.
+    if !symbols.complete() {
+        for symbol in elf.symbols().filter(|symbol| symbol.is_definition()) {
+            if let Ok(name) = symbol.name() {
+                symbols.note(name, symbol.address());
+            }
+            if symbols.complete() {
+                break;
+            }
         }
     }
     let segments = elf

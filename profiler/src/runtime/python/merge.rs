@@ -1,6 +1,7 @@
 //! Putting Python frames where they ran: each native `_PyEval_EvalFrameDefault` frame
-//! gives way to the Python frames it was running, and the interpreter's call plumbing
-//! between them is left out.
+//! gives way to the Python frames it was running, the interpreter's call plumbing
+//! between them is left out, and in the Python view ([`super::view`]) the rest of the
+//! interpreter's work under them folds into the Python frame that ran it.
 
 use super::PythonFrameRef;
 use crate::profile::{Frame, SourceFunction};
@@ -32,6 +33,14 @@ pub enum NativeRole {
     Eval,
     /// Call plumbing between Python frames: left out.
     Plumbing,
+    /// The interpreter's own work (objects, iterators, reference counting...): under a
+    /// Python frame, its time is that frame's own.
+    Internal,
+    /// The garbage collector: under a Python frame, shown as one `[gc]` frame.
+    Collector,
+    /// A process's or thread's way to its first Python frame (`_start`, `main`,
+    /// `start_thread`): left out above it, kept under it.
+    Entry,
     /// Anything else: kept.
     Kept,
 }
@@ -60,18 +69,23 @@ pub fn python_frame(function: &SourceFunction) -> Frame {
 
 /// The frames of a user stack with its Python frames in place, root first, as whatever
 /// stands for a frame (`F`: the frame itself, or its index in a table of frames):
-/// `python_frame` makes one of a Python frame, `role` says what a native one is.
+/// `python_frame` makes one of a Python frame, `role` says what a native one is, and
+/// `collector` stands for the garbage collector's work.
 ///
 /// `native` holds each user address's frames, root first (an address with inlined
 /// functions has several); `python` is innermost first, as the kernel walked it. The
 /// k-th interpreter call from the root runs the k-th group of Python frames from the
 /// root. When the native stack did not reach its root, the groups are paired from the
 /// innermost instead, and groups with no native frame left are put at the root.
-pub fn interleave<F, N: AsRef<[F]> + IntoIterator<Item = F>>(
+/// In the Python view, a stack starts at its outermost Python frame, whether the
+/// interpreter was linked into the program or loaded, unless a library's frame (an
+/// embedding server's) is above it.
+pub fn interleave<F: Clone, N: AsRef<[F]> + IntoIterator<Item = F>>(
     native: Vec<N>,
     python: &[PythonFrameRef],
     python_frame: impl Fn(&PythonFrameRef) -> F,
     role: impl Fn(&F) -> NativeRole,
+    collector: F,
     native_complete: bool,
 ) -> Vec<F> {
     if python.is_empty() {
@@ -112,15 +126,38 @@ pub fn interleave<F, N: AsRef<[F]> + IntoIterator<Item = F>>(
     let root_first =
         |group: &&[PythonFrameRef]| group.iter().rev().map(&python_frame).collect::<Vec<_>>();
     let mut merged: Vec<F> = at_root.iter().flat_map(root_first).collect();
+    let mut under_python = !merged.is_empty();
+    let mut in_collector = false;
     for (index, frames) in native.into_iter().enumerate() {
         if evals.contains(&index) {
+            let before = merged.len();
             merged.extend(replacing[index].iter().flat_map(root_first));
-        } else {
-            merged.extend(
-                frames
-                    .into_iter()
-                    .filter(|frame| role(frame) == NativeRole::Kept),
-            );
+            if merged.len() > before {
+                under_python = true;
+                in_collector = false;
+            }
+            continue;
+        }
+        for frame in frames {
+            match role(&frame) {
+                NativeRole::Kept => {
+                    merged.push(frame);
+                    in_collector = false;
+                }
+                NativeRole::Entry if under_python => {
+                    merged.push(frame);
+                    in_collector = false;
+                }
+                NativeRole::Collector if !in_collector => {
+                    merged.push(collector.clone());
+                    in_collector = true;
+                }
+                NativeRole::Eval
+                | NativeRole::Plumbing
+                | NativeRole::Internal
+                | NativeRole::Collector
+                | NativeRole::Entry => {}
+            }
         }
     }
     merged
@@ -165,6 +202,7 @@ mod tests {
                 file: "/app/main.py".to_owned(),
                 line: 1,
                 module: None,
+                entry: false,
             })
             .collect()
     }
@@ -198,6 +236,7 @@ mod tests {
             python,
             python_frame,
             role,
+            Frame::native(crate::runtime::python::COLLECTOR_FRAME, false),
             native_complete,
         ))
     }
@@ -253,6 +292,55 @@ mod tests {
         assert_eq!(
             merge(native, &stack, &functions, false),
             vec!["<module> (main.py:1)", "predict (main.py:1)", "hash_update"]
+        );
+    }
+
+    #[test]
+    fn the_interpreters_work_under_python_frames_folds_and_the_collector_is_one_frame() {
+        let native = native(&[
+            "_start",
+            "embedding_server_run",
+            "Py_BytesMain",
+            EVAL_FUNCTION,
+            "builtin_sum",
+            "PyIter_Next",
+            EVAL_FUNCTION,
+            "gc_collect_main",
+            "visit_decref",
+            "gc_collect_main",
+            "memset",
+        ]);
+        let functions = functions(&["<module>", "predict", "<genexpr>"]);
+        let stack = python(&[(2, true), (1, false), (0, true)]);
+        // As the view would have it: an embedding server and libc's memset are
+        // libraries; the rest, the interpreter's.
+        let role = |frame: &Frame| match frame.name.as_str() {
+            "_start" => NativeRole::Entry,
+            "embedding_server_run" | "memset" => NativeRole::Kept,
+            "gc_collect_main" => NativeRole::Collector,
+            name if name == EVAL_FUNCTION => NativeRole::Eval,
+            _ => NativeRole::Internal,
+        };
+        let python_frame =
+            |frame: &PythonFrameRef| super::python_frame(&functions[frame.function as usize]);
+        let merged = interleave(
+            native,
+            &stack,
+            python_frame,
+            role,
+            Frame::native("[gc]", false),
+            true,
+        );
+        assert_eq!(
+            names(&merged),
+            vec![
+                "embedding_server_run",
+                "<module> (main.py:1)",
+                "predict (main.py:1)",
+                "<genexpr> (main.py:1)",
+                "[gc]",
+                "memset",
+            ]
         );
     }
 

@@ -10,6 +10,7 @@
 mod code;
 mod interpreter;
 mod merge;
+mod view;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,8 +21,9 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData};
 pub use code::{Unresolved, module_path};
 pub use interpreter::{Interpreter, Version};
-pub use merge::{NativeRole, interleave, native_role, python_frame};
+pub use merge::{NativeRole, interleave, python_frame};
 use profiler_common::{PythonEnd, PythonFrame, PythonProcess, PythonStack};
+pub use view::{COLLECTOR_FRAME, PythonView};
 
 use crate::{
     memory_map::{FileId, Mapping},
@@ -86,10 +88,25 @@ pub struct PythonFrames {
     modules: HashMap<PathBuf, Option<String>>,
     /// What was read of the files interpreters were looked for in.
     interpreter_files: interpreter::ReadFiles,
+    view: PythonView,
     report: PythonReport,
 }
 
 impl PythonFrames {
+    /// The Python side of a recording shown in the Python view, or with `internals`,
+    /// with every native frame.
+    pub fn new(internals: bool) -> Self {
+        PythonFrames {
+            view: PythonView::new(internals),
+            ..PythonFrames::default()
+        }
+    }
+
+    /// What the interpreters' native frames become in stacks with Python frames.
+    pub fn view(&self) -> &PythonView {
+        &self.view
+    }
+
     /// Hands over the kernel's table of walked processes, and fills in those found so
     /// far.
     pub fn connect(&mut self, mut kernel: BpfHashMap<MapData, u32, PythonProcess>) {
@@ -139,6 +156,8 @@ impl PythonFrames {
             };
         }
         if let Some(interpreter) = &interpreter {
+            self.view
+                .add_interpreter(interpreter.path.clone(), &interpreter.extension_prefixes);
             let found = FoundInterpreter {
                 pid: tgid,
                 version: interpreter.version,
@@ -212,6 +231,7 @@ impl PythonFrames {
                     .entry(PathBuf::from(&function.file))
                     .or_insert_with(|| module_path(Path::new(&function.file), &root))
                     .clone();
+                function.entry = view::is_entry_point(&function);
                 function
             }
             Err(reason) => {
@@ -222,6 +242,7 @@ impl PythonFrames {
                     file: String::new(),
                     line: 0,
                     module: None,
+                    entry: false,
                 }
             }
         };
