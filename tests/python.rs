@@ -268,6 +268,67 @@ fn predict_holds_its_measured_share_and_the_gate_fires() {
 }
 
 #[test]
+fn the_demo_services_verdict_names_predict_and_its_tables_no_interpreter_internal() {
+    for version in VERSIONS {
+        let dir = scratch(&format!("python-demo-{version}"));
+        let mut service = Command::new(python(version))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/model_service.py"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        sleep(Duration::from_millis(500));
+        let pid = service.id().to_string();
+        let output = run(&mut record(
+            &dir,
+            &["--pid", &pid, "--duration", "3", "-F", "499"],
+        ));
+        // SAFETY: a signal to the child this test started.
+        unsafe { libc::kill(service.id() as i32, libc::SIGTERM) };
+        let measured = String::from_utf8(service.wait_with_output().unwrap().stdout).unwrap();
+        let predict_measured: f64 = measured
+            .split("predict ")
+            .nth(1)
+            .and_then(|rest| rest.split('%').next())
+            .and_then(|share| share.parse().ok())
+            .unwrap_or_else(|| panic!("{version}: the service measured nothing: {measured}"));
+        let summary = String::from_utf8_lossy(&output.stdout);
+        let verdict = summary
+            .lines()
+            .find(|line| line.starts_with("Hotspot: "))
+            .unwrap_or_else(|| panic!("{version}: no verdict in {summary}"));
+        assert!(
+            verdict.starts_with(&format!("Hotspot: {} (", name_on(version, "Model.predict")))
+                || verdict.contains("<listcomp> (model_service.py:"),
+            "{version}: {verdict}"
+        );
+        let report = read_json(&dir.join("report.json"));
+        let functions = report["cpu"]["functions"].as_array().unwrap();
+        let predict = python_function(&report["cpu"]["functions"], version, "Model.predict")
+            .unwrap()["total"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            (predict * 100.0 - predict_measured).abs() <= TOLERANCE * 100.0,
+            "{version}: Model.predict holds {:.1}%, the service measured {predict_measured}%",
+            predict * 100.0
+        );
+        // The summary's tables: the top functions by self and by total time.
+        for key in ["self", "total"] {
+            let mut ranked: Vec<&Value> = functions.iter().collect();
+            ranked.sort_by(|a, b| b[key].as_f64().partial_cmp(&a[key].as_f64()).unwrap());
+            for function in ranked.iter().take(10) {
+                let object = function["object"].as_str().unwrap_or("");
+                assert!(
+                    !object.contains("libpython") && !object.contains("/bin/python"),
+                    "{version}: the interpreter's {} is among the top functions by {key} time",
+                    function["name"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn predict_keeps_its_share_while_it_runs_c_code_that_released_the_gil() {
     for version in VERSIONS {
         let run = profile(version, "released", "3", &["-F", "499"]);
