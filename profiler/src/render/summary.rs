@@ -344,8 +344,13 @@ fn cpu_text(report: &Report, top: usize) -> String {
                 display_name(&function.frame)
             );
         }
-        out += "\nTop functions by total time:\n   total    self  function\n";
-        for function in analysis.functions.iter().take(top) {
+        // Entry points hold nearly everything and say nothing; the hot path shows them.
+        out +=
+            "\nTop functions by total time (entry points left out):\n   total    self  function\n";
+        let working = analysis.functions.iter().filter(|function| {
+            function.frame.process.is_none() && !function.frame.is_entry_point()
+        });
+        for function in working.take(top) {
             out += &format!(
                 "  {}  {}  {}\n",
                 percent(function.total_share),

@@ -31,7 +31,7 @@ const MODULE_ALIASES: [(&str, &[&str]); 2] =
 /// Python functions that start a thread or serve requests, by the file they are in
 /// (its path's end, `/` first so that `mythreading.py` is not `threading.py`): they hold
 /// the whole of a thread's or a request's time, and are nobody's hotspot.
-const ENTRY_POINTS: [(&str, &[&str]); 12] = [
+const ENTRY_POINTS: [(&str, &[&str]); 13] = [
     (
         "/threading.py",
         &["Thread.run", "Thread._bootstrap", "Thread._bootstrap_inner"],
@@ -108,6 +108,8 @@ const ENTRY_POINTS: [(&str, &[&str]); 12] = [
             "Flask.dispatch_request",
         ],
     ),
+    // The `gunicorn` command, and `python -m gunicorn`.
+    ("/bin/gunicorn", &["<module>"]),
     ("/gunicorn/__main__.py", &["<module>"]),
 ];
 
