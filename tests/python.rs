@@ -577,12 +577,15 @@ fn the_python_function_that_keeps_allocating_is_the_leak_candidate() {
 fn a_builtin_calling_back_into_python_keeps_the_order_of_its_frames() {
     for version in VERSIONS {
         // With the interpreter's frames, sorted sits between rank and its key.
+        let rule = "builtin_sorted>1%";
         let run = profile(
             version,
             "callback",
             "2",
-            &["-F", "499", "--python-internals"],
+            &["-F", "499", "--python-internals", "--fail-on", rule],
         );
+        assert_eq!(run.exit_code, Some(RULE_FIRED), "{version}");
+        assert_eq!(run.report["rules"][0]["matched"], true, "{version}");
         assert_walked(&run, version, 0.98);
         assert_share(&run, version, "rank", "rank");
         let mixed = run.weight(|stack| {
@@ -596,8 +599,11 @@ fn a_builtin_calling_back_into_python_keeps_the_order_of_its_frames() {
             in_key > 100 && mixed as f64 >= 0.95 * in_key as f64,
             "{version}: {mixed} of {in_key} key_score samples under rank;builtin_sorted"
         );
-        // In the Python view, the key function is called from rank.
-        let run = profile(version, "callback", "2", &["-F", "499"]);
+        // In the Python view, the key function is called from rank, and a rule naming
+        // the builtin the view folds away matches nothing.
+        let run = profile(version, "callback", "2", &["-F", "499", "--fail-on", rule]);
+        assert_eq!(run.exit_code, Some(0), "{version}");
+        assert_eq!(run.report["rules"][0]["matched"], false, "{version}");
         assert_share(&run, version, "rank", "rank");
         let called =
             run.weight(|stack| stack.contains(";rank (") && stack.contains(";key_score ("));

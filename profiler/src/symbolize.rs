@@ -127,7 +127,11 @@ impl Names {
             &key.python,
             |frame| python::python_frame(&self.python[frame.function as usize]),
             |frame| self.python_view.role(frame),
-            Frame::native(python::COLLECTOR_FRAME, false),
+            &self
+                .python_view
+                .stand_ins(Frame::native(python::COLLECTOR_FRAME, false), || {
+                    python::python_frame(&python::unknown_function())
+                }),
             key.native_complete,
         );
         frames.extend(
@@ -270,6 +274,11 @@ impl NamedStacks {
             self.roles = self.frames.iter().map(|frame| view.role(frame)).collect();
         }
         let collector = self.intern(Frame::native(python::COLLECTOR_FRAME, false));
+        let unknown_python = self.intern(python::python_frame(&python::unknown_function()));
+        let stand_ins = self
+            .names
+            .python_view
+            .stand_ins(collector, || unknown_python);
         for key in keys {
             let native: Vec<FrameIds> = lookup_addresses(&key.user)
                 .rev()
@@ -283,7 +292,7 @@ impl NamedStacks {
                 &key.python,
                 |frame| self.python_frames[&frame.function],
                 |&id| self.roles[id],
-                collector,
+                &stand_ins,
                 key.native_complete,
             );
             for address in lookup_addresses(&key.kernel).rev() {

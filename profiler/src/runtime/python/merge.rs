@@ -67,10 +67,20 @@ pub fn python_frame(function: &SourceFunction) -> Frame {
     }
 }
 
+/// The frames the Python view shows for work it cannot show as it ran.
+#[derive(Clone, Debug)]
+pub struct StandIns<F> {
+    /// The garbage collector's work.
+    pub collector: F,
+    /// Python code whose frames were not walked (the thread state not found yet): in
+    /// place of the outermost eval function, in the Python view only.
+    pub unknown_python: Option<F>,
+}
+
 /// The frames of a user stack with its Python frames in place, root first, as whatever
 /// stands for a frame (`F`: the frame itself, or its index in a table of frames):
 /// `python_frame` makes one of a Python frame, `role` says what a native one is, and
-/// `collector` stands for the garbage collector's work.
+/// `stand_ins` stand for the rest.
 ///
 /// `native` holds each user address's frames, root first (an address with inlined
 /// functions has several); `python` is innermost first, as the kernel walked it. The
@@ -85,12 +95,9 @@ pub fn interleave<F: Clone, N: AsRef<[F]> + IntoIterator<Item = F>>(
     python: &[PythonFrameRef],
     python_frame: impl Fn(&PythonFrameRef) -> F,
     role: impl Fn(&F) -> NativeRole,
-    collector: F,
+    stand_ins: &StandIns<F>,
     native_complete: bool,
 ) -> Vec<F> {
-    if python.is_empty() {
-        return native.into_iter().flatten().collect();
-    }
     let groups = root_first_groups(python);
     let evals: Vec<usize> = native
         .iter()
@@ -103,6 +110,9 @@ pub fn interleave<F: Clone, N: AsRef<[F]> + IntoIterator<Item = F>>(
         })
         .map(|(index, _)| index)
         .collect();
+    if python.is_empty() && (evals.is_empty() || stand_ins.unknown_python.is_none()) {
+        return native.into_iter().flatten().collect();
+    }
     // For each native address, the groups that replace it.
     let mut replacing: Vec<Vec<&[PythonFrameRef]>> = vec![Vec::new(); native.len()];
     let mut at_root: Vec<&[PythonFrameRef]> = Vec::new();
@@ -114,7 +124,9 @@ pub fn interleave<F: Clone, N: AsRef<[F]> + IntoIterator<Item = F>>(
             replacing[eval].push(group);
         }
         // Entered Python, not its eval function yet: the innermost call takes them.
-        replacing[evals[paired - 1]].extend(&groups[paired..]);
+        if paired > 0 {
+            replacing[evals[paired - 1]].extend(&groups[paired..]);
+        }
     } else {
         let skipped_groups = groups.len() - paired;
         let skipped_evals = evals.len() - paired;
@@ -132,6 +144,12 @@ pub fn interleave<F: Clone, N: AsRef<[F]> + IntoIterator<Item = F>>(
         if evals.contains(&index) {
             let before = merged.len();
             merged.extend(replacing[index].iter().flat_map(root_first));
+            if merged.len() == before
+                && !under_python
+                && let Some(unknown) = &stand_ins.unknown_python
+            {
+                merged.push(unknown.clone());
+            }
             if merged.len() > before {
                 under_python = true;
                 in_collector = false;
@@ -149,7 +167,7 @@ pub fn interleave<F: Clone, N: AsRef<[F]> + IntoIterator<Item = F>>(
                     in_collector = false;
                 }
                 NativeRole::Collector if !in_collector => {
-                    merged.push(collector.clone());
+                    merged.push(stand_ins.collector.clone());
                     in_collector = true;
                 }
                 NativeRole::Eval
@@ -236,7 +254,10 @@ mod tests {
             python,
             python_frame,
             role,
-            Frame::native(crate::runtime::python::COLLECTOR_FRAME, false),
+            &StandIns {
+                collector: Frame::native(crate::runtime::python::COLLECTOR_FRAME, false),
+                unknown_python: None,
+            },
             native_complete,
         ))
     }
@@ -328,7 +349,10 @@ mod tests {
             &stack,
             python_frame,
             role,
-            Frame::native("[gc]", false),
+            &StandIns {
+                collector: Frame::native("[gc]", false),
+                unknown_python: Some(Frame::native("[unknown Python function]", false)),
+            },
             true,
         );
         assert_eq!(
@@ -342,6 +366,39 @@ mod tests {
                 "memset",
             ]
         );
+    }
+
+    #[test]
+    fn python_code_whose_frames_were_not_walked_is_one_unknown_frame_in_the_view() {
+        let native = native(&["main", EVAL_FUNCTION, "builtin_sorted", "memcpy"]);
+        let role = |frame: &Frame| match frame.name.as_str() {
+            "main" => NativeRole::Entry,
+            "memcpy" => NativeRole::Kept,
+            name if name == EVAL_FUNCTION => NativeRole::Eval,
+            _ => NativeRole::Internal,
+        };
+        let stand_ins = |unknown_python| StandIns {
+            collector: Frame::native("[gc]", false),
+            unknown_python,
+        };
+        let view = interleave(
+            native.clone(),
+            &[],
+            |_| unreachable!(),
+            role,
+            &stand_ins(Some(Frame::native("[unknown Python function]", false))),
+            true,
+        );
+        assert_eq!(names(&view), vec!["[unknown Python function]", "memcpy"]);
+        let internals = interleave(
+            native,
+            &[],
+            |_| unreachable!(),
+            role,
+            &stand_ins(None),
+            true,
+        );
+        assert_eq!(names(&internals).len(), 4);
     }
 
     #[test]

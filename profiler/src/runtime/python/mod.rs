@@ -21,7 +21,7 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData};
 pub use code::{Unresolved, module_path};
 pub use interpreter::{Interpreter, Version};
-pub use merge::{NativeRole, interleave, python_frame};
+pub use merge::{NativeRole, StandIns, interleave, python_frame};
 use profiler_common::{PythonEnd, PythonFrame, PythonProcess, PythonStack};
 pub use view::{COLLECTOR_FRAME, PythonView};
 
@@ -236,14 +236,7 @@ impl PythonFrames {
             }
             Err(reason) => {
                 *self.report.unresolved.entry(reason.name()).or_default() += 1;
-                SourceFunction {
-                    language: Language::Python,
-                    qualname: UNKNOWN_FUNCTION.to_owned(),
-                    file: String::new(),
-                    line: 0,
-                    module: None,
-                    entry: false,
-                }
+                unknown_function()
             }
         };
         let next = self.functions.len() as u32;
@@ -274,6 +267,19 @@ impl PythonFrames {
 
 /// The name of a code object that could not be read.
 pub const UNKNOWN_FUNCTION: &str = "[unknown Python function]";
+
+/// The function of a code object that could not be read, or of Python code whose
+/// frames were not walked.
+pub fn unknown_function() -> SourceFunction {
+    SourceFunction {
+        language: Language::Python,
+        qualname: UNKNOWN_FUNCTION.to_owned(),
+        file: String::new(),
+        line: 0,
+        module: None,
+        entry: false,
+    }
+}
 
 fn end_name(end: PythonEnd) -> &'static str {
     match end {

@@ -14,7 +14,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::merge::{NativeRole, native_role};
+use super::merge::{NativeRole, StandIns, native_role};
 use crate::profile::{Frame, SourceFunction, is_native_entry_point};
 
 /// The frame the garbage collector's work is shown as.
@@ -175,6 +175,15 @@ impl PythonView {
     pub fn add_interpreter(&mut self, path: String, prefixes: &[String]) {
         if !self.interpreter_files.contains_key(&path) {
             Arc::make_mut(&mut self.interpreter_files).insert(path, prefixes.into());
+        }
+    }
+
+    /// The frames the view shows for work it cannot show as it ran: `collector`, and
+    /// in the Python view, `unknown_python()`.
+    pub fn stand_ins<F>(&self, collector: F, unknown_python: impl FnOnce() -> F) -> StandIns<F> {
+        StandIns {
+            collector,
+            unknown_python: (!self.internals).then(unknown_python),
         }
     }
 
