@@ -652,9 +652,9 @@ pub const MAX_PYTHON_DEPTH: usize = 192;
 /// word index into range where the verifier cannot follow a bounds check.
 pub const PYTHON_CALL_END_WORDS: usize = MAX_PYTHON_DEPTH.div_ceil(64).next_power_of_two();
 
-/// One Python frame: the code object it runs, and two of that object's fields read at
-/// the same moment, which tell a code object from another one allocated later at the
-/// same address.
+/// One Python frame: the code object it runs, two of that object's fields read at the
+/// same moment, which tell a code object from another one allocated later at the same
+/// address, and the instruction it was at.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct PythonFrame {
@@ -664,7 +664,16 @@ pub struct PythonFrame {
     pub first_line: u32,
     /// The low 32 bits of the code object's `co_qualname` pointer.
     pub name_stamp: u32,
+    /// The index, in 2-byte code units, of the instruction the frame was running, or
+    /// [`PYTHON_NO_INSTRUCTION`].
+    pub instruction: u32,
+    /// Zero, so that equal frames have equal bytes.
+    pub _padding: u32,
 }
+
+/// [`PythonFrame::instruction`] of a frame that had not started its first instruction,
+/// or whose instruction could not be told.
+pub const PYTHON_NO_INSTRUCTION: u32 = u32::MAX;
 
 /// The Python frames of a thread, innermost first.
 #[repr(C)]
@@ -748,7 +757,7 @@ pub const PYTHON_EVERY_FRAME: u32 = u32::MAX - 1;
 
 /// Bytes of a frame (`_PyInterpreterFrame`, `PyFrameObject` before 3.11) the walker
 /// copies at once: every frame field of [`PythonLayout`] must lie inside them.
-pub const PYTHON_FRAME_BYTES: u32 = 80;
+pub const PYTHON_FRAME_BYTES: u32 = 104;
 
 /// Bytes of a `PyCodeObject` the walker copies at once, from `co_firstlineno` on: the
 /// name it stamps must end inside them. One copy instead of two saves a helper call per
@@ -782,6 +791,13 @@ pub struct PythonLayout {
     pub code_first_line: u32,
     /// Offset of `co_qualname` (`co_name` before 3.11, which had no qualified name).
     pub code_qualname: u32,
+    /// Offset in the frame of what says which instruction runs: `f_lasti`, an index in
+    /// code units, before 3.11; a pointer to it (`prev_instr` in 3.11 and 3.12,
+    /// `instr_ptr` in 3.13), one unit before the first before the frame began.
+    pub frame_instruction: u32,
+    /// Offset in `PyCodeObject` of its instructions (`co_code_adaptive`, 3.11 on), which
+    /// that pointer points into, or [`PYTHON_NO_FIELD`] when the frame holds an index.
+    pub code_instructions: u32,
     /// Keeps the size a multiple of 8 on both sides.
     pub _padding: u32,
 }

@@ -21,8 +21,8 @@ use aya_ebpf::{
 use profiler_common::{
     MAX_PYTHON_DEPTH, MAX_TARGETS, PTHREAD_KEY_FIRST_BLOCK, PTHREAD_SPECIFIC_OFFSET,
     PYTHON_CALL_END_WORDS, PYTHON_CODE_BYTES, PYTHON_EVERY_FRAME, PYTHON_FRAME_BYTES,
-    PYTHON_NO_FIELD, PYTHON_OWNER_CSTACK, PythonEnd, PythonFrame, PythonLayout, PythonProcess,
-    PythonStack,
+    PYTHON_NO_FIELD, PYTHON_NO_INSTRUCTION, PYTHON_OWNER_CSTACK, PythonEnd, PythonFrame,
+    PythonLayout, PythonProcess, PythonStack,
 };
 
 use crate::stacks::{UNWINDERS, Unwinder};
@@ -237,11 +237,14 @@ fn step(state: &mut PythonWalk) -> Result<(), PythonEnd> {
         &state.code_bytes,
         layout.code_qualname.wrapping_sub(layout.code_first_line),
     );
+    let instruction = instruction(&state.frame_bytes, &layout, code);
     if let Some(frame) = state.stack.frames.get_mut(depth) {
         *frame = PythonFrame {
             code,
             first_line,
             name_stamp: qualname as u32,
+            instruction,
+            _padding: 0,
         };
     }
     let is_entry = match layout.frame_is_entry {
@@ -255,6 +258,24 @@ fn step(state: &mut PythonWalk) -> Result<(), PythonEnd> {
     state.stack.depth += 1;
     state.frame = previous;
     Ok(())
+}
+
+/// The index of the instruction a frame runs, in code units, from its copy.
+#[inline(always)]
+fn instruction(frame: &ObjectBytes, layout: &PythonLayout, code: u64) -> u32 {
+    if layout.code_instructions == PYTHON_NO_FIELD {
+        return match field::<i32>(frame, layout.frame_instruction) {
+            index if index >= 0 => index as u32,
+            _ => PYTHON_NO_INSTRUCTION,
+        };
+    }
+    let pointer = field::<u64>(frame, layout.frame_instruction);
+    let first = code + u64::from(layout.code_instructions);
+    match pointer.checked_sub(first) {
+        Some(bytes) => u32::try_from(bytes / 2).unwrap_or(PYTHON_NO_INSTRUCTION),
+        // A frame that has begun no instruction points one unit before its first.
+        None => PYTHON_NO_INSTRUCTION,
+    }
 }
 
 #[inline(always)]

@@ -173,6 +173,9 @@ impl Frame {
 pub struct Stack {
     /// Indices into [`Profile::frames`], root first.
     pub frames: Vec<usize>,
+    /// The source line each of `frames` was running, by position, 0 for a frame that
+    /// has none (native code); empty when no frame has one.
+    pub lines: Vec<u32>,
     /// Weight of exactly this stack.
     pub count: u64,
     /// Where it was recorded.
@@ -224,18 +227,34 @@ impl ProfileBuilder {
         frames: impl IntoIterator<Item = Frame>,
         count: u64,
     ) {
-        let frames = frames
+        self.push_placed(origin, frames.into_iter().map(|frame| (frame, 0)), count);
+    }
+
+    /// Adds a stack given as frames with the source line each was running (0 for
+    /// none), root first, recorded in `origin`.
+    pub fn push_placed(
+        &mut self,
+        origin: Origin,
+        frames: impl IntoIterator<Item = (Frame, u32)>,
+        count: u64,
+    ) {
+        let (frames, mut lines): (Vec<usize>, Vec<u32>) = frames
             .into_iter()
-            .map(|frame| {
+            .map(|(frame, line)| {
                 let next = self.frame_ids.len();
-                *self.frame_ids.entry(frame.clone()).or_insert_with(|| {
+                let id = *self.frame_ids.entry(frame.clone()).or_insert_with(|| {
                     self.profile.frames.push(frame);
                     next
-                })
+                });
+                (id, line)
             })
-            .collect();
+            .unzip();
+        if lines.iter().all(|&line| line == 0) {
+            lines = Vec::new();
+        }
         self.profile.stacks.push(Stack {
             frames,
+            lines,
             count,
             origin,
         });

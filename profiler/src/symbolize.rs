@@ -118,26 +118,40 @@ impl Names {
     /// inlined functions as frames of their own, and Python frames in place of the
     /// interpreter's frames that ran them.
     pub fn frames(&self, key: &StackKey) -> Vec<Frame> {
-        let native: Vec<Vec<Frame>> = lookup_addresses(&key.user)
+        self.placed_frames(key)
+            .into_iter()
+            .map(|(frame, _)| frame)
+            .collect()
+    }
+
+    /// [`Names::frames`], each with the source line it was running (0 for none).
+    fn placed_frames(&self, key: &StackKey) -> Vec<(Frame, u32)> {
+        let unplaced = |frames: Vec<Frame>| -> Vec<(Frame, u32)> {
+            frames.into_iter().map(|frame| (frame, 0)).collect()
+        };
+        let native: Vec<Vec<(Frame, u32)>> = lookup_addresses(&key.user)
             .rev()
-            .map(|address| self.user_frames(key.tgid, address))
+            .map(|address| unplaced(self.user_frames(key.tgid, address)))
             .collect();
         let mut frames = python::interleave(
             native,
             &key.python,
-            |frame| python::python_frame(&self.python[frame.function as usize]),
-            |frame| self.python_view.role(frame),
+            |frame| {
+                let function = &self.python[frame.function as usize];
+                (python::python_frame(function), frame.line)
+            },
+            |(frame, _)| self.python_view.role(frame),
             &self
                 .python_view
-                .stand_ins(Frame::native(python::COLLECTOR_FRAME, false), || {
-                    python::python_frame(&python::unknown_function())
+                .stand_ins((Frame::native(python::COLLECTOR_FRAME, false), 0), || {
+                    (python::python_frame(&python::unknown_function()), 0)
                 }),
             key.native_complete,
         );
         frames.extend(
             lookup_addresses(&key.kernel)
                 .rev()
-                .flat_map(|address| self.kernel_frames(address)),
+                .flat_map(|address| unplaced(self.kernel_frames(address))),
         );
         frames
     }
@@ -166,10 +180,17 @@ impl Names {
     /// kernel's tracing frames (and the program itself) at its inner end: they are the
     /// profiler looking, not the thread's work.
     pub fn frames_below_tracepoint(&self, key: &StackKey) -> Vec<Frame> {
-        let mut frames = self.frames(key);
+        self.placed_frames_below_tracepoint(key)
+            .into_iter()
+            .map(|(frame, _)| frame)
+            .collect()
+    }
+
+    fn placed_frames_below_tracepoint(&self, key: &StackKey) -> Vec<(Frame, u32)> {
+        let mut frames = self.placed_frames(key);
         if let Some(hook) = frames
             .iter()
-            .position(|frame| frame.kernel && is_tracing_frame(&frame.name))
+            .position(|(frame, _)| frame.kernel && is_tracing_frame(&frame.name))
         {
             frames.truncate(hook);
         }
@@ -190,11 +211,11 @@ impl Names {
         let mut profile = ProfileBuilder::default();
         for (key, weight) in counts.stacks() {
             let frames = match captured {
-                Capture::Sampled => self.frames(key),
-                Capture::AtTracepoint => self.frames_below_tracepoint(key),
+                Capture::Sampled => self.placed_frames(key),
+                Capture::AtTracepoint => self.placed_frames_below_tracepoint(key),
             };
-            let root = several.then(|| process_root(key.tgid, process_names));
-            profile.push_from(origin(key), root.into_iter().chain(frames), weight);
+            let root = several.then(|| (process_root(key.tgid, process_names), 0));
+            profile.push_placed(origin(key), root.into_iter().chain(frames), weight);
         }
         profile.build()
     }
@@ -243,7 +264,8 @@ pub struct NamedStacks {
     user_frames: foldhash::HashMap<(u32, u64), FrameIds>,
     kernel_frames: foldhash::HashMap<u64, FrameIds>,
     python_frames: foldhash::HashMap<u32, usize>,
-    stacks: foldhash::HashMap<StackKey, Vec<usize>>,
+    /// Each stack's frame ids with the source line each was running (0 for none).
+    stacks: foldhash::HashMap<StackKey, Vec<(usize, u32)>>,
 }
 
 impl NamedStacks {
@@ -278,11 +300,14 @@ impl NamedStacks {
         let stand_ins = self
             .names
             .python_view
-            .stand_ins(collector, || unknown_python);
+            .stand_ins((collector, 0), || (unknown_python, 0));
+        let unplaced = |ids: FrameIds| -> SmallVec<[(usize, u32); 2]> {
+            ids.into_iter().map(|id| (id, 0)).collect()
+        };
         for key in keys {
-            let native: Vec<FrameIds> = lookup_addresses(&key.user)
+            let native: Vec<SmallVec<[(usize, u32); 2]>> = lookup_addresses(&key.user)
                 .rev()
-                .map(|address| self.user_frame_ids(key.tgid, address))
+                .map(|address| unplaced(self.user_frame_ids(key.tgid, address)))
                 .collect();
             for frame in &key.python {
                 self.python_frame_id(frame.function);
@@ -290,13 +315,13 @@ impl NamedStacks {
             let mut frames = python::interleave(
                 native,
                 &key.python,
-                |frame| self.python_frames[&frame.function],
-                |&id| self.roles[id],
+                |frame| (self.python_frames[&frame.function], frame.line),
+                |&(id, _)| self.roles[id],
                 &stand_ins,
                 key.native_complete,
             );
             for address in lookup_addresses(&key.kernel).rev() {
-                frames.extend(self.kernel_frame_ids(address));
+                frames.extend(unplaced(self.kernel_frame_ids(address)));
             }
             self.stacks.insert(key, frames);
         }
@@ -351,21 +376,27 @@ impl NamedStacks {
         for (key, weight) in counts.stacks() {
             let named = self.stacks.get(key).map_or(&[][..], Vec::as_slice);
             let mut frames = Vec::with_capacity(named.len() + 1);
+            let mut lines = Vec::new();
             if several {
                 frames.push(*roots.entry(key.tgid).or_insert_with(|| {
                     profile.frames.push(process_root(key.tgid, process_names));
                     profile.frames.len() - 1
                 }));
             }
-            for &id in named {
+            for &(id, _) in named {
                 if in_profile[id] == usize::MAX {
                     in_profile[id] = profile.frames.len();
                     profile.frames.push(self.frames[id].clone());
                 }
                 frames.push(in_profile[id]);
             }
+            if named.iter().any(|&(_, line)| line != 0) {
+                lines.extend(several.then_some(0));
+                lines.extend(named.iter().map(|&(_, line)| line));
+            }
             profile.stacks.push(Stack {
                 frames,
+                lines,
                 count: weight,
                 origin: origin(key),
             });

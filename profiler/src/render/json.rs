@@ -277,8 +277,12 @@ struct StackEntry<'a>(&'a Stack);
 impl Serialize for StackEntry<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // Sorted, as every other object of the document is.
-        let mut map = serializer.serialize_map(Some(4))?;
+        let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("frames", &self.0.frames)?;
+        if !self.0.lines.is_empty() {
+            let lines = self.0.lines.iter().map(|&line| (line != 0).then_some(line));
+            map.serialize_entry("lines", &lines.collect::<Vec<_>>())?;
+        }
         map.serialize_entry("pid", &self.0.origin.pid)?;
         map.serialize_entry("samples", &self.0.count)?;
         map.serialize_entry("tid", &self.0.origin.tid)?;
@@ -318,7 +322,18 @@ pub fn cpu_profile(document: &Value) -> Result<Profile, String> {
             tid: id("tid"),
         };
         let frames = stack.ok_or("a stack refers to a frame that is not listed")?;
-        builder.push_from(origin, frames, samples);
+        let lines = stack_fields["lines"].as_array();
+        let line = |index: usize| {
+            lines
+                .and_then(|lines| lines.get(index)?.as_u64())
+                .and_then(|line| u32::try_from(line).ok())
+                .unwrap_or(0)
+        };
+        let placed = frames
+            .into_iter()
+            .enumerate()
+            .map(|(index, frame)| (frame, line(index)));
+        builder.push_placed(origin, placed, samples);
     }
     Ok(builder.build())
 }

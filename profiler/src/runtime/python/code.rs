@@ -10,7 +10,10 @@ use std::{
 
 use profiler_common::PythonFrame;
 
-use super::interpreter::{Interpreter, ObjectLayout};
+use super::{
+    interpreter::{Interpreter, ObjectLayout},
+    lines::{Encoding, LineTable},
+};
 use crate::profile::{Language, SourceFunction};
 
 /// Why a reported code object got no name.
@@ -69,6 +72,36 @@ pub fn read_function(
         module: None,
         entry: false,
     })
+}
+
+/// Longest line table read, in bytes: a function of tens of thousands of lines.
+const MAX_LINE_TABLE_BYTES: u64 = 1 << 16;
+
+/// Offsets in a `bytes` object of its length and its data, the same from 3.10 to 3.13.
+const BYTES_LENGTH: u64 = 16;
+const BYTES_DATA: u64 = 32;
+
+/// Reads the line table of the code object `frame` runs, which [`read_function`] found
+/// to be the one the kernel saw.
+pub fn read_line_table(
+    memory: &fs::File,
+    interpreter: &Interpreter,
+    frame: &PythonFrame,
+) -> Option<LineTable> {
+    let read_u64 = |address: u64| -> Option<u64> {
+        let mut bytes = [0; 8];
+        memory.read_exact_at(&mut bytes, address).ok()?;
+        Some(u64::from_le_bytes(bytes))
+    };
+    let table = read_u64(frame.code + interpreter.objects.code_line_table)?;
+    let length = read_u64(table + BYTES_LENGTH)?.min(MAX_LINE_TABLE_BYTES);
+    let mut bytes = vec![0; length as usize];
+    memory.read_exact_at(&mut bytes, table + BYTES_DATA).ok()?;
+    let encoding = match interpreter.version.minor {
+        10 => Encoding::AddressLinePairs,
+        _ => Encoding::Locations,
+    };
+    Some(LineTable::new(encoding, frame.first_line, bytes))
 }
 
 /// Bits of a string's `state` field, the same from 3.11 to 3.13.

@@ -44,6 +44,8 @@ impl std::fmt::Display for Version {
 pub struct ObjectLayout {
     /// Offset in `PyCodeObject` of `co_filename`.
     pub code_filename: u64,
+    /// Offset of `co_linetable`, the bytes that map instructions to lines.
+    pub code_line_table: u64,
     /// `sizeof(PyASCIIObject)`: where a compact ASCII string's characters start.
     pub ascii_data: u64,
     /// `sizeof(PyCompactUnicodeObject)`: where other compact strings' characters start.
@@ -81,6 +83,7 @@ struct KnownLayout {
 /// 3.12 dropped `wstr` from strings; 3.13 kept the 3.12 objects.
 const OBJECTS_SINCE_3_12: ObjectLayout = ObjectLayout {
     code_filename: 112,
+    code_line_table: 136,
     ascii_data: 40,
     compact_data: 56,
 };
@@ -104,10 +107,13 @@ const KNOWN_LAYOUTS: [KnownLayout; 4] = [
             frame_is_entry: PYTHON_EVERY_FRAME,
             code_first_line: 40,
             code_qualname: 112,
+            frame_instruction: 96,
+            code_instructions: PYTHON_NO_FIELD,
             _padding: 0,
         },
         objects: ObjectLayout {
             code_filename: 104,
+            code_line_table: 120,
             ascii_data: 48,
             compact_data: 72,
         },
@@ -125,10 +131,13 @@ const KNOWN_LAYOUTS: [KnownLayout; 4] = [
             frame_is_entry: 68,
             code_first_line: 72,
             code_qualname: 128,
+            frame_instruction: 56,
+            code_instructions: 184,
             _padding: 0,
         },
         objects: ObjectLayout {
             code_filename: 112,
+            code_line_table: 136,
             ascii_data: 48,
             compact_data: 72,
         },
@@ -146,6 +155,8 @@ const KNOWN_LAYOUTS: [KnownLayout; 4] = [
             frame_is_entry: PYTHON_NO_FIELD,
             code_first_line: 68,
             code_qualname: 128,
+            frame_instruction: 56,
+            code_instructions: 192,
             _padding: 0,
         },
         objects: OBJECTS_SINCE_3_12,
@@ -163,6 +174,8 @@ const KNOWN_LAYOUTS: [KnownLayout; 4] = [
             frame_is_entry: PYTHON_NO_FIELD,
             code_first_line: 68,
             code_qualname: 128,
+            frame_instruction: 56,
+            code_instructions: 200,
             _padding: 0,
         },
         objects: OBJECTS_SINCE_3_12,
@@ -394,9 +407,12 @@ mod debug_offsets {
     pub const FRAME_PREVIOUS: usize = 29;
     pub const FRAME_EXECUTABLE: usize = 30;
     pub const FRAME_OWNER: usize = 33;
+    pub const FRAME_INSTRUCTION: usize = 31;
     pub const CODE_QUALNAME: usize = 37;
+    pub const CODE_LINE_TABLE: usize = 38;
     pub const CODE_FIRST_LINE: usize = 39;
-    pub const WORDS: usize = 40;
+    pub const CODE_INSTRUCTIONS: usize = 43;
+    pub const WORDS: usize = 44;
 }
 
 /// The 3.13 layout, after checking that the interpreter's own `_Py_DebugOffsets` (at
@@ -434,6 +450,12 @@ fn checked_against_debug_offsets(
         (debug_offsets::FRAME_OWNER, kernel.frame_owner),
         (debug_offsets::CODE_QUALNAME, kernel.code_qualname),
         (debug_offsets::CODE_FIRST_LINE, kernel.code_first_line),
+        (debug_offsets::FRAME_INSTRUCTION, kernel.frame_instruction),
+        (debug_offsets::CODE_INSTRUCTIONS, kernel.code_instructions),
+        (
+            debug_offsets::CODE_LINE_TABLE,
+            layout.objects.code_line_table as u32,
+        ),
     ];
     match expected
         .iter()
@@ -466,7 +488,11 @@ mod tests {
     fn every_known_layout_reads_fields_the_kernel_copies_hold() {
         for layout in &KNOWN_LAYOUTS {
             let kernel = layout.kernel;
-            for offset in [kernel.frame_code, kernel.frame_previous] {
+            for offset in [
+                kernel.frame_code,
+                kernel.frame_previous,
+                kernel.frame_instruction,
+            ] {
                 assert!(offset + 8 <= PYTHON_FRAME_BYTES, "3.{}", layout.minor);
             }
             for byte in [kernel.frame_owner, kernel.frame_is_entry] {

@@ -232,6 +232,7 @@ mod tests {
             .map(|&(function, ends_call)| PythonFrameRef {
                 function,
                 ends_call,
+                line: 0,
             })
             .collect()
     }

@@ -9,6 +9,7 @@
 
 mod code;
 mod interpreter;
+mod lines;
 mod merge;
 mod view;
 
@@ -16,13 +17,14 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 pub use code::{Unresolved, module_path};
 pub use interpreter::{Interpreter, Version};
 pub use merge::{NativeRole, StandIns, interleave, python_frame};
-use profiler_common::{PythonEnd, PythonFrame, PythonProcess, PythonStack};
+use profiler_common::{PYTHON_NO_INSTRUCTION, PythonEnd, PythonFrame, PythonProcess, PythonStack};
 pub use view::{COLLECTOR_FRAME, PythonView};
 
 use crate::{
@@ -38,7 +40,19 @@ pub struct PythonFrameRef {
     /// Whether the frame is the outermost of one run of the interpreter's C eval
     /// function, so that the next frame out was called from native code.
     pub ends_call: bool,
+    /// The line it was running, 0 if not known.
+    pub line: u32,
 }
+
+/// A code object the kernel reported, as named: its function and its line table.
+struct CodeObject {
+    function: u32,
+    lines: Option<Arc<lines::LineTable>>,
+}
+
+/// What identifies a code object the kernel reported: its process, address and the two
+/// fields read with it, but not the instruction its frame was at.
+type CodeKey = (u32, u64, u32, u32);
 
 /// A process's interpreter, as found.
 struct ProcessState {
@@ -84,7 +98,7 @@ pub struct PythonFrames {
     function_ids: HashMap<SourceFunction, u32>,
     /// Named code objects by process and what the kernel read of them: looked up for
     /// every Python frame of every sample, so with a fast hash.
-    code_objects: foldhash::HashMap<(u32, PythonFrame), u32>,
+    code_objects: foldhash::HashMap<CodeKey, CodeObject>,
     modules: HashMap<PathBuf, Option<String>>,
     /// What was read of the files interpreters were looked for in.
     interpreter_files: interpreter::ReadFiles,
@@ -203,24 +217,46 @@ impl PythonFrames {
             .frames()
             .iter()
             .enumerate()
-            .map(|(index, frame)| PythonFrameRef {
-                function: self.function_of(tgid, frame),
-                ends_call: stack.ends_call(index),
+            .map(|(index, frame)| {
+                let code = self.code_object(tgid, frame);
+                let line = match &code.lines {
+                    Some(table) if frame.instruction != PYTHON_NO_INSTRUCTION => {
+                        table.line(frame.instruction).unwrap_or(0)
+                    }
+                    // A frame that has begun no instruction is at its definition.
+                    Some(_) => frame.first_line,
+                    None => 0,
+                };
+                PythonFrameRef {
+                    function: code.function,
+                    ends_call: stack.ends_call(index),
+                    line,
+                }
             })
             .collect()
     }
 
-    fn function_of(&mut self, tgid: u32, frame: &PythonFrame) -> u32 {
-        if let Some(&id) = self.code_objects.get(&(tgid, *frame)) {
-            return id;
+    fn code_object(&mut self, tgid: u32, frame: &PythonFrame) -> &CodeObject {
+        let key = (tgid, frame.code, frame.first_line, frame.name_stamp);
+        if !self.code_objects.contains_key(&key) {
+            let code = self.read_code_object(tgid, frame);
+            self.code_objects.insert(key, code);
         }
+        &self.code_objects[&key]
+    }
+
+    fn read_code_object(&mut self, tgid: u32, frame: &PythonFrame) -> CodeObject {
+        let mut lines = None;
         let read = match self.processes.get(&tgid) {
             Some(ProcessState {
                 interpreter: Some(interpreter),
                 memory: Some(memory),
                 root,
                 ..
-            }) => code::read_function(memory, interpreter, frame).map(|function| (function, root)),
+            }) => code::read_function(memory, interpreter, frame).map(|function| {
+                lines = code::read_line_table(memory, interpreter, frame).map(Arc::new);
+                (function, root)
+            }),
             _ => Err(Unresolved::ProcessGone),
         };
         let function = match read {
@@ -247,8 +283,10 @@ impl PythonFrames {
                 self.functions.push(function);
                 next
             });
-        self.code_objects.insert((tgid, *frame), id);
-        id
+        CodeObject {
+            function: id,
+            lines,
+        }
     }
 
     /// Every function named so far; [`PythonFrameRef::function`] indexes it.
