@@ -671,6 +671,83 @@ fn a_static_interpreter_and_a_shared_one_give_the_same_python_view_stacks() {
     }
 }
 
+/// `go tool pprof -list FUNCTION` of a pprof profile: each listed line's cumulative
+/// samples, by line number.
+fn pprof_list(profile: &Path, function: &str) -> BTreeMap<usize, f64> {
+    let output = Command::new("go")
+        .args(["tool", "pprof", "-sample_index=samples", "-list"])
+        .arg(format!("^{function}$"))
+        .arg(profile)
+        .output()
+        .expect("running go tool pprof");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let value = |text: &str| {
+        if text == "." {
+            0.0
+        } else {
+            text.parse().unwrap()
+        }
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let number = fields.get(2)?.strip_suffix(':')?.parse().ok()?;
+            Some((number, value(fields[1])))
+        })
+        .collect()
+}
+
+#[test]
+fn each_line_of_a_function_holds_its_measured_share() {
+    let first = definition_line("for i in range(count): total += i * i");
+    let second = definition_line("for i in range(count): total += (i % 7)");
+    for version in VERSIONS {
+        let run = profile(version, "lines", "4", &["-F", "999"]);
+        assert_walked(&run, version, 0.98);
+        let process_ns = run.truth["process_ns"].as_f64().unwrap();
+        let cpu = &run.report["cpu"];
+        let frames = cpu["frames"].as_array().unwrap();
+        let two_loops = frames
+            .iter()
+            .position(|frame| frame["function"] == "two_loops")
+            .unwrap_or_else(|| panic!("{version}: no two_loops frame"));
+        let samples = cpu["samples"].as_f64().unwrap();
+        let mut by_line: BTreeMap<usize, f64> = BTreeMap::new();
+        for stack in cpu["stacks"].as_array().unwrap() {
+            let ids = stack["frames"].as_array().unwrap();
+            let Some(depth) = ids.iter().rposition(|id| id == two_loops) else {
+                continue;
+            };
+            let line = stack["lines"][depth].as_u64().unwrap_or(0) as usize;
+            *by_line.entry(line).or_default() += stack["samples"].as_f64().unwrap() / samples;
+        }
+        let listed = pprof_list(&run.dir.join("cpu.pb.gz"), "two_loops");
+        for (line, phase) in [(first, "first_loop"), (second, "second_loop")] {
+            let measured = run.truth[phase].as_f64().unwrap() / process_ns;
+            let profiled = by_line.get(&line).copied().unwrap_or(0.0);
+            assert!(
+                (profiled - measured).abs() <= 0.03,
+                "{version}: line {line} holds {:.1}% in the profile, the workload measured \
+                 {:.1}%: {by_line:?}",
+                profiled * 100.0,
+                measured * 100.0
+            );
+            let in_pprof = listed.get(&line).copied().unwrap_or(0.0) / samples;
+            assert!(
+                (in_pprof - profiled).abs() <= 0.005,
+                "{version}: go tool pprof -list gives line {line} {:.1}%, the report {:.1}%",
+                in_pprof * 100.0,
+                profiled * 100.0
+            );
+        }
+    }
+}
+
 #[test]
 fn the_collectors_work_is_one_gc_frame_that_holds_its_measured_share() {
     for version in VERSIONS {

@@ -5,6 +5,8 @@ mod rules;
 
 pub use rules::{Check, Observations, Quantile, Rule, RuleOutcome, split_at_operator};
 
+use std::collections::BTreeMap;
+
 use crate::profile::{Frame, Profile};
 
 /// Whether a frame's function is the one `function` names: the same name, or a path
@@ -122,6 +124,25 @@ pub struct Analysis {
     pub hot_path: Vec<PathStep>,
     /// The rules and whether they fired.
     pub rules: Vec<RuleOutcome>,
+    /// The hottest source lines, at most [`HOT_LINES`], of the deepest hotspot that is
+    /// a source function (a Python function): the one the verdict names, if it is.
+    pub hot_lines: Vec<LineShare>,
+}
+
+/// Lines of the hottest source function the analysis keeps.
+pub const HOT_LINES: usize = 3;
+
+/// One source line's share of the samples, within one function.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LineShare {
+    /// The function.
+    pub frame: Frame,
+    /// The line.
+    pub line: u32,
+    /// Share of all samples in which the function was the innermost frame, at this line.
+    pub self_share: f64,
+    /// Share of all samples in which the function's innermost call was at this line.
+    pub total_share: f64,
 }
 
 impl Analysis {
@@ -158,6 +179,17 @@ pub fn analyze(
 
     let rules = rules::judge(&options.rules, profile, observations, options.strict_rules);
 
+    let deepest_on_path = hot_path
+        .last()
+        .filter(|step| step.hotspot)
+        .map(|step| &step.frame);
+    let hot_source = deepest_on_path
+        .into_iter()
+        .chain(hotspots.iter().rev().map(|hotspot| &hotspot.frame))
+        .find(|frame| frame.source.is_some());
+    let mut hot_lines = hot_source.map_or_else(Vec::new, |frame| line_shares(profile, frame));
+    hot_lines.truncate(HOT_LINES);
+
     Analysis {
         samples,
         hotspot_threshold: options.hotspot_threshold,
@@ -165,7 +197,46 @@ pub fn analyze(
         hotspots,
         hot_path,
         rules,
+        hot_lines,
     }
+}
+
+/// The source lines of the function `frame` by their share, most inclusive first: in
+/// each stack through it, the line its innermost call was running.
+pub fn line_shares(profile: &Profile, frame: &Frame) -> Vec<LineShare> {
+    let Some(id) = profile
+        .frames
+        .iter()
+        .position(|candidate| candidate == frame)
+    else {
+        return Vec::new();
+    };
+    let mut by_line: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    for stack in &profile.stacks {
+        let Some(depth) = stack.frames.iter().rposition(|&frame| frame == id) else {
+            continue;
+        };
+        let Some(&line) = stack.lines.get(depth).filter(|&&line| line != 0) else {
+            continue;
+        };
+        let counts = by_line.entry(line).or_default();
+        counts.1 += stack.count;
+        if depth + 1 == stack.frames.len() {
+            counts.0 += stack.count;
+        }
+    }
+    let samples = profile.samples();
+    let mut lines: Vec<LineShare> = by_line
+        .into_iter()
+        .map(|(line, (own, total))| LineShare {
+            frame: frame.clone(),
+            line,
+            self_share: share_of(own, samples),
+            total_share: share_of(total, samples),
+        })
+        .collect();
+    lines.sort_by(|a, b| b.total_share.total_cmp(&a.total_share));
+    lines
 }
 
 /// Each function's own and inclusive samples and shares, most inclusive first (then

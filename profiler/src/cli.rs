@@ -305,6 +305,12 @@ struct ViewArgs {
     /// stay.
     #[arg(long)]
     python_internals: bool,
+
+    /// Split each Python function's box in the flame graphs and collapsed stacks by the
+    /// line it was running (`predict (model.py:25)`), as py-spy draws them; in `top`,
+    /// its rows. Hotspots and rules still judge whole functions.
+    #[arg(long)]
+    lines: bool,
 }
 
 /// The load-test gates.
@@ -388,6 +394,7 @@ fn base_options(
     options.probes.unwind = sampling.unwind;
     options.duration = duration;
     options.python_internals = view.python_internals;
+    options.lines = view.lines;
     options.analysis.rules = gates.fail_on;
     options.analysis.strict_rules = gates.strict_rules;
     options

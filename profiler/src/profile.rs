@@ -40,8 +40,14 @@ pub struct SourceFunction {
 }
 
 impl SourceFunction {
-    /// The frame's label: `Model.predict (model.py:42)`.
+    /// The frame's label: `Model.predict (model.py:42)`, with the line of its
+    /// definition.
     pub fn label(&self) -> String {
+        self.label_at(self.line)
+    }
+
+    /// The label of the function at line `line`: `Model.predict (model.py:45)`.
+    pub fn label_at(&self, line: u32) -> String {
         if self.file.is_empty() {
             return self.qualname.clone();
         }
@@ -49,7 +55,7 @@ impl SourceFunction {
             || self.file.clone(),
             |name| name.to_string_lossy().into_owned(),
         );
-        format!("{} ({file}:{})", self.qualname, self.line)
+        format!("{} ({file}:{line})", self.qualname)
     }
 
     /// Whether `name` names this function: its qualified name, its last part, or the
@@ -201,6 +207,38 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// The frames of `stack`, one of this profile's, root first, each with the source
+    /// line it was running (0 for none).
+    pub fn placed<'p>(
+        &'p self,
+        stack: &'p Stack,
+    ) -> impl DoubleEndedIterator<Item = (&'p Frame, u32)> + 'p {
+        stack.frames.iter().enumerate().map(|(index, &id)| {
+            (
+                &self.frames[id],
+                stack.lines.get(index).copied().unwrap_or(0),
+            )
+        })
+    }
+
+    /// This profile with each source frame split by the line it was running, as
+    /// `Model.predict (model.py:25)` for line 25, as py-spy draws them; frames without a
+    /// line keep their definition's.
+    pub fn by_line(&self) -> Profile {
+        let mut builder = ProfileBuilder::default();
+        for stack in &self.stacks {
+            let frames = self.placed(stack).map(|(frame, line)| match &frame.source {
+                Some(source) if line != 0 => Frame {
+                    name: source.label_at(line),
+                    ..frame.clone()
+                },
+                _ => frame.clone(),
+            });
+            builder.push_from(stack.origin, frames, stack.count);
+        }
+        builder.build()
+    }
+
     /// Total weight over all stacks.
     pub fn samples(&self) -> u64 {
         self.stacks.iter().map(|stack| stack.count).sum()

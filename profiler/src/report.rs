@@ -1,7 +1,7 @@
 //! What a finished recording found: the report that the analysis fills in and every
 //! renderer reads. [`crate::record`] makes it; nothing here knows how.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, time::Duration};
 
 use profiler_common::LossCounter;
 
@@ -350,9 +350,23 @@ pub struct Report {
     pub cost: SelfCost,
     /// The Python interpreters walked, and how well.
     pub python: PythonReport,
+    /// `--lines`: flame graphs and collapsed stacks split each Python function by the
+    /// line it was running.
+    pub split_by_line: bool,
 }
 
 impl Report {
+    /// The `kind` profile as flame graphs and collapsed stacks draw it: split by line
+    /// with `--lines`.
+    pub fn drawn_profile(&self, kind: ProfileKind) -> Cow<'_, Profile> {
+        let profile = self.profile_of(kind);
+        if self.split_by_line {
+            Cow::Owned(profile.by_line())
+        } else {
+            Cow::Borrowed(profile)
+        }
+    }
+
     /// The `kind` profile.
     pub fn profile_of(&self, kind: ProfileKind) -> &Profile {
         match kind {

@@ -229,6 +229,24 @@ def plain(deadline):
         timed("weigh", weigh, 10000)
 
 
+def two_loops(count):
+    """Two loops, each on a line of its own, each timed."""
+    total = 0
+    start = time.thread_time_ns()
+    for i in range(count): total += i * i  # the first loop
+    middle = time.thread_time_ns()
+    for i in range(count): total += (i % 7) * (i % 11) - i // 3  # the second loop
+    add("first_loop", middle - start)
+    add("second_loop", time.thread_time_ns() - middle)
+    return total
+
+
+def lines(deadline):
+    """A function whose time is split between two lines."""
+    while time.monotonic() < deadline:
+        two_loops(200_000)
+
+
 def churn(count):
     """Makes reference cycles, which only the collector frees."""
     for _ in range(count):
@@ -268,6 +286,7 @@ MODES = {
     "callback": callback,
     "deep": deep,
     "plain": plain,
+    "lines": lines,
     "gc": collecting,
 }
 

@@ -413,6 +413,7 @@ impl Collector {
             stop: StopReason::Duration,
             cost: SelfCost::default(),
             python: PythonReport::default(),
+            split_by_line: options.lines,
         }
     }
 
@@ -565,6 +566,7 @@ impl Collector {
             stop: finished.stop,
             cost,
             python: self.python.report(),
+            split_by_line: options.lines,
         }
     }
 }

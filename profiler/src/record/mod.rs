@@ -66,6 +66,9 @@ pub struct RecordOptions {
     /// Show every native frame of stacks with Python frames, the interpreter's own
     /// included, instead of folding the interpreter's work into the Python frames.
     pub python_internals: bool,
+    /// Split each Python function of the flame graphs and collapsed stacks by the line
+    /// it was running.
+    pub lines: bool,
 }
 
 impl RecordOptions {
@@ -83,6 +86,7 @@ impl RecordOptions {
             metrics_addr: None,
             view: View::Summary,
             python_internals: false,
+            lines: false,
         }
     }
 }

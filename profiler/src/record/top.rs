@@ -183,7 +183,11 @@ impl TopView {
         elapsed: Duration,
     ) {
         let (window, threads) = collector.take_window(LiveWindow::Top);
-        let counts = Counts::of(&window);
+        let counts = if options.lines {
+            Counts::of(&window.by_line())
+        } else {
+            Counts::of(&window)
+        };
         self.since_start.add(&counts);
         self.recent.push_back(counts);
         let kept = (METRICS_WINDOW.as_secs_f64() / REFRESH.as_secs_f64()).round() as usize;

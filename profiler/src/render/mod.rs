@@ -73,7 +73,7 @@ impl<'r> Written<'r> {
     /// The on-CPU profile's collapsed lines ([`folded::lines`] of one sample each).
     pub fn cpu_folded(&self) -> &[String] {
         self.cpu_folded
-            .get_or_init(|| folded::lines(&self.report.profile, 1))
+            .get_or_init(|| folded::lines(&self.report.drawn_profile(ProfileKind::Cpu), 1))
     }
 }
 

@@ -75,10 +75,9 @@ fn profile(report: &Report, kind: ProfileKind) -> Profile {
             builder.profile.period = period;
             for stack in &report.profile.stacks {
                 let samples = stack.count as i64;
-                let frames = stack.frames.iter().map(|&id| &report.profile.frames[id]);
                 builder.sample(
                     report,
-                    frames,
+                    report.profile.placed(stack),
                     stack.origin,
                     vec![samples, samples * period],
                 );
@@ -88,7 +87,7 @@ fn profile(report: &Report, kind: ProfileKind) -> Profile {
             builder.sample_types(&[("offcpu", "nanoseconds")]);
             let profile = &report.offcpu.profile;
             for stack in &profile.stacks {
-                let frames = stack.frames.iter().map(|&id| &profile.frames[id]);
+                let frames = profile.placed(stack);
                 builder.sample(report, frames, stack.origin, vec![stack.count as i64]);
             }
         }
@@ -101,7 +100,8 @@ fn profile(report: &Report, kind: ProfileKind) -> Profile {
                     tid: None,
                 };
                 let values = vec![candidate.count as i64, candidate.bytes as i64];
-                builder.sample(report, candidate.stack.iter(), origin, values);
+                let frames = candidate.stack.iter().map(|frame| (frame, 0));
+                builder.sample(report, frames, origin, values);
             }
         }
     }
@@ -120,8 +120,11 @@ fn profile(report: &Report, kind: ProfileKind) -> Profile {
 struct Builder {
     profile: Profile,
     strings: Strings,
-    /// Location (and function) ids by frame: a frame is one location with one line.
-    locations: HashMap<Frame, u64>,
+    /// Function ids by frame.
+    functions: HashMap<Frame, u64>,
+    /// Location ids by frame and source line: a location is one line of one function,
+    /// so that `go tool pprof -list` shows a Python function's lines.
+    locations: HashMap<(Frame, u32), u64>,
     /// Mapping ids by file; the kernel is one mapping.
     mappings: HashMap<Option<Arc<ObjectFile>>, u64>,
 }
@@ -141,11 +144,12 @@ impl Builder {
             .collect();
     }
 
-    /// Adds a sample of `frames`, root first, with its process and thread as labels.
+    /// Adds a sample of `frames`, root first, each with the source line it was running
+    /// (0 for none), with its process and thread as labels.
     fn sample<'f>(
         &mut self,
         report: &Report,
-        frames: impl DoubleEndedIterator<Item = &'f Frame>,
+        frames: impl DoubleEndedIterator<Item = (&'f Frame, u32)>,
         origin: Origin,
         value: Vec<i64>,
     ) {
@@ -153,8 +157,8 @@ impl Builder {
         // label instead.
         let location_id = frames
             .rev()
-            .filter(|frame| frame.process.is_none())
-            .map(|frame| self.location(frame))
+            .filter(|(frame, _)| frame.process.is_none())
+            .map(|(frame, line)| self.location(frame, line))
             .collect();
         let mut label = Vec::new();
         if let Some(pid) = origin.pid {
@@ -185,17 +189,40 @@ impl Builder {
         }
     }
 
-    /// The id of `frame`'s location, added with its function the first time.
-    fn location(&mut self, frame: &Frame) -> u64 {
-        if let Some(&id) = self.locations.get(frame) {
+    /// The id of `frame`'s location at source line `line` (0: its definition's, if it
+    /// has one), added the first time.
+    fn location(&mut self, frame: &Frame, line: u32) -> u64 {
+        if let Some(&id) = self.locations.get(&(frame.clone(), line)) {
             return id;
         }
         let id = self.locations.len() as u64 + 1;
+        let function_id = self.function(frame);
+        let first_line = frame.source.as_ref().map_or(0, |source| source.line);
+        let mapping_id = self.mapping(frame);
+        self.profile.location.push(Location {
+            id,
+            mapping_id,
+            line: vec![Line {
+                function_id,
+                line: i64::from(if line == 0 { first_line } else { line }),
+                column: 0,
+            }],
+            ..Location::default()
+        });
+        self.locations.insert((frame.clone(), line), id);
+        id
+    }
+
+    /// The id of `frame`'s function, added the first time.
+    fn function(&mut self, frame: &Frame) -> u64 {
+        if let Some(&id) = self.functions.get(frame) {
+            return id;
+        }
+        let id = self.functions.len() as u64 + 1;
         let (name, file, line) = match &frame.source {
-            Some(python) => (python.qualname.as_str(), python.file.as_str(), python.line),
+            Some(source) => (source.qualname.as_str(), source.file.as_str(), source.line),
             None => (frame.name.as_str(), "", 0),
         };
-        let mapping_id = self.mapping(frame);
         let name = self.strings.id(name);
         self.profile.function.push(Function {
             id,
@@ -204,17 +231,7 @@ impl Builder {
             filename: self.strings.id(file),
             start_line: i64::from(line),
         });
-        self.profile.location.push(Location {
-            id,
-            mapping_id,
-            line: vec![Line {
-                function_id: id,
-                line: i64::from(line),
-                column: 0,
-            }],
-            ..Location::default()
-        });
-        self.locations.insert(frame.clone(), id);
+        self.functions.insert(frame.clone(), id);
         id
     }
 

@@ -3,7 +3,7 @@
 use std::{io::Write as _, path::PathBuf};
 
 use crate::{
-    analyze::{Check, FunctionShare, RuleOutcome},
+    analyze::{Analysis, Check, FunctionShare, RuleOutcome},
     profile::Frame,
     render::svg::FlameGraphLabels,
     report::{Report, StackQuality, StopReason, TargetProcess},
@@ -395,7 +395,39 @@ fn cpu_text(report: &Report, top: usize) -> String {
                 hotspot.frame.name,
                 percent(hotspot.total_share).trim()
             );
+            out += &hot_lines_text(analysis, &hotspot.frame);
         }
+    }
+    out
+}
+
+/// The hottest lines of `frame`, if the analysis has them.
+fn hot_lines_text(analysis: &Analysis, frame: &Frame) -> String {
+    let lines: Vec<_> = analysis
+        .hot_lines
+        .iter()
+        .filter(|line| &line.frame == frame)
+        .collect();
+    let Some(file) = frame.source.as_ref().map(|source| {
+        std::path::Path::new(&source.file).file_name().map_or_else(
+            || source.file.clone(),
+            |name| name.to_string_lossy().into_owned(),
+        )
+    }) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    if !lines.is_empty() {
+        out += "  its hottest lines:\n";
+    }
+    for line in lines {
+        out += &format!(
+            "  {}  {}:{} (self {})\n",
+            percent(line.total_share),
+            file,
+            line.line,
+            percent(line.self_share).trim()
+        );
     }
     out
 }

@@ -44,7 +44,7 @@ impl Output for FlameGraph {
         match self.0 {
             ProfileKind::Cpu => draw(written.cpu_folded(), &labels, &mut writer),
             kind => draw(
-                &folded::lines(report.profile_of(kind), unit),
+                &folded::lines(&report.drawn_profile(kind), unit),
                 &labels,
                 &mut writer,
             ),
