@@ -123,6 +123,12 @@ fn fields(report: &Report, stop_to_svg: Duration) -> Value {
                 "total": hotspot.total_share,
                 "threshold": analysis.hotspot_threshold,
             })).collect::<Vec<_>>(),
+            "hot_lines": analysis.hot_lines.iter().map(|line| json!({
+                "name": line.frame.name,
+                "line": line.line,
+                "total": line.total_share,
+                "self": line.self_share,
+            })).collect::<Vec<_>>(),
             "hot_path": analysis.hot_path.iter().map(|step| with(frame_fields(&step.frame), json!({
                 "total": step.share,
                 "hotspot": step.hotspot,
@@ -401,6 +407,7 @@ fn frame_fields(frame: &Frame) -> Value {
                 "function": source.qualname,
                 "file": source.file,
                 "line": source.line,
+                "first_line": source.line,
                 "module": source.module,
                 "entry": source.entry,
             }),
