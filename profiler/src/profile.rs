@@ -37,6 +37,9 @@ pub struct SourceFunction {
     /// Whether it is a thread's or a server's entry point (`Thread.run`, a serve loop)
     /// rather than the program's work, as its runtime knows them.
     pub entry: bool,
+    /// Whether it is installed code (a package's, the standard library's) rather than
+    /// the program's own.
+    pub installed: bool,
 }
 
 impl SourceFunction {

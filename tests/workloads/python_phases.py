@@ -176,6 +176,36 @@ def leak(deadline):
         time.sleep(0.05)
 
 
+def load_model_parts(numpy):
+    """Keeps what it loads: a buffer of 192 KiB and a numpy array of 64 KiB."""
+    MODEL_PARTS.append(bytearray(192 << 10))
+    MODEL_PARTS.append(numpy.ones(8192))
+    add("leaked_bytes", (192 << 10) + 8192 * 8)
+
+
+def serve_request(numpy):
+    """Allocates as much, and frees it."""
+    scratch = [bytearray(192 << 10), numpy.ones(8192)]
+    return sum(len(part) for part in scratch)
+
+
+def model_leak(deadline):
+    """Requests churn from the start; 2.5 s in, once a profiler had time to attach,
+    load_model_parts leaks 20 times over about a second; then only the churn goes on.
+    Needs numpy, unlike the other modes."""
+    import numpy
+
+    start = time.monotonic()
+    leaks = 0
+    while time.monotonic() < deadline:
+        if leaks < 20 and time.monotonic() - start >= 2.5:
+            load_model_parts(numpy)
+            leaks += 1
+        for _ in range(5):
+            serve_request(numpy)
+        time.sleep(0.05)
+
+
 def key_score(item):
     return sum((item * k) % 11 for k in range(60))
 
@@ -286,6 +316,7 @@ MODES = {
     "callback": callback,
     "deep": deep,
     "plain": plain,
+    "model_leak": model_leak,
     "lines": lines,
     "gc": collecting,
 }

@@ -34,6 +34,7 @@ use serde_json::{Value, json};
 use crate::{
     bench::{median, timed_with_rss},
     bench_python::PY_SPY_VERSION,
+    bench_unwind::which_python,
     profiler_binary, root,
     setup::python_venv,
 };
@@ -234,7 +235,7 @@ fn install_service(dir: &Path) -> anyhow::Result<PathBuf> {
     let venv = dir.join("loadtest-venv");
     let mut packages: Vec<String> = PACKAGES.iter().map(|package| package.to_string()).collect();
     packages.push(format!("py-spy=={PY_SPY_VERSION}"));
-    python_venv(&venv, &packages)?;
+    python_venv(&which_python(), &venv, &packages)?;
     Ok(venv)
 }
 

@@ -204,7 +204,11 @@ pub fn run(dir: &Path, duration: Duration, runs: u32) -> anyhow::Result<Value> {
 /// version is already there.
 fn install_py_spy(dir: &Path) -> anyhow::Result<PathBuf> {
     let venv = dir.join("py-spy-venv");
-    python_venv(&venv, &[format!("py-spy=={PY_SPY_VERSION}")])?;
+    python_venv(
+        &which_python(),
+        &venv,
+        &[format!("py-spy=={PY_SPY_VERSION}")],
+    )?;
     Ok(venv.join("bin/py-spy"))
 }
 

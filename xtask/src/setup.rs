@@ -114,9 +114,11 @@ pub fn run(purpose: Purpose) -> anyhow::Result<()> {
     if purpose == Purpose::Test {
         speedscope_schema()?;
         python_venv(
+            &which_python(),
             &test_deps().join("venv"),
             &[format!("jsonschema=={JSONSCHEMA_VERSION}")],
         )?;
+        numpy_venvs()?;
     }
     mounts();
     Ok(())
@@ -229,9 +231,51 @@ fn mounts() {
     }
 }
 
-/// A virtual environment at `venv` with `packages` (pinned, as pip takes them),
-/// installed from PyPI unless they are already there.
-pub fn python_venv(venv: &Path, packages: &[String]) -> anyhow::Result<()> {
+/// The CPython versions the Python tests run on, from pyenv.
+const TEST_PYTHONS: [&str; 4] = ["3.10", "3.11", "3.12", "3.13"];
+
+/// numpy for the Python tests' workloads that allocate through it: 2.2 is the last
+/// release for all of 3.10 to 3.13.
+const NUMPY: &str = "numpy==2.2.6";
+
+/// A venv with numpy per pyenv CPython the tests run on, at `test_deps()/numpy-3.X`.
+/// A version pyenv does not have is left out: its tests say what is missing.
+fn numpy_venvs() -> anyhow::Result<()> {
+    for version in TEST_PYTHONS {
+        if let Some(python) = pyenv_python(version) {
+            let venv = test_deps().join(format!("numpy-{version}"));
+            python_venv(&python, &venv, &[NUMPY.to_owned()])?;
+        }
+    }
+    Ok(())
+}
+
+/// The newest pyenv CPython of `version` (`3.12`), under `$PYENV_ROOT`, else
+/// `/root/.pyenv`.
+fn pyenv_python(version: &str) -> Option<PathBuf> {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    let mut installed: Vec<PathBuf> = fs::read_dir(root.join("versions"))
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .and_then(|name| name.strip_prefix(version))
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+        .map(|path| path.join(format!("bin/python{version}")))
+        .filter(|binary| binary.exists())
+        .collect();
+    installed.sort();
+    installed.pop()
+}
+
+/// A virtual environment of `python` at `venv` with `packages` (pinned, as pip takes
+/// them), installed from PyPI unless they are already there.
+pub fn python_venv(python: &Path, venv: &Path, packages: &[String]) -> anyhow::Result<()> {
     let marker = venv.join("installed.txt");
     let wanted = packages.join(" ");
     if fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
@@ -243,7 +287,7 @@ pub fn python_venv(venv: &Path, packages: &[String]) -> anyhow::Result<()> {
     );
     run_logged(
         &setup_log(),
-        Command::new(which_python()).args(["-m", "venv"]).arg(venv),
+        Command::new(python).args(["-m", "venv"]).arg(venv),
     )?;
     run_logged(
         &setup_log(),

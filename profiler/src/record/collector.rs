@@ -289,12 +289,19 @@ impl Collector {
                     Some(key) => names.frames(key),
                     None => vec![Frame::native("[stack not recorded]", false)],
                 };
-                // Python code allocates through the interpreter: its innermost Python
-                // frame is what allocated.
+                // Python code allocates through the interpreter, and often through a
+                // package's Python code (numpy's `ones`): its innermost frame of the
+                // program's own code is what allocated.
                 let function = stack
                     .iter()
                     .rev()
-                    .find(|frame| frame.source.is_some())
+                    .find(|frame| {
+                        frame
+                            .source
+                            .as_ref()
+                            .is_some_and(|source| !source.installed)
+                    })
+                    .or_else(|| stack.iter().rev().find(|frame| frame.source.is_some()))
                     .or_else(|| {
                         stack
                             .iter()

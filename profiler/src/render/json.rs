@@ -364,6 +364,7 @@ fn frame_from_fields(fields: &Value) -> Option<Frame> {
                 line: u32::try_from(fields["line"].as_u64()?).ok()?,
                 module: fields["module"].as_str().map(str::to_owned),
                 entry: fields["entry"].as_bool().unwrap_or(false),
+                installed: fields["installed"].as_bool().unwrap_or(false),
             })
         }
         _ => {}
@@ -410,6 +411,7 @@ fn frame_fields(frame: &Frame) -> Value {
                 "first_line": source.line,
                 "module": source.module,
                 "entry": source.entry,
+                "installed": source.installed,
             }),
         );
     }

@@ -71,6 +71,7 @@ pub fn read_function(
         line: first_line,
         module: None,
         entry: false,
+        installed: false,
     })
 }
 
@@ -160,6 +161,26 @@ fn read_string(
     })
 }
 
+/// Whether a directory of a source file's path is where installed code lives: a
+/// package directory, or the standard library's (`lib/python3.12`).
+fn is_installed_directory(part: &str) -> bool {
+    part == "site-packages"
+        || part == "dist-packages"
+        || (part.starts_with("python3.") && part.len() <= "python3.99".len())
+}
+
+/// Whether the source file `file` is installed code, a package's or the standard
+/// library's (frozen modules included), rather than the program's own.
+pub fn is_installed(file: &str) -> bool {
+    file.starts_with("<frozen ")
+        || Path::new(file)
+            .components()
+            .any(|component| match component {
+                Component::Normal(part) => is_installed_directory(&part.to_string_lossy()),
+                _ => false,
+            })
+}
+
 /// The module a source file is, as `import` would name it: the part of its path below
 /// `site-packages` (or `dist-packages`, or the standard library's directory), or else
 /// below the outermost directory that is no package (has no `__init__.py`). `root` is
@@ -176,11 +197,7 @@ pub fn module_path(file: &Path, root: &Path) -> Option<String> {
             _ => None,
         })
         .collect();
-    let installed = parts.iter().rposition(|part| {
-        part == "site-packages"
-            || part == "dist-packages"
-            || (part.starts_with("python3.") && part.len() <= "python3.99".len())
-    });
+    let installed = parts.iter().rposition(|part| is_installed_directory(part));
     let first = match installed {
         Some(index) => index + 1,
         None => {
@@ -216,7 +233,21 @@ mod tests {
             line: 42,
             module: module.map(str::to_owned),
             entry: false,
+            installed: false,
         }
+    }
+
+    #[test]
+    fn packages_and_the_standard_library_are_installed_code_and_the_program_is_not() {
+        for file in [
+            "/venv/lib/python3.12/site-packages/numpy/_core/numeric.py",
+            "/usr/lib/python3/dist-packages/flask/app.py",
+            "/root/.pyenv/versions/3.12.1/lib/python3.12/threading.py",
+            "<frozen importlib._bootstrap>",
+        ] {
+            assert!(is_installed(file), "{file}");
+        }
+        assert!(!is_installed("/srv/app/model_service.py"));
     }
 
     #[test]

@@ -221,6 +221,7 @@ mod tests {
                 line: 1,
                 module: None,
                 entry: false,
+                installed: false,
             })
             .collect()
     }

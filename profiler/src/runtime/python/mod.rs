@@ -268,6 +268,7 @@ impl PythonFrames {
                     .or_insert_with(|| module_path(Path::new(&function.file), &root))
                     .clone();
                 function.entry = view::is_entry_point(&function);
+                function.installed = code::is_installed(&function.file);
                 function
             }
             Err(reason) => {
@@ -316,6 +317,7 @@ pub fn unknown_function() -> SourceFunction {
         line: 0,
         module: None,
         entry: false,
+        installed: false,
     }
 }
 
