@@ -102,7 +102,7 @@ pub fn read_line_table(
         10 => Encoding::AddressLinePairs,
         _ => Encoding::Locations,
     };
-    Some(LineTable::new(encoding, frame.first_line, bytes))
+    Some(LineTable::new(encoding, frame.first_line, &bytes))
 }
 
 /// Bits of a string's `state` field, the same from 3.11 to 3.13.

@@ -12,12 +12,11 @@ pub enum Encoding {
     Locations,
 }
 
-/// A code object's line table.
+/// A code object's line table, decoded once: the lines of its instructions, by range.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineTable {
-    encoding: Encoding,
-    first_line: u32,
-    bytes: Vec<u8>,
+    /// Each range's end, in code units, and its line (0 for none), by ascending end.
+    ranges: Vec<(u32, u32)>,
 }
 
 /// Bytes of a code unit: line tables count addresses in bytes.
@@ -25,59 +24,57 @@ const CODE_UNIT_BYTES: u64 = 2;
 
 impl LineTable {
     /// The table `bytes` of a code object whose first line is `first_line`.
-    pub fn new(encoding: Encoding, first_line: u32, bytes: Vec<u8>) -> Self {
-        LineTable {
-            encoding,
-            first_line,
-            bytes,
-        }
-    }
-
-    /// The line of the instruction at index `instruction` (in code units), if it has
-    /// one.
-    pub fn line(&self, instruction: u32) -> Option<u32> {
-        let address = u64::from(instruction) * CODE_UNIT_BYTES;
-        let mut line = i64::from(self.first_line);
+    pub fn new(encoding: Encoding, first_line: u32, bytes: &[u8]) -> Self {
+        let mut ranges = Vec::new();
+        let mut line = i64::from(first_line);
         let mut end = 0u64;
-        match self.encoding {
+        let mut push = |end: u64, line: Option<i64>| {
+            let line = line.and_then(|line| u32::try_from(line).ok()).unwrap_or(0);
+            let end = u32::try_from(end / CODE_UNIT_BYTES).unwrap_or(u32::MAX);
+            ranges.push((end, line));
+        };
+        match encoding {
             Encoding::AddressLinePairs => {
-                for pair in self.bytes.chunks_exact(2) {
-                    let start = end;
+                for pair in bytes.chunks_exact(2) {
                     end += u64::from(pair[0]);
                     let delta = pair[1] as i8;
                     let has_line = delta != -128;
                     if has_line {
                         line += i64::from(delta);
                     }
-                    if (start..end).contains(&address) {
-                        return has_line.then(|| u32::try_from(line).ok()).flatten();
-                    }
+                    push(end, has_line.then_some(line));
                 }
-                None
             }
             Encoding::Locations => {
                 let mut at = 0;
-                while let Some(&header) = self.bytes.get(at) {
+                while let Some(&header) = bytes.get(at) {
                     let code = (header >> 3) & 15;
-                    let start = end;
                     end += (u64::from(header & 7) + 1) * CODE_UNIT_BYTES;
                     line += match code {
-                        13 | 14 => signed_varint(&self.bytes[at + 1..]),
+                        13 | 14 => signed_varint(&bytes[at + 1..]),
                         10..=12 => i64::from(code - 10),
                         _ => 0,
                     };
-                    if (start..end).contains(&address) {
-                        return (code != 15).then(|| u32::try_from(line).ok()).flatten();
-                    }
+                    push(end, (code != 15).then_some(line));
                     // The next entry is the next byte with its top bit set.
                     at += 1;
-                    while self.bytes.get(at).is_some_and(|byte| byte & 0x80 == 0) {
+                    while bytes.get(at).is_some_and(|byte| byte & 0x80 == 0) {
                         at += 1;
                     }
                 }
-                None
             }
         }
+        LineTable { ranges }
+    }
+
+    /// The line of the instruction at index `instruction` (in code units), if it has
+    /// one.
+    pub fn line(&self, instruction: u32) -> Option<u32> {
+        let range = self.ranges.partition_point(|&(end, _)| end <= instruction);
+        self.ranges
+            .get(range)
+            .map(|&(_, line)| line)
+            .filter(|&line| line != 0)
     }
 }
 
@@ -114,7 +111,7 @@ mod tests {
         let table = LineTable::new(
             Encoding::AddressLinePairs,
             10,
-            vec![6, 0, 4, 2, 2, 0x80, 8, 0xff],
+            &[6, 0, 4, 2, 2, 0x80, 8, 0xff],
         );
         let lines: Vec<Option<u32>> = [0, 2, 3, 4, 5, 6, 9, 10].map(|i| table.line(i)).to_vec();
         assert_eq!(
@@ -141,7 +138,7 @@ mod tests {
         let table = LineTable::new(
             Encoding::Locations,
             20,
-            vec![
+            &[
                 0x80 | (11 << 3) | 1,
                 0,
                 4,
