@@ -46,13 +46,7 @@ pub fn read_function(
     frame: &PythonFrame,
 ) -> Result<SourceFunction, Unresolved> {
     let layout = &interpreter.objects;
-    let read_u64 = |address: u64| -> Result<u64, Unresolved> {
-        let mut bytes = [0; 8];
-        memory
-            .read_exact_at(&mut bytes, address)
-            .map_err(|_| Unresolved::ProcessGone)?;
-        Ok(u64::from_le_bytes(bytes))
-    };
+    let read_u64 = |address| read_u64(memory, address).ok_or(Unresolved::ProcessGone);
     let object_type = read_u64(frame.code + 8)?;
     if object_type != interpreter.code_type {
         return Err(Unresolved::NotCode);
@@ -89,11 +83,7 @@ pub fn read_line_table(
     interpreter: &Interpreter,
     frame: &PythonFrame,
 ) -> Option<LineTable> {
-    let read_u64 = |address: u64| -> Option<u64> {
-        let mut bytes = [0; 8];
-        memory.read_exact_at(&mut bytes, address).ok()?;
-        Some(u64::from_le_bytes(bytes))
-    };
+    let read_u64 = |address| read_u64(memory, address);
     let table = read_u64(frame.code + interpreter.objects.code_line_table)?;
     let length = read_u64(table + BYTES_LENGTH)?.min(MAX_LINE_TABLE_BYTES);
     let mut bytes = vec![0; length as usize];
@@ -103,6 +93,13 @@ pub fn read_line_table(
         _ => Encoding::Locations,
     };
     Some(LineTable::new(encoding, frame.first_line, &bytes))
+}
+
+/// The 8 bytes of the process's memory at `address`.
+fn read_u64(memory: &fs::File, address: u64) -> Option<u64> {
+    let mut bytes = [0; 8];
+    memory.read_exact_at(&mut bytes, address).ok()?;
+    Some(u64::from_le_bytes(bytes))
 }
 
 /// Bits of a string's `state` field, the same from 3.11 to 3.13.

@@ -35,7 +35,7 @@ impl LineTable {
         };
         match encoding {
             Encoding::AddressLinePairs => {
-                for pair in bytes.chunks_exact(2) {
+                for pair in bytes.as_chunks::<2>().0 {
                     end += u64::from(pair[0]);
                     let delta = pair[1] as i8;
                     let has_line = delta != -128;
