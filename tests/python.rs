@@ -271,7 +271,7 @@ fn predict_holds_its_measured_share_and_the_gate_fires() {
 fn the_demo_services_verdict_names_predict_and_its_tables_no_interpreter_internal() {
     for version in VERSIONS {
         let dir = scratch(&format!("python-demo-{version}"));
-        let mut service = Command::new(python(version))
+        let service = Command::new(python(version))
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/model_service.py"))
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -890,5 +890,105 @@ fn a_python_stack_150_frames_deep_is_walked_to_its_first_frame() {
             .max()
             .unwrap();
         assert!(deepest > 150, "{version}: recurse reached {deepest} frames");
+    }
+}
+
+/// The last exposition text scraped from `address` while `recording` runs, every half
+/// second.
+fn scrape_while(address: &str, mut recording: std::process::Child) -> (String, Option<i32>) {
+    use std::io::{Read as _, Write as _};
+    let mut last = String::new();
+    loop {
+        if let Some(status) = recording.try_wait().unwrap() {
+            return (last, status.code());
+        }
+        if let Ok(mut stream) = std::net::TcpStream::connect(address) {
+            let mut text = String::new();
+            let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+            if stream.read_to_string(&mut text).is_ok() && text.contains("profiler_") {
+                last = text;
+            }
+        }
+        sleep(Duration::from_millis(500));
+    }
+}
+
+/// The value of the series `name{labels}` in exposition `text`.
+fn series(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}{{{labels}}} ")))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[test]
+fn gil_held_released_and_waiting_shares_match_what_the_threads_measure() {
+    for (index, version) in VERSIONS.iter().enumerate() {
+        let dir = scratch(&format!("python-gil-{version}"));
+        let truth_path = dir.join("truth.json");
+        let address = format!("127.0.0.1:{}", 19460 + index);
+        let recording = record(
+            &dir,
+            &[
+                "--events",
+                "cpu,offcpu",
+                "-F",
+                "499",
+                "--metrics-addr",
+                &address,
+            ],
+        )
+        .arg("--")
+        .arg(python_with_numpy(version))
+        .arg(workload_source("python_phases.py"))
+        .args(["gil", "8"])
+        .arg(&truth_path)
+        .spawn()
+        .unwrap();
+        let (metrics, code) = scrape_while(&address, recording);
+        let run = read_run(&dir, &truth_path, code);
+        assert_eq!(run.exit_code, Some(0), "{version}");
+        let truth = |key: &str| run.truth[key].as_f64().unwrap();
+        let measured_total =
+            truth("gil_held_ns") + truth("gil_released_ns") + truth("gil_waiting_ns");
+        let gil = &run.report["python"]["gil"];
+        // Every phase the threads time runs inside gil_section.
+        let section = gil["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|function| function["function"] == "gil_section")
+            .unwrap_or_else(|| panic!("{version}: no gil_section in python.gil: {gil}"));
+        for state in ["held", "released", "waiting"] {
+            let measured = truth(&format!("gil_{state}_ns")) / measured_total;
+            let profiled = section[format!("{state}_share")].as_f64().unwrap();
+            assert!(
+                (profiled - measured).abs() <= TOLERANCE,
+                "{version}: gil_section {state} {:.1}% in the profile, the threads measured \
+                 {:.1}%: {section}",
+                profiled * 100.0,
+                measured * 100.0
+            );
+        }
+        let process = &gil["processes"][0];
+        let pid = process["pid"].as_u64().unwrap();
+        for state in ["held", "released", "waiting"] {
+            let labels = format!("pid=\"{pid}\",state=\"{state}\"");
+            let gauge = series(&metrics, "profiler_python_gil_ratio", &labels)
+                .unwrap_or_else(|| panic!("{version}: no GIL gauge {labels} in:\n{metrics}"));
+            let reported = process[format!("{state}_share")].as_f64().unwrap();
+            assert!(
+                (gauge - reported).abs() <= TOLERANCE,
+                "{version}: the {state} gauge read {gauge:.3} at the last scrape, the report \
+                 {reported:.3}"
+            );
+        }
+        // The threads' waits are one wait reason of their own, in the Python view.
+        let offcpu = &run.report["offcpu"]["functions"];
+        let waited = offcpu
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|function| function["name"] == "[GIL wait]");
+        assert!(waited, "{version}: no [GIL wait] off-CPU frame: {offcpu}");
     }
 }

@@ -683,6 +683,10 @@ pub struct PythonStack {
     pub depth: u32,
     /// A [`PythonEnd`]: why the walk stopped where it did.
     pub end: u32,
+    /// A [`GilState`]: what the thread was doing about the GIL.
+    pub gil: u32,
+    /// Zero, so that equal stacks have equal bytes.
+    pub _padding: u32,
     /// Bit `i` (word `i / 64`, bit `i % 64`) is set when frame `i` is the outermost frame
     /// of one call of the interpreter's C function `_PyEval_EvalFrameDefault`: the frames
     /// from just after the previous set bit up to it replace that native frame.
@@ -746,6 +750,51 @@ impl PythonEnd {
             .unwrap_or(PythonEnd::NotPython)
     }
 }
+
+/// What a thread with Python frames was doing about its interpreter's global lock (the
+/// GIL) when its stacks were taken, in [`PythonStack::gil`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GilState {
+    /// Not told: no thread state, or the lock could not be read.
+    Unknown = 0,
+    /// The thread held it.
+    Held,
+    /// Another thread held it or nobody did: on a CPU, the thread ran C code that
+    /// released it (numpy, BLAS, a compression or hashing library).
+    Released,
+    /// The thread was in a futex wait on the lock's own condition variable or mutex:
+    /// taking it, or handing it over (`take_gil`, `drop_gil`).
+    Waiting,
+}
+
+impl GilState {
+    /// The state a raw value names; an unknown value reads as [`GilState::Unknown`].
+    pub fn from_raw(state: u32) -> Self {
+        match state {
+            1 => GilState::Held,
+            2 => GilState::Released,
+            3 => GilState::Waiting,
+            _ => GilState::Unknown,
+        }
+    }
+}
+
+/// Offset of `last_holder`, the `PyThreadState` that holds or last held the lock, in
+/// CPython's `struct _gil_runtime_state`, 3.10 to 3.13.
+pub const PYTHON_GIL_HOLDER: u64 = 8;
+
+/// Offset of `locked` (an `int`, 1 while someone holds the lock) in the same.
+pub const PYTHON_GIL_LOCKED: u64 = 16;
+
+/// Bytes of the same, through the condition variables and mutexes (`cond`, `mutex`,
+/// `switch_cond`, `switch_mutex`) whose futex words a thread sleeps on to take the lock
+/// or to hand it over.
+pub const PYTHON_GIL_BYTES: u64 = 208;
+
+/// The x86_64 syscall number of `futex`, which `pthread_cond_timedwait` and
+/// `pthread_mutex_lock` sleep in.
+pub const SYSCALL_FUTEX: u64 = 202;
 
 /// Offsets in a `_PyInterpreterFrame` or a structure around it meaning "absent".
 pub const PYTHON_NO_FIELD: u32 = u32::MAX;
@@ -813,6 +862,9 @@ pub struct PythonProcess {
     /// Address of the interpreter's `Py_tss_t` whose thread-specific value is each
     /// thread's own `PyThreadState` (`_PyRuntime.autoTSSkey`).
     pub thread_state_key: u64,
+    /// Address of the main interpreter's GIL (`struct _gil_runtime_state`), 0 when not
+    /// known, which leaves every stack's [`GilState::Unknown`].
+    pub gil: u64,
     /// The version's layout.
     pub layout: PythonLayout,
 }
@@ -1018,6 +1070,8 @@ mod tests {
         let mut stack = PythonStack {
             depth: 3,
             end: 0,
+            gil: 0,
+            _padding: 0,
             call_ends: [0; PYTHON_CALL_END_WORDS],
             frames: [PythonFrame::default(); MAX_PYTHON_DEPTH],
         };

@@ -6,23 +6,29 @@
 //! the thread holding the GIL: a thread that released the GIL inside `predict` (numpy,
 //! hashlib, a socket read) is still running `predict`. Only code object addresses are
 //! recorded; userspace names them.
+//!
+//! Whether the thread holds the GIL is read from the lock itself (`locked` and
+//! `last_holder`), at the same moment: a thread on a CPU without it runs C code that
+//! released it; a thread in a futex wait on the lock's own words waits to take it.
 
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
+    bindings::pt_regs,
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
         bpf_probe_read_user_buf,
-        generated::{bpf_get_current_task, bpf_loop},
+        generated::{bpf_get_current_task, bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
     },
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
 use profiler_common::{
-    MAX_PYTHON_DEPTH, MAX_TARGETS, PTHREAD_KEY_FIRST_BLOCK, PTHREAD_SPECIFIC_OFFSET,
+    GilState, MAX_PYTHON_DEPTH, MAX_TARGETS, PTHREAD_KEY_FIRST_BLOCK, PTHREAD_SPECIFIC_OFFSET,
     PYTHON_CALL_END_WORDS, PYTHON_CODE_BYTES, PYTHON_EVERY_FRAME, PYTHON_FRAME_BYTES,
-    PYTHON_NO_FIELD, PYTHON_NO_INSTRUCTION, PYTHON_OWNER_CSTACK, PythonEnd, PythonFrame,
-    PythonLayout, PythonProcess, PythonStack,
+    PYTHON_GIL_BYTES, PYTHON_GIL_HOLDER, PYTHON_GIL_LOCKED, PYTHON_NO_FIELD, PYTHON_NO_INSTRUCTION,
+    PYTHON_OWNER_CSTACK, PythonEnd, PythonFrame, PythonLayout, PythonProcess, PythonStack,
+    SYSCALL_FUTEX,
 };
 
 use crate::stacks::{UNWINDERS, Unwinder};
@@ -98,11 +104,13 @@ pub unsafe fn copy(walked: Option<*const PythonStack>, out: *mut PythonStack) {
                 if bpf_probe_read_kernel_buf(walked.cast::<u8>(), bytes).is_err() {
                     (*out).depth = 0;
                     (*out).end = PythonEnd::UnreadableMemory as u32;
+                    (*out).gil = GilState::Unknown as u32;
                 }
             }
             None => {
                 (*out).depth = 0;
                 (*out).end = PythonEnd::NotPython as u32;
+                (*out).gil = GilState::Unknown as u32;
             }
         }
     }
@@ -120,8 +128,13 @@ pub fn walk(unwinder: Unwinder, tgid: u32) -> Option<*const PythonStack> {
     unsafe {
         (*state).stack.depth = 0;
         (*state).stack.call_ends = [0; PYTHON_CALL_END_WORDS];
+        (*state).stack.gil = GilState::Unknown as u32;
         (*state).layout = process.layout;
-        match current_frame(process) {
+        let thread_state = current_thread_state(process);
+        if let Ok(thread_state) = thread_state {
+            (*state).stack.gil = gil_state(process, thread_state) as u32;
+        }
+        match thread_state.and_then(|thread_state| current_frame(process, thread_state)) {
             Ok(frame) => {
                 (*state).frame = frame;
                 (*state).stack.end = PythonEnd::DepthLimit as u32;
@@ -139,9 +152,9 @@ pub fn walk(unwinder: Unwinder, tgid: u32) -> Option<*const PythonStack> {
     }
 }
 
-/// The innermost frame of the running thread's own thread state.
+/// The running thread's own thread state.
 #[inline(always)]
-fn current_frame(process: &PythonProcess) -> Result<u64, PythonEnd> {
+fn current_thread_state(process: &PythonProcess) -> Result<u64, PythonEnd> {
     // SAFETY: reading globals userspace set before loading, and kernel memory through
     // the checking helper.
     let fsbase = unsafe {
@@ -168,6 +181,13 @@ fn current_frame(process: &PythonProcess) -> Result<u64, PythonEnd> {
     if read_user::<u64>(thread_state + u64::from(layout.thread_id))? != fsbase {
         return Err(PythonEnd::OtherThread);
     }
+    Ok(thread_state)
+}
+
+/// The innermost frame of thread state `thread_state`.
+#[inline(always)]
+fn current_frame(process: &PythonProcess, thread_state: u64) -> Result<u64, PythonEnd> {
+    let layout = &process.layout;
     let holder = if layout.thread_frame_holder == PYTHON_NO_FIELD {
         thread_state
     } else {
@@ -177,6 +197,45 @@ fn current_frame(process: &PythonProcess) -> Result<u64, PythonEnd> {
         return Err(PythonEnd::NoThreadState);
     }
     read_user::<u64>(holder + u64::from(layout.holder_current_frame))
+}
+
+/// What the running thread, whose thread state is `thread_state`, is doing about the GIL.
+#[inline(always)]
+fn gil_state(process: &PythonProcess, thread_state: u64) -> GilState {
+    let gil = process.gil;
+    if gil == 0 {
+        return GilState::Unknown;
+    }
+    if futex_wait_address().is_some_and(|address| address.wrapping_sub(gil) < PYTHON_GIL_BYTES) {
+        return GilState::Waiting;
+    }
+    let (Ok(holder), Ok(locked)) = (
+        read_user::<u64>(gil + PYTHON_GIL_HOLDER),
+        read_user::<i32>(gil + PYTHON_GIL_LOCKED),
+    ) else {
+        return GilState::Unknown;
+    };
+    if locked > 0 && holder == thread_state {
+        GilState::Held
+    } else {
+        GilState::Released
+    }
+}
+
+/// The futex word the running thread waits on, if it is in a `futex` call: its first
+/// argument, as it entered the kernel. A sampled thread interrupted in user code has
+/// an interrupt's number there, not a syscall's.
+#[inline(always)]
+fn futex_wait_address() -> Option<u64> {
+    // SAFETY: the helpers return the running task's registers; every read is checked.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        let syscall = bpf_probe_read_kernel(&raw const (*regs).orig_rax).ok()?;
+        if syscall != SYSCALL_FUTEX {
+            return None;
+        }
+        bpf_probe_read_kernel(&raw const (*regs).rdi).ok()
+    }
 }
 
 /// One `bpf_loop` iteration: 0 goes on, 1 stops. Private and not `#[no_mangle]`, so that

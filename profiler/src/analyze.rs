@@ -1,8 +1,11 @@
 //! What a profile means: each function's share of on-CPU time, the hotspots above a
-//! threshold, the hot path through them, and the `--fail-on` rules of a load-test gate.
+//! threshold, the hot path through them, the `--fail-on` rules of a load-test gate, and
+//! time with respect to a runtime's global lock.
 
+mod lock;
 mod rules;
 
+pub use lock::{FunctionLockTime, LOCK_FUNCTIONS, LockTime, LockTimes, ProcessLockTime};
 pub use rules::{Check, Observations, Quantile, Rule, RuleOutcome, split_at_operator};
 
 use std::collections::BTreeMap;

@@ -233,6 +233,11 @@ pub struct ProbeSettings {
 }
 
 impl ProbeSettings {
+    /// CPU time a sample stands for, in nanoseconds.
+    pub fn sample_interval_ns(&self) -> u64 {
+        1_000_000_000 / u64::from(self.frequency_hz.max(1))
+    }
+
     /// Whether any stack is unwound from the unwind tables: allocation stacks always
     /// are, CPU, off-CPU and slow-syscall stacks unless frame pointers are walked.
     /// Block requests carry no stack.

@@ -189,7 +189,12 @@ pub fn comparable(profile: &Profile) -> Profile {
                 ..frame.clone()
             }
         });
-        builder.push_from(stack.origin, frames, stack.count);
+        builder.push_placed(
+            stack.origin,
+            stack.lock,
+            frames.map(|frame| (frame, 0)),
+            stack.count,
+        );
     }
     builder.build()
 }

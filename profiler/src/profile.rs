@@ -20,6 +20,37 @@ impl Language {
     }
 }
 
+/// What a thread was doing about its runtime's global lock (CPython's GIL) when a stack
+/// was recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LockState {
+    /// It held the lock.
+    Held,
+    /// It ran without it: native code that released it.
+    Released,
+    /// It waited to take it.
+    Waiting,
+}
+
+impl LockState {
+    /// Every state, in the order reports list them.
+    pub const ALL: [LockState; 3] = [LockState::Held, LockState::Released, LockState::Waiting];
+
+    /// The name the JSON report and the metrics give the state.
+    pub fn name(self) -> &'static str {
+        match self {
+            LockState::Held => "held",
+            LockState::Released => "released",
+            LockState::Waiting => "waiting",
+        }
+    }
+
+    /// The state [`LockState::name`] names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.name() == name)
+    }
+}
+
 /// A function of the program's own source, as its runtime names it: a Python function
 /// rather than the interpreter's C frame that ran it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -189,6 +220,9 @@ pub struct Stack {
     pub count: u64,
     /// Where it was recorded.
     pub origin: Origin,
+    /// What its thread was doing about its runtime's global lock, where it has one and
+    /// it was read.
+    pub lock: Option<LockState>,
 }
 
 /// The process and thread a stack was recorded in, where it is one thread's.
@@ -237,7 +271,12 @@ impl Profile {
                 },
                 _ => frame.clone(),
             });
-            builder.push_from(stack.origin, frames, stack.count);
+            builder.push_placed(
+                stack.origin,
+                stack.lock,
+                frames.map(|frame| (frame, 0)),
+                stack.count,
+            );
         }
         builder.build()
     }
@@ -268,14 +307,20 @@ impl ProfileBuilder {
         frames: impl IntoIterator<Item = Frame>,
         count: u64,
     ) {
-        self.push_placed(origin, frames.into_iter().map(|frame| (frame, 0)), count);
+        self.push_placed(
+            origin,
+            None,
+            frames.into_iter().map(|frame| (frame, 0)),
+            count,
+        );
     }
 
     /// Adds a stack given as frames with the source line each was running (0 for
-    /// none), root first, recorded in `origin`.
+    /// none), root first, recorded in `origin` with its runtime's lock in `lock`.
     pub fn push_placed(
         &mut self,
         origin: Origin,
+        lock: Option<LockState>,
         frames: impl IntoIterator<Item = (Frame, u32)>,
         count: u64,
     ) {
@@ -298,6 +343,7 @@ impl ProfileBuilder {
             lines,
             count,
             origin,
+            lock,
         });
     }
 

@@ -7,7 +7,7 @@ use profiler_common::LossCounter;
 
 use crate::{
     aggregate::{Completeness, IoRow, SyscallSummary},
-    analyze::{Analysis, FunctionShare},
+    analyze::{Analysis, FunctionShare, LockTimes},
     attach::{BpfCost, EventSet, LossCounters, ProbeSettings},
     exit::code,
     profile::{Frame, Profile},
@@ -350,6 +350,8 @@ pub struct Report {
     pub cost: SelfCost,
     /// The Python interpreters walked, and how well.
     pub python: PythonReport,
+    /// Time with respect to the runtimes' global locks (CPython's GIL).
+    pub lock_times: LockTimes,
     /// `--lines`: flame graphs and collapsed stacks split each Python function by the
     /// line it was running.
     pub split_by_line: bool,

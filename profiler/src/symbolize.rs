@@ -28,7 +28,9 @@ use crate::{
     aggregate::{StackCounts, StackKey},
     elf,
     memory_map::{FileId, Mapping, MemoryMaps, read_mappings},
-    profile::{Frame, ObjectFile, Origin, Profile, ProfileBuilder, SourceFunction, Stack},
+    profile::{
+        Frame, LockState, ObjectFile, Origin, Profile, ProfileBuilder, SourceFunction, Stack,
+    },
     runtime::python,
 };
 
@@ -133,6 +135,11 @@ impl Names {
             .rev()
             .map(|address| unplaced(self.user_frames(key.tgid, address)))
             .collect();
+        let stand_ins = self.python_view.stand_ins(
+            (Frame::native(python::COLLECTOR_FRAME, false), 0),
+            || (python::python_frame(&python::unknown_function()), 0),
+            || (Frame::native(python::GIL_WAIT_FRAME, false), 0),
+        );
         let mut frames = python::interleave(
             native,
             &key.python,
@@ -141,11 +148,7 @@ impl Names {
                 (python::python_frame(function), frame.line)
             },
             |(frame, _)| self.python_view.role(frame),
-            &self
-                .python_view
-                .stand_ins((Frame::native(python::COLLECTOR_FRAME, false), 0), || {
-                    (python::python_frame(&python::unknown_function()), 0)
-                }),
+            &stand_ins,
             key.native_complete,
         );
         frames.extend(
@@ -153,6 +156,9 @@ impl Names {
                 .rev()
                 .flat_map(|address| unplaced(self.kernel_frames(address))),
         );
+        if key.lock == Some(LockState::Waiting) {
+            python::end_at_gil_wait(&mut frames, |(frame, _)| frame.source.is_some(), &stand_ins);
+        }
         frames
     }
 
@@ -215,7 +221,12 @@ impl Names {
                 Capture::AtTracepoint => self.placed_frames_below_tracepoint(key),
             };
             let root = several.then(|| (process_root(key.tgid, process_names), 0));
-            profile.push_placed(origin(key), root.into_iter().chain(frames), weight);
+            profile.push_placed(
+                origin(key),
+                key.lock,
+                root.into_iter().chain(frames),
+                weight,
+            );
         }
         profile.build()
     }
@@ -297,10 +308,12 @@ impl NamedStacks {
         }
         let collector = self.intern(Frame::native(python::COLLECTOR_FRAME, false));
         let unknown_python = self.intern(python::python_frame(&python::unknown_function()));
-        let stand_ins = self
-            .names
-            .python_view
-            .stand_ins((collector, 0), || (unknown_python, 0));
+        let gil_wait = self.intern(Frame::native(python::GIL_WAIT_FRAME, false));
+        let stand_ins = self.names.python_view.stand_ins(
+            (collector, 0),
+            || (unknown_python, 0),
+            || (gil_wait, 0),
+        );
         let unplaced = |ids: FrameIds| -> SmallVec<[(usize, u32); 2]> {
             ids.into_iter().map(|id| (id, 0)).collect()
         };
@@ -322,6 +335,10 @@ impl NamedStacks {
             );
             for address in lookup_addresses(&key.kernel).rev() {
                 frames.extend(unplaced(self.kernel_frame_ids(address)));
+            }
+            if key.lock == Some(LockState::Waiting) {
+                let is_python = |&(id, _): &(usize, u32)| self.frames[id].source.is_some();
+                python::end_at_gil_wait(&mut frames, is_python, &stand_ins);
             }
             self.stacks.insert(key, frames);
         }
@@ -399,6 +416,7 @@ impl NamedStacks {
                 lines,
                 count: weight,
                 origin: origin(key),
+                lock: key.lock,
             });
         }
         profile

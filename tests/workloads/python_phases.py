@@ -295,6 +295,58 @@ def collecting(deadline):
     TRUTH["live_containers"] = len(live)
 
 
+def interpret(count):
+    total = 0
+    for i in range(count):
+        total += i % 13
+    return total
+
+
+def multiply(numpy, a, product):
+    # Into a kept array: allocating and freeing the product would hold the GIL.
+    numpy.dot(a, a, out=product)
+
+
+def gil_section(phase, function, *args):
+    """Runs function(*args) and adds its thread CPU time to `phase` and the rest of its
+    wall time to gil_waiting_ns: with two threads on two CPUs, a thread off its CPU
+    waits for the GIL."""
+    wall, cpu = time.monotonic_ns(), time.thread_time_ns()
+    function(*args)
+    cpu = time.thread_time_ns() - cpu
+    add(phase, cpu)
+    add("gil_waiting_ns", time.monotonic_ns() - wall - cpu)
+
+
+def matmul_and_python(numpy, deadline):
+    a = numpy.random.default_rng(1).random((480, 480))
+    product = numpy.empty_like(a)
+    while time.monotonic() < deadline:
+        gil_section("gil_released_ns", multiply, numpy, a, product)
+        gil_section("gil_held_ns", interpret, 20000)
+
+
+def pure_python(deadline):
+    while time.monotonic() < deadline:
+        gil_section("gil_held_ns", interpret, 20000)
+
+
+def gil(deadline):
+    """Two threads: one alternates a numpy matrix product, which runs without the GIL,
+    and pure Python; the other runs pure Python. Needs numpy, run on one BLAS thread."""
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    import numpy
+
+    threads = [
+        threading.Thread(target=matmul_and_python, args=(numpy, deadline)),
+        threading.Thread(target=pure_python, args=(deadline,)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def forked(deadline):
     """A worker process forked from this one, as multiprocessing and gunicorn make
     them: the child runs the request loop and writes the measurements."""
@@ -319,6 +371,7 @@ MODES = {
     "model_leak": model_leak,
     "lines": lines,
     "gc": collecting,
+    "gil": gil,
 }
 
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, hash_map::Entry};
 
-use crate::runtime::python::PythonFrameRef;
+use crate::{profile::LockState, runtime::python::PythonFrameRef};
 
 /// A distinct raw stack: instruction pointers, innermost first, as the kernel gave them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub struct StackKey {
     /// Whether the user stack reached its root, which decides how Python frames are put
     /// among its native frames.
     pub native_complete: bool,
+    /// What the thread was doing about its runtime's global lock, where it was read.
+    pub lock: Option<LockState>,
 }
 
 impl StackKey {
@@ -33,15 +35,22 @@ impl StackKey {
             kernel: kernel.into(),
             python: Box::new([]),
             native_complete: true,
+            lock: None,
         }
     }
 
-    /// The key with the Python frames that were running, and whether the native user
-    /// stack reached its root.
-    pub fn with_python(self, python: Box<[PythonFrameRef]>, native_complete: bool) -> Self {
+    /// The key with the Python frames that were running, whether the native user stack
+    /// reached its root, and what the thread was doing about the GIL.
+    pub fn with_python(
+        self,
+        python: Box<[PythonFrameRef]>,
+        native_complete: bool,
+        lock: Option<LockState>,
+    ) -> Self {
         StackKey {
             python,
             native_complete,
+            lock,
             ..self
         }
     }

@@ -3,7 +3,7 @@
 //! into the finished [`Report`].
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -16,14 +16,14 @@ use crate::{
         SyscallLatencies, SyscallSummary, growth_per_second,
     },
     allocators,
-    analyze::{AnalysisOptions, Observations, analyze},
+    analyze::{AnalysisOptions, LockTime, LockTimes, Observations, ProcessLockTime, analyze},
     memory_map::MemoryMaps,
-    profile::{Frame, Origin, Profile, ProfileBuilder},
+    profile::{Frame, LockState, Origin, Profile, ProfileBuilder},
     report::{
         LeakCandidate, Leaks, Losses, NamedSlowCall, OffCpu, Report, SLOW_CALLS_KEPT, SelfCost,
         StackQuality, StopReason, TargetProcess,
     },
-    runtime::python::{PythonFrames, PythonReport},
+    runtime::python::{self, PythonFrames, PythonReport},
     stream::Event,
     symbolize::{Capture, NamedStacks, Names, Symbolizer},
     syscall_names::syscall_name,
@@ -74,6 +74,10 @@ pub(super) struct Collector {
     live_stacks: NamedStacks,
     /// CPU stacks seen for the first time since the live names were last grown.
     unnamed_stacks: Vec<StackKey>,
+    /// Per process whose stacks told their GIL state, as records come, for the live
+    /// metrics: CPU samples by state, in [`LockState::ALL`]'s order, and nanoseconds
+    /// waiting off the CPU.
+    lock_tallies: BTreeMap<u32, ([u64; 3], u64)>,
 }
 
 /// Samples per (pid, tid).
@@ -148,6 +152,10 @@ impl Collector {
                     .insert((sample.header.tgid, sample.header.tid));
                 self.note_end(sample.header.tgid, sample.stacks.user_end, |q| &mut q.cpu);
                 let key = self.stack_key(&sample.header, &sample.stacks, true);
+                if let Some(state) = key.lock {
+                    let tally = self.lock_tallies.entry(key.tgid).or_default();
+                    tally.0[state as usize] += 1;
+                }
                 for window in self.windows.values_mut() {
                     window.add(key.clone(), 1);
                 }
@@ -167,6 +175,9 @@ impl Collector {
             Event::OffCpu(span) => {
                 self.note_end(span.header.tgid, span.stacks.user_end, |q| &mut q.offcpu);
                 let key = self.stack_key(&span.header, &span.stacks, false);
+                if key.lock == Some(LockState::Waiting) {
+                    self.lock_tallies.entry(key.tgid).or_default().1 += span.duration_ns;
+                }
                 weigh(
                     &mut self.maps,
                     &mut self.offcpu,
@@ -213,7 +224,7 @@ impl Collector {
                 // thread's.
                 self.alloc_stacks.insert(
                     stack.id,
-                    StackKey::new(tgid, 0, stack.frames(), &[]).with_python(python, complete),
+                    StackKey::new(tgid, 0, stack.frames(), &[]).with_python(python, complete, None),
                 );
             }
         }
@@ -231,7 +242,7 @@ impl Collector {
             stacks.user_frames(),
             stacks.kernel_frames(),
         )
-        .with_python(python, complete)
+        .with_python(python, complete, python::lock_state(&stacks.python))
     }
 
     /// Reads the process's memory map now, and has everything that follows it follow.
@@ -395,6 +406,8 @@ impl Collector {
     ) -> Report {
         let (profile, threads) = self.take_window(LiveWindow::Interval);
         let analysis = analyze(&profile, &Observations::default(), &options.analysis);
+        // Off-CPU time is not gathered per interval: waits for the lock are not told.
+        let lock_times = LockTimes::new(&profile, options.probes.sample_interval_ns(), None);
         Report {
             targets: targets.to_vec(),
             command: command_line(options),
@@ -420,6 +433,7 @@ impl Collector {
             stop: StopReason::Duration,
             cost: SelfCost::default(),
             python: PythonReport::default(),
+            lock_times,
             split_by_line: options.lines,
         }
     }
@@ -446,6 +460,26 @@ impl Collector {
     }
 
     /// Off-CPU nanoseconds so far.
+    /// Each process's time with respect to its GIL so far, CPU samples being
+    /// `sample_ns` apart; waits count when `offcpu_recorded`.
+    pub(super) fn lock_times_so_far(
+        &self,
+        sample_ns: u64,
+        offcpu_recorded: bool,
+    ) -> Vec<ProcessLockTime> {
+        self.lock_tallies
+            .iter()
+            .map(|(&pid, (samples, waiting_ns))| {
+                let mut time = LockTime::empty(offcpu_recorded);
+                for (state, samples) in LockState::ALL.into_iter().zip(samples) {
+                    time.add(state, samples * sample_ns);
+                }
+                time.add(LockState::Waiting, *waiting_ns);
+                ProcessLockTime { pid, time }
+            })
+            .collect()
+    }
+
     pub(super) fn offcpu_ns(&self) -> u64 {
         self.offcpu.total()
     }
@@ -517,6 +551,11 @@ impl Collector {
         let analysis = analyze(&profile, &observations, &options.analysis);
         let offcpu_profile =
             names.profile(&self.offcpu, Capture::AtTracepoint, &self.process_names);
+        let lock_times = LockTimes::new(
+            &profile,
+            options.probes.sample_interval_ns(),
+            options.probes.events.offcpu.then_some(&offcpu_profile),
+        );
         let offcpu = OffCpu {
             functions: analyze(
                 &offcpu_profile,
@@ -573,6 +612,7 @@ impl Collector {
             stop: finished.stop,
             cost,
             python: self.python.report(),
+            lock_times,
             split_by_line: options.lines,
         }
     }

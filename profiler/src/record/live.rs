@@ -188,6 +188,7 @@ impl MetricsEndpoint {
             allocations,
             own_cpu: super::session::own_cpu_time(),
             syscalls,
+            gil: collector.lock_times_so_far(options.probes.sample_interval_ns(), events.offcpu),
             ..MetricsState::default()
         };
         self.metrics.update(state.with_window(

@@ -13,10 +13,11 @@ use serde_json::{Value, json};
 use super::{Output, Written};
 use crate::{
     aggregate::{Completeness, Latency},
-    analyze::{Check, FunctionShare, RuleOutcome},
+    analyze::{Check, FunctionShare, LockTime, LockTimes, RuleOutcome},
     attach::EventSet,
     profile::{
-        Frame, Language, ObjectFile, Origin, Profile, ProfileBuilder, SourceFunction, Stack,
+        Frame, Language, LockState, ObjectFile, Origin, Profile, ProfileBuilder, SourceFunction,
+        Stack,
     },
     render::folded::frame_label,
     report::{Report, StackQuality, StopReason},
@@ -195,7 +196,7 @@ fn fields(report: &Report, stop_to_svg: Duration) -> Value {
             })).collect::<Vec<_>>(),
         },
         "stacks": stacks(&report.stack_quality),
-        "python": python(&report.python),
+        "python": with(python(&report.python), json!({ "gil": gil(&report.lock_times) })),
         "lost": {
             "cpu_samples": losses.cpu(),
             "syscalls": losses.syscalls(),
@@ -285,6 +286,9 @@ impl Serialize for StackEntry<'_> {
         // Sorted, as every other object of the document is.
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("frames", &self.0.frames)?;
+        if let Some(lock) = self.0.lock {
+            map.serialize_entry("gil", lock.name())?;
+        }
         if !self.0.lines.is_empty() {
             let lines = self.0.lines.iter().map(|&line| (line != 0).then_some(line));
             map.serialize_entry("lines", &lines.collect::<Vec<_>>())?;
@@ -339,7 +343,8 @@ pub fn cpu_profile(document: &Value) -> Result<Profile, String> {
             .into_iter()
             .enumerate()
             .map(|(index, frame)| (frame, line(index)));
-        builder.push_placed(origin, placed, samples);
+        let lock = stack_fields["gil"].as_str().and_then(LockState::from_name);
+        builder.push_placed(origin, lock, placed, samples);
     }
     Ok(builder.build())
 }
@@ -433,6 +438,31 @@ fn python(report: &PythonReport) -> Value {
             .map(|(reason, count)| ((*reason).to_owned(), json!(count)))
             .collect::<serde_json::Map<_, _>>(),
         "functions": report.functions,
+    })
+}
+
+/// `python.gil`: time held, released and waiting, per process and for the top
+/// functions; `waiting_s` is null when off-CPU time was not recorded.
+fn gil(times: &LockTimes) -> Value {
+    let time = |time: &LockTime| {
+        let mut fields = serde_json::Map::new();
+        for state in LockState::ALL {
+            let ns = time.ns(state);
+            fields.insert(
+                format!("{}_s", state.name()),
+                json!(ns.map(|ns| ns as f64 / 1e9)),
+            );
+            fields.insert(format!("{}_share", state.name()), json!(time.share(state)));
+        }
+        Value::Object(fields)
+    };
+    json!({
+        "processes": times.processes.iter()
+            .map(|process| with(json!({ "pid": process.pid }), time(&process.time)))
+            .collect::<Vec<_>>(),
+        "functions": times.functions.iter()
+            .map(|function| with(frame_fields(&function.frame), time(&function.time)))
+            .collect::<Vec<_>>(),
     })
 }
 

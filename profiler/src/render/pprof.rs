@@ -69,7 +69,7 @@ fn profile(report: &Report, kind: ProfileKind) -> Profile {
     let mut builder = Builder::default();
     match kind {
         ProfileKind::Cpu => {
-            let period = 1_000_000_000 / i64::from(report.probes.frequency_hz.max(1));
+            let period = report.probes.sample_interval_ns() as i64;
             builder.sample_types(&[("samples", "count"), ("cpu", "nanoseconds")]);
             builder.profile.period_type = Some(builder.value_type("cpu", "nanoseconds"));
             builder.profile.period = period;

@@ -18,9 +18,10 @@ use prometheus_client::{
 use crate::{
     aggregate::SyscallSummary,
     analyze::{
-        Analysis, Check, FunctionShare, Rule, RuleOutcome, function_matches, matching_share,
+        Analysis, Check, FunctionShare, ProcessLockTime, Rule, RuleOutcome, function_matches,
+        matching_share,
     },
-    profile::Profile,
+    profile::{LockState, Profile},
 };
 
 /// Upper bounds of the syscall latency histograms' buckets, in seconds.
@@ -49,6 +50,8 @@ pub struct MetricsState {
     pub allocations: Option<HeldBytes>,
     /// The profiler's own CPU time.
     pub own_cpu: Duration,
+    /// Each Python process's time with respect to its GIL so far.
+    pub gil: Vec<ProcessLockTime>,
 }
 
 /// What the live allocations held at a sweep.
@@ -274,6 +277,23 @@ impl Collector for LiveMetrics {
         if let Some(ns) = state.offcpu_ns {
             let help = "Time the target threads spent off the CPU, in waits above --offcpu-min-us.";
             counter(&mut encoder, "offcpu_seconds", help, ns as f64 / 1e9)?;
+        }
+        if !state.gil.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "python_gil_ratio",
+                "Share of a Python process's threads' time so far on a CPU holding the GIL (held), on a CPU without it (released), and waiting for it (waiting, with --events offcpu).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for process in &state.gil {
+                let pid = process.pid.to_string();
+                for lock in LockState::ALL {
+                    if let Some(share) = process.time.share(lock) {
+                        let labels = [("pid", pid.as_str()), ("state", lock.name())];
+                        family.encode_family(&labels)?.encode_gauge(&share)?;
+                    }
+                }
+            }
         }
         if let Some(held) = state.allocations {
             let help = "Bytes held by leak candidates: live blocks older than --leak-min-age.";

@@ -3,8 +3,8 @@
 use std::{io::Write as _, path::PathBuf};
 
 use crate::{
-    analyze::{Analysis, Check, FunctionShare, RuleOutcome},
-    profile::Frame,
+    analyze::{Analysis, Check, FunctionShare, LockTime, RuleOutcome},
+    profile::{Frame, LockState},
     render::svg::FlameGraphLabels,
     report::{Report, StackQuality, StopReason, TargetProcess},
     runtime::python::PythonReport,
@@ -66,6 +66,9 @@ pub fn text(report: &Report, written: &[PathBuf], top: usize) -> String {
     }
     if events.offcpu {
         out += &offcpu_text(report, top);
+    }
+    if events.cpu {
+        out += &gil_text(report);
     }
     if events.alloc {
         out += &leaks_text(report, top);
@@ -539,6 +542,51 @@ fn offcpu_text(report: &Report, top: usize) -> String {
             );
         }
     }
+    out
+}
+
+/// The shares of time Python threads held the GIL, ran without it and waited for it, per
+/// process and for the functions with the most time.
+fn gil_text(report: &Report) -> String {
+    let times = &report.lock_times;
+    if times.processes.is_empty() {
+        return String::new();
+    }
+    let row = |time: &LockTime, name: String| {
+        let columns: String = LockState::ALL
+            .iter()
+            .map(|&state| match time.share(state) {
+                Some(share) => format!("  {:>7}", percent(share)),
+                None => format!("  {:>7}", "-"),
+            })
+            .collect();
+        format!("{columns}  {:>9}  {name}\n", duration(time.total_ns()))
+    };
+    let header = "     held  released  waiting       time";
+    let mut out = format!(
+        "\nGIL: shares of the time Python threads ran on a CPU or waited for it.\n{header}  process\n"
+    );
+    for process in &times.processes {
+        let name = report
+            .process_names
+            .get(&process.pid)
+            .map_or("?", String::as_str);
+        out += &row(&process.time, format!("{name} [{}]", process.pid));
+    }
+    if !times.functions.is_empty() {
+        out += &format!("{header}  function\n");
+        for function in &times.functions {
+            out += &row(&function.time, display_name(&function.frame));
+        }
+    }
+    out += &if report.probes.events.offcpu {
+        format!(
+            "Released: on a CPU in C code that let go of the GIL. Waits shorter than {} are left out (--offcpu-min-us).\n",
+            duration(report.probes.offcpu_min.as_nanos() as u64)
+        )
+    } else {
+        "Released: on a CPU in C code that let go of the GIL. Waiting for it is recorded with --events cpu,offcpu.\n".to_owned()
+    };
     out
 }
 

@@ -9,7 +9,10 @@
 use std::{collections::HashMap, fs, os::unix::fs::FileExt as _, path::Path};
 
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, ReadCache, SegmentFlags};
-use profiler_common::{PYTHON_EVERY_FRAME, PYTHON_NO_FIELD, PythonLayout, PythonProcess};
+use profiler_common::{
+    PYTHON_EVERY_FRAME, PYTHON_GIL_HOLDER, PYTHON_GIL_LOCKED, PYTHON_NO_FIELD, PythonLayout,
+    PythonProcess,
+};
 
 use super::view;
 use crate::{
@@ -76,6 +79,9 @@ struct KnownLayout {
     minor: u8,
     /// Offset of `autoTSSkey` in `_PyRuntimeState`.
     thread_state_key: u64,
+    /// Offset in `_PyRuntimeState` of the main interpreter's GIL: `ceval.gil` before
+    /// 3.12, then `_gil` of the main interpreter, which `_PyRuntime` holds.
+    gil: u64,
     kernel: PythonLayout,
     objects: ObjectLayout,
 }
@@ -89,7 +95,8 @@ const OBJECTS_SINCE_3_12: ObjectLayout = ObjectLayout {
 };
 
 /// Read from the headers of CPython 3.10.13, 3.11.7, 3.12.1 and 3.13.0 (`offsetof` on
-/// `Py_BUILD_CORE` builds).
+/// `Py_BUILD_CORE` builds); the GIL's found in each running interpreter as the words
+/// `{ interval: 5000, last_holder: PyThreadState_Get(), locked: 1 }`.
 const KNOWN_LAYOUTS: [KnownLayout; 4] = [
     // The thread state points at the current frame object, each frame at its caller,
     // and every Python call runs a C eval loop of its own. No qualified names yet:
@@ -97,6 +104,7 @@ const KNOWN_LAYOUTS: [KnownLayout; 4] = [
     KnownLayout {
         minor: 10,
         thread_state_key: 584,
+        gil: 352,
         kernel: PythonLayout {
             thread_frame_holder: PYTHON_NO_FIELD,
             holder_current_frame: 24,
@@ -121,6 +129,7 @@ const KNOWN_LAYOUTS: [KnownLayout; 4] = [
     KnownLayout {
         minor: 11,
         thread_state_key: 592,
+        gil: 360,
         kernel: PythonLayout {
             thread_frame_holder: 56,
             holder_current_frame: 8,
@@ -145,6 +154,7 @@ const KNOWN_LAYOUTS: [KnownLayout; 4] = [
     KnownLayout {
         minor: 12,
         thread_state_key: 1544,
+        gil: 77432,
         kernel: PythonLayout {
             thread_frame_holder: 56,
             holder_current_frame: 0,
@@ -164,6 +174,7 @@ const KNOWN_LAYOUTS: [KnownLayout; 4] = [
     KnownLayout {
         minor: 13,
         thread_state_key: 2160,
+        gil: 96104,
         kernel: PythonLayout {
             thread_frame_holder: PYTHON_NO_FIELD,
             holder_current_frame: 72,
@@ -288,6 +299,7 @@ pub fn detect(
             extension_prefixes: symbols.extension_prefixes,
             kernel: PythonProcess {
                 thread_state_key: runtime + layout.thread_state_key,
+                gil: runtime + layout.gil,
                 layout: kernel,
             },
             code_type,
@@ -402,6 +414,9 @@ fn is_free_threaded(path: &Path) -> bool {
 /// Field indices, in 8-byte words, of CPython 3.13's `_Py_DebugOffsets`.
 mod debug_offsets {
     pub const FREE_THREADED: usize = 2;
+    pub const INTERPRETER_GIL: usize = 15;
+    pub const GIL_LOCKED: usize = 17;
+    pub const GIL_HOLDER: usize = 18;
     pub const THREAD_CURRENT_FRAME: usize = 23;
     pub const THREAD_ID: usize = 24;
     pub const FRAME_PREVIOUS: usize = 29;
@@ -414,6 +429,10 @@ mod debug_offsets {
     pub const CODE_INSTRUCTIONS: usize = 43;
     pub const WORDS: usize = 44;
 }
+
+/// Offset of `_gil` in 3.13's `PyInterpreterState`; the main interpreter sits at 88352
+/// in `_PyRuntime`, which puts its GIL at the table's 96104.
+const INTERPRETER_GIL_3_13: u32 = 7752;
 
 /// The 3.13 layout, after checking that the interpreter's own `_Py_DebugOffsets` (at
 /// the start of `_PyRuntime`) agrees with it: a patch release that moved a field is
@@ -455,6 +474,16 @@ fn checked_against_debug_offsets(
         (
             debug_offsets::CODE_LINE_TABLE,
             layout.objects.code_line_table as u32,
+        ),
+        (debug_offsets::INTERPRETER_GIL, INTERPRETER_GIL_3_13),
+        // These two count from the interpreter state too.
+        (
+            debug_offsets::GIL_LOCKED,
+            INTERPRETER_GIL_3_13 + PYTHON_GIL_LOCKED as u32,
+        ),
+        (
+            debug_offsets::GIL_HOLDER,
+            INTERPRETER_GIL_3_13 + PYTHON_GIL_HOLDER as u32,
         ),
     ];
     match expected

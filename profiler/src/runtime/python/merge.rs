@@ -75,6 +75,27 @@ pub struct StandIns<F> {
     /// Python code whose frames were not walked (the thread state not found yet): in
     /// place of the outermost eval function, in the Python view only.
     pub unknown_python: Option<F>,
+    /// A wait to take the GIL: in place of the frames that waited, in the Python view
+    /// only.
+    pub gil_wait: Option<F>,
+}
+
+/// Ends `frames`, a stack whose thread waited for the GIL, at its innermost Python frame
+/// (`is_python`), followed by the stand-in for the wait in place of the interpreter's,
+/// libc's and the kernel's frames that did the waiting: the wait is the reason, not
+/// how `take_gil` sleeps. Without that stand-in (`--python-internals`), they stay.
+pub fn end_at_gil_wait<F: Clone>(
+    frames: &mut Vec<F>,
+    is_python: impl Fn(&F) -> bool,
+    stand_ins: &StandIns<F>,
+) {
+    let Some(wait) = &stand_ins.gil_wait else {
+        return;
+    };
+    if let Some(innermost) = frames.iter().rposition(is_python) {
+        frames.truncate(innermost + 1);
+        frames.push(wait.clone());
+    }
 }
 
 /// The frames of a user stack with its Python frames in place, root first, as whatever
@@ -259,6 +280,7 @@ mod tests {
             &StandIns {
                 collector: Frame::native(crate::runtime::python::COLLECTOR_FRAME, false),
                 unknown_python: None,
+                gil_wait: None,
             },
             native_complete,
         ))
@@ -354,6 +376,7 @@ mod tests {
             &StandIns {
                 collector: Frame::native("[gc]", false),
                 unknown_python: Some(Frame::native("[unknown Python function]", false)),
+                gil_wait: None,
             },
             true,
         );
@@ -382,6 +405,7 @@ mod tests {
         let stand_ins = |unknown_python| StandIns {
             collector: Frame::native("[gc]", false),
             unknown_python,
+            gil_wait: None,
         };
         let view = interleave(
             native.clone(),
@@ -410,5 +434,40 @@ mod tests {
             merge(native, &[], &[], true),
             vec!["main", "PyObject_Call", "work"]
         );
+    }
+
+    #[test]
+    fn a_gil_wait_ends_at_the_innermost_python_frame_in_the_python_view_only() {
+        let python = Frame {
+            source: Some(crate::runtime::python::unknown_function()),
+            ..Frame::native("work (app.py:3)", false)
+        };
+        let stack = vec![
+            Frame::native("start_thread", false),
+            python.clone(),
+            Frame::native("take_gil", false),
+            Frame::native("__futex_abstimed_wait_common", false),
+            Frame::native("futex_wait", true),
+        ];
+        let wait = Frame::native("[GIL wait]", false);
+        let stand_ins = |gil_wait| StandIns {
+            collector: Frame::native("[gc]", false),
+            unknown_python: None,
+            gil_wait,
+        };
+        let mut viewed = stack.clone();
+        end_at_gil_wait(
+            &mut viewed,
+            |frame| frame.source.is_some(),
+            &stand_ins(Some(wait.clone())),
+        );
+        assert_eq!(viewed, vec![stack[0].clone(), python, wait]);
+        let mut internals = stack.clone();
+        end_at_gil_wait(
+            &mut internals,
+            |frame| frame.source.is_some(),
+            &stand_ins(None),
+        );
+        assert_eq!(internals, stack);
     }
 }

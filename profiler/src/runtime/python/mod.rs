@@ -23,13 +23,15 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData};
 pub use code::{Unresolved, module_path};
 pub use interpreter::{Interpreter, Version};
-pub use merge::{NativeRole, StandIns, interleave, python_frame};
-use profiler_common::{PYTHON_NO_INSTRUCTION, PythonEnd, PythonFrame, PythonProcess, PythonStack};
-pub use view::{COLLECTOR_FRAME, PythonView};
+pub use merge::{NativeRole, StandIns, end_at_gil_wait, interleave, python_frame};
+use profiler_common::{
+    GilState, PYTHON_NO_INSTRUCTION, PythonEnd, PythonFrame, PythonProcess, PythonStack,
+};
+pub use view::{COLLECTOR_FRAME, GIL_WAIT_FRAME, PythonView};
 
 use crate::{
     memory_map::{FileId, Mapping},
-    profile::{Language, SourceFunction},
+    profile::{Language, LockState, SourceFunction},
 };
 
 /// A Python frame of an aggregated stack.
@@ -301,6 +303,16 @@ impl PythonFrames {
             functions: self.functions.len(),
             ..self.report.clone()
         }
+    }
+}
+
+/// What the thread whose Python stack the kernel walked was doing about the GIL.
+pub fn lock_state(stack: &PythonStack) -> Option<LockState> {
+    match GilState::from_raw(stack.gil) {
+        GilState::Unknown => None,
+        GilState::Held => Some(LockState::Held),
+        GilState::Released => Some(LockState::Released),
+        GilState::Waiting => Some(LockState::Waiting),
     }
 }
 

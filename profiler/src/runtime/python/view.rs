@@ -20,6 +20,9 @@ use crate::profile::{Frame, SourceFunction, is_native_entry_point};
 /// The frame the garbage collector's work is shown as.
 pub const COLLECTOR_FRAME: &str = "[gc]";
 
+/// The frame a wait to take the GIL is shown as.
+pub const GIL_WAIT_FRAME: &str = "[GIL wait]";
+
 /// Built-in modules that are the interpreter's machinery, not a library: their time is
 /// the time of the Python code that caused it (the collector has its own frame).
 const MACHINERY_MODULES: [&str; 4] = ["gc", "_imp", "_abc", "_weakref"];
@@ -179,11 +182,17 @@ impl PythonView {
     }
 
     /// The frames the view shows for work it cannot show as it ran: `collector`, and
-    /// in the Python view, `unknown_python()`.
-    pub fn stand_ins<F>(&self, collector: F, unknown_python: impl FnOnce() -> F) -> StandIns<F> {
+    /// in the Python view, `unknown_python()` and `gil_wait()`.
+    pub fn stand_ins<F>(
+        &self,
+        collector: F,
+        unknown_python: impl FnOnce() -> F,
+        gil_wait: impl FnOnce() -> F,
+    ) -> StandIns<F> {
         StandIns {
             collector,
             unknown_python: (!self.internals).then(unknown_python),
+            gil_wait: (!self.internals).then(gil_wait),
         }
     }
 
