@@ -796,6 +796,15 @@ pub const PYTHON_GIL_BYTES: u64 = 208;
 /// `pthread_mutex_lock` sleep in.
 pub const SYSCALL_FUTEX: u64 = 202;
 
+/// The bits of a `futex` call's operation that name the command, without
+/// `FUTEX_PRIVATE_FLAG` and `FUTEX_CLOCK_REALTIME`.
+pub const FUTEX_COMMAND_MASK: u64 = 0x7f;
+
+/// The `futex` commands that sleep, as glibc's mutexes (`FUTEX_WAIT`) and condition
+/// variables (`FUTEX_WAIT_BITSET`) use them; a wake (`FUTEX_WAKE`, by the thread that
+/// dropped the lock) is no wait.
+pub const FUTEX_WAITS: [u64; 2] = [0, 9];
+
 /// Offsets in a `_PyInterpreterFrame` or a structure around it meaning "absent".
 pub const PYTHON_NO_FIELD: u32 = u32::MAX;
 

@@ -24,11 +24,11 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
 };
 use profiler_common::{
-    GilState, MAX_PYTHON_DEPTH, MAX_TARGETS, PTHREAD_KEY_FIRST_BLOCK, PTHREAD_SPECIFIC_OFFSET,
-    PYTHON_CALL_END_WORDS, PYTHON_CODE_BYTES, PYTHON_EVERY_FRAME, PYTHON_FRAME_BYTES,
-    PYTHON_GIL_BYTES, PYTHON_GIL_HOLDER, PYTHON_GIL_LOCKED, PYTHON_NO_FIELD, PYTHON_NO_INSTRUCTION,
-    PYTHON_OWNER_CSTACK, PythonEnd, PythonFrame, PythonLayout, PythonProcess, PythonStack,
-    SYSCALL_FUTEX,
+    FUTEX_COMMAND_MASK, FUTEX_WAITS, GilState, MAX_PYTHON_DEPTH, MAX_TARGETS,
+    PTHREAD_KEY_FIRST_BLOCK, PTHREAD_SPECIFIC_OFFSET, PYTHON_CALL_END_WORDS, PYTHON_CODE_BYTES,
+    PYTHON_EVERY_FRAME, PYTHON_FRAME_BYTES, PYTHON_GIL_BYTES, PYTHON_GIL_HOLDER, PYTHON_GIL_LOCKED,
+    PYTHON_NO_FIELD, PYTHON_NO_INSTRUCTION, PYTHON_OWNER_CSTACK, PythonEnd, PythonFrame,
+    PythonLayout, PythonProcess, PythonStack, SYSCALL_FUTEX,
 };
 
 use crate::stacks::{UNWINDERS, Unwinder};
@@ -222,9 +222,9 @@ fn gil_state(process: &PythonProcess, thread_state: u64) -> GilState {
     }
 }
 
-/// The futex word the running thread waits on, if it is in a `futex` call: its first
-/// argument, as it entered the kernel. A sampled thread interrupted in user code has
-/// an interrupt's number there, not a syscall's.
+/// The futex word the running thread waits on, if it is in a `futex` call that sleeps:
+/// its first argument, as it entered the kernel. A sampled thread interrupted in user
+/// code has an interrupt's number there, not a syscall's.
 #[inline(always)]
 fn futex_wait_address() -> Option<u64> {
     // SAFETY: the helpers return the running task's registers; every read is checked.
@@ -232,6 +232,10 @@ fn futex_wait_address() -> Option<u64> {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
         let syscall = bpf_probe_read_kernel(&raw const (*regs).orig_rax).ok()?;
         if syscall != SYSCALL_FUTEX {
+            return None;
+        }
+        let command = bpf_probe_read_kernel(&raw const (*regs).rsi).ok()? & FUTEX_COMMAND_MASK;
+        if command != FUTEX_WAITS[0] && command != FUTEX_WAITS[1] {
             return None;
         }
         bpf_probe_read_kernel(&raw const (*regs).rdi).ok()
