@@ -34,7 +34,7 @@ const MODULE_ALIASES: [(&str, &[&str]); 2] =
 /// Python functions that start a thread or serve requests, by the file they are in
 /// (its path's end, `/` first so that `mythreading.py` is not `threading.py`): they hold
 /// the whole of a thread's or a request's time, and are nobody's hotspot.
-const ENTRY_POINTS: [(&str, &[&str]); 15] = [
+const ENTRY_POINTS: [(&str, &[&str]); 14] = [
     (
         "/threading.py",
         &["Thread.run", "Thread._bootstrap", "Thread._bootstrap_inner"],
@@ -83,15 +83,6 @@ const ENTRY_POINTS: [(&str, &[&str]); 15] = [
         ],
     ),
     ("/gunicorn/workers/base.py", &["Worker.init_process"]),
-    (
-        "/gunicorn/workers/gthread.py",
-        &[
-            "ThreadWorker.init_process",
-            "ThreadWorker.run",
-            "ThreadWorker.handle",
-            "ThreadWorker.handle_request",
-        ],
-    ),
     // The thread pool gunicorn's gthread workers and executors run requests in.
     (
         "/concurrent/futures/thread.py",
@@ -111,6 +102,7 @@ const ENTRY_POINTS: [(&str, &[&str]); 15] = [
     (
         "/gunicorn/workers/gthread.py",
         &[
+            "ThreadWorker.init_process",
             "ThreadWorker.run",
             "ThreadWorker.handle",
             "ThreadWorker.handle_request",
