@@ -52,6 +52,21 @@ struct CodeObject {
     lines: Option<Arc<lines::LineTable>>,
 }
 
+impl CodeObject {
+    /// Its function, and the line `frame`, which runs it, was at (0 if not known).
+    fn function_and_line(&self, frame: &PythonFrame) -> (u32, u32) {
+        let line = match &self.lines {
+            Some(table) if frame.instruction != PYTHON_NO_INSTRUCTION => {
+                table.line(frame.instruction).unwrap_or(0)
+            }
+            // A frame that has begun no instruction is at its definition.
+            Some(_) => frame.first_line,
+            None => 0,
+        };
+        (self.function, line)
+    }
+}
+
 /// What identifies a code object the kernel reported: its process, address and the two
 /// fields read with it, but not the instruction its frame was at.
 type CodeKey = (u32, u64, u32, u32);
@@ -220,17 +235,9 @@ impl PythonFrames {
             .iter()
             .enumerate()
             .map(|(index, frame)| {
-                let code = self.code_object(tgid, frame);
-                let line = match &code.lines {
-                    Some(table) if frame.instruction != PYTHON_NO_INSTRUCTION => {
-                        table.line(frame.instruction).unwrap_or(0)
-                    }
-                    // A frame that has begun no instruction is at its definition.
-                    Some(_) => frame.first_line,
-                    None => 0,
-                };
+                let (function, line) = self.function_and_line(tgid, frame);
                 PythonFrameRef {
-                    function: code.function,
+                    function,
                     ends_call: stack.ends_call(index),
                     line,
                 }
@@ -238,13 +245,17 @@ impl PythonFrames {
             .collect()
     }
 
-    fn code_object(&mut self, tgid: u32, frame: &PythonFrame) -> &CodeObject {
+    /// The function a frame runs and the line it was at, its code object read the first
+    /// time: one hash lookup per frame of every sample otherwise.
+    fn function_and_line(&mut self, tgid: u32, frame: &PythonFrame) -> (u32, u32) {
         let key = (tgid, frame.code, frame.first_line, frame.name_stamp);
-        if !self.code_objects.contains_key(&key) {
-            let code = self.read_code_object(tgid, frame);
-            self.code_objects.insert(key, code);
+        if let Some(code) = self.code_objects.get(&key) {
+            return code.function_and_line(frame);
         }
-        &self.code_objects[&key]
+        let code = self.read_code_object(tgid, frame);
+        let found = code.function_and_line(frame);
+        self.code_objects.insert(key, code);
+        found
     }
 
     fn read_code_object(&mut self, tgid: u32, frame: &PythonFrame) -> CodeObject {
