@@ -1,5 +1,6 @@
-//! End-to-end tests of the kernel's DWARF unwinder: real BPF programs profile binaries
-//! built without frame pointers, as distributions and Rust release builds ship them.
+//! End-to-end tests of the kernel's unwinder: real BPF programs profile binaries built
+//! without frame pointers, as distributions and Rust release builds ship them, and Go
+//! binaries, which have no call-frame information but their function table.
 //!
 //! Every share is compared with the thread CPU time the workload measured itself, and
 //! every stack is expected to reach the process's root.
@@ -17,7 +18,8 @@ use serde_json::Value;
 
 mod common;
 use common::{
-    TARGET_EXITED, compile_c, compile_rust, entries_where, read_json, record, run, scratch,
+    TARGET_EXITED, compile_c, compile_go, compile_rust, entries_where, read_json, record, run,
+    scratch,
 };
 
 /// How far a function's share may be from its measured share, in points.
@@ -271,4 +273,62 @@ fn a_target_in_its_own_mount_namespace_that_exits_unwinds_and_is_named() {
         );
     }
     assert!(total_share(&report, "library_callback") > 0.1);
+}
+
+/// The share of samples whose user stack must reach a Go goroutine's or thread's root.
+const GO_COMPLETE_SHARE: f64 = 0.98;
+
+/// The share of samples that must pass through `main.worker`, the function every
+/// working goroutine runs: a frameless leaf must not hide it.
+const GO_WORKER_SHARE: f64 = 0.95;
+
+#[test]
+fn go_binaries_stripped_or_not_unwind_whole_and_hold_their_measured_phases() {
+    let built = compile_go("phases", "go-phases", &[]);
+    let stripped = compile_go("phases", "go-phases-stripped", &["-ldflags=-s -w"]);
+    for (binary, label) in [(built, "built"), (stripped, "stripped")] {
+        let dir = scratch(&format!("unwind-go-{label}"));
+        let truth_path = dir.join("truth.json");
+        let output = run(record(&dir, &["-F", "499", "--"])
+            .arg(binary)
+            .args(["4", "2"])
+            .arg(&truth_path));
+        assert!(output.status.success(), "{label}");
+        let report = read_json(&dir.join("report.json"));
+        let truth = read_json(&truth_path);
+        let stacks = folded(&dir);
+        let samples: u64 = stacks.iter().map(|(_, count)| count).sum();
+        let share_of = |keep: &dyn Fn(&[&str]) -> bool| {
+            let kept: u64 = stacks
+                .iter()
+                .filter(|(stack, _)| keep(&stack.split(';').collect::<Vec<_>>()))
+                .map(|(_, count)| count)
+                .sum();
+            kept as f64 / samples as f64
+        };
+        let rooted = share_of(&|frames| {
+            matches!(frames[0], "runtime.goexit" | "runtime.mstart" | "runtime.rt0_go")
+        });
+        assert!(
+            rooted >= GO_COMPLETE_SHARE,
+            "{label}: {:.1}% of the stacks reached a Go root: {}",
+            rooted * 100.0,
+            report["stacks"]["cpu"]
+        );
+        let worker = share_of(&|frames| frames.contains(&"main.worker"));
+        assert!(
+            worker >= GO_WORKER_SHARE,
+            "{label}: main.worker is on {:.1}% of the stacks",
+            worker * 100.0
+        );
+        // Only the runtime's stack switches (`systemstack`) have no rows.
+        let cpu = &report["stacks"]["cpu"];
+        let by_rows = cpu["methods"]["dwarf"].as_f64().unwrap() / cpu["total"].as_f64().unwrap();
+        assert!(
+            by_rows >= GO_COMPLETE_SHARE,
+            "{label}: {:.1}% of the stacks were unwound by rows alone: {cpu}",
+            by_rows * 100.0
+        );
+        assert_shares(&report, &truth, &["main.preprocess", "main.predict"]);
+    }
 }

@@ -405,8 +405,10 @@ pub struct Stacks {
     pub user_end: u32,
     /// Bytes of `kernel` written by `bpf_get_stack`, or a negative errno.
     pub kernel_bytes: i32,
-    /// Keeps the arrays 8-byte aligned on both sides.
-    pub _padding: u32,
+    /// Frames of `user` stepped over by their frame pointer because no row covered
+    /// them (JIT code, a file without call-frame information); 0 for a stack unwound by
+    /// rows alone, and for `--unwind fp`.
+    pub frame_pointer_frames: u32,
     /// User-space instruction pointers, innermost first, unwound in the kernel from the
     /// binaries' call-frame information.
     pub user: [u64; MAX_STACK_DEPTH],
@@ -580,6 +582,10 @@ pub struct AllocStack {
     pub depth: u32,
     /// A [`StackEnd`]: why the stack ends where it does.
     pub end: u32,
+    /// Frames stepped over by their frame pointer, as in [`Stacks::frame_pointer_frames`].
+    pub frame_pointer_frames: u32,
+    /// Keeps the frames 8-byte aligned on both sides.
+    pub _padding: u32,
     /// Instruction pointers, innermost first, from the allocating function's entry out.
     pub frames: [u64; MAX_STACK_DEPTH],
     /// The Python functions that were running, when the process is a Python interpreter
@@ -904,6 +910,10 @@ pub mod cfa_rule {
     pub const SIGNAL: u8 = 4;
     /// The function has no caller: the stack's root.
     pub const ROOT: u8 = 5;
+    /// No row covers the address: the frame is stepped over by its frame pointer
+    /// (CFA = rbp + 16, the caller's rbp saved below the return address). Only the
+    /// kernel's unwinder uses it, for the rows it remembers.
+    pub const FRAME_POINTER: u8 = 6;
 }
 
 /// One row of an unwind table: from `address` up to the next row's, how to find the

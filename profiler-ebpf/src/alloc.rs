@@ -456,6 +456,8 @@ fn stream_stack(
         (*out).id = id;
         (*out).depth = (*stack).depth;
         (*out).end = (*stack).end;
+        (*out).frame_pointer_frames = (*stack).frame_pointer_frames;
+        (*out)._padding = 0;
         python::copy(python, &raw mut (*out).python);
     }
     record.submit(wakeup_flag());

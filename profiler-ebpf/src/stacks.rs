@@ -3,7 +3,9 @@
 //! Kernel stacks come from `bpf_get_stack` (the kernel's own unwinder). User stacks are
 //! unwound here from the binaries' call-frame information, which userspace compiled
 //! into [`UNWIND_CHUNKS`]: frame pointers are absent from most binaries users run, and
-//! walking them loses every caller of a frameless function.
+//! walking them loses every caller of a frameless function. A frame that no row covers
+//! (JIT code, a file without call-frame information) is stepped over by its frame
+//! pointer, and the walk goes back to rows at the first caller that has them.
 //!
 //! Each step finds the mapping of the address, binary-searches its file's rows, and
 //! computes the caller's registers. The steps run under `bpf_loop`, so that the verifier
@@ -71,7 +73,8 @@ pub struct UserStack {
     /// The generation of the process's mapping list when the unwinding started; 0 if
     /// it has none, and then no row is remembered.
     generation: u32,
-    _padding: u32,
+    /// Frames stepped over by their frame pointer, for want of a row.
+    pub frame_pointer_frames: u32,
     pc: u64,
     sp: u64,
     bp: u64,
@@ -135,14 +138,17 @@ pub unsafe fn capture_user(ctx: *mut c_void, stacks: *mut Stacks, unwinder: Unwi
             );
             (*stacks).user_depth = if bytes > 0 { bytes as u32 / 8 } else { 0 };
             (*stacks).user_end = StackEnd::FramePointers as u32;
+            (*stacks).frame_pointer_frames = 0;
             return;
         }
         let Some(user) = unwind_user(unwinder, tgid) else {
             (*stacks).user_depth = 0;
+            (*stacks).frame_pointer_frames = 0;
             (*stacks).user_end = StackEnd::NoUserStack as u32;
             return;
         };
         (*stacks).user_end = (*user).end;
+        (*stacks).frame_pointer_frames = (*user).frame_pointer_frames;
         let frames = core::slice::from_raw_parts_mut(
             (*stacks).user.as_mut_ptr().cast::<u8>(),
             STACK_BYTES as usize,
@@ -195,6 +201,7 @@ pub fn unwind_user(unwinder: Unwinder, tgid: u32) -> Option<*const UserStack> {
             .get(&tgid)
             .map_or(0, |process| process.generation);
         (*stack).depth = 0;
+        (*stack).frame_pointer_frames = 0;
         (*stack).after_call = 0;
         (*stack).pc = bpf_probe_read_kernel(&raw const (*regs).rip).ok()?;
         (*stack).sp = bpf_probe_read_kernel(&raw const (*regs).rsp).ok()?;
@@ -240,7 +247,11 @@ extern "C" fn step_callback(_index: u64, slot: *mut c_void) -> i64 {
 fn step_remembered(stack: &mut UserStack) -> Result<(), StackEnd> {
     let (lookup, tag) = row_key(stack);
     match remembered_row(lookup, tag) {
-        Some(row) if row.cfa_rule == cfa_rule::RSP || row.cfa_rule == cfa_rule::RBP => {
+        Some(row)
+            if row.cfa_rule == cfa_rule::RSP
+                || row.cfa_rule == cfa_rule::RBP
+                || row.cfa_rule == cfa_rule::FRAME_POINTER =>
+        {
             record_frame(stack)?;
             to_caller(stack, row)
         }
@@ -257,13 +268,15 @@ fn step(stack: &mut UserStack) -> Result<(), StackEnd> {
         Some(row) => row,
         None => {
             let found = find_unwind_row(stack.tgid, lookup);
-            let row = row_from_bits(found);
-            if row.cfa_rule == 0 {
-                return Err(if found == NO_MAPPING {
-                    StackEnd::UnknownMapping
-                } else {
-                    StackEnd::NoUnwindInfo
-                });
+            if found == NO_MAPPING {
+                return Err(StackEnd::UnknownMapping);
+            }
+            let mut row = row_from_bits(found);
+            // Code without rows in a mapping the process has (a JIT's, V8's builtins,
+            // a file without call-frame information) is walked by its frame pointer
+            // until the walk lands in code that has rows again.
+            if row.cfa_rule == cfa_rule::NONE {
+                row = FRAME_POINTER_ROW;
             }
             remember_row(lookup, tag, row);
             row
@@ -305,6 +318,16 @@ fn to_caller(stack: &mut UserStack, row: UnwindRow) -> Result<(), StackEnd> {
                 0
             };
             stack.sp.wrapping_add(8 + pushed)
+        }
+        cfa_rule::FRAME_POINTER => {
+            // A frame pointer points into the stack above the frame, at a word
+            // boundary; anything else is no frame pointer, and the walk ends there.
+            let span = stack.bp.wrapping_sub(stack.sp);
+            if span > MAX_FRAME_POINTER_SPAN || stack.bp & 7 != 0 {
+                return Err(StackEnd::NoUnwindInfo);
+            }
+            stack.frame_pointer_frames += 1;
+            stack.bp.wrapping_add(16)
         }
         cfa_rule::SIGNAL => return resume_interrupted(stack),
         cfa_rule::ROOT => return Err(StackEnd::Root),
@@ -357,6 +380,18 @@ fn resume_interrupted(stack: &mut UserStack) -> Result<(), StackEnd> {
 /// Where a frame-pointer prologue saves rbp: the word below the return address, in
 /// words from the CFA.
 const SAVED_RBP_BELOW_RETURN_ADDRESS: i8 = -2;
+
+/// The row a frame without one is stepped over with.
+const FRAME_POINTER_ROW: UnwindRow = UnwindRow {
+    address: 0,
+    cfa_offset: 16,
+    cfa_rule: cfa_rule::FRAME_POINTER,
+    rbp_offset: SAVED_RBP_BELOW_RETURN_ADDRESS,
+};
+
+/// The farthest a frame pointer may point above the stack pointer: a thread's default
+/// stack size. Farther, rbp holds something else than a frame pointer.
+const MAX_FRAME_POINTER_SPAN: u64 = 8 << 20;
 
 #[inline(always)]
 fn read_user<T>(address: u64) -> Result<T, StackEnd> {

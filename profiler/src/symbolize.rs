@@ -21,7 +21,7 @@ use blazesym::symbolize::{
     self as blaze, Input, Symbolized,
     source::{Elf, Kernel, Process, Source},
 };
-use object::{Object as _, ObjectSymbol as _};
+use object::{Object as _, ObjectSymbol as _, ReadCache};
 use smallvec::SmallVec;
 
 use crate::{
@@ -31,7 +31,7 @@ use crate::{
     profile::{
         Frame, LockState, ObjectFile, Origin, Profile, ProfileBuilder, SourceFunction, Stack,
     },
-    runtime::python,
+    runtime::{go, python},
 };
 
 const UNKNOWN: &str = "[unknown]";
@@ -467,6 +467,9 @@ struct KeptFile {
     /// Read at its first lookup and kept: reading it at every lookup, each live view's,
     /// took a twentieth of the profiler's steady time on a Python service.
     build_id: OnceLock<Option<String>>,
+    /// A Go binary's own function names, read at the first address its symbols do not
+    /// name (a binary built with `-ldflags=-s`).
+    go_names: OnceLock<Option<go::FunctionNames>>,
 }
 
 impl KeptFile {
@@ -474,7 +477,17 @@ impl KeptFile {
         KeptFile {
             file,
             build_id: OnceLock::new(),
+            go_names: OnceLock::new(),
         }
+    }
+
+    fn go_names(&self) -> Option<&go::FunctionNames> {
+        self.go_names
+            .get_or_init(|| {
+                let cache = ReadCache::new(&self.file);
+                go::FunctionNames::read(&object::File::parse(&cache).ok()?)
+            })
+            .as_ref()
     }
 }
 
@@ -645,6 +658,17 @@ impl Symbolizer {
             let next: Vec<u64> = unnamed.iter().map(|&i| offsets[i] + 1).collect();
             for (index, names) in unnamed.into_iter().zip(lookup(&next).unwrap_or_default()) {
                 found[index] = names;
+            }
+        }
+        if found.iter().any(Option::is_none)
+            && let Some(go_names) = self.files.get(id).and_then(KeptFile::go_names)
+        {
+            for (names, &offset) in found.iter_mut().zip(offsets) {
+                if names.is_none() {
+                    *names = go_names
+                        .at_file_offset(offset)
+                        .map(|name| vec![name.to_owned()]);
+                }
             }
         }
         Some(found)

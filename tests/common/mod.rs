@@ -77,6 +77,28 @@ pub fn compile_rust(name: &str) -> PathBuf {
     binary
 }
 
+/// Builds `tests/workloads/NAME.go` with the machine's Go toolchain (Debian's
+/// golang-go, which the setup installs) into the binary `OUTPUT`, with `flags` added
+/// to `go build`.
+pub fn compile_go(name: &str, output: &str, flags: &[&str]) -> PathBuf {
+    let source = workload_source(&format!("{name}.go"));
+    let binary = bin_dir().join(output);
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache");
+    let status = Command::new("go")
+        .arg("build")
+        .args(flags)
+        .arg("-o")
+        .arg(&binary)
+        .arg(&source)
+        .env("GOCACHE", &cache)
+        .env("GOPATH", cache.join("path"))
+        .env("GOFLAGS", "-buildvcs=false")
+        .status()
+        .expect("running go");
+    assert!(status.success(), "building {}", source.display());
+    binary
+}
+
 pub fn workload_source(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/workloads")

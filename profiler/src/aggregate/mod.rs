@@ -10,7 +10,7 @@ pub mod stacks;
 pub mod syscalls;
 
 pub use block_io::{IoOp, IoRow, IoStats, IoTable};
-pub use completeness::{Completeness, end_name};
+pub use completeness::{Completeness, UnwindMethod, end_name};
 pub use latency::Latency;
 pub use leaks::{LeakGroup, LeakOptions, LiveSummary, growth_per_second, summarize_live};
 pub use stacks::{StackCounts, StackKey};

@@ -13,7 +13,7 @@ use super::{RecordOptions, TargetSpec};
 use crate::{
     aggregate::{
         Completeness, IoRow, IoTable, LiveSummary, SlowCall, StackCounts, StackKey,
-        SyscallLatencies, SyscallSummary, growth_per_second,
+        SyscallLatencies, SyscallSummary, UnwindMethod, growth_per_second,
     },
     allocators,
     analyze::{AnalysisOptions, LockTime, LockTimes, Observations, ProcessLockTime, analyze},
@@ -150,7 +150,13 @@ impl Collector {
             Event::Cpu(sample) => {
                 self.threads_sampled
                     .insert((sample.header.tgid, sample.header.tid));
-                self.note_end(sample.header.tgid, sample.stacks.user_end, |q| &mut q.cpu);
+                let stacks = &sample.stacks;
+                self.note_end(
+                    sample.header.tgid,
+                    stacks.user_end,
+                    stacks.frame_pointer_frames,
+                    |q| &mut q.cpu,
+                );
                 let key = self.stack_key(&sample.header, &sample.stacks, true);
                 if let Some(state) = key.lock {
                     let tally = self.lock_tallies.entry(key.tgid).or_default();
@@ -173,7 +179,13 @@ impl Collector {
                 }
             }
             Event::OffCpu(span) => {
-                self.note_end(span.header.tgid, span.stacks.user_end, |q| &mut q.offcpu);
+                let stacks = &span.stacks;
+                self.note_end(
+                    span.header.tgid,
+                    stacks.user_end,
+                    stacks.frame_pointer_frames,
+                    |q| &mut q.offcpu,
+                );
                 let key = self.stack_key(&span.header, &span.stacks, false);
                 if key.lock == Some(LockState::Waiting) {
                     self.lock_tallies.entry(key.tgid).or_default().1 += span.duration_ns;
@@ -188,9 +200,13 @@ impl Collector {
                 );
             }
             Event::SlowSyscall(call) => {
-                self.note_end(call.header.tgid, call.stacks.user_end, |q| {
-                    &mut q.slow_calls
-                });
+                let stacks = &call.stacks;
+                self.note_end(
+                    call.header.tgid,
+                    stacks.user_end,
+                    stacks.frame_pointer_frames,
+                    |q| &mut q.slow_calls,
+                );
                 self.slow_latencies.record(call.nr, call.duration_ns);
                 self.slow_call_count += 1;
                 let stack = self.stack_key(&call.header, &call.stacks, false);
@@ -216,7 +232,9 @@ impl Collector {
             }
             Event::AllocStack(stack) => {
                 let tgid = stack.header.tgid;
-                self.note_end(tgid, stack.end, |q| &mut q.alloc);
+                self.note_end(tgid, stack.end, stack.frame_pointer_frames, |q| {
+                    &mut q.alloc
+                });
                 self.maps.observe(tgid, stack.frames());
                 let python = self.python.resolve(tgid, &stack.python, false);
                 let complete = StackEnd::from_raw(stack.end) == StackEnd::Root;
@@ -273,10 +291,11 @@ impl Collector {
         &mut self,
         tgid: u32,
         end: u32,
+        frame_pointer_frames: u32,
         kind: impl FnOnce(&mut StackQuality) -> &mut Completeness,
     ) {
         let end = StackEnd::from_raw(end);
-        kind(&mut self.stack_quality).add(end);
+        kind(&mut self.stack_quality).add(end, UnwindMethod::of(end, frame_pointer_frames));
         if end == StackEnd::UnknownMapping {
             self.maps.refresh(tgid);
         }

@@ -475,6 +475,9 @@ fn stacks(quality: &StackQuality) -> Value {
             "truncated": completeness.truncated()
                 .map(|(reason, count)| (reason.to_owned(), json!(count)))
                 .collect::<serde_json::Map<_, _>>(),
+            "methods": completeness.methods()
+                .map(|(method, count)| (method.to_owned(), json!(count)))
+                .collect::<serde_json::Map<_, _>>(),
         })
     };
     let tables = &quality.tables;

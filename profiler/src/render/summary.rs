@@ -3,6 +3,7 @@
 use std::{io::Write as _, path::PathBuf};
 
 use crate::{
+    aggregate::UnwindMethod,
     analyze::{Analysis, Check, FunctionShare, LockTime, RuleOutcome},
     profile::{Frame, LockState},
     render::svg::FlameGraphLabels,
@@ -258,6 +259,13 @@ fn stack_quality_text(quality: &StackQuality) -> String {
     );
     if !truncated.is_empty() {
         out += &format!("; stopped short: {}", truncated.join(", "));
+    }
+    let hybrid = quality.cpu.method_count(UnwindMethod::Hybrid);
+    if hybrid > 0 {
+        out += &format!(
+            "; {} walked by frame pointers across code without rows",
+            percent(hybrid as f64 / quality.cpu.total() as f64).trim()
+        );
     }
     let tables = &quality.tables;
     out += &format!(

@@ -8,4 +8,5 @@
 //! its frames becomes: kept, replaced by source frames, or folded into the source frame
 //! that ran it.
 
+pub mod go;
 pub mod python;

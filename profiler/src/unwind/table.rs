@@ -1,5 +1,6 @@
 //! Compiling one file's call-frame information (`.eh_frame`, or `.debug_frame` where
-//! that is all it has) into the sorted rows the kernel's unwinder binary-searches.
+//! that is all it has, or a Go binary's function table) into the sorted rows the
+//! kernel's unwinder binary-searches.
 
 use gimli::{
     BaseAddresses, CfaRule, DebugFrame, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, Pointer,
@@ -11,6 +12,8 @@ use object::{
     read::elf::{FileHeader as _, ProgramHeader as _},
 };
 use profiler_common::{UnwindRow, cfa_rule};
+
+use crate::runtime::go;
 
 /// Why a file has no unwind table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -110,9 +113,21 @@ impl FileTable {
                 executable: header.p_flags(endian) & PF_X != 0,
             })
             .collect();
-        let mut rows = match object::File::parse(data) {
-            Ok(file) => frame_sections(&file),
-            Err(_) => None,
+        let parsed = object::File::parse(data).ok();
+        let go_rows = parsed.as_ref().and_then(go::unwind_rows);
+        let mut rows = match (&parsed, go_rows) {
+            // A Go binary's own code is in its function table; `.eh_frame`, if any,
+            // covers the C code linked in with cgo.
+            (Some(file), Some(mut go_rows)) => {
+                if let Some(Ok(c_rows)) = frame_section(file, ".eh_frame") {
+                    go_rows.extend(c_rows);
+                }
+                Some(Ok(go_rows))
+            }
+            (Some(file), None) => {
+                frame_section(file, ".eh_frame").or_else(|| frame_section(file, ".debug_frame"))
+            }
+            (None, _) => None,
         }
         .or_else(|| eh_frame_from_program_headers(data, endian, program_headers, &segments))
         .ok_or(TableError::NoFrameInfo)??;
@@ -124,16 +139,17 @@ impl FileTable {
     }
 }
 
-/// The rows of `.eh_frame`, or of `.debug_frame` where that is all a file has; `None`
-/// if it has neither.
-fn frame_sections<'data, R: ReadRef<'data>>(
+/// The rows of the frame section `name` (`.eh_frame` or `.debug_frame`); `None` if the
+/// file has no such section.
+fn frame_section<'data, R: ReadRef<'data>>(
     file: &object::File<'data, R>,
+    name: &str,
 ) -> Option<Result<Vec<UnwindRow>, TableError>> {
-    let section = |name: &str| {
-        let section = file.section_by_name(name)?;
-        let data = section.data().ok()?;
-        (!data.is_empty()).then_some((section.address(), data))
-    };
+    let section = file.section_by_name(name)?;
+    let data = section.data().ok()?;
+    if data.is_empty() {
+        return None;
+    }
     let mut bases = BaseAddresses::default();
     if let Some(text) = file.section_by_name(".text") {
         bases = bases.set_text(text.address());
@@ -141,13 +157,12 @@ fn frame_sections<'data, R: ReadRef<'data>>(
     if let Some(got) = file.section_by_name(".got") {
         bases = bases.set_got(got.address());
     }
-    if let Some((address, data)) = section(".eh_frame") {
-        let bases = bases.set_eh_frame(address);
-        Some(table_rows(&EhFrame::new(data, LittleEndian), &bases))
+    Some(if name == ".eh_frame" {
+        let bases = bases.set_eh_frame(section.address());
+        table_rows(&EhFrame::new(data, LittleEndian), &bases)
     } else {
-        section(".debug_frame")
-            .map(|(_, data)| table_rows(&DebugFrame::new(data, LittleEndian), &bases))
-    }
+        table_rows(&DebugFrame::new(data, LittleEndian), &bases)
+    })
 }
 
 /// The rows of the `.eh_frame` that the `PT_GNU_EH_FRAME` segment (`.eh_frame_hdr`)

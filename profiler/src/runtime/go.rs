@@ -1,0 +1,288 @@
+//! Go: the function table (`.gopclntab`) that every Go binary carries, stripped or not.
+//!
+//! Go emits no `.eh_frame`, and a leaf function gets no frame pointer, so neither the
+//! DWARF rows nor a frame-pointer walk find every caller. The table gives each
+//! function's name and, at every instruction, how far the stack pointer is below the
+//! return address: a CFA rule, which [`unwind_rows`] compiles into the same rows as
+//! `.eh_frame`'s. [`FunctionNames`] names frames of binaries whose `.symtab` was
+//! stripped (`go build -ldflags=-s -w`).
+//!
+//! Layouts read: Go 1.18 and 1.19 (magic `0xfffffff0`) and Go 1.20 and later
+//! (`0xfffffff1`, which adds each function's start line), on 64-bit little-endian
+//! targets, found through the `.gopclntab` section. Older tables, and PIE builds
+//! stripped of their section headers, are not read.
+
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ReadRef};
+use profiler_common::{UnwindRow, cfa_rule};
+
+const GO_118_MAGIC: u32 = 0xffff_fff0;
+const GO_120_MAGIC: u32 = 0xffff_fff1;
+
+/// `funcFlag_TOPFRAME`: a function at the top of its stack (`runtime.goexit`,
+/// `runtime.mstart`, `runtime.rt0_go`), where Go's own traceback stops.
+const TOP_FRAME: u8 = 1;
+/// `funcFlag_SPWRITE`: a function that moves the stack pointer arbitrarily (stack
+/// switches such as `runtime.systemstack`), whose table does not say where its caller is.
+const WRITES_SP: u8 = 2;
+
+/// Where the caller's rbp lies once a frame is set up, in words from the CFA: Go saves
+/// it just below the return address.
+const SAVED_RBP: i8 = -2;
+
+/// A binary's parsed function table, borrowing the section's bytes.
+struct Table<'data> {
+    data: &'data [u8],
+    /// Start of the code the functions' entry offsets count from.
+    text_start: u64,
+    function_count: usize,
+    names: usize,
+    pc_tables: usize,
+    functions: usize,
+    /// Bytes of a function record before its `funcID`.
+    id_offset: usize,
+}
+
+/// One function of the table.
+struct Function {
+    entry: u64,
+    end: u64,
+    /// Offset of its record in the table.
+    record: usize,
+}
+
+impl<'data> Table<'data> {
+    fn find<'file, R: ReadRef<'data>>(file: &'file object::File<'data, R>) -> Option<Self> {
+        let data = file.section_by_name(".gopclntab")?.data().ok()?;
+        Self::parse(data)
+    }
+
+    fn parse(data: &'data [u8]) -> Option<Self> {
+        let id_offset = match u32_at(data, 0)? {
+            GO_118_MAGIC => 36,
+            GO_120_MAGIC => 40,
+            _ => return None,
+        };
+        // One-byte instruction quantum and 8-byte pointers: amd64.
+        if data.get(6..8)? != [1, 8] {
+            return None;
+        }
+        let word = |index: usize| usize::try_from(u64_at(data, 8 + index * 8)?).ok();
+        Some(Table {
+            data,
+            function_count: word(0)?,
+            text_start: u64_at(data, 24)?,
+            names: word(3)?,
+            pc_tables: word(6)?,
+            functions: word(7)?,
+            id_offset,
+        })
+    }
+
+    /// Every function, by ascending entry.
+    fn functions(&self) -> impl Iterator<Item = Function> + '_ {
+        let entry = move |index: usize| {
+            let at = self.functions.checked_add(index.checked_mul(8)?)?;
+            Some((u32_at(self.data, at)?, u32_at(self.data, at + 4)?))
+        };
+        (0..self.function_count).map_while(move |index| {
+            let (start, record) = entry(index)?;
+            let (end, _) = entry(index + 1)?;
+            Some(Function {
+                entry: self.text_start + u64::from(start),
+                end: self.text_start + u64::from(end),
+                record: self.functions.checked_add(record as usize)?,
+            })
+        })
+    }
+
+    fn name(&self, function: &Function) -> Option<&'data str> {
+        let offset = u32_at(self.data, function.record + 4)? as usize;
+        let start = self.names.checked_add(offset)?;
+        let bytes = self.data.get(start..)?;
+        let length = bytes.iter().position(|&byte| byte == 0)?;
+        std::str::from_utf8(&bytes[..length]).ok()
+    }
+
+    fn flags(&self, function: &Function) -> u8 {
+        self.data
+            .get(function.record + self.id_offset + 1)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The function's stack-pointer deltas: (first address, end, bytes pushed since the
+    /// call), in order.
+    fn stack_deltas(&self, function: &Function) -> Vec<(u64, u64, i64)> {
+        let mut deltas = Vec::new();
+        let Some(offset) = u32_at(self.data, function.record + 16) else {
+            return deltas;
+        };
+        if offset == 0 {
+            return deltas;
+        }
+        let Some(mut bytes) = self
+            .pc_tables
+            .checked_add(offset as usize)
+            .and_then(|start| self.data.get(start..))
+        else {
+            return deltas;
+        };
+        let (mut pc, mut value) = (function.entry, -1i64);
+        let mut first = true;
+        while let Some((encoded, rest)) = varint(bytes) {
+            if encoded == 0 && !first {
+                break;
+            }
+            first = false;
+            let Some((pc_step, rest)) = varint(rest) else {
+                break;
+            };
+            bytes = rest;
+            // Zig-zag: the low bit is the sign.
+            value += if encoded & 1 != 0 {
+                -((encoded >> 1) as i64) - 1
+            } else {
+                (encoded >> 1) as i64
+            };
+            let end = pc.saturating_add(pc_step);
+            if end > function.end {
+                break;
+            }
+            deltas.push((pc, end, value));
+            pc = end;
+        }
+        deltas
+    }
+}
+
+/// The unwind rows of a Go binary's functions, by its function table; `None` if the
+/// file has no table this module reads.
+pub fn unwind_rows<'data, R: ReadRef<'data>>(
+    file: &object::File<'data, R>,
+) -> Option<Vec<UnwindRow>> {
+    let table = Table::find(file)?;
+    let mut rows = Vec::new();
+    for function in table.functions() {
+        let flags = table.flags(&function);
+        let row = |address: u64, cfa_rule: u8, cfa_offset: u16, rbp_offset: i8| {
+            Some(UnwindRow {
+                address: u32::try_from(address).ok()?,
+                cfa_offset,
+                cfa_rule,
+                rbp_offset,
+            })
+        };
+        if flags & TOP_FRAME != 0 {
+            rows.extend(row(function.entry, cfa_rule::ROOT, 0, 0));
+        } else if flags & WRITES_SP == 0 {
+            for (start, _, pushed) in table.stack_deltas(&function) {
+                let rule = u16::try_from(pushed + 8).ok().map(|offset| {
+                    let rbp = if pushed > 0 { SAVED_RBP } else { 0 };
+                    (cfa_rule::RSP, offset, rbp)
+                });
+                let (rule, offset, rbp) = rule.unwrap_or((cfa_rule::NONE, 0, 0));
+                rows.extend(row(start, rule, offset, rbp));
+            }
+        }
+        // Where the function ends, the padding before the next one has no rule.
+        rows.extend(row(function.end, cfa_rule::NONE, 0, 0));
+    }
+    (!rows.is_empty()).then_some(rows)
+}
+
+/// A Go binary's function names, looked up by where the code lies in the file.
+pub struct FunctionNames {
+    /// The loadable segments: (file offset, bytes in the file, virtual address).
+    segments: Vec<(u64, u64, u64)>,
+    /// (entry, end, name), by ascending entry.
+    functions: Vec<(u64, u64, String)>,
+}
+
+impl FunctionNames {
+    /// The names of a Go binary's functions; `None` if the file has no table this
+    /// module reads.
+    pub fn read<'data, R: ReadRef<'data>>(file: &object::File<'data, R>) -> Option<Self> {
+        let table = Table::find(file)?;
+        let functions = table
+            .functions()
+            .filter_map(|function| {
+                let name = table.name(&function)?.to_owned();
+                Some((function.entry, function.end, name))
+            })
+            .collect();
+        let segments = file
+            .segments()
+            .map(|segment| {
+                let (offset, size) = segment.file_range();
+                (offset, size, segment.address())
+            })
+            .collect();
+        Some(FunctionNames {
+            segments,
+            functions,
+        })
+    }
+
+    /// The function whose code is at `offset` in the file.
+    pub fn at_file_offset(&self, offset: u64) -> Option<&str> {
+        let address = self.segments.iter().find_map(|&(start, size, address)| {
+            (start..start + size)
+                .contains(&offset)
+                .then(|| offset - start + address)
+        })?;
+        let index = self
+            .functions
+            .partition_point(|&(entry, _, _)| entry <= address);
+        let (_, end, name) = self.functions.get(index.checked_sub(1)?)?;
+        (address < *end).then_some(name.as_str())
+    }
+}
+
+fn u32_at(data: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        data.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+fn u64_at(data: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        data.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+/// An unsigned LEB128 number and the bytes after it.
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (index, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            return Some((value, &bytes[index + 1..]));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_read_as_the_go_linker_writes_them() {
+        assert_eq!(varint(&[0x05, 0xff]), Some((5, &[0xff][..])));
+        assert_eq!(varint(&[0x80, 0x01]), Some((128, &[][..])));
+        assert_eq!(varint(&[0x80]), None);
+    }
+
+    #[test]
+    fn a_table_of_another_layout_is_not_read() {
+        let mut header = vec![0u8; 72];
+        header[..4].copy_from_slice(&0xffff_fffbu32.to_le_bytes());
+        header[6] = 1;
+        header[7] = 8;
+        assert!(Table::parse(&header).is_none());
+        header[..4].copy_from_slice(&GO_118_MAGIC.to_le_bytes());
+        assert!(Table::parse(&header).is_some());
+        header[7] = 4;
+        assert!(Table::parse(&header).is_none());
+    }
+}
