@@ -9,14 +9,43 @@ use std::{path::Path, sync::Arc};
 pub enum Language {
     /// CPython's code objects.
     Python,
+    /// Go functions, named by the binary's function table.
+    Go,
+    /// JavaScript compiled by V8 (Node.js), named by its perf map.
+    JavaScript,
+    /// Java methods compiled by the JVM, named by its perf map.
+    Java,
 }
 
 impl Language {
+    /// Every language.
+    pub const ALL: [Language; 4] = [
+        Language::Python,
+        Language::Go,
+        Language::JavaScript,
+        Language::Java,
+    ];
+
+    /// The language [`Language::name`] names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|language| language.name() == name)
+    }
+
     /// The name the JSON report and the metrics give the language.
     pub fn name(self) -> &'static str {
         match self {
             Language::Python => "python",
+            Language::Go => "go",
+            Language::JavaScript => "js",
+            Language::Java => "java",
         }
+    }
+
+    /// Whether its code is compiled while the program runs, as flame graphs mark it.
+    pub fn is_jit(self) -> bool {
+        matches!(self, Language::JavaScript | Language::Java)
     }
 }
 
@@ -196,6 +225,14 @@ impl Frame {
             source: None,
             process: None,
             object: None,
+        }
+    }
+
+    /// The frame of a runtime's source function, labelled `Model.predict (model.py:42)`.
+    pub fn source(function: SourceFunction) -> Self {
+        Frame {
+            source: Some(function.clone()),
+            ..Frame::native(function.label(), false)
         }
     }
 

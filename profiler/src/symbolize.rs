@@ -19,7 +19,7 @@ use std::{
 
 use blazesym::symbolize::{
     self as blaze, Input, Symbolized,
-    source::{Elf, Kernel, Process, Source},
+    source::{Elf, Kernel, Source},
 };
 use object::{Object as _, ObjectSymbol as _, ReadCache};
 use smallvec::SmallVec;
@@ -29,9 +29,10 @@ use crate::{
     elf,
     memory_map::{FileId, Mapping, MemoryMaps, read_mappings},
     profile::{
-        Frame, LockState, ObjectFile, Origin, Profile, ProfileBuilder, SourceFunction, Stack,
+        Frame, Language, LockState, ObjectFile, Origin, Profile, ProfileBuilder, SourceFunction,
+        Stack,
     },
-    runtime::{go, python},
+    runtime::{self, go, perf_map::PerfMaps, python},
 };
 
 const UNKNOWN: &str = "[unknown]";
@@ -66,6 +67,8 @@ impl Unnamed {
 struct UserNames {
     functions: Vec<String>,
     object: Option<Arc<ObjectFile>>,
+    /// The language of the code, where a runtime's (Go's, a JIT's) rather than native.
+    language: Option<Language>,
 }
 
 impl UserNames {
@@ -73,6 +76,7 @@ impl UserNames {
         UserNames {
             functions,
             object: None,
+            language: None,
         }
     }
 }
@@ -137,7 +141,7 @@ impl Names {
             .collect();
         let stand_ins = self.python_view.stand_ins(
             (Frame::native(python::COLLECTOR_FRAME, false), 0),
-            || (python::python_frame(&python::unknown_function()), 0),
+            || (Frame::source(python::unknown_function()), 0),
             || (Frame::native(python::GIL_WAIT_FRAME, false), 0),
         );
         let mut frames = python::interleave(
@@ -145,7 +149,7 @@ impl Names {
             &key.python,
             |frame| {
                 let function = &self.python[frame.function as usize];
-                (python::python_frame(function), frame.line)
+                (Frame::source(function.clone()), frame.line)
             },
             |(frame, _)| self.python_view.role(frame),
             &stand_ins,
@@ -168,9 +172,17 @@ impl Names {
         match self.user.get(&(tgid, address)) {
             Some(names) => named_frames(Some(&names.functions), false)
                 .into_iter()
-                .map(|frame| Frame {
-                    object: names.object.clone(),
-                    ..frame
+                .map(|frame| {
+                    let source = names
+                        .language
+                        .and_then(|language| runtime::source_function(language, &frame.name));
+                    Frame {
+                        object: names.object.clone(),
+                        ..match source {
+                            Some(source) => Frame::source(source),
+                            None => frame,
+                        }
+                    }
                 })
                 .collect(),
             None => named_frames(None, false),
@@ -307,7 +319,7 @@ impl NamedStacks {
             self.roles = self.frames.iter().map(|frame| view.role(frame)).collect();
         }
         let collector = self.intern(Frame::native(python::COLLECTOR_FRAME, false));
-        let unknown_python = self.intern(python::python_frame(&python::unknown_function()));
+        let unknown_python = self.intern(Frame::source(python::unknown_function()));
         let gil_wait = self.intern(Frame::native(python::GIL_WAIT_FRAME, false));
         let stand_ins = self.names.python_view.stand_ins(
             (collector, 0),
@@ -377,7 +389,7 @@ impl NamedStacks {
 
     fn python_frame_id(&mut self, function: u32) {
         if !self.python_frames.contains_key(&function) {
-            let frame = python::python_frame(&self.names.python[function as usize]);
+            let frame = Frame::source(self.names.python[function as usize].clone());
             let id = self.intern(frame);
             self.python_frames.insert(function, id);
         }
@@ -459,6 +471,8 @@ pub struct Symbolizer {
     files: HashMap<FileId, KeptFile>,
     /// The kernel's vDSO's function symbols, by address; the same in every process.
     vdso: Vec<(u64, u64, String)>,
+    /// The JIT runtimes' perf maps, kept open.
+    perf_maps: PerfMaps,
 }
 
 /// A file a target mapped, kept open.
@@ -470,6 +484,8 @@ struct KeptFile {
     /// A Go binary's own function names, read at the first address its symbols do not
     /// name (a binary built with `-ldflags=-s`).
     go_names: OnceLock<Option<go::FunctionNames>>,
+    /// The language of the file's code, where a runtime's: read at its first lookup.
+    language: OnceLock<Option<Language>>,
 }
 
 impl KeptFile {
@@ -478,7 +494,16 @@ impl KeptFile {
             file,
             build_id: OnceLock::new(),
             go_names: OnceLock::new(),
+            language: OnceLock::new(),
         }
+    }
+
+    fn language(&self) -> Option<Language> {
+        *self.language.get_or_init(|| {
+            let cache = ReadCache::new(&self.file);
+            let file = object::File::parse(&cache).ok()?;
+            go::is_go_binary(&file).then_some(Language::Go)
+        })
     }
 
     fn go_names(&self) -> Option<&go::FunctionNames> {
@@ -507,6 +532,7 @@ impl Symbolizer {
                 .build(),
             files: HashMap::new(),
             vdso: own_vdso_symbols().unwrap_or_default(),
+            perf_maps: PerfMaps::default(),
         }
     }
 
@@ -514,6 +540,12 @@ impl Symbolizer {
     /// their addresses can be named after the process exits, from whatever mount
     /// namespace it runs in.
     pub fn keep_files(&mut self, tgid: u32, mappings: &[Mapping]) {
+        if mappings
+            .iter()
+            .any(|mapping| mapping.file.is_none() && !mapping.vdso)
+        {
+            self.perf_maps.keep(tgid);
+        }
         for mapping in mappings {
             let (Some(id), Some(_)) = (&mapping.file, &mapping.path) else {
                 continue;
@@ -531,7 +563,7 @@ impl Symbolizer {
     /// frames of a new stack were named with an earlier one), all at once, each file's
     /// addresses together, so that each source (a binary, kallsyms) is read once.
     pub fn resolve_new<'k>(
-        &self,
+        &mut self,
         maps: &MemoryMaps,
         stacks: impl IntoIterator<Item = &'k StackKey>,
         known: &Names,
@@ -579,6 +611,7 @@ impl Symbolizer {
         }
         for (id, lookup) in by_file {
             let looked_up = self.file_names(id, &lookup.offsets);
+            let language = self.files.get(id).and_then(KeptFile::language);
             let object = lookup.mapping.path.as_ref().map(|path| {
                 Arc::new(ObjectFile {
                     path: path.to_string_lossy().into_owned(),
@@ -601,20 +634,28 @@ impl Symbolizer {
                 let names_of_address = UserNames {
                     functions: frames,
                     object: object.clone(),
+                    language,
                 };
                 names.user.insert((tgid, address), names_of_address);
             }
         }
         for (tgid, addresses) in anonymous {
-            let source = Source::Process(perf_map_source(tgid));
-            for (address, found) in addresses.iter().zip(self.names(&source, &addresses)) {
-                let frames = found.unwrap_or_else(|| {
+            let found = self.perf_maps.names(tgid, &addresses);
+            for (address, found) in addresses.iter().zip(found) {
+                let Some(name) = found else {
                     names.count_unnamed(Unnamed::AnonymousMemory);
-                    vec![UNKNOWN.to_owned()]
+                    let unnamed = UserNames::unfiled(vec![UNKNOWN.to_owned()]);
+                    names.user.insert((tgid, *address), unnamed);
+                    continue;
+                };
+                let language = Language::ALL.into_iter().find(|&language| {
+                    language.is_jit() && runtime::source_function(language, &name).is_some()
                 });
-                names
-                    .user
-                    .insert((tgid, *address), UserNames::unfiled(frames));
+                let jit = UserNames {
+                    language,
+                    ..UserNames::unfiled(vec![name])
+                };
+                names.user.insert((tgid, *address), jit);
             }
         }
 
@@ -693,15 +734,6 @@ impl Symbolizer {
         let (start, size, name) = self.vdso.get(index.checked_sub(1)?)?;
         (offset < start + (*size).max(1)).then(|| name.clone())
     }
-}
-
-/// JIT code is named only by a perf map (`/tmp/perf-PID.map`), read while the process
-/// lives.
-fn perf_map_source(tgid: u32) -> Process {
-    let mut process = Process::new(tgid.into());
-    process.map_files = crate::target::is_alive(tgid);
-    process.perf_map = Path::new(&format!("/tmp/perf-{tgid}.map")).exists();
-    process
 }
 
 /// The names blazesym found for one address, outermost inlined function first.

@@ -65,6 +65,8 @@ const PACKAGES: &[(&str, &str, Purpose)] = &[
     ("cc", "gcc", Purpose::Build),
     ("setpriv", "util-linux", Purpose::Test),
     ("go", "golang-go=2:1.19~1", Purpose::Test),
+    // The JIT runtimes the unwinding tests profile, where the machine has none.
+    ("node", "nodejs=18.20.4+dfsg-1~deb12u2", Purpose::Test),
     // Debian's own CPython, linked statically and stripped, beside pyenv's shared ones.
     (
         "/usr/bin/python3.11",

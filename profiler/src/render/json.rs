@@ -359,11 +359,14 @@ fn frame_from_fields(fields: &Value) -> Option<Frame> {
             build_id: fields["build_id"].as_str().map(str::to_owned),
         })
     });
-    match fields["language"].as_str()? {
-        "process" => frame.process = Some(u32::try_from(fields["pid"].as_u64()?).ok()?),
-        "python" => {
+    let language = fields["language"].as_str()?;
+    match Language::from_name(language) {
+        None if language == "process" => {
+            frame.process = Some(u32::try_from(fields["pid"].as_u64()?).ok()?);
+        }
+        Some(language) => {
             frame.source = Some(SourceFunction {
-                language: Language::Python,
+                language,
                 qualname: fields["function"].as_str()?.to_owned(),
                 file: fields["file"].as_str()?.to_owned(),
                 line: u32::try_from(fields["line"].as_u64()?).ok()?,
@@ -372,7 +375,7 @@ fn frame_from_fields(fields: &Value) -> Option<Frame> {
                 installed: fields["installed"].as_bool().unwrap_or(false),
             })
         }
-        _ => {}
+        None => {}
     }
     Some(frame)
 }

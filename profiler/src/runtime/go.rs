@@ -15,6 +15,8 @@
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ReadRef};
 use profiler_common::{UnwindRow, cfa_rule};
 
+use crate::profile::{Language, SourceFunction};
+
 const GO_118_MAGIC: u32 = 0xffff_fff0;
 const GO_120_MAGIC: u32 = 0xffff_fff1;
 
@@ -238,6 +240,41 @@ impl FunctionNames {
     }
 }
 
+/// Where every goroutine and thread starts: they hold all of the time, and are nobody's
+/// hotspot.
+const ENTRY_POINTS: &[&str] = &[
+    "runtime.goexit",
+    "runtime.main",
+    "runtime.mstart",
+    "runtime.mstart0",
+    "runtime.mstart1",
+    "runtime.rt0_go",
+];
+
+/// Whether a file is a Go binary: it has the function table.
+pub fn is_go_binary<'data, R: ReadRef<'data>>(file: &object::File<'data, R>) -> bool {
+    file.section_by_name(".gopclntab").is_some()
+}
+
+/// The source function of the Go function named `name`, as the function table spells
+/// it (`main.predict`, `net/http.(*conn).serve`).
+pub fn source_function(name: &str) -> SourceFunction {
+    // The package is the path up to the first dot after its last slash.
+    let after_slash = name.rfind('/').map_or(0, |slash| slash + 1);
+    let package = name[after_slash..]
+        .find('.')
+        .map(|dot| &name[..after_slash + dot]);
+    SourceFunction {
+        language: Language::Go,
+        qualname: name.to_owned(),
+        file: String::new(),
+        line: 0,
+        module: package.map(str::to_owned),
+        entry: ENTRY_POINTS.contains(&name),
+        installed: package != Some("main"),
+    }
+}
+
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(
         data.get(at..at.checked_add(4)?)?.try_into().ok()?,
@@ -271,6 +308,18 @@ mod tests {
         assert_eq!(varint(&[0x05, 0xff]), Some((5, &[0xff][..])));
         assert_eq!(varint(&[0x80, 0x01]), Some((128, &[][..])));
         assert_eq!(varint(&[0x80]), None);
+    }
+
+    #[test]
+    fn functions_know_their_package_and_the_program_s_own_code() {
+        let served = source_function("net/http.(*conn).serve");
+        assert_eq!(served.module.as_deref(), Some("net/http"));
+        assert!(served.installed && !served.entry);
+        let predict = source_function("main.predict");
+        assert_eq!(predict.module.as_deref(), Some("main"));
+        assert!(!predict.installed);
+        assert!(predict.is_named("predict"));
+        assert!(source_function("runtime.goexit").entry);
     }
 
     #[test]

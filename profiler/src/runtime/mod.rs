@@ -9,4 +9,17 @@
 //! that ran it.
 
 pub mod go;
+pub mod node;
+pub mod perf_map;
 pub mod python;
+
+use crate::profile::{Language, SourceFunction};
+
+/// The source function a native or JIT frame named `name` is, in code of `language`.
+pub fn source_function(language: Language, name: &str) -> Option<SourceFunction> {
+    match language {
+        Language::Go => Some(go::source_function(name)),
+        Language::JavaScript => node::source_function(name),
+        Language::Python | Language::Java => None,
+    }
+}

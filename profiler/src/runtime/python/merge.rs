@@ -4,7 +4,6 @@
 //! interpreter's work under them folds into the Python frame that ran it.
 
 use super::PythonFrameRef;
-use crate::profile::{Frame, SourceFunction};
 
 /// The interpreter's C function that runs Python frames.
 const EVAL_FUNCTION: &str = "_PyEval_EvalFrameDefault";
@@ -56,14 +55,6 @@ pub fn native_role(name: &str) -> NativeRole {
         NativeRole::Plumbing
     } else {
         NativeRole::Kept
-    }
-}
-
-/// The frame of a Python function.
-pub fn python_frame(function: &SourceFunction) -> Frame {
-    Frame {
-        source: Some(function.clone()),
-        ..Frame::native(function.label(), false)
     }
 }
 
@@ -223,7 +214,7 @@ fn root_first_groups(python: &[PythonFrameRef]) -> Vec<&[PythonFrameRef]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::Language;
+    use crate::profile::{Frame, Language, SourceFunction};
 
     fn native(names: &[&str]) -> Vec<Vec<Frame>> {
         names
@@ -270,7 +261,7 @@ mod tests {
         native_complete: bool,
     ) -> Vec<String> {
         let python_frame =
-            |frame: &PythonFrameRef| super::python_frame(&functions[frame.function as usize]);
+            |frame: &PythonFrameRef| Frame::source(functions[frame.function as usize].clone());
         let role = |frame: &Frame| native_role(&frame.name);
         names(&interleave(
             native,
@@ -367,7 +358,7 @@ mod tests {
             _ => NativeRole::Internal,
         };
         let python_frame =
-            |frame: &PythonFrameRef| super::python_frame(&functions[frame.function as usize]);
+            |frame: &PythonFrameRef| Frame::source(functions[frame.function as usize].clone());
         let merged = interleave(
             native,
             &stack,

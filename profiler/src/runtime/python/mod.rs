@@ -23,7 +23,7 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData};
 pub use code::{Unresolved, module_path};
 pub use interpreter::{Interpreter, Version};
-pub use merge::{NativeRole, StandIns, end_at_gil_wait, interleave, python_frame};
+pub use merge::{NativeRole, StandIns, end_at_gil_wait, interleave};
 use profiler_common::{
     GilState, PYTHON_NO_INSTRUCTION, PythonEnd, PythonFrame, PythonProcess, PythonStack,
 };
