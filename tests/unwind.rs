@@ -365,7 +365,7 @@ fn a_node_service_unwinds_through_its_jit_code_and_names_its_functions() {
     let truth = read_json(&truth_path);
     assert_complete(&report, RUNTIME_COMPLETE_SHARE);
     let stacks = folded(&dir);
-    let worker = folded_share(&stacks, |frames| frames.contains(&"worker (phases.js:33)"));
+    let worker = folded_share(&stacks, |frames| frames.contains(&"worker (phases.js:33)_[j]"));
     assert!(
         worker >= WORKER_SHARE,
         "worker is on {:.1}% of the stacks",
@@ -379,5 +379,56 @@ fn a_node_service_unwinds_through_its_jit_code_and_names_its_functions() {
     for (_, label) in phases {
         let function = &entries_where(&report["cpu"]["functions"], "name", label)[0];
         assert_eq!(function["language"], "js", "{function}");
+    }
+}
+
+#[test]
+fn a_java_service_unwinds_through_its_compiled_methods_and_names_them() {
+    let dir = scratch("unwind-java");
+    let truth_path = dir.join("truth.json");
+    // Three seconds of warm-up, then five measured. Inlining would make the phases the
+    // worker's own code; `main` stays interpreted, so that no method is compiled after
+    // the perf map's snapshot.
+    let mut service = Command::new("java")
+        .args([
+            "-XX:+PreserveFramePointer",
+            "-XX:CompileCommand=quiet",
+            "-XX:CompileCommand=dontinline,Phases::*",
+            "-XX:CompileCommand=exclude,Phases::main",
+        ])
+        .arg(common::workload_source("Phases.java"))
+        .args(["3", "5"])
+        .arg(&truth_path)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = service.id().to_string();
+    sleep(Duration::from_millis(2500));
+    let snapshot = run(Command::new("jcmd").args([&pid, "Compiler.perfmap"]));
+    assert!(snapshot.status.success(), "{snapshot:?}");
+    let output = run(&mut record(
+        &dir,
+        &["--pid", &pid, "--duration", "15", "-F", "499"],
+    ));
+    assert!(service.wait().unwrap().success());
+    assert_eq!(output.status.code(), Some(TARGET_EXITED));
+    let report = read_json(&dir.join("report.json"));
+    let truth = read_json(&truth_path);
+    assert_complete(&report, RUNTIME_COMPLETE_SHARE);
+    let stacks = folded(&dir);
+    let worker = folded_share(&stacks, |frames| frames.contains(&"Phases.worker_[j]"));
+    assert!(
+        worker >= WORKER_SHARE,
+        "Phases.worker is on {:.1}% of the stacks",
+        worker * 100.0
+    );
+    let phases = [
+        ("preprocess", "Phases.preprocess"),
+        ("predict", "Phases.predict"),
+    ];
+    assert_shares_named(&report, &truth, &phases);
+    for (_, name) in phases {
+        let method = &entries_where(&report["cpu"]["functions"], "name", name)[0];
+        assert_eq!(method["language"], "java", "{method}");
     }
 }

@@ -302,6 +302,9 @@ pub struct StackQuality {
     pub tables: TableStats,
     /// Distinct user addresses that got no name, by reason.
     pub unnamed: BTreeMap<&'static str, u64>,
+    /// One line per process whose JIT code went unnamed, with what its runtime needs
+    /// to name it.
+    pub jit_hints: Vec<String>,
 }
 
 /// A finished recording: everything the outputs are made of.

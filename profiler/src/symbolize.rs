@@ -641,6 +641,11 @@ impl Symbolizer {
         }
         for (tgid, addresses) in anonymous {
             let found = self.perf_maps.names(tgid, &addresses);
+            let unnamed = found.iter().filter(|name| name.is_none()).count() as u64;
+            if unnamed > 0 {
+                let hint = runtime::perf_map_hint(maps.mappings(tgid));
+                self.perf_maps.count_unnamed(tgid, unnamed, hint);
+            }
             for (address, found) in addresses.iter().zip(found) {
                 let Some(name) = found else {
                     names.count_unnamed(Unnamed::AnonymousMemory);
@@ -726,6 +731,11 @@ impl Symbolizer {
             Ok(symbols) => symbols.into_iter().map(symbol_names).collect(),
             Err(_) => vec![None; addresses.len()],
         }
+    }
+
+    /// One line per process whose JIT code went unnamed, with what its runtime needs.
+    pub fn jit_hints(&self) -> Vec<String> {
+        self.perf_maps.hints()
     }
 
     /// The vDSO function holding `offset`.

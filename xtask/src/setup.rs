@@ -67,6 +67,11 @@ const PACKAGES: &[(&str, &str, Purpose)] = &[
     ("go", "golang-go=2:1.19~1", Purpose::Test),
     // The JIT runtimes the unwinding tests profile, where the machine has none.
     ("node", "nodejs=18.20.4+dfsg-1~deb12u2", Purpose::Test),
+    (
+        "jcmd",
+        "openjdk-17-jdk-headless=17.0.19+10-1~deb12u2",
+        Purpose::Test,
+    ),
     // Debian's own CPython, linked statically and stripped, beside pyenv's shared ones.
     (
         "/usr/bin/python3.11",

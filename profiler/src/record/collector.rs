@@ -618,6 +618,7 @@ impl Collector {
                     .iter()
                     .map(|(reason, count)| (reason.name(), *count))
                     .collect(),
+                jit_hints: self.symbolizer.jit_hints(),
                 ..self.stack_quality
             },
             profile,

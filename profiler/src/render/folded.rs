@@ -1,6 +1,7 @@
 //! Collapsed stacks: one line per distinct stack, `root;...;leaf count`, the format that
 //! `flamegraph.pl`, inferno and speedscope read. Kernel frames end in `_[k]`, as
-//! `stackcollapse-perf.pl --kernel` writes them.
+//! `stackcollapse-perf.pl --kernel` writes them, and JIT-compiled frames (JavaScript,
+//! Java) in `_[j]`, as `stackcollapse-perf.pl --java` does.
 
 use std::{
     collections::BTreeMap,
@@ -64,8 +65,14 @@ pub fn frame_label(frame: &Frame) -> String {
         .chars()
         .map(|c| if c == ';' || c.is_control() { ':' } else { c })
         .collect();
+    let jit = frame
+        .source
+        .as_ref()
+        .is_some_and(|source| source.language.is_jit());
     if frame.kernel {
         format!("{name}_[k]")
+    } else if jit {
+        format!("{name}_[j]")
     } else {
         name
     }

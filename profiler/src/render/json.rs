@@ -492,6 +492,7 @@ fn stacks(quality: &StackQuality) -> Value {
         "unnamed_addresses": quality.unnamed.iter()
             .map(|(reason, count)| ((*reason).to_owned(), json!(count)))
             .collect::<serde_json::Map<_, _>>(),
+        "jit_hints": quality.jit_hints,
         "unwind_tables": {
             "files": tables.files,
             "rows": tables.rows,

@@ -283,7 +283,11 @@ fn stack_quality_text(quality: &StackQuality) -> String {
             .collect();
         out += &format!("; files without one: {}", failed.join(", "));
     }
-    out + ".\n"
+    out += ".\n";
+    for hint in &quality.jit_hints {
+        out += &format!("JIT: {hint}.\n");
+    }
+    out
 }
 
 /// Each process's part of the samples, when there are several.
@@ -701,7 +705,7 @@ pub fn flame_graph_labels(report: &Report) -> FlameGraphLabels {
     FlameGraphLabels {
         title: format!("On-CPU flame graph: {}", target_label(report)),
         subtitle: format!(
-            "{} samples at {} Hz over {:.1} s; kernel frames are orange and end in _[k]",
+            "{} samples at {} Hz over {:.1} s; kernel frames are orange and end in _[k], JIT-compiled ones green in _[j]",
             report.analysis.samples,
             report.probes.frequency_hz,
             report.duration.as_secs_f64()

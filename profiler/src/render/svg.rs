@@ -80,7 +80,8 @@ pub fn draw(
     options.title = labels.title.clone();
     options.subtitle = Some(labels.subtitle.clone());
     options.count_name = labels.count_name.clone();
-    // This palette draws frames ending in `_[k]` in orange, apart from user frames.
+    // This palette draws frames ending in `_[k]` in orange and `_[j]` in green, apart
+    // from the other user frames.
     options.colors = Palette::Multi(MultiPalette::Perl);
     flamegraph::from_lines(
         &mut options,

@@ -7,6 +7,10 @@
 
 use crate::profile::{Language, SourceFunction};
 
+/// What Node.js needs to name its JavaScript frames.
+pub const PERF_MAP_HINT: &str = "start node with --perf-basic-prof (and \
+     --interpreted-frames-native-stack to name interpreted functions too)";
+
 /// Prefixes of the code V8 compiled from JavaScript: `JS:` since Node.js 20,
 /// `LazyCompile:` and `Function:` before.
 const JAVASCRIPT_PREFIXES: &[&str] = &["JS:", "LazyCompile:", "Function:"];

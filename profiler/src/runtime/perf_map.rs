@@ -27,6 +27,9 @@ struct PerfMap {
 #[derive(Default)]
 pub struct PerfMaps {
     processes: HashMap<u32, PerfMap>,
+    /// Per process, JIT addresses no perf map named, and what the process's runtime
+    /// needs to write one.
+    unnamed: BTreeMap<u32, (u64, &'static str)>,
 }
 
 impl PerfMaps {
@@ -56,6 +59,37 @@ impl PerfMaps {
         };
         map.read_new_lines();
         addresses.iter().map(|&address| map.name(address)).collect()
+    }
+
+    /// Counts `count` JIT addresses of process `tgid` that no perf map named; `hint` says
+    /// how its runtime writes one.
+    pub fn count_unnamed(&mut self, tgid: u32, count: u64, hint: &'static str) {
+        let entry = self.unnamed.entry(tgid).or_insert((0, hint));
+        entry.0 += count;
+    }
+
+    /// One line per process whose JIT code went unnamed: why, and what to do.
+    pub fn hints(&self) -> Vec<String> {
+        self.unnamed
+            .iter()
+            .map(|(&tgid, &(count, hint))| {
+                let has_map = self
+                    .processes
+                    .get(&tgid)
+                    .is_some_and(|map| map.file.is_some());
+                if has_map {
+                    format!(
+                        "{count} JIT addresses of process {tgid} are not in its perf map, \
+                         which is older than their code: {hint}"
+                    )
+                } else {
+                    format!(
+                        "the JIT code of process {tgid} is unnamed ({count} addresses): \
+                         it wrote no /tmp/perf-{tgid}.map; {hint}"
+                    )
+                }
+            })
+            .collect()
     }
 }
 
@@ -132,6 +166,20 @@ mod tests {
             Some((0x7f3a_1c00_0100, 0x40, "Interpreter"))
         );
         assert_eq!(parse_line("nonsense"), None);
+    }
+
+    #[test]
+    fn unnamed_jit_code_is_reported_with_what_its_runtime_needs() {
+        let mut maps = PerfMaps::default();
+        maps.count_unnamed(4242, 3, "start it with --perf-basic-prof");
+        maps.count_unnamed(4242, 2, "start it with --perf-basic-prof");
+        let hints = maps.hints();
+        assert_eq!(hints.len(), 1);
+        assert!(hints[0].contains("(5 addresses)"), "{hints:?}");
+        assert!(
+            hints[0].ends_with("start it with --perf-basic-prof"),
+            "{hints:?}"
+        );
     }
 
     #[test]
