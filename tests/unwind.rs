@@ -365,7 +365,9 @@ fn a_node_service_unwinds_through_its_jit_code_and_names_its_functions() {
     let truth = read_json(&truth_path);
     assert_complete(&report, RUNTIME_COMPLETE_SHARE);
     let stacks = folded(&dir);
-    let worker = folded_share(&stacks, |frames| frames.contains(&"worker (phases.js:33)_[j]"));
+    let worker = folded_share(&stacks, |frames| {
+        frames.contains(&"worker (phases.js:33)_[j]")
+    });
     assert!(
         worker >= WORKER_SHARE,
         "worker is on {:.1}% of the stacks",

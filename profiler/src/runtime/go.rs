@@ -9,15 +9,20 @@
 //!
 //! Layouts read: Go 1.18 and 1.19 (magic `0xfffffff0`) and Go 1.20 and later
 //! (`0xfffffff1`, which adds each function's start line), on 64-bit little-endian
-//! targets, found through the `.gopclntab` section. Older tables, and PIE builds
-//! stripped of their section headers, are not read.
+//! targets, found through the `.gopclntab` section, the `runtime.pclntab` symbol, or,
+//! in binaries linked by the system's linker and stripped, by its header. Older tables
+//! are not read.
 
-use object::{Object as _, ObjectSection as _, ObjectSegment as _, ReadRef};
+use object::{
+    Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, ReadRef, SectionKind,
+};
 use profiler_common::{UnwindRow, cfa_rule};
 
 use crate::profile::{Language, SourceFunction};
 
 const GO_118_MAGIC: u32 = 0xffff_fff0;
+/// Bytes of the table's header.
+const HEADER_BYTES: usize = 72;
 const GO_120_MAGIC: u32 = 0xffff_fff1;
 
 /// `funcFlag_TOPFRAME`: a function at the top of its stack (`runtime.goexit`,
@@ -25,6 +30,8 @@ const GO_120_MAGIC: u32 = 0xffff_fff1;
 const TOP_FRAME: u8 = 1;
 /// `funcFlag_SPWRITE`: a function that moves the stack pointer arbitrarily (stack
 /// switches such as `runtime.systemstack`), whose table does not say where its caller is.
+/// Go's own traceback stops there, and so does the profiler's: the frames of the system
+/// stack end at them.
 const WRITES_SP: u8 = 2;
 
 /// Where the caller's rbp lies once a frame is set up, in words from the CFA: Go saves
@@ -53,9 +60,37 @@ struct Function {
 }
 
 impl<'data> Table<'data> {
+    /// The table of a Go binary: the `.gopclntab` section that Go's own linker writes,
+    /// or, in a binary linked by the system's linker (cgo) or built as PIE, the table
+    /// inside a data section, where `runtime.pclntab` names it or its header is found.
     fn find<'file, R: ReadRef<'data>>(file: &'file object::File<'data, R>) -> Option<Self> {
-        let data = file.section_by_name(".gopclntab")?.data().ok()?;
-        Self::parse(data)
+        if let Some(section) = file.section_by_name(".gopclntab") {
+            return Self::parse(section.data().ok()?);
+        }
+        let code = |address: u64| {
+            file.sections().any(|section| {
+                section.kind() == SectionKind::Text
+                    && (section.address()..section.address() + section.size()).contains(&address)
+            })
+        };
+        let symbol = file
+            .symbols()
+            .find(|symbol| symbol.name() == Ok("runtime.pclntab"));
+        if let Some(symbol) = symbol {
+            let section = file.section_by_index(symbol.section_index()?).ok()?;
+            let at = usize::try_from(symbol.address().checked_sub(section.address())?).ok()?;
+            return Self::parse(section.data().ok()?.get(at..)?);
+        }
+        [".data.rel.ro", ".rodata", ".noptrdata"]
+            .into_iter()
+            .filter_map(|name| file.section_by_name(name)?.data().ok())
+            .find_map(|data| {
+                // The header is pointer-aligned.
+                (0..data.len().saturating_sub(HEADER_BYTES))
+                    .step_by(8)
+                    .filter_map(|at| Self::parse(&data[at..]))
+                    .find(|table| code(table.text_start))
+            })
     }
 
     fn parse(data: &'data [u8]) -> Option<Self> {
@@ -174,9 +209,9 @@ pub fn unwind_rows<'data, R: ReadRef<'data>>(
                 rbp_offset,
             })
         };
-        if flags & TOP_FRAME != 0 {
+        if flags & (TOP_FRAME | WRITES_SP) != 0 {
             rows.extend(row(function.entry, cfa_rule::ROOT, 0, 0));
-        } else if flags & WRITES_SP == 0 {
+        } else {
             for (start, _, pushed) in table.stack_deltas(&function) {
                 let rule = u16::try_from(pushed + 8).ok().map(|offset| {
                     let rbp = if pushed > 0 { SAVED_RBP } else { 0 };
@@ -251,9 +286,10 @@ const ENTRY_POINTS: &[&str] = &[
     "runtime.rt0_go",
 ];
 
-/// Whether a file is a Go binary: it has the function table.
+/// Whether a file is a Go binary: it has Go's build id or its function table.
 pub fn is_go_binary<'data, R: ReadRef<'data>>(file: &object::File<'data, R>) -> bool {
-    file.section_by_name(".gopclntab").is_some()
+    file.section_by_name(".note.go.buildid").is_some()
+        || file.section_by_name(".gopclntab").is_some()
 }
 
 /// The source function of the Go function named `name`, as the function table spells

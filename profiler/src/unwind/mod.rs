@@ -37,6 +37,7 @@ pub use table::{FileTable, Segment, TableError, bias};
 use crate::{
     attach::{ProcessMappingLists, UnwindChunkSlots},
     memory_map::{FileId, Mapping},
+    target,
 };
 
 /// A file whose table is compiled once for every process that maps it.
@@ -222,11 +223,18 @@ impl UnwindTables {
             if let Some(key) = &key
                 && !self.files.contains_key(key)
             {
-                let state = match compile(tgid, mapping) {
-                    Ok(table) => FileState::Compiled(table),
-                    Err(error) => FileState::Failed(error),
-                };
-                self.files.insert(key.clone(), state);
+                match compile(tgid, mapping) {
+                    Ok(table) => {
+                        self.files.insert(key.clone(), FileState::Compiled(table));
+                    }
+                    // A process that exited before its file was read (a short-lived
+                    // command) says nothing of the file: the next process to map it
+                    // tries again.
+                    Err(TableError::Unreadable) if !target::is_alive(tgid) => {}
+                    Err(error) => {
+                        self.files.insert(key.clone(), FileState::Failed(error));
+                    }
+                }
             }
             keyed.push((mapping.clone(), key));
         }
