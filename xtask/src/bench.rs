@@ -56,6 +56,8 @@ pub enum Part {
     Loadtest,
     /// What sampling at 999 Hz costs the interrupted thread, against perf record -g.
     Slowdown,
+    /// Go, Node.js and Java services next to a C one, against perf record -g.
+    Runtimes,
 }
 
 pub fn run(duration: u32, runs: u32, only: Option<Part>) -> anyhow::Result<()> {
@@ -91,6 +93,9 @@ pub fn run(duration: u32, runs: u32, only: Option<Part>) -> anyhow::Result<()> {
     }
     if selected(Part::Python) {
         results["python"] = crate::bench_python::run(&bench.dir, short, runs)?;
+    }
+    if selected(Part::Runtimes) {
+        results["runtimes"] = crate::bench_runtimes::run(&bench.dir, short, runs)?;
     }
     if selected(Part::Loadtest) {
         results["loadtest"] = crate::bench_loadtest::run(&bench.dir, runs)?;

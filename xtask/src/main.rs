@@ -7,6 +7,7 @@ mod bench;
 mod bench_alloc;
 mod bench_loadtest;
 mod bench_python;
+mod bench_runtimes;
 mod bench_slowdown;
 mod bench_syscalls;
 mod bench_unwind;

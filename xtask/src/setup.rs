@@ -85,6 +85,13 @@ const PACKAGES: &[(&str, &str, Purpose)] = &[
         Purpose::Test,
     ),
     ("perf", "linux-perf=6.1.192-3", Purpose::Bench),
+    ("go", "golang-go=2:1.19~1", Purpose::Bench),
+    ("node", "nodejs=18.20.4+dfsg-1~deb12u2", Purpose::Bench),
+    (
+        "jcmd",
+        "openjdk-17-jdk-headless=17.0.19+10-1~deb12u2",
+        Purpose::Bench,
+    ),
     ("/usr/bin/time", "time=1.9-0.2", Purpose::Bench),
     ("wrk", "wrk=4.1.0-3+b2", Purpose::Bench),
     ("tmux", "tmux=3.3a-3", Purpose::Bench),
