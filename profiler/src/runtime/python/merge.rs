@@ -10,7 +10,10 @@ const EVAL_FUNCTION: &str = "_PyEval_EvalFrameDefault";
 
 /// Native functions that only pass a call on between Python frames, or from a builtin to
 /// Python code; they tell the reader nothing the Python frames around them do not.
-const PLUMBING_PREFIXES: [&str; 12] = [
+const PLUMBING_PREFIXES: [&str; 13] = [
+    // `-X perf`'s trampolines, one per code object, named from the perf map: the Python
+    // walk already gives the frame each one enters.
+    "py::",
     "_PyEval_",
     "PyEval_EvalCode",
     "_PyFunction_Vectorcall",
@@ -305,6 +308,29 @@ mod tests {
                 "list_sort_impl",
                 "key (main.py:1)",
                 "PyNumber_Multiply",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_perf_trampoline_gives_way_to_the_python_frame_it_enters() {
+        let native = native(&[
+            "main",
+            "py::outer:/srv/main.py",
+            EVAL_FUNCTION,
+            "py::inner:/srv/main.py",
+            EVAL_FUNCTION,
+            "PyNumber_Multiply",
+        ]);
+        let functions = functions(&["outer", "inner"]);
+        let stack = python(&[(1, true), (0, true)]);
+        assert_eq!(
+            merge(native, &stack, &functions, true),
+            vec![
+                "main",
+                "outer (main.py:1)",
+                "inner (main.py:1)",
+                "PyNumber_Multiply"
             ]
         );
     }
