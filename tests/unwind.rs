@@ -299,7 +299,7 @@ const RUNTIME_COMPLETE_SHARE: f64 = 0.98;
 const WORKER_SHARE: f64 = 0.95;
 
 #[test]
-fn go_binaries_stripped_or_not_unwind_whole_and_hold_their_measured_phases() {
+fn go_binaries_stripped_or_not_unwind_whole_name_inlined_calls_and_hold_their_measured_phases() {
     let built = compile_go("phases", "go-phases", &[]);
     let stripped = compile_go("phases", "go-phases-stripped", &["-ldflags=-s -w"]);
     for (binary, label) in [(built, "built"), (stripped, "stripped")] {
@@ -342,6 +342,19 @@ fn go_binaries_stripped_or_not_unwind_whole_and_hold_their_measured_phases() {
         assert_shares(&report, &truth, &["main.preprocess", "main.predict"]);
         let predict = &entries_where(&report["cpu"]["functions"], "name", "main.predict")[0];
         assert_eq!(predict["language"], "go", "{label}: {predict}");
+        // `weigh` is inlined into `predict`: a frame of its own, right under it.
+        let under_predict = folded_share(&stacks, |frames| {
+            frames
+                .windows(2)
+                .any(|pair| pair == ["main.predict", "main.weigh"])
+        });
+        let anywhere = folded_share(&stacks, |frames| frames.contains(&"main.weigh"));
+        assert!(
+            under_predict > 0.1 && under_predict == anywhere,
+            "{label}: main.weigh under main.predict in {:.1}%, anywhere in {:.1}%",
+            under_predict * 100.0,
+            anywhere * 100.0
+        );
     }
 }
 

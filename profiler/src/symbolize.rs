@@ -481,8 +481,8 @@ struct KeptFile {
     /// Read at its first lookup and kept: reading it at every lookup, each live view's,
     /// took a twentieth of the profiler's steady time on a Python service.
     build_id: OnceLock<Option<String>>,
-    /// A Go binary's own function names, read at the first address its symbols do not
-    /// name (a binary built with `-ldflags=-s`).
+    /// A Go binary's own function names, read at its first lookup; `None` for other
+    /// files.
     go_names: OnceLock<Option<go::FunctionNames>>,
     /// The language of the file's code, where a runtime's: read at its first lookup.
     language: OnceLock<Option<Language>>,
@@ -509,6 +509,7 @@ impl KeptFile {
     fn go_names(&self) -> Option<&go::FunctionNames> {
         self.go_names
             .get_or_init(|| {
+                self.language()?;
                 let cache = ReadCache::new(&self.file);
                 go::FunctionNames::read(&object::File::parse(&cache).ok()?)
             })
@@ -698,23 +699,31 @@ impl Symbolizer {
                 .ok()?;
             Some(symbolized.into_iter().map(symbol_names).collect())
         };
-        let mut found = lookup(offsets)?;
-        let unnamed: Vec<usize> = (0..offsets.len()).filter(|&i| found[i].is_none()).collect();
-        if !unnamed.is_empty() {
-            let next: Vec<u64> = unnamed.iter().map(|&i| offsets[i] + 1).collect();
-            for (index, names) in unnamed.into_iter().zip(lookup(&next).unwrap_or_default()) {
-                found[index] = names;
+        // A Go binary's function table names its functions and the calls inlined into
+        // them, stripped or not; blazesym names the rest (cgo's C code).
+        let go_names = self.files.get(id).and_then(KeptFile::go_names);
+        let mut found: Vec<Option<Vec<String>>> = match go_names {
+            Some(go_names) => offsets
+                .iter()
+                .map(|&offset| go_names.at_file_offset(offset))
+                .collect(),
+            None => vec![None; offsets.len()],
+        };
+        // At the offset, then a byte further (see above). A file blazesym cannot read
+        // is unreadable, unless the function table named its addresses.
+        for (step, needed) in [(0, go_names.is_none()), (1, false)] {
+            let unnamed: Vec<usize> = (0..offsets.len()).filter(|&i| found[i].is_none()).collect();
+            if unnamed.is_empty() {
+                break;
             }
-        }
-        if found.iter().any(Option::is_none)
-            && let Some(go_names) = self.files.get(id).and_then(KeptFile::go_names)
-        {
-            for (names, &offset) in found.iter_mut().zip(offsets) {
-                if names.is_none() {
-                    *names = go_names
-                        .at_file_offset(offset)
-                        .map(|name| vec![name.to_owned()]);
-                }
+            let at: Vec<u64> = unnamed.iter().map(|&i| offsets[i] + step).collect();
+            let names = match lookup(&at) {
+                Some(names) => names,
+                None if needed => return None,
+                None => break,
+            };
+            for (index, names) in unnamed.into_iter().zip(names) {
+                found[index] = names;
             }
         }
         Some(found)

@@ -35,11 +35,16 @@ func processCPU() int64 {
 	return ts.Nano()
 }
 
+// weigh is inlined into predict: the function table keeps it a frame of its own.
+func weigh(i int) int {
+	return table[i&1023] * i
+}
+
 //go:noinline
 func predict(n int) int {
 	s := 0
 	for i := 0; i < n; i++ {
-		s += table[i&1023] * i
+		s += weigh(i)
 	}
 	return s
 }

@@ -34,6 +34,11 @@ const TOP_FRAME: u8 = 1;
 /// stack end at them.
 const WRITES_SP: u8 = 2;
 
+/// `PCDATA_InlTreeIndex`: the pc-data table that says which inlined call runs where.
+const PCDATA_INLINE_TREE_INDEX: u32 = 2;
+/// `FUNCDATA_InlTree`: the function data that is the function's inline tree.
+const FUNCDATA_INLINE_TREE: usize = 3;
+
 /// Where the caller's rbp lies once a frame is set up, in words from the CFA: Go saves
 /// it just below the return address.
 const SAVED_RBP: i8 = -2;
@@ -41,6 +46,8 @@ const SAVED_RBP: i8 = -2;
 /// A binary's parsed function table, borrowing the section's bytes.
 struct Table<'data> {
     data: &'data [u8],
+    /// Where the table lies in memory, for finding the module data that points at it.
+    address: u64,
     /// Start of the code the functions' entry offsets count from.
     text_start: u64,
     function_count: usize,
@@ -65,7 +72,7 @@ impl<'data> Table<'data> {
     /// inside a data section, where `runtime.pclntab` names it or its header is found.
     fn find<'file, R: ReadRef<'data>>(file: &'file object::File<'data, R>) -> Option<Self> {
         if let Some(section) = file.section_by_name(".gopclntab") {
-            return Self::parse(section.data().ok()?);
+            return Self::parse(section.data().ok()?, section.address());
         }
         let code = |address: u64| {
             file.sections().any(|section| {
@@ -79,21 +86,24 @@ impl<'data> Table<'data> {
         if let Some(symbol) = symbol {
             let section = file.section_by_index(symbol.section_index()?).ok()?;
             let at = usize::try_from(symbol.address().checked_sub(section.address())?).ok()?;
-            return Self::parse(section.data().ok()?.get(at..)?);
+            return Self::parse(section.data().ok()?.get(at..)?, symbol.address());
         }
         [".data.rel.ro", ".rodata", ".noptrdata"]
             .into_iter()
-            .filter_map(|name| file.section_by_name(name)?.data().ok())
-            .find_map(|data| {
+            .filter_map(|name| {
+                let section = file.section_by_name(name)?;
+                Some((section.data().ok()?, section.address()))
+            })
+            .find_map(|(data, address)| {
                 // The header is pointer-aligned.
                 (0..data.len().saturating_sub(HEADER_BYTES))
                     .step_by(8)
-                    .filter_map(|at| Self::parse(&data[at..]))
+                    .filter_map(|at| Self::parse(&data[at..], address + at as u64))
                     .find(|table| code(table.text_start))
             })
     }
 
-    fn parse(data: &'data [u8]) -> Option<Self> {
+    fn parse(data: &'data [u8], address: u64) -> Option<Self> {
         let id_offset = match u32_at(data, 0)? {
             GO_118_MAGIC => 36,
             GO_120_MAGIC => 40,
@@ -106,6 +116,7 @@ impl<'data> Table<'data> {
         let word = |index: usize| usize::try_from(u64_at(data, 8 + index * 8)?).ok();
         Some(Table {
             data,
+            address,
             function_count: word(0)?,
             text_start: u64_at(data, 24)?,
             names: word(3)?,
@@ -133,11 +144,7 @@ impl<'data> Table<'data> {
     }
 
     fn name(&self, function: &Function) -> Option<&'data str> {
-        let offset = u32_at(self.data, function.record + 4)? as usize;
-        let start = self.names.checked_add(offset)?;
-        let bytes = self.data.get(start..)?;
-        let length = bytes.iter().position(|&byte| byte == 0)?;
-        std::str::from_utf8(&bytes[..length]).ok()
+        self.name_at(u32_at(self.data, function.record + 4)?)
     }
 
     fn flags(&self, function: &Function) -> u8 {
@@ -150,19 +157,58 @@ impl<'data> Table<'data> {
     /// The function's stack-pointer deltas: (first address, end, bytes pushed since the
     /// call), in order.
     fn stack_deltas(&self, function: &Function) -> Vec<(u64, u64, i64)> {
-        let mut deltas = Vec::new();
-        let Some(offset) = u32_at(self.data, function.record + 16) else {
-            return deltas;
-        };
+        match u32_at(self.data, function.record + 16) {
+            Some(offset) => self.pc_values(function, offset),
+            None => Vec::new(),
+        }
+    }
+
+    /// The function's inline-tree indices by address: (first address, end, index into
+    /// its inline tree, or -1 where no inlined call runs), in order.
+    fn inline_indices(&self, function: &Function) -> Vec<(u64, u64, i64)> {
+        let count = u32_at(self.data, function.record + 28).unwrap_or(0);
+        if count <= PCDATA_INLINE_TREE_INDEX {
+            return Vec::new();
+        }
+        let at = function.record + self.id_offset + 4 + 4 * PCDATA_INLINE_TREE_INDEX as usize;
+        match u32_at(self.data, at) {
+            Some(offset) => self.pc_values(function, offset),
+            None => Vec::new(),
+        }
+    }
+
+    /// Where the function's inline tree lies, as an offset from the module's `gofunc`.
+    fn inline_tree(&self, function: &Function) -> Option<u32> {
+        let pc_data = u32_at(self.data, function.record + 28)? as usize;
+        let func_data = usize::from(*self.data.get(function.record + self.id_offset + 3)?);
+        if func_data <= FUNCDATA_INLINE_TREE {
+            return None;
+        }
+        let at = function.record + self.id_offset + 4 + 4 * (pc_data + FUNCDATA_INLINE_TREE);
+        u32_at(self.data, at).filter(|&offset| offset != u32::MAX)
+    }
+
+    /// A name in the function-name table.
+    fn name_at(&self, offset: u32) -> Option<&'data str> {
+        let start = self.names.checked_add(offset as usize)?;
+        let bytes = self.data.get(start..)?;
+        let length = bytes.iter().position(|&byte| byte == 0)?;
+        std::str::from_utf8(&bytes[..length]).ok()
+    }
+
+    /// A pc-value table of the function: (first address, end, value), in order. Each
+    /// entry is a zig-zag value delta and an address delta, from -1 at the entry.
+    fn pc_values(&self, function: &Function, offset: u32) -> Vec<(u64, u64, i64)> {
+        let mut values = Vec::new();
         if offset == 0 {
-            return deltas;
+            return values;
         }
         let Some(mut bytes) = self
             .pc_tables
             .checked_add(offset as usize)
             .and_then(|start| self.data.get(start..))
         else {
-            return deltas;
+            return values;
         };
         let (mut pc, mut value) = (function.entry, -1i64);
         let mut first = true;
@@ -175,7 +221,6 @@ impl<'data> Table<'data> {
                 break;
             };
             bytes = rest;
-            // Zig-zag: the low bit is the sign.
             value += if encoded & 1 != 0 {
                 -((encoded >> 1) as i64) - 1
             } else {
@@ -185,11 +230,96 @@ impl<'data> Table<'data> {
             if end > function.end {
                 break;
             }
-            deltas.push((pc, end, value));
+            values.push((pc, end, value));
             pc = end;
         }
-        deltas
+        values
     }
+}
+
+/// Where a Go module's `gofunc` (the base of every function's data, such as its inline
+/// tree) is: the module data is the one that points at the function table, and holds
+/// the start of the code at a fixed place.
+fn module_gofunc<'data, R: ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    table: &Table<'_>,
+) -> Option<u64> {
+    // Words into `runtime.moduledata`: its `text`, and its `gofunc` (Go 1.20 added
+    // `covctrs` and `ecovctrs` before it).
+    const TEXT: usize = 22;
+    let gofunc = if table.id_offset == 36 { 38 } else { 40 };
+    [".noptrdata", ".data", ".data.rel.ro"]
+        .into_iter()
+        .filter_map(|name| file.section_by_name(name)?.data().ok())
+        .find_map(|data| {
+            (0..data.len().saturating_sub((gofunc + 1) * 8))
+                .step_by(8)
+                .find(|&at| {
+                    u64_at(data, at) == Some(table.address)
+                        && u64_at(data, at + TEXT * 8) == Some(table.text_start)
+                })
+                .and_then(|at| u64_at(data, at + gofunc * 8))
+        })
+}
+
+/// The bytes of the file at virtual address `address` on, within its section.
+fn bytes_at<'data, R: ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    address: u64,
+) -> Option<&'data [u8]> {
+    file.sections().find_map(|section| {
+        let offset = address.checked_sub(section.address())?;
+        (offset < section.size())
+            .then(|| section.data().ok()?.get(offset as usize..))
+            .flatten()
+    })
+}
+
+/// The names of the calls inlined at each address of `function`, innermost last:
+/// (first address, end, names).
+fn inlined_calls(
+    table: &Table<'_>,
+    function: &Function,
+    tree: &[u8],
+) -> Vec<(u64, u64, Vec<String>)> {
+    // `inlinedCall`: Go 1.18 and 1.19 {parent i16, funcID u8, _, file i32, line i32,
+    // nameOff i32, parentPc i32}; Go 1.20 on {funcID u8, _ [3]u8, nameOff i32,
+    // parentPc i32, startLine i32}.
+    let (size, name_at, parent_pc_at) = if table.id_offset == 36 {
+        (20, 12, 16)
+    } else {
+        (16, 4, 8)
+    };
+    let indices = table.inline_indices(function);
+    let index_at = |pc: u64| {
+        indices
+            .iter()
+            .find(|(start, end, _)| (*start..*end).contains(&pc))
+            .map_or(-1, |&(_, _, index)| index)
+    };
+    let mut calls = Vec::new();
+    for &(start, end, first) in &indices {
+        let mut names = Vec::new();
+        let mut index = first;
+        // The chain runs from the innermost inlined call out; a bound against a
+        // malformed tree that loops.
+        while index >= 0 && names.len() < 64 {
+            let entry = index as usize * size;
+            let (Some(name), Some(parent_pc)) = (
+                u32_at(tree, entry + name_at).and_then(|offset| table.name_at(offset)),
+                u32_at(tree, entry + parent_pc_at),
+            ) else {
+                break;
+            };
+            names.push(name.to_owned());
+            index = index_at(function.entry + u64::from(parent_pc));
+        }
+        if !names.is_empty() {
+            names.reverse();
+            calls.push((start, end, names));
+        }
+    }
+    calls
 }
 
 /// The unwind rows of a Go binary's functions, by its function table; `None` if the
@@ -233,20 +363,31 @@ pub struct FunctionNames {
     segments: Vec<(u64, u64, u64)>,
     /// (entry, end, name), by ascending entry.
     functions: Vec<(u64, u64, String)>,
+    /// (first address, end, the calls inlined there, outermost first), by ascending
+    /// address.
+    inlined: Vec<(u64, u64, Vec<String>)>,
 }
 
 impl FunctionNames {
-    /// The names of a Go binary's functions; `None` if the file has no table this
-    /// module reads.
+    /// The names of a Go binary's functions and of the calls inlined into them; `None`
+    /// if the file has no table this module reads.
     pub fn read<'data, R: ReadRef<'data>>(file: &object::File<'data, R>) -> Option<Self> {
         let table = Table::find(file)?;
-        let functions = table
-            .functions()
-            .filter_map(|function| {
-                let name = table.name(&function)?.to_owned();
-                Some((function.entry, function.end, name))
-            })
-            .collect();
+        let gofunc = module_gofunc(file, &table);
+        let mut functions = Vec::new();
+        let mut inlined = Vec::new();
+        for function in table.functions() {
+            let Some(name) = table.name(&function) else {
+                continue;
+            };
+            functions.push((function.entry, function.end, name.to_owned()));
+            let tree = gofunc
+                .zip(table.inline_tree(&function))
+                .and_then(|(base, offset)| bytes_at(file, base + u64::from(offset)));
+            if let Some(tree) = tree {
+                inlined.extend(inlined_calls(&table, &function, tree));
+            }
+        }
         let segments = file
             .segments()
             .map(|segment| {
@@ -257,11 +398,13 @@ impl FunctionNames {
         Some(FunctionNames {
             segments,
             functions,
+            inlined,
         })
     }
 
-    /// The function whose code is at `offset` in the file.
-    pub fn at_file_offset(&self, offset: u64) -> Option<&str> {
+    /// The function whose code is at `offset` in the file, then the calls inlined
+    /// there, innermost last.
+    pub fn at_file_offset(&self, offset: u64) -> Option<Vec<String>> {
         let address = self.segments.iter().find_map(|&(start, size, address)| {
             (start..start + size)
                 .contains(&offset)
@@ -271,7 +414,19 @@ impl FunctionNames {
             .functions
             .partition_point(|&(entry, _, _)| entry <= address);
         let (_, end, name) = self.functions.get(index.checked_sub(1)?)?;
-        (address < *end).then_some(name.as_str())
+        if address >= *end {
+            return None;
+        }
+        let mut names = vec![name.clone()];
+        let index = self
+            .inlined
+            .partition_point(|&(start, _, _)| start <= address);
+        if let Some((_, end, calls)) = index.checked_sub(1).and_then(|i| self.inlined.get(i))
+            && address < *end
+        {
+            names.extend(calls.iter().cloned());
+        }
+        Some(names)
     }
 }
 
@@ -364,10 +519,10 @@ mod tests {
         header[..4].copy_from_slice(&0xffff_fffbu32.to_le_bytes());
         header[6] = 1;
         header[7] = 8;
-        assert!(Table::parse(&header).is_none());
+        assert!(Table::parse(&header, 0).is_none());
         header[..4].copy_from_slice(&GO_118_MAGIC.to_le_bytes());
-        assert!(Table::parse(&header).is_some());
+        assert!(Table::parse(&header, 0).is_some());
         header[7] = 4;
-        assert!(Table::parse(&header).is_none());
+        assert!(Table::parse(&header, 0).is_none());
     }
 }
