@@ -360,40 +360,48 @@ fn go_binaries_stripped_or_not_unwind_whole_name_inlined_calls_and_hold_their_me
 
 #[test]
 fn a_node_service_unwinds_through_its_jit_code_and_names_its_functions() {
-    let dir = scratch("unwind-node");
-    let truth_path = dir.join("truth.json");
-    // V8 inlines small functions into their callers, where no perf map can see them;
-    // the workload's phases must stay functions of their own to be measured.
-    let output = run(record(&dir, &["-F", "499", "--", "node"])
-        .args([
-            "--perf-basic-prof",
-            "--interpreted-frames-native-stack",
-            "--no-turbo-inlining",
-        ])
-        .arg(common::workload_source("phases.js"))
-        .arg("5")
-        .arg(&truth_path));
-    assert!(output.status.success());
-    let report = read_json(&dir.join("report.json"));
-    let truth = read_json(&truth_path);
-    assert_complete(&report, RUNTIME_COMPLETE_SHARE);
-    let stacks = folded(&dir);
-    let worker = folded_share(&stacks, |frames| {
-        frames.contains(&"worker (phases.js:33)_[j]")
-    });
-    assert!(
-        worker >= WORKER_SHARE,
-        "worker is on {:.1}% of the stacks",
-        worker * 100.0
-    );
-    let phases = [
-        ("preprocess", "preprocess (phases.js:12)"),
-        ("predict", "predict (phases.js:20)"),
-    ];
-    assert_shares_named(&report, &truth, &phases);
-    for (_, label) in phases {
-        let function = &entries_where(&report["cpu"]["functions"], "name", label)[0];
-        assert_eq!(function["language"], "js", "{function}");
+    // V8 names its code in a perf map (`--perf-basic-prof`) or a jitdump file
+    // (`--perf-prof`, written to the working folder).
+    for (label, flag) in [
+        ("perf-map", "--perf-basic-prof"),
+        ("jitdump", "--perf-prof"),
+    ] {
+        let dir = scratch(&format!("unwind-node-{label}"));
+        let truth_path = dir.join("truth.json");
+        // V8 inlines small functions into their callers, where no perf map can see
+        // them; the workload's phases must stay functions of their own to be measured.
+        let output = run(record(&dir, &["-F", "499", "--", "node"])
+            .args([
+                flag,
+                "--interpreted-frames-native-stack",
+                "--no-turbo-inlining",
+            ])
+            .arg(common::workload_source("phases.js"))
+            .arg("5")
+            .arg(&truth_path)
+            .current_dir(&dir));
+        assert!(output.status.success(), "{label}");
+        let report = read_json(&dir.join("report.json"));
+        let truth = read_json(&truth_path);
+        assert_complete(&report, RUNTIME_COMPLETE_SHARE);
+        let stacks = folded(&dir);
+        let worker = folded_share(&stacks, |frames| {
+            frames.contains(&"worker (phases.js:33)_[j]")
+        });
+        assert!(
+            worker >= WORKER_SHARE,
+            "{label}: worker is on {:.1}% of the stacks",
+            worker * 100.0
+        );
+        let phases = [
+            ("preprocess", "preprocess (phases.js:12)"),
+            ("predict", "predict (phases.js:20)"),
+        ];
+        assert_shares_named(&report, &truth, &phases);
+        for (_, label) in phases {
+            let function = &entries_where(&report["cpu"]["functions"], "name", label)[0];
+            assert_eq!(function["language"], "js", "{function}");
+        }
     }
 }
 

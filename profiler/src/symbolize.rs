@@ -547,6 +547,18 @@ impl Symbolizer {
         {
             self.perf_maps.keep(tgid);
         }
+        // A runtime that writes a jitdump file maps it executable, for perf to find.
+        let jitdump = mappings.iter().find(|mapping| {
+            mapping
+                .path
+                .as_deref()
+                .and_then(Path::file_name)
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("jit-") && name.ends_with(".dump"))
+        });
+        if let Some(file) = jitdump.and_then(|mapping| mapping.open(tgid).ok()) {
+            self.perf_maps.keep_jitdump(tgid, file);
+        }
         for mapping in mappings {
             let (Some(id), Some(_)) = (&mapping.file, &mapping.path) else {
                 continue;

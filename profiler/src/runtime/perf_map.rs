@@ -1,10 +1,12 @@
 //! Names of JIT-compiled code from the perf maps runtimes write (`/tmp/perf-PID.map`:
-//! Node.js with `--perf-basic-prof`, the JVM after `jcmd PID Compiler.perfmap`).
+//! Node.js with `--perf-basic-prof`, the JVM after `jcmd PID Compiler.perfmap`) and
+//! from jitdump files (`jit-PID.dump`: Node.js with `--perf-prof`).
 //!
-//! The file is opened through the process's own root, under the pid the process has in
-//! its own namespace, and kept open: it is read again whenever it has grown (runtimes
-//! append as they compile), also after the process has exited, when the names are
-//! wanted most.
+//! A perf map is opened through the process's own root, under the pid the process has
+//! in its own namespace; a jitdump file is found as the runtime maps it (a marker
+//! mapping perf also looks for). Both are kept open and read again whenever they have
+//! grown (runtimes append as they compile), also after the process has exited, when
+//! the names are wanted most.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -12,12 +14,14 @@ use std::{
     os::unix::fs::{FileExt as _, MetadataExt as _},
 };
 
-/// One process's perf map.
+/// One process's perf map and jitdump file.
 #[derive(Default)]
 struct PerfMap {
     file: Option<fs::File>,
     /// Bytes of the file parsed so far.
     parsed: u64,
+    /// The jitdump file, and the bytes of it parsed so far.
+    jitdump: Option<(fs::File, u64)>,
     /// Code ranges by start: (end, name); a later line for the same start wins, as the
     /// runtime reused the memory.
     ranges: BTreeMap<u64, (u64, String)>,
@@ -42,12 +46,12 @@ impl PerfMaps {
         }
     }
 
-    /// Whether process `tgid` has a perf map.
-    pub fn has_map(&mut self, tgid: u32) -> bool {
-        self.keep(tgid);
-        self.processes
-            .get(&tgid)
-            .is_some_and(|map| map.file.is_some())
+    /// Keeps the jitdump file that process `tgid` mapped, opened through the mapping.
+    pub fn keep_jitdump(&mut self, tgid: u32, file: fs::File) {
+        let map = self.processes.entry(tgid).or_default();
+        if map.jitdump.is_none() {
+            map.jitdump = Some((file, 0));
+        }
     }
 
     /// The name of the JIT code at each of `addresses` of process `tgid`, if its perf
@@ -58,6 +62,7 @@ impl PerfMaps {
             return vec![None; addresses.len()];
         };
         map.read_new_lines();
+        map.read_new_records();
         addresses.iter().map(|&address| map.name(address)).collect()
     }
 
@@ -76,7 +81,7 @@ impl PerfMaps {
                 let has_map = self
                     .processes
                     .get(&tgid)
-                    .is_some_and(|map| map.file.is_some());
+                    .is_some_and(|map| map.file.is_some() || map.jitdump.is_some());
                 if has_map {
                     format!(
                         "{count} JIT addresses of process {tgid} are not in its perf map, \
@@ -122,6 +127,44 @@ impl PerfMap {
         self.parsed += complete as u64;
     }
 
+    /// Reads the jitdump records added since the last read: each code load names a
+    /// range of code.
+    fn read_new_records(&mut self) {
+        let Some((file, parsed)) = &mut self.jitdump else {
+            return;
+        };
+        let Ok(length) = file.metadata().map(|metadata| metadata.size()) else {
+            return;
+        };
+        if length <= *parsed {
+            return;
+        }
+        let mut bytes = vec![0; (length - *parsed) as usize];
+        if file.read_exact_at(&mut bytes, *parsed).is_err() {
+            return;
+        }
+        let mut at = 0;
+        if *parsed == 0 {
+            match jitdump_header_size(&bytes) {
+                Some(size) => at = size,
+                None => {
+                    // Not a jitdump file: nothing more to read from it.
+                    *parsed = u64::MAX;
+                    return;
+                }
+            }
+        }
+        // Whole records only: the runtime may be writing the last one.
+        while let Some(record) = jitdump_record(&bytes[at..]) {
+            if let Some((start, size, name)) = record.code {
+                self.ranges
+                    .insert(start, (start.saturating_add(size), name.to_owned()));
+            }
+            at += record.size;
+        }
+        *parsed += at as u64;
+    }
+
     fn name(&self, address: u64) -> Option<String> {
         let (_, (end, name)) = self.ranges.range(..=address).next_back()?;
         (address < *end).then(|| name.clone())
@@ -139,6 +182,45 @@ fn namespaced_pid(tgid: u32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with("NSpid:"))?;
     line.split_whitespace().last()?.parse().ok()
+}
+
+/// `JiTD`, the jitdump file's magic, as a little-endian runtime writes it.
+const JITDUMP_MAGIC: u32 = 0x4a69_5444;
+/// `JIT_CODE_LOAD`: a record that names newly compiled code.
+const JIT_CODE_LOAD: u32 = 0;
+
+/// The size of a jitdump file's header, if `bytes` start with one.
+fn jitdump_header_size(bytes: &[u8]) -> Option<usize> {
+    let word = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    (word(0)? == JITDUMP_MAGIC).then_some(word(8)? as usize)
+}
+
+/// One jitdump record.
+struct JitdumpRecord<'b> {
+    /// Its bytes, to the next record.
+    size: usize,
+    /// For a code load: where the code starts, its size and its name.
+    code: Option<(u64, u64, &'b str)>,
+}
+
+/// The record at the start of `bytes`, if it is there whole.
+fn jitdump_record(bytes: &[u8]) -> Option<JitdumpRecord<'_>> {
+    let word = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    let long = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+    let (kind, size) = (word(0)?, word(4)? as usize);
+    // A record holds at least its own 16-byte header.
+    if size < 16 || size > bytes.len() {
+        return None;
+    }
+    // The load's body: pid, tid, vma, code address, code size, code index, name.
+    let code = (kind == JIT_CODE_LOAD)
+        .then(|| {
+            let name = bytes.get(56..size)?;
+            let name = &name[..name.iter().position(|&byte| byte == 0)?];
+            Some((long(32)?, long(40)?, std::str::from_utf8(name).ok()?))
+        })
+        .flatten();
+    Some(JitdumpRecord { size, code })
 }
 
 /// A perf map line: `START SIZE NAME`, the numbers in hex with or without `0x`.
@@ -180,6 +262,34 @@ mod tests {
             hints[0].ends_with("start it with --perf-basic-prof"),
             "{hints:?}"
         );
+    }
+
+    #[test]
+    fn jitdump_code_loads_name_their_code_and_a_partial_record_waits() {
+        let mut load = Vec::new();
+        let name = b"JS:*predict /srv/app.js:20:17\0";
+        let size = 56 + name.len() + 4;
+        load.extend(JIT_CODE_LOAD.to_le_bytes());
+        load.extend((size as u32).to_le_bytes());
+        load.extend(0u64.to_le_bytes());
+        load.extend([0; 16]);
+        load.extend(0x7f00_0000_1000u64.to_le_bytes());
+        load.extend(0x80u64.to_le_bytes());
+        load.extend(0u64.to_le_bytes());
+        load.extend(name);
+        load.extend([0xcc; 4]);
+        let record = jitdump_record(&load).unwrap();
+        assert_eq!(record.size, size);
+        assert_eq!(
+            record.code,
+            Some((0x7f00_0000_1000, 0x80, "JS:*predict /srv/app.js:20:17"))
+        );
+        assert!(jitdump_record(&load[..size - 1]).is_none());
+        let mut header = JITDUMP_MAGIC.to_le_bytes().to_vec();
+        header.extend(1u32.to_le_bytes());
+        header.extend(40u32.to_le_bytes());
+        assert_eq!(jitdump_header_size(&header), Some(40));
+        assert_eq!(jitdump_header_size(b"nonsense"), None);
     }
 
     #[test]
