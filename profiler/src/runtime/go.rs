@@ -74,6 +74,11 @@ impl<'data> Table<'data> {
         if let Some(section) = file.section_by_name(".gopclntab") {
             return Self::parse(section.data().ok()?, section.address());
         }
+        // Every file's table is compiled at attach: only a Go binary is worth the
+        // search of its symbols and data below.
+        if !is_go_binary(file) {
+            return None;
+        }
         let code = |address: u64| {
             file.sections().any(|section| {
                 section.kind() == SectionKind::Text
