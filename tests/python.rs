@@ -15,8 +15,8 @@ use serde_json::Value;
 
 mod common;
 use common::{
-    RULE_FIRED, assert_sampled_for_its_cpu_time, container_root, read_json, record, run, scratch,
-    speedscope, speedscope_path, speedscope_weights, workload_source,
+    RULE_FIRED, TARGET_EXITED, assert_sampled_for_its_cpu_time, container_root, read_json, record,
+    run, scratch, speedscope, speedscope_path, speedscope_weights, workload_source,
 };
 
 /// How far a function's share may be from its measured share, in points.
@@ -353,26 +353,28 @@ fn a_python_service_in_its_own_pid_namespace_is_walked() {
             .args(["--pid", "--fork", "--kill-child"])
             .arg(python(version))
             .arg(workload_source("python_phases.py"))
-            .args(["loop", "4"])
+            .args(["loop", "3"])
             .arg(&truth_path)
             .spawn()
             .unwrap();
         let service = forked_child(namespace.id());
         sleep(Duration::from_millis(300));
+        // Recorded until it exits: the profile then covers what its measurements do but
+        // its first 0.3 s, at a rate that makes the share's sampling error small.
         let output = run(&mut record(
             &dir,
             &[
                 "--pid",
                 &service.to_string(),
                 "--duration",
-                "2",
+                "30",
                 "-F",
-                "499",
+                "999",
             ],
         ));
         assert!(namespace.wait().unwrap().success());
         let run = read_run(&dir, &truth_path, output.status.code());
-        assert_eq!(run.exit_code, Some(0), "{version}");
+        assert_eq!(run.exit_code, Some(TARGET_EXITED), "{version}");
         assert_walked(&run, version, 0.98);
         assert_share(&run, version, "Model.predict", "predict");
     }
@@ -417,14 +419,14 @@ fn a_python_service_in_a_container_is_walked() {
                 &container.id().to_string(),
                 "--children",
                 "--duration",
-                "2",
+                "30",
                 "-F",
-                "499",
+                "999",
             ],
         ));
         assert!(container.wait().unwrap().success(), "{version}");
         let run = read_run(&dir, &root.join("truth.json"), output.status.code());
-        assert_eq!(run.exit_code, Some(0), "{version}");
+        assert_eq!(run.exit_code, Some(TARGET_EXITED), "{version}");
         assert_walked(&run, version, 0.98);
         assert_share(&run, version, "Model.predict", "predict");
     }
