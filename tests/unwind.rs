@@ -381,27 +381,46 @@ fn a_node_service_unwinds_through_its_jit_code_and_names_its_functions() {
             .arg(&truth_path)
             .current_dir(&dir));
         assert!(output.status.success(), "{label}");
-        let report = read_json(&dir.join("report.json"));
-        let truth = read_json(&truth_path);
-        assert_complete(&report, RUNTIME_COMPLETE_SHARE);
-        let stacks = folded(&dir);
-        let worker = folded_share(&stacks, |frames| {
-            frames.contains(&"worker (phases.js:33)_[j]")
-        });
-        assert!(
-            worker >= WORKER_SHARE,
-            "{label}: worker is on {:.1}% of the stacks",
-            worker * 100.0
+        assert_jit_service(
+            &dir,
+            &truth_path,
+            "js",
+            "worker (phases.js:33)",
+            &[
+                ("preprocess", "preprocess (phases.js:12)"),
+                ("predict", "predict (phases.js:20)"),
+            ],
         );
-        let phases = [
-            ("preprocess", "preprocess (phases.js:12)"),
-            ("predict", "predict (phases.js:20)"),
-        ];
-        assert_shares_named(&report, &truth, &phases);
-        for (_, label) in phases {
-            let function = &entries_where(&report["cpu"]["functions"], "name", label)[0];
-            assert_eq!(function["language"], "js", "{function}");
-        }
+    }
+}
+
+/// Asserts that a JIT-compiled service recorded into `dir` was walked whole, that its
+/// `worker` is on the stacks it should be, and that its phases, named in `language`,
+/// hold the shares the service measured into `truth_path`.
+fn assert_jit_service(
+    dir: &Path,
+    truth_path: &Path,
+    language: &str,
+    worker: &str,
+    phases: &[(&str, &str)],
+) {
+    let report = read_json(&dir.join("report.json"));
+    let truth = read_json(truth_path);
+    assert_complete(&report, RUNTIME_COMPLETE_SHARE);
+    let worker_frame = format!("{worker}_[j]");
+    let worker_share = folded_share(&folded(dir), |frames| {
+        frames.contains(&worker_frame.as_str())
+    });
+    assert!(
+        worker_share >= WORKER_SHARE,
+        "{}: {worker} is on {:.1}% of the stacks",
+        dir.display(),
+        worker_share * 100.0
+    );
+    assert_shares_named(&report, &truth, phases);
+    for (_, name) in phases {
+        let function = &entries_where(&report["cpu"]["functions"], "name", name)[0];
+        assert_eq!(function["language"], language, "{function}");
     }
 }
 
@@ -435,23 +454,14 @@ fn a_java_service_unwinds_through_its_compiled_methods_and_names_them() {
     ));
     assert!(service.wait().unwrap().success());
     assert_eq!(output.status.code(), Some(TARGET_EXITED));
-    let report = read_json(&dir.join("report.json"));
-    let truth = read_json(&truth_path);
-    assert_complete(&report, RUNTIME_COMPLETE_SHARE);
-    let stacks = folded(&dir);
-    let worker = folded_share(&stacks, |frames| frames.contains(&"Phases.worker_[j]"));
-    assert!(
-        worker >= WORKER_SHARE,
-        "Phases.worker is on {:.1}% of the stacks",
-        worker * 100.0
+    assert_jit_service(
+        &dir,
+        &truth_path,
+        "java",
+        "Phases.worker",
+        &[
+            ("preprocess", "Phases.preprocess"),
+            ("predict", "Phases.predict"),
+        ],
     );
-    let phases = [
-        ("preprocess", "Phases.preprocess"),
-        ("predict", "Phases.predict"),
-    ];
-    assert_shares_named(&report, &truth, &phases);
-    for (_, name) in phases {
-        let method = &entries_where(&report["cpu"]["functions"], "name", name)[0];
-        assert_eq!(method["language"], "java", "{method}");
-    }
 }

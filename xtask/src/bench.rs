@@ -442,6 +442,43 @@ pub fn timed_with_rss(command: &Command, stderr: Stdio) -> anyhow::Result<(f64, 
     Ok((user + system, rss_kib / 1024.0))
 }
 
+/// One frame of a `perf script` sample: its function, without the offset, and the file
+/// perf found it in.
+pub struct PerfFrame {
+    pub name: String,
+    pub file: String,
+}
+
+/// The samples `perf record -g` wrote to `data`, each a list of frames leaf first.
+pub fn perf_samples(data: &std::path::Path) -> anyhow::Result<Vec<Vec<PerfFrame>>> {
+    let script = Command::new("perf")
+        .args(["script", "-F", "ip,sym,dso", "-i"])
+        .arg(data)
+        .stderr(Stdio::null())
+        .output()
+        .context("running perf script")?;
+    let text = String::from_utf8_lossy(&script.stdout);
+    Ok(text
+        .split("\n\n")
+        .filter(|sample| !sample.trim().is_empty())
+        .map(|sample| sample.lines().filter_map(perf_frame).collect())
+        .collect())
+}
+
+/// "    55d0c0a01234 main.worker+0x2c (/srv/go-phases)": the function may hold spaces
+/// (a Java method's signature).
+fn perf_frame(line: &str) -> Option<PerfFrame> {
+    let (_ip, rest) = line.trim_start().split_once(' ')?;
+    let (symbol, file) = rest.rsplit_once(" (").map_or((rest, ""), |(symbol, file)| {
+        (symbol, file.trim_end_matches(')'))
+    });
+    let name = symbol.rsplit_once('+').map_or(symbol, |(name, _)| name);
+    Some(PerfFrame {
+        name: name.to_owned(),
+        file: file.to_owned(),
+    })
+}
+
 /// The integer just before `marker` in `text`, as in "(12345 samples)".
 fn number_before(text: &str, marker: &str) -> Option<u64> {
     let end = text.find(marker)?;

@@ -18,7 +18,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::{bench::median, compile_workload, profiler_binary, root, run_checked};
+use crate::{
+    bench::{median, perf_samples},
+    compile_workload, profiler_binary, root, run_checked,
+};
 
 /// One runtime's service: how to start it, and what its stacks' root and worker are
 /// called in either tool's output.
@@ -147,7 +150,10 @@ fn measure(dir: &Path, service: &Service, duration: Duration) -> anyhow::Result<
     }
     let report: Value = serde_json::from_str(&fs::read_to_string(&report_path)?)?;
     let ours = folded_stacks(&fs::read_to_string(&folded_path)?);
-    let theirs = perf_stacks(&perf_data)?;
+    let theirs: Vec<(Vec<String>, u64)> = perf_samples(&perf_data)?
+        .into_iter()
+        .map(|frames| (frames.into_iter().map(|frame| frame.name).collect(), 1))
+        .collect();
     let samples = report["cpu"]["samples"].as_f64().unwrap_or(0.0).max(1.0);
     let bpf_ns = report["overhead"]["bpf_run_time_ns"]
         .as_f64()
@@ -217,32 +223,6 @@ fn folded_stacks(text: &str) -> Vec<(Vec<String>, u64)> {
             ))
         })
         .collect()
-}
-
-/// Each sample `perf script` prints, as its frames' symbols, one sample each.
-fn perf_stacks(data: &Path) -> anyhow::Result<Vec<(Vec<String>, u64)>> {
-    let script = Command::new("perf")
-        .args(["script", "-F", "ip,sym", "-i"])
-        .arg(data)
-        .stderr(Stdio::null())
-        .output()?;
-    let text = String::from_utf8_lossy(&script.stdout);
-    Ok(text
-        .split("\n\n")
-        .filter(|sample| !sample.trim().is_empty())
-        .map(|sample| {
-            let frames = sample
-                .lines()
-                .filter_map(|frame| {
-                    // "    55d0c0a01234 main.worker+0x2c": the symbol may hold spaces.
-                    let symbol = frame.trim_start().split_once(' ')?.1;
-                    let name = symbol.rsplit_once('+').map_or(symbol, |(name, _)| name);
-                    Some(name.to_owned())
-                })
-                .collect();
-            (frames, 1)
-        })
-        .collect())
 }
 
 fn workload(name: &str) -> std::path::PathBuf {

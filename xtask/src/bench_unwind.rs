@@ -29,7 +29,9 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    NO_FRAME_POINTERS, bench::median, compile_c, compile_workload, output, profiler_binary, root,
+    NO_FRAME_POINTERS,
+    bench::{median, perf_samples},
+    compile_c, compile_workload, output, profiler_binary, root,
 };
 
 const REDIS_PORT: &str = "6390";
@@ -194,35 +196,23 @@ impl PerfStacks {
 }
 
 fn perf_stacks(data: &Path) -> anyhow::Result<PerfStacks> {
-    let script = Command::new("perf")
-        .args(["script", "-F", "ip,sym,dso", "-i"])
-        .arg(data)
-        .stderr(Stdio::null())
-        .output()?;
-    let text = String::from_utf8_lossy(&script.stdout);
     let mut stacks = PerfStacks {
         samples: 0,
         inclusive: HashMap::new(),
         redis: Vec::new(),
     };
-    for sample in text
-        .split("\n\n")
-        .filter(|sample| !sample.trim().is_empty())
-    {
+    for sample in perf_samples(data)? {
         stacks.samples += 1;
         let mut seen: Vec<String> = Vec::new();
-        for frame in sample.lines() {
-            // "    55d0c0a01234 aeMain+0x2c (/usr/bin/redis-check-rdb)"
-            let mut fields = frame.split_whitespace();
-            let (Some(_ip), Some(symbol)) = (fields.next(), fields.next()) else {
-                continue;
-            };
-            let name = symbol.split('+').next().unwrap_or(symbol).to_owned();
-            if frame.contains("redis-") && !stacks.redis.contains(&name) && name != "[unknown]" {
-                stacks.redis.push(name.clone());
+        for frame in sample {
+            if frame.file.contains("redis-")
+                && !stacks.redis.contains(&frame.name)
+                && frame.name != "[unknown]"
+            {
+                stacks.redis.push(frame.name.clone());
             }
-            if !seen.contains(&name) {
-                seen.push(name);
+            if !seen.contains(&frame.name) {
+                seen.push(frame.name);
             }
         }
         for name in seen {

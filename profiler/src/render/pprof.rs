@@ -219,7 +219,18 @@ impl Builder {
             return id;
         }
         let id = self.functions.len() as u64 + 1;
+        // `go tool pprof` shows a function's file but no label of its location, so a
+        // runtime's function that has no file carries its language there: `[go]`.
+        let language_file;
         let (name, file, line) = match &frame.source {
+            Some(source) if source.file.is_empty() => {
+                language_file = format!("[{}]", source.language.name());
+                (
+                    source.qualname.as_str(),
+                    language_file.as_str(),
+                    source.line,
+                )
+            }
             Some(source) => (source.qualname.as_str(), source.file.as_str(), source.line),
             None => (frame.name.as_str(), "", 0),
         };
@@ -424,6 +435,19 @@ mod tests {
             path_of(ProfileKind::Leaks, Path::new("profile")),
             Path::new("profile-leaks")
         );
+    }
+
+    #[test]
+    fn a_runtime_function_without_a_file_names_its_language_in_its_place() {
+        let mut builder = Builder::default();
+        let go = Frame::source(crate::runtime::go::source_function("main.predict"));
+        let id = builder.function(&go);
+        let function = &builder.profile.function[id as usize - 1];
+        assert_eq!(
+            builder.strings.table[function.name as usize],
+            "main.predict"
+        );
+        assert_eq!(builder.strings.table[function.filename as usize], "[go]");
     }
 
     #[test]

@@ -156,9 +156,17 @@ impl PerfMap {
         }
         // Whole records only: the runtime may be writing the last one.
         while let Some(record) = jitdump_record(&bytes[at..]) {
-            if let Some((start, size, name)) = record.code {
-                self.ranges
-                    .insert(start, (start.saturating_add(size), name.to_owned()));
+            match record.code {
+                Some(JitCode::Load { start, size, name }) => {
+                    self.ranges
+                        .insert(start, (start.saturating_add(size), name.to_owned()));
+                }
+                Some(JitCode::Move { from, to, size }) => {
+                    if let Some((_, name)) = self.ranges.remove(&from) {
+                        self.ranges.insert(to, (to.saturating_add(size), name));
+                    }
+                }
+                None => {}
             }
             at += record.size;
         }
@@ -188,6 +196,8 @@ fn namespaced_pid(tgid: u32) -> Option<u32> {
 const JITDUMP_MAGIC: u32 = 0x4a69_5444;
 /// `JIT_CODE_LOAD`: a record that names newly compiled code.
 const JIT_CODE_LOAD: u32 = 0;
+/// `JIT_CODE_MOVE`: a record that says compiled code moved (V8's compacting collector).
+const JIT_CODE_MOVE: u32 = 1;
 
 /// The size of a jitdump file's header, if `bytes` start with one.
 fn jitdump_header_size(bytes: &[u8]) -> Option<usize> {
@@ -199,8 +209,21 @@ fn jitdump_header_size(bytes: &[u8]) -> Option<usize> {
 struct JitdumpRecord<'b> {
     /// Its bytes, to the next record.
     size: usize,
-    /// For a code load: where the code starts, its size and its name.
-    code: Option<(u64, u64, &'b str)>,
+    /// What it says of compiled code, if anything.
+    code: Option<JitCode<'b>>,
+}
+
+/// What a jitdump record says of compiled code.
+#[derive(Debug, PartialEq)]
+enum JitCode<'b> {
+    /// Code was compiled at `start`, `size` bytes, named `name`.
+    Load {
+        start: u64,
+        size: u64,
+        name: &'b str,
+    },
+    /// The code at `from` moved to `to`.
+    Move { from: u64, to: u64, size: u64 },
 }
 
 /// The record at the start of `bytes`, if it is there whole.
@@ -212,14 +235,25 @@ fn jitdump_record(bytes: &[u8]) -> Option<JitdumpRecord<'_>> {
     if size < 16 || size > bytes.len() {
         return None;
     }
-    // The load's body: pid, tid, vma, code address, code size, code index, name.
-    let code = (kind == JIT_CODE_LOAD)
-        .then(|| {
+    let code = match kind {
+        // pid, tid, vma, code address, code size, code index, name.
+        JIT_CODE_LOAD => (|| {
             let name = bytes.get(56..size)?;
             let name = &name[..name.iter().position(|&byte| byte == 0)?];
-            Some((long(32)?, long(40)?, std::str::from_utf8(name).ok()?))
-        })
-        .flatten();
+            Some(JitCode::Load {
+                start: long(32)?,
+                size: long(40)?,
+                name: std::str::from_utf8(name).ok()?,
+            })
+        })(),
+        // pid, tid, vma, old code address, new code address, code size, code index.
+        JIT_CODE_MOVE if size >= 64 => Some(JitCode::Move {
+            from: long(32)?,
+            to: long(40)?,
+            size: long(48)?,
+        }),
+        _ => None,
+    };
     Some(JitdumpRecord { size, code })
 }
 
@@ -282,7 +316,11 @@ mod tests {
         assert_eq!(record.size, size);
         assert_eq!(
             record.code,
-            Some((0x7f00_0000_1000, 0x80, "JS:*predict /srv/app.js:20:17"))
+            Some(JitCode::Load {
+                start: 0x7f00_0000_1000,
+                size: 0x80,
+                name: "JS:*predict /srv/app.js:20:17"
+            })
         );
         assert!(jitdump_record(&load[..size - 1]).is_none());
         let mut header = JITDUMP_MAGIC.to_le_bytes().to_vec();
@@ -300,5 +338,31 @@ mod tests {
         assert_eq!(map.name(0x1010).as_deref(), Some("new"));
         assert_eq!(map.name(0x1090), None);
         assert_eq!(map.name(0xfff), None);
+    }
+
+    #[test]
+    fn a_code_move_carries_its_name_to_the_new_address() {
+        let mut moved = Vec::new();
+        moved.extend(JIT_CODE_MOVE.to_le_bytes());
+        moved.extend(64u32.to_le_bytes());
+        moved.extend([0; 24]);
+        moved.extend(0x1000u64.to_le_bytes());
+        moved.extend(0x5000u64.to_le_bytes());
+        moved.extend(0x80u64.to_le_bytes());
+        moved.extend(0u64.to_le_bytes());
+        let mut header = JITDUMP_MAGIC.to_le_bytes().to_vec();
+        header.extend(1u32.to_le_bytes());
+        header.extend(12u32.to_le_bytes());
+        let path = std::env::temp_dir().join(format!("jit-move-{}.dump", std::process::id()));
+        fs::write(&path, [header, moved].concat()).unwrap();
+        let mut map = PerfMap {
+            jitdump: Some((fs::File::open(&path).unwrap(), 0)),
+            ..PerfMap::default()
+        };
+        map.ranges.insert(0x1000, (0x1080, "JS:*predict".into()));
+        map.read_new_records();
+        fs::remove_file(&path).unwrap();
+        assert_eq!(map.name(0x1010), None);
+        assert_eq!(map.name(0x5010).as_deref(), Some("JS:*predict"));
     }
 }
